@@ -1,0 +1,9 @@
+"""The capability model: rights, per-process capability tables."""
+
+from .rights import DEFAULT_ENDPOINT_RIGHTS as DEFAULT_ENDPOINT_RIGHTS
+from .rights import DEFAULT_NOTIFICATION_RIGHTS as DEFAULT_NOTIFICATION_RIGHTS
+from .rights import DEFAULT_REPLY_RIGHTS as DEFAULT_REPLY_RIGHTS
+from .rights import Rights as Rights
+from .table import Capability as Capability
+from .table import CapTable as CapTable
+from .table import SlotError as SlotError

@@ -1,0 +1,106 @@
+"""A per-process capability table: slot numbers with generation bits (DESIGN §5).
+
+A slot is ``generation << 16 | index``. Closing a slot bumps its index's
+generation, so a stale slot number never resolves to the next capability put
+in the same place. Slot 0 is never valid. The table remembers why the last
+occupant of each index left, so a late use gets a precise error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .rights import Rights
+
+INDEX_BITS = 16
+INDEX_MASK = (1 << INDEX_BITS) - 1
+GEN_MASK = 0xFFFF
+DEFAULT_LIMIT = 4096
+
+
+class SlotError(Exception):
+    """A slot that resolves to nothing; `reason` says why, `limit` marks a full table."""
+
+    def __init__(self, reason: str, *, limit: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.limit = limit
+
+
+class Capability:
+    """(object, rights, badge), as held in one slot of one process."""
+
+    __slots__ = ("obj", "rights", "badge", "slot")
+
+    def __init__(self, obj: Any, rights: Rights, badge: int = 0) -> None:
+        self.obj = obj
+        self.rights = rights
+        self.badge = badge
+        self.slot = 0
+
+    def __repr__(self) -> str:
+        return f"Capability({self.obj!r}, {self.rights!r}, badge={self.badge}, slot={self.slot:#x})"
+
+
+class CapTable:
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        if not 0 < limit <= INDEX_MASK:
+            raise ValueError(f"limit must be in 1..{INDEX_MASK}")
+        self.limit = limit
+        self._caps: list[Capability | None] = [None]  # index 0 unused
+        self._gens: list[int] = [0]
+        self._free: list[int] = []
+        self._gone: dict[int, tuple[int, str]] = {}  # index -> (last slot, why it left)
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Capability]:
+        return (c for c in self._caps if c is not None)
+
+    def insert(self, cap: Capability) -> int:
+        if self._count >= self.limit:
+            raise SlotError(f"capability table full ({self.limit} capabilities)", limit=True)
+        if self._free:
+            index = self._free.pop()
+        else:
+            index = len(self._caps)
+            self._caps.append(None)
+            self._gens.append(1)
+        self._caps[index] = cap
+        self._count += 1
+        cap.slot = (self._gens[index] << INDEX_BITS) | index
+        return cap.slot
+
+    def lookup(self, slot: int) -> Capability:
+        index = slot & INDEX_MASK
+        cap = self._caps[index] if 0 < index < len(self._caps) else None
+        if cap is not None and cap.slot == slot:
+            return cap
+        gone = self._gone.get(index)
+        if gone is not None and gone[0] == slot:
+            raise SlotError(f"slot {slot:#x} {gone[1]}")
+        raise SlotError(f"slot {slot:#x} names no capability in this process")
+
+    def remove(self, slot: int, why: str = "was closed") -> Capability:
+        cap = self.lookup(slot)
+        index = slot & INDEX_MASK
+        self._caps[index] = None
+        gen = (self._gens[index] + 1) & GEN_MASK
+        self._gens[index] = gen or 1
+        self._gone[index] = (slot, why)
+        self._free.append(index)
+        self._count -= 1
+        return cap
+
+    def clear(self) -> list[Capability]:
+        """Empty the table (the process died); returns what it held."""
+        held = list(self)
+        self._caps = [None]
+        self._gens = [0]
+        self._free = []
+        self._gone = {}
+        self._count = 0
+        return held

@@ -1,0 +1,58 @@
+"""mkipc: a microkernel-style capability IPC runtime for Python.
+
+    import kernel
+    with kernel.connect() as k:          # starts a private kernel if none runs
+        ep = k.endpoint()
+        ...
+
+See README.md for the API of both faces (blocking and asyncio).
+"""
+
+from __future__ import annotations
+
+from capabilities import Rights as Rights
+
+from .abi import MAX_PAYLOAD as MAX_PAYLOAD
+from .client._common import Credentials as Credentials
+from .client._conn import Connection as _Connection
+from .client.aio import AsyncEndpointCap as AsyncEndpointCap
+from .client.aio import AsyncKernel as AsyncKernel
+from .client.aio import AsyncMessage as AsyncMessage
+from .client.aio import AsyncNotificationCap as AsyncNotificationCap
+from .client.aio import AsyncProcess as AsyncProcess
+from .client.sync import EndpointCap as EndpointCap
+from .client.sync import Kernel as Kernel
+from .client.sync import Message as Message
+from .client.sync import NotificationCap as NotificationCap
+from .client.sync import Process as Process
+from .errors import AccessDeniedError as AccessDeniedError
+from .errors import CallTimeoutError as CallTimeoutError
+from .errors import CancelledCallError as CancelledCallError
+from .errors import InvalidArgumentError as InvalidArgumentError
+from .errors import InvalidCapabilityError as InvalidCapabilityError
+from .errors import IPCError as IPCError
+from .errors import MessageTooLargeError as MessageTooLargeError
+from .errors import PeerClosedError as PeerClosedError
+from .errors import ResourceLimitError as ResourceLimitError
+from .errors import Status as Status
+from .errors import WouldBlock as WouldBlock
+
+
+def connect(socket: str | None = None, *, autostart: bool = True) -> Kernel:
+    """Connect to the kernel (blocking face).
+
+    Args:
+        socket: the kernel's socket path; default `$MKIPC_SOCKET`, else a private
+            per-user path in `$XDG_RUNTIME_DIR` or the temp directory.
+        autostart: start a per-user kernel when none listens there (it exits by
+            itself after it has been idle for `$MKIPC_IDLE_EXIT` seconds, default 30).
+
+    Raises:
+        PeerClosedError: no kernel listens and autostart is off or failed.
+    """
+    return Kernel(_Connection(socket, autostart=autostart))
+
+
+def connect_async(socket: str | None = None, *, autostart: bool = True) -> AsyncKernel:
+    """Connect to the kernel (asyncio face); use as `async with kernel.connect_async() as k:`."""
+    return AsyncKernel(socket, autostart=autostart)

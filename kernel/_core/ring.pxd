@@ -1,0 +1,91 @@
+# cython: language_level=3
+#
+# THE record and region layout shared by the kernel and every client (DESIGN §3).
+# kernel/_core/layout.py mirrors these numbers for Python readers and tests; a unit
+# test checks that the two agree.
+#
+# The region is one memfd per process, mapped by the kernel and by that process:
+#
+#   offset  size  field
+#   0       8     magic  b"MKIPCRNG"
+#   8       4     layout version
+#   16      8     SQ data size (bytes, power of two)      kernel writes once
+#   24      8     CQ data size (bytes, power of two)      kernel writes once
+#   64      8     SQ tail     producer = process   (own cache line)
+#   128     8     SQ head     consumer = kernel    (own cache line)
+#   192     4     SQ waiting  set by the kernel before it sleeps
+#   256     8     CQ tail     producer = kernel
+#   320     8     CQ head     consumer = process
+#   384     4     CQ waiting  set by the process before it sleeps
+#   4096    ...   SQ data, then CQ data
+#
+# Head and tail are free-running byte counters (they never wrap in practice:
+# 2**64 bytes). A record never wraps: when it does not fit before the end of the
+# data area the producer writes a PAD record up to the end and starts at 0.
+#
+# A record is an mk_hdr, then ncaps uint32 capability slots, then payload_len
+# bytes, padded to a multiple of 8. `size` counts all of it.
+
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "atomics.h":
+    uint64_t mk_load_acquire_u64(const uint64_t *p) nogil
+    void mk_store_release_u64(uint64_t *p, uint64_t v) nogil
+    uint32_t mk_load_u32(const uint32_t *p) nogil
+    void mk_store_u32(uint32_t *p, uint32_t v) nogil
+    void mk_fence() nogil
+    void mk_cpu_relax() nogil
+    void mk_yield() nogil
+
+ctypedef struct mk_hdr:
+    uint32_t size          # whole record, multiple of 8
+    uint16_t opcode        # kernel/abi.py Op
+    uint16_t ncaps         # capability slots after the header
+    uint64_t req_id        # chosen by the process, echoed in its completion
+    uint32_t slot          # SQ: capability used; CQ: reply capability of a received call
+    uint32_t payload_len
+    int32_t status         # CQ: kernel/errors.py Status
+    uint32_t flags
+    int64_t deadline       # SQ: CLOCK_MONOTONIC ns; -1 forever, 0 return at once
+    uint64_t arg           # operation specific (notification bits, pid, ...)
+    uint64_t badge         # CQ: badge of the sender's capability
+    uint32_t pid           # CQ: kernel-verified credentials of the sender
+    uint32_t uid
+    uint32_t gid
+    uint32_t reserved
+
+cdef enum:
+    HDR_SIZE = 72
+    CONTROL_SIZE = 4096
+    OFF_SQ_TAIL = 64
+    OFF_SQ_HEAD = 128
+    OFF_SQ_WAITING = 192
+    OFF_CQ_TAIL = 256
+    OFF_CQ_HEAD = 320
+    OFF_CQ_WAITING = 384
+    OP_PAD = 0
+    MAX_CAPS_PER_RECORD = 64
+
+
+cdef class Header:
+    cdef mk_hdr h
+    cdef uint64_t pos      # offset of the record in the ring's data area
+
+
+cdef class Ring:
+    cdef char *data
+    cdef uint64_t size
+    cdef uint64_t mask
+    cdef uint64_t *tail_p
+    cdef uint64_t *head_p
+    cdef uint32_t *waiting_p
+    cdef uint64_t tail     # producer's private copy (valid when we produce)
+    cdef uint64_t head     # consumer's private copy (valid when we consume)
+    cdef Py_buffer buf
+    cdef bint has_buf
+
+    cdef int _write(self, mk_hdr *h, const uint32_t *caps,
+                    const char *payload, Py_ssize_t n) except -1
+    cdef char *_reserve(self, uint64_t need) except? NULL
+    cdef object _write_with_caps(self, mk_hdr *h, tuple caps,
+                                 const unsigned char[:] payload)

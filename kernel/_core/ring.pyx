@@ -1,0 +1,346 @@
+# cython: language_level=3, embedsignature=True, freethreading_compatible=True
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Single-producer single-consumer record rings over a shared memfd region.
+
+The layout is documented in ring.pxd. The kernel treats every ring a process
+can write as hostile: read() copies a header out of shared memory before it
+checks it, and every length and index is bounded before use (DESIGN §3).
+"""
+
+from cpython.buffer cimport (
+    PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer,
+)
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+
+class RingCorruptError(Exception):
+    """The other side broke the ring protocol (bad index or malformed record)."""
+
+
+cdef inline uint64_t _align8(uint64_t n) noexcept nogil:
+    return (n + 7) & ~(<uint64_t>7)
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef class Header:
+    """A copy of one record's header, taken out of shared memory."""
+
+    def __init__(self):
+        raise TypeError("Header objects are made by Ring.read()")
+
+    @property
+    def size(self): return self.h.size
+    @property
+    def opcode(self): return self.h.opcode
+    @property
+    def ncaps(self): return self.h.ncaps
+    @property
+    def req_id(self): return self.h.req_id
+    @property
+    def slot(self): return self.h.slot
+    @property
+    def payload_len(self): return self.h.payload_len
+    @property
+    def status(self): return self.h.status
+    @property
+    def flags(self): return self.h.flags
+    @property
+    def deadline(self): return self.h.deadline
+    @property
+    def arg(self): return self.h.arg
+    @property
+    def badge(self): return self.h.badge
+    @property
+    def pid(self): return self.h.pid
+    @property
+    def uid(self): return self.h.uid
+    @property
+    def gid(self): return self.h.gid
+
+    def __repr__(self):
+        return (f"Header(op={self.h.opcode}, req_id={self.h.req_id}, "
+                f"slot={self.h.slot:#x}, status={self.h.status}, "
+                f"payload_len={self.h.payload_len}, ncaps={self.h.ncaps})")
+
+
+cdef class Ring:
+    """One direction of a process's ring pair.
+
+    The same object type serves both ends: a producer calls the write methods,
+    a consumer calls read()/consume(). Each end keeps its own index privately
+    and only publishes it, so the peer can never make us skip or repeat a record.
+    """
+
+    def __cinit__(self):
+        self.has_buf = False
+
+    def __init__(self, region, Py_ssize_t data_off, uint64_t size,
+                 Py_ssize_t tail_off, Py_ssize_t head_off, Py_ssize_t waiting_off):
+        if size < 4096 or size & (size - 1):
+            raise ValueError("ring size must be a power of two >= 4096")
+        PyObject_GetBuffer(region, &self.buf, PyBUF_WRITABLE)
+        self.has_buf = True
+        if <uint64_t>self.buf.len < <uint64_t>data_off + size or data_off < CONTROL_SIZE:
+            self.close()
+            raise ValueError("region too small for the ring")
+        cdef char *base = <char *>self.buf.buf
+        self.data = base + data_off
+        self.size = size
+        self.mask = size - 1
+        self.tail_p = <uint64_t *>(base + tail_off)
+        self.head_p = <uint64_t *>(base + head_off)
+        self.waiting_p = <uint32_t *>(base + waiting_off)
+        # Both ends start from what is published; a fresh region is all zeros.
+        self.tail = mk_load_acquire_u64(self.tail_p)
+        self.head = mk_load_acquire_u64(self.head_p)
+
+    def __dealloc__(self):
+        if self.has_buf:
+            PyBuffer_Release(&self.buf)
+
+    def close(self):
+        """Release the region (the mapping can be closed afterwards)."""
+        if self.has_buf:
+            PyBuffer_Release(&self.buf)
+            self.has_buf = False
+            self.data = NULL
+
+    @property
+    def capacity(self): return self.size
+
+    @property
+    def max_record(self):
+        """Largest record that always fits once the consumer catches up."""
+        return self.size // 2
+
+    # ---------------------------------------------------------------- producer
+
+    cdef char *_reserve(self, uint64_t need) except? NULL:
+        # SYNC POINT: acquire the consumer's head so that the space it freed
+        # is really free before we overwrite it.
+        cdef uint64_t head = mk_load_acquire_u64(self.head_p)
+        cdef uint64_t used = self.tail - head
+        if used > self.size:
+            raise RingCorruptError("consumer index out of range")
+        cdef uint64_t pos = self.tail & self.mask
+        cdef uint64_t to_end = self.size - pos
+        if to_end < need:
+            if self.size - used < to_end + need:
+                return NULL
+            (<uint32_t *>(self.data + pos))[0] = <uint32_t>to_end
+            (<uint16_t *>(self.data + pos + 4))[0] = OP_PAD
+            self.tail += to_end
+            pos = 0
+        elif self.size - used < need:
+            return NULL
+        return self.data + pos
+
+    cdef int _write(self, mk_hdr *h, const uint32_t *caps,
+                    const char *payload, Py_ssize_t n) except -1:
+        cdef uint64_t need = _align8(HDR_SIZE + 4 * <uint64_t>h.ncaps + <uint64_t>n)
+        if need > self.size // 2:
+            raise ValueError(f"record of {need} bytes exceeds the ring's "
+                             f"limit of {self.size // 2}")
+        cdef char *dst = self._reserve(need)
+        if dst == NULL:
+            return 0
+        h.size = <uint32_t>need
+        h.payload_len = <uint32_t>n
+        memcpy(dst, h, HDR_SIZE)
+        if h.ncaps:
+            memcpy(dst + HDR_SIZE, caps, 4 * h.ncaps)
+        if n:
+            memcpy(dst + HDR_SIZE + 4 * h.ncaps, payload, n)
+        self.tail += need
+        # SYNC POINT: release the record; the consumer's acquire of tail sees it.
+        mk_store_release_u64(self.tail_p, self.tail)
+        return 1
+
+    def submit(self, uint16_t opcode, uint64_t req_id, uint32_t slot,
+               int64_t deadline, uint64_t arg, const unsigned char[:] payload,
+               tuple caps=()):
+        """Write a submission record. Returns False when the ring is full."""
+        cdef mk_hdr h
+        memset(&h, 0, HDR_SIZE)
+        h.opcode = opcode
+        h.req_id = req_id
+        h.slot = slot
+        h.deadline = deadline
+        h.arg = arg
+        return self._write_with_caps(&h, caps, payload)
+
+    def complete(self, uint16_t opcode, uint64_t req_id, int32_t status,
+                 uint32_t slot=0, uint64_t arg=0, const unsigned char[:] payload=None,
+                 tuple caps=(), uint64_t badge=0, uint32_t pid=0, uint32_t uid=0,
+                 uint32_t gid=0):
+        """Write a completion record. Returns False when the ring is full."""
+        cdef mk_hdr h
+        memset(&h, 0, HDR_SIZE)
+        h.opcode = opcode
+        h.req_id = req_id
+        h.status = status
+        h.slot = slot
+        h.arg = arg
+        h.badge = badge
+        h.pid = pid
+        h.uid = uid
+        h.gid = gid
+        return self._write_with_caps(&h, caps, payload)
+
+    cdef object _write_with_caps(self, mk_hdr *h, tuple caps,
+                                 const unsigned char[:] payload):
+        cdef uint32_t cbuf[MAX_CAPS_PER_RECORD]
+        cdef Py_ssize_t i, n = len(caps)
+        if n > MAX_CAPS_PER_RECORD:
+            raise ValueError(f"at most {MAX_CAPS_PER_RECORD} capabilities per message")
+        for i in range(n):
+            cbuf[i] = caps[i]
+        h.ncaps = <uint16_t>n
+        if payload is None or payload.shape[0] == 0:
+            return self._write(h, cbuf, NULL, 0) == 1
+        return self._write(h, cbuf, <const char *>&payload[0], payload.shape[0]) == 1
+
+    def forward(self, Ring src, Header sh, uint16_t opcode, uint64_t req_id,
+                int32_t status, uint32_t slot, uint64_t arg, uint64_t badge,
+                uint32_t pid, uint32_t uid, uint32_t gid):
+        """Copy the payload of `sh` (a record in `src`) into a new completion.
+
+        This is the one payload copy of the routing fast path (DESIGN §8).
+        Capabilities are not forwarded: the kernel translates them.
+        Returns False when this ring is full.
+        """
+        cdef mk_hdr h
+        memset(&h, 0, HDR_SIZE)
+        h.opcode = opcode
+        h.req_id = req_id
+        h.status = status
+        h.slot = slot
+        h.arg = arg
+        h.badge = badge
+        h.pid = pid
+        h.uid = uid
+        h.gid = gid
+        h.ncaps = 0
+        cdef const char *p = src.data + sh.pos + HDR_SIZE + 4 * sh.h.ncaps
+        return self._write(&h, NULL, p, sh.h.payload_len) == 1
+
+    def peer_waiting(self):
+        """After publishing: does the consumer sleep and need its eventfd written?"""
+        # SYNC POINT: the fence orders our tail store before the waiting load;
+        # the consumer fences between its waiting store and its tail load.
+        mk_fence()
+        return mk_load_u32(self.waiting_p) != 0
+
+    # ---------------------------------------------------------------- consumer
+
+    def readable(self):
+        """True when at least one record (or pad) is published."""
+        return mk_load_acquire_u64(self.tail_p) != self.head
+
+    def read(self):
+        """The next record's header, validated, or None when the ring is empty.
+
+        Raises RingCorruptError when the producer broke the format.
+        """
+        cdef uint64_t tail, avail, pos, to_end, expect
+        cdef uint32_t first[2]
+        cdef Header out
+        while True:
+            # SYNC POINT: acquire the producer's tail; records before it are complete.
+            tail = mk_load_acquire_u64(self.tail_p)
+            if tail == self.head:
+                return None
+            avail = tail - self.head
+            if avail > self.size or avail & 7:
+                raise RingCorruptError("producer index out of range")
+            pos = self.head & self.mask
+            to_end = self.size - pos
+            memcpy(first, self.data + pos, 8)
+            if (first[1] & 0xffff) == OP_PAD:
+                if first[0] != to_end or avail < to_end:
+                    raise RingCorruptError("malformed pad record")
+                self.head += to_end
+                mk_store_release_u64(self.head_p, self.head)
+                continue
+            if to_end < HDR_SIZE or avail < HDR_SIZE:
+                raise RingCorruptError("truncated record header")
+            out = Header.__new__(Header)
+            memcpy(&out.h, self.data + pos, HDR_SIZE)    # copy first, then check the copy
+            expect = _align8(HDR_SIZE + 4 * <uint64_t>out.h.ncaps + out.h.payload_len)
+            if out.h.ncaps > MAX_CAPS_PER_RECORD:
+                raise RingCorruptError(f"record carries {out.h.ncaps} capabilities")
+            if out.h.size != expect or expect > avail or expect > to_end:
+                raise RingCorruptError(
+                    f"record size {out.h.size} does not match its contents or the ring")
+            out.pos = pos
+            return out
+
+    def payload(self, Header h):
+        """The payload of `h` (the record read() returned last) as bytes."""
+        return PyBytes_FromStringAndSize(
+            self.data + h.pos + HDR_SIZE + 4 * h.h.ncaps, h.h.payload_len)
+
+    def caps(self, Header h):
+        """The capability slots carried by `h`, as a tuple of ints."""
+        cdef const uint32_t *c = <const uint32_t *>(self.data + h.pos + HDR_SIZE)
+        return tuple([c[i] for i in range(h.h.ncaps)])
+
+    def consume(self, Header h):
+        """Free the record `h`, which must be the one read() returned last."""
+        if h.pos != (self.head & self.mask):
+            raise ValueError("consume() takes the record read() returned last")
+        self.head += h.h.size
+        # SYNC POINT: release the space; the producer's acquire of head sees it free.
+        mk_store_release_u64(self.head_p, self.head)
+
+    def prepare_sleep(self):
+        """Announce that the consumer is about to block on its eventfd.
+
+        Returns True when it may block; False when a record arrived meanwhile
+        (the flag is cleared again and the caller should read instead).
+        """
+        mk_store_u32(self.waiting_p, 1)
+        mk_fence()   # SYNC POINT: pairs with the fence in peer_waiting()
+        if mk_load_acquire_u64(self.tail_p) != self.head:
+            mk_store_u32(self.waiting_p, 0)
+            return False
+        return True
+
+    def end_sleep(self):
+        mk_store_u32(self.waiting_p, 0)
+
+    def spin(self, int64_t budget_ns, int64_t yield_after_ns=2000):
+        """Busy-poll for a record for up to `budget_ns`; True when one is there.
+
+        After `yield_after_ns` the loop calls sched_yield() between polls, so a
+        peer that shares our core gets to run (2 cores, 3 busy processes).
+        The GIL is released so that other threads run meanwhile.
+        """
+        cdef int64_t start, now
+        cdef uint64_t i = 0
+        cdef bint found = False
+        with nogil:
+            start = _now_ns()
+            now = start
+            while True:
+                if mk_load_acquire_u64(self.tail_p) != self.head:
+                    found = True
+                    break
+                i += 1
+                if (i & 31) == 0:
+                    now = _now_ns()
+                    if now - start >= budget_ns:
+                        break
+                if now - start >= yield_after_ns:
+                    mk_yield()
+                else:
+                    mk_cpu_relax()
+        return found

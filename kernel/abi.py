@@ -1,0 +1,128 @@
+"""The kernel ABI in one place (STYLE §1).
+
+Two halves:
+- the binary record header and opcode numbers of the per-message path, declared
+  as a C struct in ``kernel/_core/ring.pxd`` and mirrored here for readers;
+- msgspec structs for what is not per-message: the bootstrap handshake.
+
+Numbers are never reused; a retired number stays reserved in a comment.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+ABI_VERSION = 1
+
+# Mirror of ring.pxd (tests/unit/test_layout.py checks the two agree).
+HDR_SIZE = 72
+CONTROL_SIZE = 4096
+OFF_SQ_TAIL, OFF_SQ_HEAD, OFF_SQ_WAITING = 64, 128, 192
+OFF_CQ_TAIL, OFF_CQ_HEAD, OFF_CQ_WAITING = 256, 320, 384
+MAX_CAPS_PER_RECORD = 64
+RING_MAGIC = b"MKIPCRNG"
+
+RING_SIZE = 1 << 20
+"""Bytes of data in each ring of a process (SQ and CQ); memfd pages are lazy."""
+
+MAX_PAYLOAD = 256 * 1024
+"""Largest message payload in bytes; a larger one raises MessageTooLargeError."""
+
+DEADLINE_FOREVER = -1
+DEADLINE_NOW = 0
+
+
+class Op(enum.IntEnum):
+    """Opcodes of ring records. A completion echoes its request's opcode."""
+
+    PAD = 0  # ring framing only: skip to the end of the data area
+    # endpoints 10-19
+    ENDPOINT_SEND = 10
+    ENDPOINT_CALL = 11
+    ENDPOINT_RECV = 12
+    ENDPOINT_REPLY = 13
+    ENDPOINT_REPLY_RECV = 14
+    # notifications 20-29
+    NOTIFICATION_SIGNAL = 20
+    NOTIFICATION_WAIT = 21
+    NOTIFICATION_POLL = 22
+    # objects and capabilities 30-39
+    ENDPOINT_CREATE = 30
+    NOTIFICATION_CREATE = 31
+    CAP_CLOSE = 32
+    # processes 40-49
+    INHERIT_CREATE = 40
+    PROCESS_WAIT = 41
+    CANCEL = 42
+
+
+class ObjectKind(enum.IntEnum):
+    ENDPOINT = 1
+    NOTIFICATION = 2
+    REPLY = 3
+
+
+KIND_NAMES = {ObjectKind.ENDPOINT: "endpoint", ObjectKind.NOTIFICATION: "notification"}
+
+# Flags of a received message's completion (Header.arg).
+MSG_IS_CALL = 1
+
+
+class InheritedCap(msgspec.Struct, frozen=True):
+    slot: int
+    kind: str
+    rights: int
+
+
+class Hello(msgspec.Struct, tag=True):
+    """First frame from a process on the bootstrap socket."""
+
+    version: int
+    inherit_token: str | None = None
+
+
+class Welcome(msgspec.Struct, tag=True):
+    """The kernel's answer, sent with the memfd and both eventfds (SCM_RIGHTS)."""
+
+    version: int
+    pid: int
+    uid: int
+    gid: int
+    region_size: int
+    sq_size: int
+    cq_size: int
+    max_payload: int
+    inherited: dict[str, InheritedCap] = {}
+
+
+class Refused(msgspec.Struct, tag=True):
+    reason: str
+
+
+Handshake = Hello | Welcome | Refused
+HANDSHAKE_MAX = 64 * 1024
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Handshake)
+
+
+def encode_frame(msg: Handshake) -> bytes:
+    body = _encoder.encode(msg)
+    return len(body).to_bytes(4, "little") + body
+
+
+def decode_frame(body: bytes) -> Handshake:
+    return _decoder.decode(body)
+
+
+_names_decoder = msgspec.msgpack.Decoder(list[str])
+
+
+def encode_names(names: list[str]) -> bytes:
+    return _encoder.encode(names)
+
+
+def decode_names(data: bytes) -> list[str]:
+    return _names_decoder.decode(data)

@@ -1,0 +1,303 @@
+"""The client core: handshake, submit, completions. Non-blocking steps only.
+
+Both faces build on this: sync.py blocks in `Connection.wait`, aio.py waits on
+the completion eventfd from the event loop. Neither contains protocol logic.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import mmap
+import os
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .. import abi
+from .._core.ring import Ring
+from ..abi import Op
+from ..errors import IPCError, MessageTooLargeError, PeerClosedError, Status, error_for
+from . import _launch
+
+SPIN_MIN_NS = 5_000
+SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SPIN_US", "100")) * 1000)
+"""Adaptive spin before sleeping: grows while replies come within it, shrinks when not."""
+
+
+class Completion:
+    __slots__ = ("opcode", "req_id", "status", "slot", "arg", "badge", "pid", "uid", "gid",
+                 "payload")
+
+    def reason(self) -> str:
+        return bytes(self.payload).decode("utf-8", "replace")
+
+
+def deadline_from(timeout: float | None) -> int:
+    """Turn a timeout into the absolute deadline the kernel enforces (STYLE §5)."""
+    if timeout is None:
+        return abi.DEADLINE_FOREVER
+    if not timeout >= 0:   # also rejects NaN
+        raise ValueError("timeout must be non-negative or None")
+    if timeout == 0:
+        return abi.DEADLINE_NOW
+    return time.monotonic_ns() + max(1, int(timeout * 1e9))
+
+
+def as_payload(data: Any) -> bytes | bytearray | memoryview:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"message data must be bytes-like, not {type(data).__name__}")
+    if len(data) > abi.MAX_PAYLOAD:
+        raise MessageTooLargeError(
+            f"message of {len(data)} bytes exceeds the maximum of {abi.MAX_PAYLOAD} bytes")
+    return data
+
+
+def check(c: Completion, what: Callable[[], str]) -> Completion:
+    """Raise the exception for a failed completion; `what` names the operation."""
+    if c.status != Status.OK:
+        raise error_for(c.status, what(), c.reason())
+    return c
+
+
+class Connection:
+    """One process's connection: bootstrap socket, mapped rings, eventfds."""
+
+    def __init__(self, path: str | None = None, *, autostart: bool = True) -> None:
+        self.path = path or _launch.default_socket_path()
+        token = os.environ.pop("MKIPC_INHERIT", None)   # one-shot: not for grandchildren
+        self.sock, welcome, fds = _connect(self.path, token, autostart)
+        self.welcome = welcome
+        memfd, self.sq_efd, self.cq_efd = fds
+        try:
+            self.mm = mmap.mmap(memfd, welcome.region_size)
+        finally:
+            os.close(memfd)
+        self.sq = Ring(self.mm, abi.CONTROL_SIZE, welcome.sq_size,
+                       abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
+        self.cq = Ring(self.mm, abi.CONTROL_SIZE + welcome.sq_size, welcome.cq_size,
+                       abi.OFF_CQ_TAIL, abi.OFF_CQ_HEAD, abi.OFF_CQ_WAITING)
+        self.results: dict[int, Completion] = {}
+        self.abandoned: dict[int, int] = {}          # withdrawn req_id -> its cap slot
+        self.msg_stash: dict[int, deque[Completion]] = {}   # slot -> orphaned messages
+        self.bits_stash: dict[int, int] = {}         # slot -> orphaned notification bits
+        self.lost: str | None = None
+        self._ids = itertools.count(1)
+        self._submit_lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._spin_ns = SPIN_MAX_NS // 2
+
+    # ------------------------------------------------------------ submit
+
+    def submit(self, op: int, slot: int = 0, deadline: int = abi.DEADLINE_FOREVER,
+               arg: int = 0, payload: Any = b"", caps: tuple[int, ...] = ()) -> int:
+        self.check_open()
+        req_id = next(self._ids)
+        with self._submit_lock:
+            while not self.sq.submit(op, req_id, slot, deadline, arg, payload, caps):
+                self._wait_for_space()
+            if self.sq.peer_waiting():
+                os.eventfd_write(self.sq_efd, 1)
+        return req_id
+
+    def _wait_for_space(self) -> None:
+        os.eventfd_write(self.sq_efd, 1)   # the kernel may sleep; it frees space as it drains
+        self.check_open()
+        time.sleep(0.0001)
+
+    def cancel(self, req_id: int, slot: int) -> None:
+        """Withdraw a pending op; a result that raced the withdrawal is kept, not lost."""
+        if self.lost is not None:
+            return
+        self.abandoned[req_id] = slot
+        self.submit(Op.CANCEL, arg=req_id)
+
+    # ------------------------------------------------------------ completions
+
+    def drain(self) -> list[Completion]:
+        """Take every completion out of the ring (orphans go to the stashes)."""
+        out: list[Completion] = []
+        cq = self.cq
+        while (h := cq.read()) is not None:
+            c = Completion()
+            c.opcode, c.req_id, c.status, c.slot = h.opcode, h.req_id, h.status, h.slot
+            c.arg, c.badge, c.pid, c.uid, c.gid = h.arg, h.badge, h.pid, h.uid, h.gid
+            c.payload = cq.payload(h) if h.payload_len else b""
+            cq.consume(h)
+            if c.req_id in self.abandoned:
+                self._orphan(c, self.abandoned.pop(c.req_id))
+            else:
+                out.append(c)
+        return out
+
+    def stash_result(self, c: Completion, slot: int) -> None:
+        """Keep the result of an op whose waiter was cancelled as it completed."""
+        self._orphan(c, slot)
+
+    def _orphan(self, c: Completion, slot: int) -> None:
+        if c.status != Status.OK:
+            return
+        if c.opcode in (Op.ENDPOINT_RECV, Op.ENDPOINT_REPLY_RECV):
+            self.msg_stash.setdefault(slot, deque()).append(c)
+        elif c.opcode == Op.NOTIFICATION_WAIT and c.arg:
+            self.bits_stash[slot] = self.bits_stash.get(slot, 0) | c.arg
+
+    # ------------------------------------------------------------ blocking wait (sync face)
+
+    def wait(self, req_id: int) -> Completion:
+        """Block until `req_id` completes. Thread-safe: one thread polls, others sleep."""
+        while True:
+            c = self.results.pop(req_id, None)
+            if c is not None:
+                return c
+            if self._poll_lock.acquire(blocking=False):
+                try:
+                    return self._poll_for(req_id)
+                finally:
+                    self._poll_lock.release()
+                    with self._cond:
+                        self._cond.notify_all()
+            with self._cond:
+                if req_id not in self.results and self._poll_lock.locked():
+                    self._cond.wait(0.05)
+
+    def _poll_for(self, req_id: int) -> Completion:
+        while True:
+            found = self.results.pop(req_id, None)
+            for c in self.drain():
+                if c.req_id == req_id:
+                    found = c
+                else:
+                    self.results[c.req_id] = c
+            if self.results:
+                with self._cond:
+                    self._cond.notify_all()
+            if found is not None:
+                return found
+            self._block()
+
+    def _block(self) -> None:
+        """Spin (adaptively, bounded), then sleep on the completion eventfd."""
+        if self.cq.spin(self._spin_ns):
+            self._spin_ns = min(SPIN_MAX_NS, self._spin_ns * 2)
+            return
+        self._spin_ns = max(SPIN_MIN_NS, self._spin_ns // 2)
+        if not self.cq.prepare_sleep():
+            return
+        try:
+            self._sleep()
+        finally:
+            self.cq.end_sleep()
+
+    def _sleep(self) -> None:
+        self.check_open()
+        poller = select.poll()
+        poller.register(self.cq_efd, select.POLLIN)
+        poller.register(self.sock, select.POLLIN)
+        for fd, _ in poller.poll():
+            if fd == self.cq_efd:
+                self.clear_doorbell()
+            else:
+                self.check_socket()
+
+    def clear_doorbell(self) -> None:
+        try:
+            os.eventfd_read(self.cq_efd)
+        except BlockingIOError:
+            pass
+
+    def check_socket(self) -> None:
+        """Called when the bootstrap socket is readable: the kernel went away."""
+        try:
+            data = self.sock.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            data = b""
+            self.lost = f"the kernel connection failed: {e}"
+        if not data:
+            self.lost = self.lost or "the kernel closed the connection (it exited or shut down)"
+        self.check_open()
+
+    def check_open(self) -> None:
+        if self.lost is not None:
+            raise PeerClosedError(self.lost, Status.PEER_CLOSED)
+
+    # ------------------------------------------------------------ teardown
+
+    def close(self) -> None:
+        if self.lost == "closed":
+            return
+        self.lost = "closed"
+        self.sock.close()   # EOF: the kernel frees everything this process held
+        self.sq.close()
+        self.cq.close()
+        self.mm.close()
+        os.close(self.sq_efd)
+        os.close(self.cq_efd)
+
+
+# ------------------------------------------------------------ bootstrap
+
+
+def _connect(path: str, token: str | None, autostart: bool
+             ) -> tuple[socket.socket, abi.Welcome, list[int]]:
+    try:
+        return _handshake(path, token)
+    except (FileNotFoundError, ConnectionRefusedError):
+        if not autostart:
+            raise PeerClosedError(f"no kernel listens on {path}") from None
+    with _launch.start_lock(path):
+        try:
+            return _handshake(path, token)
+        except (FileNotFoundError, ConnectionRefusedError):
+            proc = _launch.start_kernel(path)
+        deadline = time.monotonic() + _launch.START_TIMEOUT
+        while True:
+            try:
+                return _handshake(path, token)
+            except (FileNotFoundError, ConnectionRefusedError):
+                _launch.check_alive(proc, path)
+                if time.monotonic() > deadline:
+                    raise PeerClosedError(f"the kernel on {path} did not start in time; "
+                                          f"see {path}.log") from None
+                time.sleep(0.01)
+
+
+def _handshake(path: str, token: str | None) -> tuple[socket.socket, abi.Welcome, list[int]]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+        sock.sendall(abi.encode_frame(abi.Hello(abi.ABI_VERSION, token)))
+        frame, fds = _recv_frame(sock)
+    except BaseException:
+        sock.close()
+        raise
+    if isinstance(frame, abi.Welcome) and len(fds) == 3:
+        return sock, frame, fds
+    for fd in fds:
+        os.close(fd)
+    sock.close()
+    reason = frame.reason if isinstance(frame, abi.Refused) else f"unexpected {frame!r}"
+    raise IPCError(f"connect to the kernel on {path}: refused: {reason}", Status.INVALID_ARGS)
+
+
+def _recv_frame(sock: socket.socket) -> tuple[abi.Handshake, list[int]]:
+    buf = b""
+    fds: list[int] = []
+    sock.settimeout(10.0)
+    while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "little"):
+        data, anc, _, _ = sock.recvmsg(65536, socket.CMSG_LEN(3 * 4))
+        if not data:
+            raise PeerClosedError("the kernel closed the connection during the handshake")
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", raw[: len(raw) - len(raw) % 4]))
+        buf += data
+    sock.settimeout(None)
+    return abi.decode_frame(buf[4:]), fds

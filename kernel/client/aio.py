@@ -1,0 +1,286 @@
+"""The asyncio face (uvloop-friendly): many calls in flight, cancellation-safe.
+
+The core is the same as the blocking face's; only waiting differs. The event loop
+watches the completion eventfd, and the waiting flag stays set while the loop is
+idle, so the kernel rings the doorbell exactly when a completion lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from ..abi import Op
+from ..errors import CallTimeoutError, PeerClosedError, WouldBlock
+from ._common import CapBase, MessageBase, argv_list, inherit_request, spawn_env
+from ._conn import Completion, Connection, as_payload, check, deadline_from
+
+Data = bytes | bytearray | memoryview
+
+
+class AsyncKernel:
+    """A connection to the kernel for asyncio code: `async with kernel.connect_async() as k`."""
+
+    def __init__(self, socket: str | None = None, *, autostart: bool = True) -> None:
+        self._socket = socket
+        self._autostart = autostart
+        self._conn: Connection | None = None
+        self._futures: dict[int, asyncio.Future[Completion]] = {}
+        self.inherited: dict[str, AsyncEndpointCap | AsyncNotificationCap] = {}
+
+    async def __aenter__(self) -> AsyncKernel:
+        await self.open()
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.close()
+
+    def __await__(self) -> Any:
+        return self.open().__await__()
+
+    async def open(self) -> AsyncKernel:
+        """Connect (in a worker thread: it may have to start a kernel first)."""
+        self._loop = asyncio.get_running_loop()
+        conn = await asyncio.to_thread(Connection, self._socket, autostart=self._autostart)
+        self._conn = conn
+        w = conn.welcome
+        self.pid, self.uid, self.gid = w.pid, w.uid, w.gid
+        self.inherited = {n: _CAP_TYPES[ic.kind](self, ic.slot) for n, ic in w.inherited.items()}
+        self._loop.add_reader(conn.cq_efd, self._on_doorbell)
+        self._loop.add_reader(conn.sock.fileno(), self._on_socket)
+        if not conn.cq.prepare_sleep():
+            self._loop.call_soon(self._on_doorbell)
+        return self
+
+    @property
+    def socket_path(self) -> str:
+        return self._open().path
+
+    def close(self) -> None:
+        """Disconnect; pending operations fail with PeerClosedError."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        self._loop.remove_reader(conn.cq_efd)
+        self._loop.remove_reader(conn.sock.fileno())
+        self._fail_all(PeerClosedError("the connection was closed"))
+        conn.close()
+
+    def _open(self) -> Connection:
+        if self._conn is None:
+            raise PeerClosedError("the connection is not open (use `async with`)")
+        return self._conn
+
+    # ------------------------------------------------------------ completions
+
+    def _on_doorbell(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        conn.clear_doorbell()
+        while True:
+            conn.cq.end_sleep()
+            for c in conn.drain():
+                fut = self._futures.pop(c.req_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(c)
+            if conn.cq.prepare_sleep():   # re-checks the ring after setting the flag
+                return
+
+    def _on_socket(self) -> None:
+        try:
+            self._open().check_socket()
+        except PeerClosedError as e:
+            conn = self._conn
+            assert conn is not None
+            self._loop.remove_reader(conn.sock.fileno())
+            self._fail_all(e)
+
+    def _fail_all(self, exc: Exception) -> None:
+        futures, self._futures = self._futures, {}
+        for fut in futures.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _roundtrip(self, op: int, cap: CapBase | None, verb: str, *,
+                         timeout: float | None = None, arg: int = 0, payload: Any = b"",
+                         caps: tuple[int, ...] = ()) -> Completion:
+        conn = self._open()
+        slot = cap.slot if cap is not None else 0
+        req_id = conn.submit(op, slot, deadline_from(timeout), arg, payload, caps)
+        fut: asyncio.Future[Completion] = self._loop.create_future()
+        self._futures[req_id] = fut
+        try:
+            c = await fut
+        except asyncio.CancelledError:
+            self._withdraw(conn, req_id, slot, fut)
+            raise
+        return check(c, lambda: cap._what(verb) if cap is not None else verb)
+
+    def _withdraw(self, conn: Connection, req_id: int, slot: int,
+                  fut: asyncio.Future[Completion]) -> None:
+        """Trio's abort_fn: take the op back from the kernel, or keep a result that won."""
+        if self._futures.pop(req_id, None) is not None:
+            conn.cancel(req_id, slot)
+        elif fut.done() and not fut.cancelled() and fut.exception() is None:
+            conn.stash_result(fut.result(), slot)   # completed as we were cancelled
+
+    # ------------------------------------------------------------ objects
+
+    async def endpoint(self) -> AsyncEndpointCap:
+        """Create an endpoint; the new capability has every endpoint right."""
+        c = await self._roundtrip(Op.ENDPOINT_CREATE, None, "create endpoint")
+        return AsyncEndpointCap(self, c.arg)
+
+    async def notification(self) -> AsyncNotificationCap:
+        c = await self._roundtrip(Op.NOTIFICATION_CREATE, None, "create notification")
+        return AsyncNotificationCap(self, c.arg)
+
+    async def spawn(self, argv: Sequence[str], *, caps: Mapping[str, CapBase] | None = None,
+                    env: Mapping[str, str] | None = None, **popen_kwargs: Any) -> AsyncProcess:
+        """Start a process that finds `caps` in its `inherited` mapping."""
+        slots, names = inherit_request(caps)
+        c = await self._roundtrip(Op.INHERIT_CREATE, None, "spawn", payload=names, caps=slots)
+        token = c.payload.decode()
+        popen = subprocess.Popen(argv_list(argv), env=spawn_env(self._open(), token, env),
+                                 **popen_kwargs)
+        return AsyncProcess(self, popen, token)
+
+
+class AsyncMessage(MessageBase):
+    __slots__ = ()
+
+    async def reply(self, data: Data) -> None:
+        """Answer the call. Raises PeerClosedError if the caller timed out or died."""
+        ep: AsyncEndpointCap = self._endpoint
+        slot = self._take_reply_slot()
+        await ep._k._roundtrip(Op.ENDPOINT_REPLY, _AsyncReplyCap(ep._k, slot), "reply",
+                               payload=as_payload(data))
+
+
+class _AsyncReplyCap(CapBase):
+    kind = "reply capability"
+    __slots__ = ()
+
+
+class AsyncEndpointCap(CapBase):
+    kind = "endpoint"
+    __slots__ = ()
+
+    async def send(self, data: Data, *, timeout: float | None = None) -> None:
+        await self._k._roundtrip(Op.ENDPOINT_SEND, self, "send", timeout=timeout,
+                                 payload=as_payload(data))
+
+    async def send_nowait(self, data: Data) -> None:
+        try:
+            await self.send(data, timeout=0)
+        except CallTimeoutError:
+            raise WouldBlock("send_nowait: no receiver is waiting on the endpoint") from None
+
+    async def call(self, data: Data, *, timeout: float | None = None) -> AsyncMessage:
+        c = await self._k._roundtrip(Op.ENDPOINT_CALL, self, "call", timeout=timeout,
+                                     payload=as_payload(data))
+        return AsyncMessage(c)
+
+    async def recv(self, *, timeout: float | None = None) -> AsyncMessage:
+        stash = self._k._open().msg_stash.get(self.slot)
+        if stash:
+            return AsyncMessage(stash.popleft(), self)
+        c = await self._k._roundtrip(Op.ENDPOINT_RECV, self, "recv", timeout=timeout)
+        return AsyncMessage(c, self)
+
+    async def reply_recv(self, msg: AsyncMessage, data: Data, *,
+                         timeout: float | None = None) -> AsyncMessage:
+        slot = msg._take_reply_slot()
+        c = await self._k._roundtrip(Op.ENDPOINT_REPLY_RECV, self, "reply_recv",
+                                     timeout=timeout, arg=slot, payload=as_payload(data))
+        return AsyncMessage(c, self)
+
+    async def close(self) -> None:
+        await self._k._roundtrip(Op.CAP_CLOSE, self, "close")
+
+
+Handler = Callable[[int], Awaitable[None] | None]
+
+
+class AsyncNotificationCap(CapBase):
+    kind = "notification"
+    __slots__ = ()
+
+    async def signal(self, bits: int) -> None:
+        if not 0 < bits < 1 << 64:
+            raise ValueError("bits must be a non-zero 64-bit mask")
+        await self._k._roundtrip(Op.NOTIFICATION_SIGNAL, self, "signal", arg=bits)
+
+    async def wait(self, *, timeout: float | None = None) -> int:
+        stashed = self._k._open().bits_stash.pop(self.slot, 0)
+        if stashed:
+            return stashed | await self.poll()
+        c = await self._k._roundtrip(Op.NOTIFICATION_WAIT, self, "wait", timeout=timeout)
+        return int(c.arg)
+
+    async def poll(self) -> int:
+        stashed = self._k._open().bits_stash.pop(self.slot, 0)
+        c = await self._k._roundtrip(Op.NOTIFICATION_POLL, self, "poll")
+        return stashed | int(c.arg)
+
+    def on_signal(self, handler: Handler) -> asyncio.Task[None]:
+        """Run `handler(bits)` (a function or coroutine function) whenever bits arrive.
+
+        Returns the task; cancel it to stop. Bits that arrive while the handler
+        runs are kept for its next call, never lost.
+        """
+        async def loop() -> None:
+            while True:
+                result = handler(await self.wait())
+                if inspect.isawaitable(result):
+                    await result
+
+        return asyncio.ensure_future(loop())
+
+    async def close(self) -> None:
+        await self._k._roundtrip(Op.CAP_CLOSE, self, "close")
+
+
+_CAP_TYPES: dict[str, type[AsyncEndpointCap] | type[AsyncNotificationCap]] = {
+    "endpoint": AsyncEndpointCap, "notification": AsyncNotificationCap}
+
+
+class AsyncProcess:
+    def __init__(self, k: AsyncKernel, popen: subprocess.Popen[Any], token: str) -> None:
+        self._k = k
+        self.popen = popen
+        self.pid = popen.pid
+        self._token = token
+        self._reaped = False
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def terminate(self) -> None:
+        self.popen.terminate()
+
+    async def wait(self, timeout: float | None = None) -> int:
+        """Wait for exit and for the kernel's clean-up; CallTimeoutError after `timeout`."""
+        deadline = deadline_from(timeout)
+        try:
+            code = await asyncio.to_thread(self.popen.wait, timeout)
+        except subprocess.TimeoutExpired:
+            raise CallTimeoutError(f"wait for pid {self.pid}: still running after "
+                                   f"{timeout} s") from None
+        if not self._reaped:
+            remaining = None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+            await self._k._roundtrip(Op.PROCESS_WAIT, None, f"wait for pid {self.pid}",
+                                     timeout=remaining, payload=self._token.encode())
+            self._reaped = True
+        return code

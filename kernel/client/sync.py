@@ -1,0 +1,211 @@
+"""The blocking face. Thread-safe: many threads may call through one connection."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from .. import abi
+from ..abi import Op
+from ..errors import CallTimeoutError, WouldBlock
+from ._common import CapBase, Credentials, MessageBase, argv_list, inherit_request, spawn_env
+from ._conn import Completion, Connection, as_payload, check, deadline_from
+
+Data = bytes | bytearray | memoryview
+
+
+class Kernel:
+    """A connection to the kernel. Use `kernel.connect()` to make one."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        w = conn.welcome
+        self.pid, self.uid, self.gid = w.pid, w.uid, w.gid
+        self.inherited: dict[str, EndpointCap | NotificationCap] = {
+            name: _CAP_TYPES[ic.kind](self, ic.slot) for name, ic in w.inherited.items()}
+
+    @property
+    def socket_path(self) -> str:
+        return self._conn.path
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disconnect; the kernel deletes every capability this connection held."""
+        self._conn.close()
+
+    def _roundtrip(self, op: int, cap: CapBase | None, verb: str, *, timeout: float | None = None,
+                   arg: int = 0, payload: Any = b"", caps: tuple[int, ...] = ()) -> Completion:
+        slot = cap.slot if cap is not None else 0
+        conn = self._conn
+        req_id = conn.submit(op, slot, deadline_from(timeout), arg, payload, caps)
+        try:
+            c = conn.wait(req_id)
+        except BaseException:
+            conn.cancel(req_id, slot)   # e.g. KeyboardInterrupt: withdraw, then re-raise
+            raise
+        return check(c, lambda: cap._what(verb) if cap is not None else verb)
+
+    def endpoint(self) -> EndpointCap:
+        """Create an endpoint; the new capability has every endpoint right."""
+        return EndpointCap(self, self._roundtrip(Op.ENDPOINT_CREATE, None, "create endpoint").arg)
+
+    def notification(self) -> NotificationCap:
+        """Create a notification (a 64-bit word of signal bits)."""
+        c = self._roundtrip(Op.NOTIFICATION_CREATE, None, "create notification")
+        return NotificationCap(self, c.arg)
+
+    def spawn(self, argv: Sequence[str], *, caps: Mapping[str, CapBase] | None = None,
+              env: Mapping[str, str] | None = None, **popen_kwargs: Any) -> Process:
+        """Start a process that finds `caps` in `kernel.connect().inherited`.
+
+        The child receives copies (same rights and badge) once it connects.
+        """
+        slots, names = inherit_request(caps)
+        c = self._roundtrip(Op.INHERIT_CREATE, None, "spawn", payload=names, caps=slots)
+        token = c.payload.decode()
+        popen = subprocess.Popen(argv_list(argv), env=spawn_env(self._conn, token, env),
+                                 **popen_kwargs)
+        return Process(self, popen, token)
+
+
+class Message(MessageBase):
+    __slots__ = ()
+
+    def reply(self, data: Data) -> None:
+        """Answer the call. Raises PeerClosedError if the caller timed out or died."""
+        ep: EndpointCap = self._endpoint
+        slot = self._take_reply_slot()
+        ep._k._roundtrip(Op.ENDPOINT_REPLY, _ReplyCap(ep._k, slot), "reply",
+                         payload=as_payload(data))
+
+
+class _ReplyCap(CapBase):
+    kind = "reply capability"
+    __slots__ = ()
+
+
+class EndpointCap(CapBase):
+    """Synchronous rendezvous: a send completes only when a receiver takes it."""
+
+    kind = "endpoint"
+    __slots__ = ()
+
+    def send(self, data: Data, *, timeout: float | None = None) -> None:
+        """Block until a receiver takes `data`. Rights: SEND."""
+        self._k._roundtrip(Op.ENDPOINT_SEND, self, "send", timeout=timeout,
+                           payload=as_payload(data))
+
+    def send_nowait(self, data: Data) -> None:
+        """Send only if a receiver waits right now; otherwise raise WouldBlock."""
+        try:
+            self.send(data, timeout=0)
+        except CallTimeoutError:
+            raise WouldBlock("send_nowait: no receiver is waiting on the endpoint") from None
+
+    def call(self, data: Data, *, timeout: float | None = None) -> Message:
+        """Send `data` and wait for the reply; the timeout covers both. Rights: SEND."""
+        c = self._k._roundtrip(Op.ENDPOINT_CALL, self, "call", timeout=timeout,
+                               payload=as_payload(data))
+        return Message(c)
+
+    def recv(self, *, timeout: float | None = None) -> Message:
+        """Wait for a message. Rights: RECEIVE."""
+        stash = self._k._conn.msg_stash.get(self.slot)
+        if stash:
+            return Message(stash.popleft(), self)
+        return Message(self._k._roundtrip(Op.ENDPOINT_RECV, self, "recv", timeout=timeout), self)
+
+    def reply_recv(self, msg: Message, data: Data, *, timeout: float | None = None) -> Message:
+        """Reply to `msg` and wait for the next message, in one kernel operation."""
+        slot = msg._take_reply_slot()
+        c = self._k._roundtrip(Op.ENDPOINT_REPLY_RECV, self, "reply_recv", timeout=timeout,
+                               arg=slot, payload=as_payload(data))
+        return Message(c, self)
+
+    def close(self) -> None:
+        """Delete this capability from the process's table."""
+        self._k._roundtrip(Op.CAP_CLOSE, self, "close")
+
+
+class NotificationCap(CapBase):
+    """Asynchronous signals: bits OR into a word; wait returns the word and clears it."""
+
+    kind = "notification"
+    __slots__ = ()
+
+    def signal(self, bits: int) -> None:
+        """OR `bits` (a non-zero 64-bit mask) into the word. Rights: SIGNAL."""
+        if not 0 < bits < 1 << 64:
+            raise ValueError("bits must be a non-zero 64-bit mask")
+        self._k._roundtrip(Op.NOTIFICATION_SIGNAL, self, "signal", arg=bits)
+
+    def wait(self, *, timeout: float | None = None) -> int:
+        """Wait until some bit is set; return the word and clear it. Rights: WAIT."""
+        stashed = self._k._conn.bits_stash.pop(self.slot, 0)
+        if stashed:
+            return stashed | self.poll()
+        return int(self._k._roundtrip(Op.NOTIFICATION_WAIT, self, "wait", timeout=timeout).arg)
+
+    def poll(self) -> int:
+        """Return the word and clear it, without blocking (0 when nothing is set)."""
+        stashed = self._k._conn.bits_stash.pop(self.slot, 0)
+        return stashed | int(self._k._roundtrip(Op.NOTIFICATION_POLL, self, "poll").arg)
+
+    def close(self) -> None:
+        self._k._roundtrip(Op.CAP_CLOSE, self, "close")
+
+
+_CAP_TYPES: dict[str, type[EndpointCap] | type[NotificationCap]] = {
+    "endpoint": EndpointCap, "notification": NotificationCap}
+
+
+class Process:
+    """A process started by `Kernel.spawn`."""
+
+    def __init__(self, k: Kernel, popen: subprocess.Popen[Any], token: str) -> None:
+        self._k = k
+        self.popen = popen
+        self.pid = popen.pid
+        self._token = token
+        self._reaped = False
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def terminate(self) -> None:
+        self.popen.terminate()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit and for the kernel to have cleaned it up.
+
+        Raises CallTimeoutError (a TimeoutError) if that takes longer than `timeout`.
+        """
+        deadline = deadline_from(timeout)
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise CallTimeoutError(f"wait for pid {self.pid}: still running after "
+                                   f"{timeout} s") from None
+        if not self._reaped:
+            remaining = None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+            self._k._roundtrip(Op.PROCESS_WAIT, None, f"wait for pid {self.pid}",
+                               timeout=remaining, payload=self._token.encode())
+            self._reaped = True
+        return code
+
+
+__all__ = ["Kernel", "EndpointCap", "NotificationCap", "Message", "Process", "Credentials",
+           "abi"]

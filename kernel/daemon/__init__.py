@@ -1,0 +1,1 @@
+"""The kernel daemon: owns every IPC object and a capability table per process."""
