@@ -114,7 +114,8 @@ def encode_frame(msg: Handshake) -> bytes:
 
 
 def decode_frame(body: bytes) -> Handshake:
-    return _decoder.decode(body)
+    msg: Handshake = _decoder.decode(body)
+    return msg
 
 
 _names_decoder = msgspec.msgpack.Decoder(list[str])

@@ -13,17 +13,30 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     k = sub.add_parser("kernel", help="run the kernel daemon in the foreground")
-    k.add_argument("--socket", default=None,
-                   help="socket path (default: $MKIPC_SOCKET or a private per-user path)")
-    k.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
-                   help="exit after this long with no process connected")
-    k.add_argument("--spin-us", type=float, default=500.0,
-                   help="how long the kernel polls the rings after the last work (µs)")
+    k.add_argument(
+        "--socket",
+        default=None,
+        help="socket path (default: $MKIPC_SOCKET or a private per-user path)",
+    )
+    k.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exit after this long with no process connected",
+    )
+    k.add_argument(
+        "--spin-us",
+        type=float,
+        default=500.0,
+        help="how long the kernel polls the rings after the last work (µs)",
+    )
     k.add_argument("--log-level", default="INFO")
 
     sub.add_parser("demo", help="start or reuse a kernel, call an echo server, show latency")
-    sub.add_parser("bench", help="the IPC latency workbench (see `mkipc bench --help`)",
-                   add_help=False)
+    sub.add_parser(
+        "bench", help="the IPC latency workbench (see `mkipc bench --help`)", add_help=False
+    )
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
@@ -43,8 +56,11 @@ def _kernel(args: argparse.Namespace) -> int:
     from .client._launch import default_socket_path
     from .daemon.main import run
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s mkipc-kernel[%(process)d] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s mkipc-kernel[%(process)d] %(levelname)s %(message)s",
+    )
     path = os.path.abspath(args.socket or default_socket_path())
     try:
         run(path, idle_exit=args.idle_exit, spin_us=args.spin_us)

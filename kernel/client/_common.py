@@ -41,7 +41,8 @@ class MessageBase:
         slot, self._reply_slot = self._reply_slot, 0
         if not slot:
             raise InvalidCapabilityError(
-                "reply: this message was sent, not called, or was already answered")
+                "reply: this message was sent, not called, or was already answered"
+            )
         return slot
 
     def __repr__(self) -> str:

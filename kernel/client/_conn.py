@@ -30,8 +30,30 @@ SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SPIN_US", "100")) * 1000)
 
 
 class Completion:
-    __slots__ = ("opcode", "req_id", "status", "slot", "arg", "badge", "pid", "uid", "gid",
-                 "payload")
+    """One completion record, copied out of the ring."""
+
+    opcode: int
+    req_id: int
+    status: int
+    slot: int
+    arg: int
+    badge: int
+    pid: int
+    uid: int
+    gid: int
+    payload: bytes
+    __slots__ = (
+        "opcode",
+        "req_id",
+        "status",
+        "slot",
+        "arg",
+        "badge",
+        "pid",
+        "uid",
+        "gid",
+        "payload",
+    )
 
     def reason(self) -> str:
         return bytes(self.payload).decode("utf-8", "replace")
@@ -41,7 +63,7 @@ def deadline_from(timeout: float | None) -> int:
     """Turn a timeout into the absolute deadline the kernel enforces (STYLE §5)."""
     if timeout is None:
         return abi.DEADLINE_FOREVER
-    if not timeout >= 0:   # also rejects NaN
+    if not timeout >= 0:  # also rejects NaN
         raise ValueError("timeout must be non-negative or None")
     if timeout == 0:
         return abi.DEADLINE_NOW
@@ -53,7 +75,8 @@ def as_payload(data: Any) -> bytes | bytearray | memoryview:
         raise TypeError(f"message data must be bytes-like, not {type(data).__name__}")
     if len(data) > abi.MAX_PAYLOAD:
         raise MessageTooLargeError(
-            f"message of {len(data)} bytes exceeds the maximum of {abi.MAX_PAYLOAD} bytes")
+            f"message of {len(data)} bytes exceeds the maximum of {abi.MAX_PAYLOAD} bytes"
+        )
     return data
 
 
@@ -69,7 +92,7 @@ class Connection:
 
     def __init__(self, path: str | None = None, *, autostart: bool = True) -> None:
         self.path = path or _launch.default_socket_path()
-        token = os.environ.pop("MKIPC_INHERIT", None)   # one-shot: not for grandchildren
+        token = os.environ.pop("MKIPC_INHERIT", None)  # one-shot: not for grandchildren
         self.sock, welcome, fds = _connect(self.path, token, autostart)
         self.welcome = welcome
         memfd, self.sq_efd, self.cq_efd = fds
@@ -77,14 +100,26 @@ class Connection:
             self.mm = mmap.mmap(memfd, welcome.region_size)
         finally:
             os.close(memfd)
-        self.sq = Ring(self.mm, abi.CONTROL_SIZE, welcome.sq_size,
-                       abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
-        self.cq = Ring(self.mm, abi.CONTROL_SIZE + welcome.sq_size, welcome.cq_size,
-                       abi.OFF_CQ_TAIL, abi.OFF_CQ_HEAD, abi.OFF_CQ_WAITING)
+        self.sq = Ring(
+            self.mm,
+            abi.CONTROL_SIZE,
+            welcome.sq_size,
+            abi.OFF_SQ_TAIL,
+            abi.OFF_SQ_HEAD,
+            abi.OFF_SQ_WAITING,
+        )
+        self.cq = Ring(
+            self.mm,
+            abi.CONTROL_SIZE + welcome.sq_size,
+            welcome.cq_size,
+            abi.OFF_CQ_TAIL,
+            abi.OFF_CQ_HEAD,
+            abi.OFF_CQ_WAITING,
+        )
         self.results: dict[int, Completion] = {}
-        self.abandoned: dict[int, int] = {}          # withdrawn req_id -> its cap slot
-        self.msg_stash: dict[int, deque[Completion]] = {}   # slot -> orphaned messages
-        self.bits_stash: dict[int, int] = {}         # slot -> orphaned notification bits
+        self.abandoned: dict[int, int] = {}  # withdrawn req_id -> its cap slot
+        self.msg_stash: dict[int, deque[Completion]] = {}  # slot -> orphaned messages
+        self.bits_stash: dict[int, int] = {}  # slot -> orphaned notification bits
         self.lost: str | None = None
         self._ids = itertools.count(1)
         self._submit_lock = threading.Lock()
@@ -94,8 +129,15 @@ class Connection:
 
     # ------------------------------------------------------------ submit
 
-    def submit(self, op: int, slot: int = 0, deadline: int = abi.DEADLINE_FOREVER,
-               arg: int = 0, payload: Any = b"", caps: tuple[int, ...] = ()) -> int:
+    def submit(
+        self,
+        op: int,
+        slot: int = 0,
+        deadline: int = abi.DEADLINE_FOREVER,
+        arg: int = 0,
+        payload: Any = b"",
+        caps: tuple[int, ...] = (),
+    ) -> int:
         self.check_open()
         req_id = next(self._ids)
         with self._submit_lock:
@@ -106,7 +148,7 @@ class Connection:
         return req_id
 
     def _wait_for_space(self) -> None:
-        os.eventfd_write(self.sq_efd, 1)   # the kernel may sleep; it frees space as it drains
+        os.eventfd_write(self.sq_efd, 1)  # the kernel may sleep; it frees space as it drains
         self.check_open()
         time.sleep(0.0001)
 
@@ -234,7 +276,7 @@ class Connection:
         if self.lost == "closed":
             return
         self.lost = "closed"
-        self.sock.close()   # EOF: the kernel frees everything this process held
+        self.sock.close()  # EOF: the kernel frees everything this process held
         self.sq.close()
         self.cq.close()
         self.mm.close()
@@ -245,8 +287,9 @@ class Connection:
 # ------------------------------------------------------------ bootstrap
 
 
-def _connect(path: str, token: str | None, autostart: bool
-             ) -> tuple[socket.socket, abi.Welcome, list[int]]:
+def _connect(
+    path: str, token: str | None, autostart: bool
+) -> tuple[socket.socket, abi.Welcome, list[int]]:
     try:
         return _handshake(path, token)
     except (FileNotFoundError, ConnectionRefusedError):
@@ -264,8 +307,9 @@ def _connect(path: str, token: str | None, autostart: bool
             except (FileNotFoundError, ConnectionRefusedError):
                 _launch.check_alive(proc, path)
                 if time.monotonic() > deadline:
-                    raise PeerClosedError(f"the kernel on {path} did not start in time; "
-                                          f"see {path}.log") from None
+                    raise PeerClosedError(
+                        f"the kernel on {path} did not start in time; see {path}.log"
+                    ) from None
                 time.sleep(0.01)
 
 

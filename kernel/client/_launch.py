@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 AUTOSTART_IDLE_EXIT = float(os.environ.get("MKIPC_IDLE_EXIT", "30"))
@@ -20,8 +19,11 @@ START_TIMEOUT = 10.0
 def runtime_dir() -> str:
     """A private per-user directory (mode 0700) for the socket, lock and log."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    path = os.path.join(base, "mkipc") if base and os.access(base, os.W_OK) else \
-        os.path.join(tempfile.gettempdir(), f"mkipc-{os.getuid()}")
+    path = (
+        os.path.join(base, "mkipc")
+        if base and os.access(base, os.W_OK)
+        else os.path.join(tempfile.gettempdir(), f"mkipc-{os.getuid()}")
+    )
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.stat(path)
     if st.st_uid != os.getuid() or st.st_mode & 0o077:
@@ -49,13 +51,25 @@ def start_kernel(path: str) -> subprocess.Popen[bytes]:
     log = open(path + ".log", "ab")
     with log:
         return subprocess.Popen(
-            [sys.executable, "-m", "kernel", "kernel", "--socket", path,
-             "--idle-exit", str(AUTOSTART_IDLE_EXIT)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "kernel",
+                "kernel",
+                "--socket",
+                path,
+                "--idle-exit",
+                str(AUTOSTART_IDLE_EXIT),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
 
 
 def check_alive(proc: subprocess.Popen[bytes], path: str) -> None:
     if proc.poll() is not None:
-        raise ConnectionError(f"the kernel exited at start (code {proc.returncode}); "
-                              f"see {path}.log")
+        raise ConnectionError(
+            f"the kernel exited at start (code {proc.returncode}); see {path}.log"
+        )

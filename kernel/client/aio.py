@@ -37,8 +37,9 @@ class AsyncKernel:
         await self.open()
         return self
 
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __await__(self) -> Any:
@@ -90,7 +91,7 @@ class AsyncKernel:
                 fut = self._futures.pop(c.req_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(c)
-            if conn.cq.prepare_sleep():   # re-checks the ring after setting the flag
+            if conn.cq.prepare_sleep():  # re-checks the ring after setting the flag
                 return
 
     def _on_socket(self) -> None:
@@ -108,9 +109,17 @@ class AsyncKernel:
             if not fut.done():
                 fut.set_exception(exc)
 
-    async def _roundtrip(self, op: int, cap: CapBase | None, verb: str, *,
-                         timeout: float | None = None, arg: int = 0, payload: Any = b"",
-                         caps: tuple[int, ...] = ()) -> Completion:
+    async def _roundtrip(
+        self,
+        op: int,
+        cap: CapBase | None,
+        verb: str,
+        *,
+        timeout: float | None = None,
+        arg: int = 0,
+        payload: Any = b"",
+        caps: tuple[int, ...] = (),
+    ) -> Completion:
         conn = self._open()
         slot = cap.slot if cap is not None else 0
         req_id = conn.submit(op, slot, deadline_from(timeout), arg, payload, caps)
@@ -123,13 +132,14 @@ class AsyncKernel:
             raise
         return check(c, lambda: cap._what(verb) if cap is not None else verb)
 
-    def _withdraw(self, conn: Connection, req_id: int, slot: int,
-                  fut: asyncio.Future[Completion]) -> None:
+    def _withdraw(
+        self, conn: Connection, req_id: int, slot: int, fut: asyncio.Future[Completion]
+    ) -> None:
         """Trio's abort_fn: take the op back from the kernel, or keep a result that won."""
         if self._futures.pop(req_id, None) is not None:
             conn.cancel(req_id, slot)
         elif fut.done() and not fut.cancelled() and fut.exception() is None:
-            conn.stash_result(fut.result(), slot)   # completed as we were cancelled
+            conn.stash_result(fut.result(), slot)  # completed as we were cancelled
 
     # ------------------------------------------------------------ objects
 
@@ -142,14 +152,25 @@ class AsyncKernel:
         c = await self._roundtrip(Op.NOTIFICATION_CREATE, None, "create notification")
         return AsyncNotificationCap(self, c.arg)
 
-    async def spawn(self, argv: Sequence[str], *, caps: Mapping[str, CapBase] | None = None,
-                    env: Mapping[str, str] | None = None, **popen_kwargs: Any) -> AsyncProcess:
+    async def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        caps: Mapping[str, CapBase] | None = None,
+        env: Mapping[str, str] | None = None,
+        **popen_kwargs: Any,
+    ) -> AsyncProcess:
         """Start a process that finds `caps` in its `inherited` mapping."""
         slots, names = inherit_request(caps)
         c = await self._roundtrip(Op.INHERIT_CREATE, None, "spawn", payload=names, caps=slots)
         token = c.payload.decode()
-        popen = subprocess.Popen(argv_list(argv), env=spawn_env(self._open(), token, env),
-                                 **popen_kwargs)
+        # Popen returns once the child has exec'd; only waiting for it could block,
+        # and AsyncProcess.wait does that in a thread.
+        popen = subprocess.Popen(
+            argv_list(argv),  # noqa: ASYNC220
+            env=spawn_env(self._open(), token, env),
+            **popen_kwargs,
+        )
         return AsyncProcess(self, popen, token)
 
 
@@ -160,22 +181,26 @@ class AsyncMessage(MessageBase):
         """Answer the call. Raises PeerClosedError if the caller timed out or died."""
         ep: AsyncEndpointCap = self._endpoint
         slot = self._take_reply_slot()
-        await ep._k._roundtrip(Op.ENDPOINT_REPLY, _AsyncReplyCap(ep._k, slot), "reply",
-                               payload=as_payload(data))
+        await ep._k._roundtrip(
+            Op.ENDPOINT_REPLY, _AsyncReplyCap(ep._k, slot), "reply", payload=as_payload(data)
+        )
 
 
 class _AsyncReplyCap(CapBase):
     kind = "reply capability"
+    _k: AsyncKernel
     __slots__ = ()
 
 
 class AsyncEndpointCap(CapBase):
     kind = "endpoint"
+    _k: AsyncKernel
     __slots__ = ()
 
     async def send(self, data: Data, *, timeout: float | None = None) -> None:
-        await self._k._roundtrip(Op.ENDPOINT_SEND, self, "send", timeout=timeout,
-                                 payload=as_payload(data))
+        await self._k._roundtrip(
+            Op.ENDPOINT_SEND, self, "send", timeout=timeout, payload=as_payload(data)
+        )
 
     async def send_nowait(self, data: Data) -> None:
         try:
@@ -184,8 +209,9 @@ class AsyncEndpointCap(CapBase):
             raise WouldBlock("send_nowait: no receiver is waiting on the endpoint") from None
 
     async def call(self, data: Data, *, timeout: float | None = None) -> AsyncMessage:
-        c = await self._k._roundtrip(Op.ENDPOINT_CALL, self, "call", timeout=timeout,
-                                     payload=as_payload(data))
+        c = await self._k._roundtrip(
+            Op.ENDPOINT_CALL, self, "call", timeout=timeout, payload=as_payload(data)
+        )
         return AsyncMessage(c)
 
     async def recv(self, *, timeout: float | None = None) -> AsyncMessage:
@@ -195,11 +221,18 @@ class AsyncEndpointCap(CapBase):
         c = await self._k._roundtrip(Op.ENDPOINT_RECV, self, "recv", timeout=timeout)
         return AsyncMessage(c, self)
 
-    async def reply_recv(self, msg: AsyncMessage, data: Data, *,
-                         timeout: float | None = None) -> AsyncMessage:
+    async def reply_recv(
+        self, msg: AsyncMessage, data: Data, *, timeout: float | None = None
+    ) -> AsyncMessage:
         slot = msg._take_reply_slot()
-        c = await self._k._roundtrip(Op.ENDPOINT_REPLY_RECV, self, "reply_recv",
-                                     timeout=timeout, arg=slot, payload=as_payload(data))
+        c = await self._k._roundtrip(
+            Op.ENDPOINT_REPLY_RECV,
+            self,
+            "reply_recv",
+            timeout=timeout,
+            arg=slot,
+            payload=as_payload(data),
+        )
         return AsyncMessage(c, self)
 
     async def close(self) -> None:
@@ -211,6 +244,7 @@ Handler = Callable[[int], Awaitable[None] | None]
 
 class AsyncNotificationCap(CapBase):
     kind = "notification"
+    _k: AsyncKernel
     __slots__ = ()
 
     async def signal(self, bits: int) -> None:
@@ -236,6 +270,7 @@ class AsyncNotificationCap(CapBase):
         Returns the task; cancel it to stop. Bits that arrive while the handler
         runs are kept for its next call, never lost.
         """
+
         async def loop() -> None:
             while True:
                 result = handler(await self.wait())
@@ -248,8 +283,10 @@ class AsyncNotificationCap(CapBase):
         await self._k._roundtrip(Op.CAP_CLOSE, self, "close")
 
 
-_CAP_TYPES: dict[str, type[AsyncEndpointCap] | type[AsyncNotificationCap]] = {
-    "endpoint": AsyncEndpointCap, "notification": AsyncNotificationCap}
+_CAP_TYPES: dict[str, type[AsyncEndpointCap | AsyncNotificationCap]] = {
+    "endpoint": AsyncEndpointCap,
+    "notification": AsyncNotificationCap,
+}
 
 
 class AsyncProcess:
@@ -276,11 +313,17 @@ class AsyncProcess:
         try:
             code = await asyncio.to_thread(self.popen.wait, timeout)
         except subprocess.TimeoutExpired:
-            raise CallTimeoutError(f"wait for pid {self.pid}: still running after "
-                                   f"{timeout} s") from None
+            raise CallTimeoutError(
+                f"wait for pid {self.pid}: still running after {timeout} s"
+            ) from None
         if not self._reaped:
             remaining = None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-            await self._k._roundtrip(Op.PROCESS_WAIT, None, f"wait for pid {self.pid}",
-                                     timeout=remaining, payload=self._token.encode())
+            await self._k._roundtrip(
+                Op.PROCESS_WAIT,
+                None,
+                f"wait for pid {self.pid}",
+                timeout=remaining,
+                payload=self._token.encode(),
+            )
             self._reaped = True
         return code

@@ -25,7 +25,8 @@ class Kernel:
         w = conn.welcome
         self.pid, self.uid, self.gid = w.pid, w.uid, w.gid
         self.inherited: dict[str, EndpointCap | NotificationCap] = {
-            name: _CAP_TYPES[ic.kind](self, ic.slot) for name, ic in w.inherited.items()}
+            name: _CAP_TYPES[ic.kind](self, ic.slot) for name, ic in w.inherited.items()
+        }
 
     @property
     def socket_path(self) -> str:
@@ -34,23 +35,33 @@ class Kernel:
     def __enter__(self) -> Kernel:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
         """Disconnect; the kernel deletes every capability this connection held."""
         self._conn.close()
 
-    def _roundtrip(self, op: int, cap: CapBase | None, verb: str, *, timeout: float | None = None,
-                   arg: int = 0, payload: Any = b"", caps: tuple[int, ...] = ()) -> Completion:
+    def _roundtrip(
+        self,
+        op: int,
+        cap: CapBase | None,
+        verb: str,
+        *,
+        timeout: float | None = None,
+        arg: int = 0,
+        payload: Any = b"",
+        caps: tuple[int, ...] = (),
+    ) -> Completion:
         slot = cap.slot if cap is not None else 0
         conn = self._conn
         req_id = conn.submit(op, slot, deadline_from(timeout), arg, payload, caps)
         try:
             c = conn.wait(req_id)
         except BaseException:
-            conn.cancel(req_id, slot)   # e.g. KeyboardInterrupt: withdraw, then re-raise
+            conn.cancel(req_id, slot)  # e.g. KeyboardInterrupt: withdraw, then re-raise
             raise
         return check(c, lambda: cap._what(verb) if cap is not None else verb)
 
@@ -63,8 +74,14 @@ class Kernel:
         c = self._roundtrip(Op.NOTIFICATION_CREATE, None, "create notification")
         return NotificationCap(self, c.arg)
 
-    def spawn(self, argv: Sequence[str], *, caps: Mapping[str, CapBase] | None = None,
-              env: Mapping[str, str] | None = None, **popen_kwargs: Any) -> Process:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        caps: Mapping[str, CapBase] | None = None,
+        env: Mapping[str, str] | None = None,
+        **popen_kwargs: Any,
+    ) -> Process:
         """Start a process that finds `caps` in `kernel.connect().inherited`.
 
         The child receives copies (same rights and badge) once it connects.
@@ -72,8 +89,9 @@ class Kernel:
         slots, names = inherit_request(caps)
         c = self._roundtrip(Op.INHERIT_CREATE, None, "spawn", payload=names, caps=slots)
         token = c.payload.decode()
-        popen = subprocess.Popen(argv_list(argv), env=spawn_env(self._conn, token, env),
-                                 **popen_kwargs)
+        popen = subprocess.Popen(
+            argv_list(argv), env=spawn_env(self._conn, token, env), **popen_kwargs
+        )
         return Process(self, popen, token)
 
 
@@ -84,12 +102,14 @@ class Message(MessageBase):
         """Answer the call. Raises PeerClosedError if the caller timed out or died."""
         ep: EndpointCap = self._endpoint
         slot = self._take_reply_slot()
-        ep._k._roundtrip(Op.ENDPOINT_REPLY, _ReplyCap(ep._k, slot), "reply",
-                         payload=as_payload(data))
+        ep._k._roundtrip(
+            Op.ENDPOINT_REPLY, _ReplyCap(ep._k, slot), "reply", payload=as_payload(data)
+        )
 
 
 class _ReplyCap(CapBase):
     kind = "reply capability"
+    _k: Kernel
     __slots__ = ()
 
 
@@ -97,12 +117,14 @@ class EndpointCap(CapBase):
     """Synchronous rendezvous: a send completes only when a receiver takes it."""
 
     kind = "endpoint"
+    _k: Kernel
     __slots__ = ()
 
     def send(self, data: Data, *, timeout: float | None = None) -> None:
         """Block until a receiver takes `data`. Rights: SEND."""
-        self._k._roundtrip(Op.ENDPOINT_SEND, self, "send", timeout=timeout,
-                           payload=as_payload(data))
+        self._k._roundtrip(
+            Op.ENDPOINT_SEND, self, "send", timeout=timeout, payload=as_payload(data)
+        )
 
     def send_nowait(self, data: Data) -> None:
         """Send only if a receiver waits right now; otherwise raise WouldBlock."""
@@ -113,8 +135,9 @@ class EndpointCap(CapBase):
 
     def call(self, data: Data, *, timeout: float | None = None) -> Message:
         """Send `data` and wait for the reply; the timeout covers both. Rights: SEND."""
-        c = self._k._roundtrip(Op.ENDPOINT_CALL, self, "call", timeout=timeout,
-                               payload=as_payload(data))
+        c = self._k._roundtrip(
+            Op.ENDPOINT_CALL, self, "call", timeout=timeout, payload=as_payload(data)
+        )
         return Message(c)
 
     def recv(self, *, timeout: float | None = None) -> Message:
@@ -127,8 +150,14 @@ class EndpointCap(CapBase):
     def reply_recv(self, msg: Message, data: Data, *, timeout: float | None = None) -> Message:
         """Reply to `msg` and wait for the next message, in one kernel operation."""
         slot = msg._take_reply_slot()
-        c = self._k._roundtrip(Op.ENDPOINT_REPLY_RECV, self, "reply_recv", timeout=timeout,
-                               arg=slot, payload=as_payload(data))
+        c = self._k._roundtrip(
+            Op.ENDPOINT_REPLY_RECV,
+            self,
+            "reply_recv",
+            timeout=timeout,
+            arg=slot,
+            payload=as_payload(data),
+        )
         return Message(c, self)
 
     def close(self) -> None:
@@ -140,6 +169,7 @@ class NotificationCap(CapBase):
     """Asynchronous signals: bits OR into a word; wait returns the word and clears it."""
 
     kind = "notification"
+    _k: Kernel
     __slots__ = ()
 
     def signal(self, bits: int) -> None:
@@ -164,8 +194,10 @@ class NotificationCap(CapBase):
         self._k._roundtrip(Op.CAP_CLOSE, self, "close")
 
 
-_CAP_TYPES: dict[str, type[EndpointCap] | type[NotificationCap]] = {
-    "endpoint": EndpointCap, "notification": NotificationCap}
+_CAP_TYPES: dict[str, type[EndpointCap | NotificationCap]] = {
+    "endpoint": EndpointCap,
+    "notification": NotificationCap,
+}
 
 
 class Process:
@@ -197,15 +229,20 @@ class Process:
         try:
             code = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise CallTimeoutError(f"wait for pid {self.pid}: still running after "
-                                   f"{timeout} s") from None
+            raise CallTimeoutError(
+                f"wait for pid {self.pid}: still running after {timeout} s"
+            ) from None
         if not self._reaped:
             remaining = None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-            self._k._roundtrip(Op.PROCESS_WAIT, None, f"wait for pid {self.pid}",
-                               timeout=remaining, payload=self._token.encode())
+            self._k._roundtrip(
+                Op.PROCESS_WAIT,
+                None,
+                f"wait for pid {self.pid}",
+                timeout=remaining,
+                payload=self._token.encode(),
+            )
             self._reaped = True
         return code
 
 
-__all__ = ["Kernel", "EndpointCap", "NotificationCap", "Message", "Process", "Credentials",
-           "abi"]
+__all__ = ["Kernel", "EndpointCap", "NotificationCap", "Message", "Process", "Credentials", "abi"]

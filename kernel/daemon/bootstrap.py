@@ -56,7 +56,7 @@ def make_listener(path: str) -> socket.socket:
             raise RuntimeError(f"{path} exists and is not a socket")
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o077)   # the socket is private to its user until issue #4's --socket-mode
+    old = os.umask(0o077)  # the socket is private to its user until issue #4's --socket-mode
     try:
         sock.bind(path)
     finally:

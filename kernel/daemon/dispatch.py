@@ -14,7 +14,11 @@ from collections.abc import Callable
 import msgspec
 
 from capabilities import (
-    DEFAULT_ENDPOINT_RIGHTS, DEFAULT_NOTIFICATION_RIGHTS, Capability, Rights, SlotError,
+    DEFAULT_ENDPOINT_RIGHTS,
+    DEFAULT_NOTIFICATION_RIGHTS,
+    Capability,
+    Rights,
+    SlotError,
 )
 
 from .. import abi
@@ -58,17 +62,22 @@ def handle(k: KernelState, proc: Proc, h: Header) -> None:
         if h.req_id in proc.pending:
             raise OpError(Status.INVALID_ARGS, f"request id {h.req_id} is already in flight")
         if len(proc.pending) >= MAX_PENDING:
-            raise OpError(Status.NO_RESOURCES,
-                          f"more than {MAX_PENDING} operations waiting in the kernel")
+            raise OpError(
+                Status.NO_RESOURCES, f"more than {MAX_PENDING} operations waiting in the kernel"
+            )
         if h.deadline < abi.DEADLINE_FOREVER:
             raise OpError(Status.INVALID_ARGS, "deadline must be -1, 0 or a positive time")
         fn(k, proc, h)
     except OpError as e:
         proc.complete(h.opcode, h.req_id, e.status, payload=e.reason.encode())
-    except Exception:   # a kernel bug must not take down every process: fail this op only
+    except Exception:  # a kernel bug must not take down every process: fail this op only
         log.exception("%s: internal error handling %r", proc, h)
-        proc.complete(h.opcode, h.req_id, Status.INVALID_ARGS,
-                      payload=b"internal kernel error (logged by the kernel)")
+        proc.complete(
+            h.opcode,
+            h.req_id,
+            Status.INVALID_ARGS,
+            payload=b"internal kernel error (logged by the kernel)",
+        )
 
 
 # ------------------------------------------------------------------ endpoints
@@ -113,6 +122,7 @@ def _ep_reply_recv(k: KernelState, proc: Proc, h: Header) -> None:
 def _ntfn(right: Rights, fn: Callable[[KernelState, Proc, Header, Capability], None]) -> Handler:
     def handler(k: KernelState, proc: Proc, h: Header) -> None:
         fn(k, proc, h, k.lookup(proc, h.slot, abi.ObjectKind.NOTIFICATION, right))
+
     return handler
 
 
@@ -123,6 +133,7 @@ def _create(obj_type: type, rights: Rights) -> Handler:
     def handler(k: KernelState, proc: Proc, h: Header) -> None:
         slot = k.new_object(proc, obj_type(), rights)
         proc.complete(h.opcode, h.req_id, Status.OK, arg=slot)
+
     return handler
 
 
@@ -156,7 +167,7 @@ def _inherit_create(k: KernelState, proc: Proc, h: Header) -> None:
         raise OpError(Status.INVALID_ARGS, "names must have 1 to 256 characters")
     caps = [_inheritable(k, proc, s) for s in slots]
     copies: dict[str, Capability] = {}
-    for name, cap in zip(names, caps):
+    for name, cap in zip(names, caps, strict=True):
         copies[name] = Capability(cap.obj, cap.rights, cap.badge)
         cap.obj.refs += 1
     token = secrets.token_hex(16)

@@ -21,7 +21,7 @@ from .. import abi
 from .._core.ring import RingCorruptError
 from . import bootstrap
 from .dispatch import drain
-from .objects import OpError
+from .objects import KernelObject, OpError
 from .process import Proc
 from .state import KernelState
 
@@ -35,8 +35,9 @@ OVERFLOW_RETRY_S = 0.001
 
 
 class Daemon:
-    def __init__(self, path: str, *, idle_exit: float | None = None,
-                 spin_us: float = 500.0) -> None:
+    def __init__(
+        self, path: str, *, idle_exit: float | None = None, spin_us: float = 500.0
+    ) -> None:
         self.path = path
         self.idle_exit = idle_exit
         self.spin_ns = int(spin_us * 1000)
@@ -65,8 +66,10 @@ class Daemon:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        log.info("kernel shutting down: failing %d waiting operations",
-                 sum(len(p.pending) for p in self.k.procs.values()))
+        log.info(
+            "kernel shutting down: failing %d waiting operations",
+            sum(len(p.pending) for p in self.k.procs.values()),
+        )
         self.k.shutdown()
         self._ring_doorbells()
         for proc in list(self.k.procs.values()):
@@ -77,6 +80,7 @@ class Daemon:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        log.info("kernel exit: %d live objects, %d bundles", KernelObject.live, len(self.k.bundles))
 
     def _check_idle(self) -> None:
         assert self.idle_exit is not None
@@ -107,7 +111,7 @@ class Daemon:
                 raise ValueError(f"expected Hello version {abi.ABI_VERSION}, got {hello!r}")
             self.k.check_token(hello.inherit_token)
             proc = Proc(self._next_ident, conn, creds)
-        except Exception as e:   # whatever a stranger sends, only this connection fails
+        except Exception as e:  # whatever a stranger sends, only this connection fails
             reason = e.reason if isinstance(e, OpError) else str(e) or type(e).__name__
             log.warning("bootstrap refused: %s", reason)
             self._refuse(conn, reason)
@@ -116,9 +120,17 @@ class Daemon:
         self._welcome(proc, self.k.add_proc(proc, hello.inherit_token))
 
     def _welcome(self, proc: Proc, inherited: dict[str, abi.InheritedCap]) -> None:
-        welcome = abi.Welcome(abi.ABI_VERSION, proc.pid, proc.uid, proc.gid,
-                              abi.CONTROL_SIZE + 2 * abi.RING_SIZE, abi.RING_SIZE,
-                              abi.RING_SIZE, abi.MAX_PAYLOAD, inherited)
+        welcome = abi.Welcome(
+            abi.ABI_VERSION,
+            proc.pid,
+            proc.uid,
+            proc.gid,
+            abi.CONTROL_SIZE + 2 * abi.RING_SIZE,
+            abi.RING_SIZE,
+            abi.RING_SIZE,
+            abi.MAX_PAYLOAD,
+            inherited,
+        )
         try:
             bootstrap.send_frame(proc.sock, welcome, proc.fds_for_client())
         except OSError as e:
@@ -126,8 +138,12 @@ class Daemon:
             return
         self.loop.add_reader(proc.sock.fileno(), self._on_socket, proc)
         self.loop.add_reader(proc.sq_efd, self._on_doorbell, proc)
-        log.info("process %d connected: pid %d uid %d gid %d%s", proc.ident, *proc.creds,
-                 f", inherited {sorted(inherited)}" if inherited else "")
+        log.info(
+            "process %d connected: pid %d uid %d gid %d%s",
+            proc.ident,
+            *proc.creds,
+            f", inherited {sorted(inherited)}" if inherited else "",
+        )
         self._wake()
 
     def _refuse(self, conn: socket.socket, reason: str) -> None:
@@ -190,7 +206,7 @@ class Daemon:
                 if now - self.last_work >= self.spin_ns:
                     self._sleep()
                     return
-                os.sched_yield()   # 2 cores, 3 busy processes: let the peers run
+                os.sched_yield()  # 2 cores, 3 busy processes: let the peers run
             if now >= slice_end:
                 self.loop.call_soon(self._pump)
                 return
@@ -203,12 +219,17 @@ class Daemon:
                     work += proc.flush_overflow()
                 work += drain(self.k, proc)
             except RingCorruptError as e:
-                log.warning("process %d (pid %d): malformed ring: %s; disconnecting",
-                            proc.ident, proc.pid, e)
+                log.warning(
+                    "process %d (pid %d): malformed ring: %s; disconnecting",
+                    proc.ident,
+                    proc.pid,
+                    e,
+                )
                 self._disconnect(proc, f"malformed ring: {e}")
             if proc.doomed and proc.alive:
-                log.warning("process %d (pid %d): %s; disconnecting",
-                            proc.ident, proc.pid, proc.doomed)
+                log.warning(
+                    "process %d (pid %d): %s; disconnecting", proc.ident, proc.pid, proc.doomed
+                )
                 self._disconnect(proc, proc.doomed)
         work += self.k.expire_due()
         self._ring_doorbells()

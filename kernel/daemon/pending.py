@@ -21,8 +21,19 @@ class Pending:
                phase == AWAIT_REPLY <=> a call was delivered and `reply` points back here.
     """
 
-    __slots__ = ("proc", "req_id", "op", "deadline", "slot", "payload", "badge",
-                 "is_call", "queue", "reply", "phase")
+    __slots__ = (
+        "proc",
+        "req_id",
+        "op",
+        "deadline",
+        "slot",
+        "payload",
+        "badge",
+        "is_call",
+        "queue",
+        "reply",
+        "phase",
+    )
 
     def __init__(self, proc: Proc, req_id: int, op: int, deadline: int, slot: int = 0) -> None:
         self.proc = proc
@@ -72,7 +83,7 @@ class Timers:
         self._seq = itertools.count()
 
     def arm(self, op: Pending) -> None:
-        if op.deadline >= 0:   # 0 (return at once) expires at the next check
+        if op.deadline >= 0:  # 0 (return at once) expires at the next check
             heapq.heappush(self._heap, (op.deadline, next(self._seq), op))
 
     def next_deadline(self) -> int | None:

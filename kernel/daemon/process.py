@@ -35,13 +35,25 @@ class Proc:
         self.overflow: deque[tuple[Any, ...]] = deque()
         self.alive = True
         self.claimed_token: str | None = None
-        self.dirty = False           # completions posted since the last doorbell check
-        self.doomed: str | None = None   # set when the process must be disconnected
+        self.dirty = False  # completions posted since the last doorbell check
+        self.doomed: str | None = None  # set when the process must be disconnected
         self.memfd, self.mm = _make_region()
-        self.sq = Ring(self.mm, abi.CONTROL_SIZE, abi.RING_SIZE,
-                       abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
-        self.cq = Ring(self.mm, abi.CONTROL_SIZE + abi.RING_SIZE, abi.RING_SIZE,
-                       abi.OFF_CQ_TAIL, abi.OFF_CQ_HEAD, abi.OFF_CQ_WAITING)
+        self.sq = Ring(
+            self.mm,
+            abi.CONTROL_SIZE,
+            abi.RING_SIZE,
+            abi.OFF_SQ_TAIL,
+            abi.OFF_SQ_HEAD,
+            abi.OFF_SQ_WAITING,
+        )
+        self.cq = Ring(
+            self.mm,
+            abi.CONTROL_SIZE + abi.RING_SIZE,
+            abi.RING_SIZE,
+            abi.OFF_CQ_TAIL,
+            abi.OFF_CQ_HEAD,
+            abi.OFF_CQ_WAITING,
+        )
         self.sq_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.cq_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
@@ -52,9 +64,17 @@ class Proc:
     def creds(self) -> tuple[int, int, int]:
         return self.pid, self.uid, self.gid
 
-    def complete(self, opcode: int, req_id: int, status: int, slot: int = 0, arg: int = 0,
-                 payload: bytes = b"", badge: int = 0,
-                 creds: tuple[int, int, int] = (0, 0, 0)) -> None:
+    def complete(
+        self,
+        opcode: int,
+        req_id: int,
+        status: int,
+        slot: int = 0,
+        arg: int = 0,
+        payload: bytes = b"",
+        badge: int = 0,
+        creds: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:
         """Post a completion; keep it in order behind earlier ones if the ring is full."""
         if not self.alive:
             return
@@ -63,14 +83,24 @@ class Proc:
         if self.overflow or not self.cq.complete(*args):
             self._hold(args)
 
-    def forward(self, src: Ring, h: Header, opcode: int, req_id: int, slot: int, arg: int,
-                badge: int, creds: tuple[int, int, int]) -> None:
+    def forward(
+        self,
+        src: Ring,
+        h: Header,
+        opcode: int,
+        req_id: int,
+        slot: int,
+        arg: int,
+        badge: int,
+        creds: tuple[int, int, int],
+    ) -> None:
         """Post a completion whose payload is copied straight from `src` (one copy)."""
         if not self.alive:
             return
         self.dirty = True
-        if self.overflow or not self.cq.forward(src, h, opcode, req_id, 0, slot, arg, badge,
-                                                *creds):
+        if self.overflow or not self.cq.forward(
+            src, h, opcode, req_id, 0, slot, arg, badge, *creds
+        ):
             self._hold((opcode, req_id, 0, slot, arg, src.payload(h), (), badge, *creds))
 
     def _hold(self, args: tuple[Any, ...]) -> None:
@@ -110,8 +140,9 @@ def _make_region() -> tuple[int, mmap.mmap]:
     fd = os.memfd_create("mkipc-rings", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        fcntl.fcntl(
+            fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        )
         mm = mmap.mmap(fd, size)
     except BaseException:
         os.close(fd)

@@ -17,10 +17,13 @@ from .process import Proc
 
 log = logging.getLogger("mkipc.kernel")
 
-_KIND_NAME = {abi.ObjectKind.ENDPOINT: "endpoint", abi.ObjectKind.NOTIFICATION: "notification",
-              abi.ObjectKind.REPLY: "reply capability"}
+_KIND_NAME = {
+    abi.ObjectKind.ENDPOINT: "endpoint",
+    abi.ObjectKind.NOTIFICATION: "notification",
+    abi.ObjectKind.REPLY: "reply capability",
+}
 
-_EXPIRED_REASON = {
+_EXPIRED_REASON: dict[int, str] = {
     abi.Op.ENDPOINT_SEND: "no receiver took the message before the deadline",
     abi.Op.ENDPOINT_CALL: "no receiver took the call before the deadline",
     abi.Op.ENDPOINT_RECV: "no message arrived before the deadline",
@@ -84,11 +87,16 @@ class KernelState:
         except SlotError as e:
             raise OpError(Status.BAD_SLOT, e.reason) from None
         if kind and cap.obj.kind != kind:
-            raise OpError(Status.WRONG_TYPE, f"slot {slot:#x} holds a {_KIND_NAME[cap.obj.kind]}, "
-                          f"not a {_KIND_NAME[abi.ObjectKind(kind)]}")
+            raise OpError(
+                Status.WRONG_TYPE,
+                f"slot {slot:#x} holds a {_KIND_NAME[cap.obj.kind]}, "
+                f"not a {_KIND_NAME[abi.ObjectKind(kind)]}",
+            )
         if right not in cap.rights:
-            raise OpError(Status.ACCESS_DENIED,
-                          f"the capability in slot {slot:#x} lacks the {right.name} right")
+            raise OpError(
+                Status.ACCESS_DENIED,
+                f"the capability in slot {slot:#x} lacks the {right.name} right",
+            )
         return cap
 
     def insert_cap(self, proc: Proc, cap: Capability) -> int:
@@ -110,6 +118,7 @@ class KernelState:
     def release(self, obj: KernelObject) -> None:
         obj.refs -= 1
         if obj.refs == 0:
+            KernelObject.live -= 1
             obj.destroy()
 
     # ------------------------------------------------------------ processes
@@ -131,7 +140,7 @@ class KernelState:
         bundle = self.bundles[token]
         out = {}
         for name, cap in bundle.caps.items():
-            slot = proc.caps.insert(cap)   # the bundle's reference moves into the table
+            slot = proc.caps.insert(cap)  # the bundle's reference moves into the table
             out[name] = abi.InheritedCap(slot, _KIND_NAME[cap.obj.kind], int(cap.rights))
         bundle.caps = {}
         bundle.child = proc
@@ -168,20 +177,25 @@ class KernelState:
 
     def _fail_unanswered_calls(self, server: Proc) -> None:
         for cap in server.caps:
-            caller = getattr(cap.obj, "caller", None)   # only Reply objects have one
+            caller = getattr(cap.obj, "caller", None)  # only Reply objects have one
             if caller is not None:
                 cap.obj.abandon("the server died")
                 caller.finish()
-                caller.proc.complete(caller.op, caller.req_id, Status.PEER_CLOSED, payload=(
-                    f"the server (pid {server.pid}) died before replying".encode()))
+                caller.proc.complete(
+                    caller.op,
+                    caller.req_id,
+                    Status.PEER_CLOSED,
+                    payload=(f"the server (pid {server.pid}) died before replying".encode()),
+                )
 
     def shutdown(self) -> None:
         """Fail every waiting operation with a clear error before the kernel exits."""
         for proc in self.procs.values():
             for op in list(proc.pending.values()):
                 self.abandon(op, "the kernel shut down")
-                proc.complete(op.op, op.req_id, Status.SHUTDOWN,
-                              payload=b"the kernel is shutting down")
+                proc.complete(
+                    op.op, op.req_id, Status.SHUTDOWN, payload=b"the kernel is shutting down"
+                )
 
 
 __all__ = ["KernelState", "Bundle", "WAITING"]

@@ -19,9 +19,12 @@ class KernelObject:
 
     kind = 0
     __slots__ = ("refs",)
+    live = 0
+    """Objects created and not yet destroyed, for the leak check at kernel exit."""
 
     def __init__(self) -> None:
         self.refs = 0
+        KernelObject.live += 1
 
     def destroy(self) -> None:
         """The last capability is gone; fail whatever waits on the object."""

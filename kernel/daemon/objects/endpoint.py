@@ -24,15 +24,19 @@ class Endpoint(KernelObject):
 
     def __init__(self) -> None:
         super().__init__()
-        self.senders: deque[Pending] = deque()     # blocked send/call ops, payload copied
-        self.receivers: deque[Pending] = deque()   # blocked recv / reply_recv ops
+        self.senders: deque[Pending] = deque()  # blocked send/call ops, payload copied
+        self.receivers: deque[Pending] = deque()  # blocked recv / reply_recv ops
 
     def destroy(self) -> None:
         for queue in (self.senders, self.receivers):
             while (op := pop_live(queue)) is not None:
                 op.finish()
-                op.proc.complete(op.op, op.req_id, Status.PEER_CLOSED, payload=(
-                    b"the endpoint was destroyed: its last capability was closed"))
+                op.proc.complete(
+                    op.op,
+                    op.req_id,
+                    Status.PEER_CLOSED,
+                    payload=(b"the endpoint was destroyed: its last capability was closed"),
+                )
 
 
 class Reply(KernelObject):
@@ -56,8 +60,12 @@ class Reply(KernelObject):
         if caller is not None:
             self.abandon("the reply capability was dropped")
             caller.finish()
-            caller.proc.complete(caller.op, caller.req_id, Status.PEER_CLOSED,
-                                 payload=b"the server closed the call without replying")
+            caller.proc.complete(
+                caller.op,
+                caller.req_id,
+                Status.PEER_CLOSED,
+                payload=b"the server closed the call without replying",
+            )
 
 
 # ------------------------------------------------------------------ delivery
@@ -74,27 +82,43 @@ def _install_reply(k: KernelState, receiver: Proc, caller: Pending) -> int:
     return slot
 
 
-def deliver_from_ring(k: KernelState, rx: Pending, sender: Proc, h: Header, badge: int,
-                      caller: Pending | None) -> None:
+def deliver_from_ring(
+    k: KernelState, rx: Pending, sender: Proc, h: Header, badge: int, caller: Pending | None
+) -> None:
     """A receiver was waiting: copy the message straight from the sender's ring."""
     slot = _install_reply(k, rx.proc, caller) if caller is not None else 0
     rx.finish()
-    rx.proc.forward(sender.sq, h, rx.op, rx.req_id, slot,
-                    abi.MSG_IS_CALL if caller is not None else 0, badge, sender.creds)
+    rx.proc.forward(
+        sender.sq,
+        h,
+        rx.op,
+        rx.req_id,
+        slot,
+        abi.MSG_IS_CALL if caller is not None else 0,
+        badge,
+        sender.creds,
+    )
 
 
 def deliver_stored(k: KernelState, rx: Pending, tx: Pending) -> None:
     """A sender was waiting with a copied payload: hand it to receiver `rx`."""
     if tx.is_call:
-        slot = _install_reply(k, rx.proc, tx)   # its deadline timer is already armed
+        slot = _install_reply(k, rx.proc, tx)  # its deadline timer is already armed
     else:
         slot = 0
         tx.finish()
         tx.proc.complete(tx.op, tx.req_id, Status.OK)
     rx.finish()
-    rx.proc.complete(rx.op, rx.req_id, Status.OK, slot=slot,
-                     arg=abi.MSG_IS_CALL if tx.is_call else 0, payload=tx.payload,
-                     badge=tx.badge, creds=tx.proc.creds)
+    rx.proc.complete(
+        rx.op,
+        rx.req_id,
+        Status.OK,
+        slot=slot,
+        arg=abi.MSG_IS_CALL if tx.is_call else 0,
+        payload=tx.payload,
+        badge=tx.badge,
+        creds=tx.proc.creds,
+    )
 
 
 # ------------------------------------------------------------------ decode / invoke
@@ -103,8 +127,10 @@ def deliver_stored(k: KernelState, rx: Pending, tx: Pending) -> None:
 def decode_message(k: KernelState, proc: Proc, h: Header, right: Rights) -> Capability:
     cap = k.lookup(proc, h.slot, abi.ObjectKind.ENDPOINT, right)
     if h.payload_len > abi.MAX_PAYLOAD:
-        raise OpError(Status.TOO_LARGE,
-                      f"payload of {h.payload_len} bytes exceeds the maximum of {abi.MAX_PAYLOAD}")
+        raise OpError(
+            Status.TOO_LARGE,
+            f"payload of {h.payload_len} bytes exceeds the maximum of {abi.MAX_PAYLOAD}",
+        )
     if h.ncaps:
         raise OpError(Status.NOT_SUPPORTED, "capability transfer in messages is not supported yet")
     return cap
@@ -159,8 +185,10 @@ def invoke_recv(k: KernelState, proc: Proc, h: Header, cap: Capability) -> None:
 def decode_reply(k: KernelState, proc: Proc, h: Header, reply_slot: int) -> Capability:
     cap = k.lookup(proc, reply_slot, abi.ObjectKind.REPLY, Rights.SEND)
     if h.payload_len > abi.MAX_PAYLOAD:
-        raise OpError(Status.TOO_LARGE,
-                      f"payload of {h.payload_len} bytes exceeds the maximum of {abi.MAX_PAYLOAD}")
+        raise OpError(
+            Status.TOO_LARGE,
+            f"payload of {h.payload_len} bytes exceeds the maximum of {abi.MAX_PAYLOAD}",
+        )
     if h.ncaps:
         raise OpError(Status.NOT_SUPPORTED, "capability transfer in messages is not supported yet")
     return cap
@@ -170,7 +198,7 @@ def invoke_reply(k: KernelState, proc: Proc, h: Header, cap: Capability) -> None
     """Answer a call. The reply capability is consumed whether or not the caller is there."""
     reply: Reply = cap.obj
     caller, why_gone = reply.caller, reply.gone_reason
-    reply.abandon("it was already answered")   # DESIGN §5: reply caps are one-shot
+    reply.abandon("it was already answered")  # DESIGN §5: reply caps are one-shot
     k.remove_cap(proc, cap.slot, "was used by an earlier reply")
     if caller is None:
         raise OpError(Status.CALLER_GONE, f"the reply was not delivered: {why_gone}")

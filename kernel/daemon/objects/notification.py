@@ -36,8 +36,12 @@ class Notification(KernelObject):
     def destroy(self) -> None:
         while (op := pop_live(self.waiters)) is not None:
             op.finish()
-            op.proc.complete(op.op, op.req_id, Status.PEER_CLOSED, payload=(
-                b"the notification was destroyed: its last capability was closed"))
+            op.proc.complete(
+                op.op,
+                op.req_id,
+                Status.PEER_CLOSED,
+                payload=(b"the notification was destroyed: its last capability was closed"),
+            )
 
 
 def invoke_signal(k: KernelState, proc: Proc, h: Header, cap: Capability) -> None:

@@ -1,0 +1,1 @@
+"""User-space services that run as ordinary kernel clients (the name server: DESIGN §6)."""
