@@ -2,12 +2,14 @@
 
 A slot is ``generation << 16 | index``. Closing a slot bumps its index's
 generation, so a stale slot number never resolves to the next capability put
-in the same place. Slot 0 is never valid. The table remembers why the last
+in the same place; an index whose generation would wrap is retired for good,
+and freed indices are reused oldest first. Slot 0 is never valid. The table remembers why the last
 occupant of each index left, so a late use gets a precise error.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,7 +52,7 @@ class CapTable:
         self.limit = limit
         self._caps: list[Capability | None] = [None]  # index 0 unused
         self._gens: list[int] = [0]
-        self._free: list[int] = []
+        self._free: deque[int] = deque()
         self._gone: dict[int, tuple[int, str]] = {}  # index -> (last slot, why it left)
         self._count = 0
 
@@ -64,9 +66,12 @@ class CapTable:
         if self._count >= self.limit:
             raise SlotError(f"capability table full ({self.limit} capabilities)", limit=True)
         if self._free:
-            index = self._free.pop()
+            index = self._free.popleft()
         else:
             index = len(self._caps)
+            if index > INDEX_MASK:
+                raise SlotError("capability table exhausted: every slot number was used",
+                                limit=True)
             self._caps.append(None)
             self._gens.append(1)
         self._caps[index] = cap
@@ -88,19 +93,17 @@ class CapTable:
         cap = self.lookup(slot)
         index = slot & INDEX_MASK
         self._caps[index] = None
-        gen = (self._gens[index] + 1) & GEN_MASK
-        self._gens[index] = gen or 1
+        gen = self._gens[index] + 1
         self._gone[index] = (slot, why)
-        self._free.append(index)
+        if gen <= GEN_MASK:   # else: retired, so its slot numbers never come back
+            self._gens[index] = gen
+            self._free.append(index)
         self._count -= 1
         return cap
 
     def clear(self) -> list[Capability]:
         """Empty the table (the process died); returns what it held."""
         held = list(self)
-        self._caps = [None]
-        self._gens = [0]
-        self._free = []
-        self._gone = {}
-        self._count = 0
+        for cap in held:
+            self.remove(cap.slot, "was deleted when its process died")
         return held

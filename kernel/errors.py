@@ -101,6 +101,8 @@ def error_for(status: int, what: str, reason: str) -> IPCError:
     try:
         st = Status(status)
     except ValueError:
-        return IPCError(f"{what}: unknown kernel status {status}: {reason}")
+        err = IPCError(f"{what}: unknown kernel status {status}" + (f": {reason}" if reason else ""))
+        err.status = status  # type: ignore[assignment]
+        return err
     cls = _BY_STATUS.get(st, IPCError)
     return cls(f"{what}: {reason}" if reason else f"{what}: {st.name.lower()}", st)

@@ -1,7 +1,7 @@
 # cython: language_level=3
 #
 # THE record and region layout shared by the kernel and every client (DESIGN §3).
-# kernel/_core/layout.py mirrors these numbers for Python readers and tests; a unit
+# kernel/abi.py mirrors these numbers for Python readers and tests; a unit
 # test checks that the two agree.
 #
 # The region is one memfd per process, mapped by the kernel and by that process:
@@ -70,6 +70,8 @@ cdef enum:
 cdef class Header:
     cdef mk_hdr h
     cdef uint64_t pos      # offset of the record in the ring's data area
+    cdef uint64_t at       # absolute consumer position it was read at (lap included)
+    cdef Ring ring         # the ring it was read from
 
 
 cdef class Ring:
@@ -84,8 +86,10 @@ cdef class Ring:
     cdef Py_buffer buf
     cdef bint has_buf
 
+    cdef int _check_open(self) except -1
+    cdef int _check_current(self, Header h) except -1
     cdef int _write(self, mk_hdr *h, const uint32_t *caps,
                     const char *payload, Py_ssize_t n) except -1
     cdef char *_reserve(self, uint64_t need) except? NULL
     cdef object _write_with_caps(self, mk_hdr *h, tuple caps,
-                                 const unsigned char[:] payload)
+                                 const unsigned char[::1] payload)

@@ -86,6 +86,10 @@ cdef class Ring:
                  Py_ssize_t tail_off, Py_ssize_t head_off, Py_ssize_t waiting_off):
         if size < 4096 or size & (size - 1):
             raise ValueError("ring size must be a power of two >= 4096")
+        for off, width in ((tail_off, 8), (head_off, 8), (waiting_off, 4)):
+            if off < 0 or off + width > CONTROL_SIZE or off % width:
+                raise ValueError(f"index offset {off} must be aligned and inside the "
+                                 f"{CONTROL_SIZE}-byte control page")
         PyObject_GetBuffer(region, &self.buf, PyBUF_WRITABLE)
         self.has_buf = True
         if <uint64_t>self.buf.len < <uint64_t>data_off + size or data_off < CONTROL_SIZE:
@@ -98,7 +102,8 @@ cdef class Ring:
         self.tail_p = <uint64_t *>(base + tail_off)
         self.head_p = <uint64_t *>(base + head_off)
         self.waiting_p = <uint32_t *>(base + waiting_off)
-        # Both ends start from what is published; a fresh region is all zeros.
+        # Both ends start from what is published (a fresh region is all zeros);
+        # _reserve() and read() refuse to work from an index that is not 8-aligned.
         self.tail = mk_load_acquire_u64(self.tail_p)
         self.head = mk_load_acquire_u64(self.head_p)
 
@@ -107,11 +112,28 @@ cdef class Ring:
             PyBuffer_Release(&self.buf)
 
     def close(self):
-        """Release the region (the mapping can be closed afterwards)."""
+        """Release the region (the mapping can be closed afterwards).
+
+        Every later use raises ValueError instead of touching freed memory.
+        """
+        self.data = NULL
+        self.tail_p = self.head_p = NULL
+        self.waiting_p = NULL
         if self.has_buf:
             PyBuffer_Release(&self.buf)
             self.has_buf = False
-            self.data = NULL
+
+    cdef int _check_open(self) except -1:
+        if self.data == NULL:
+            raise ValueError("the ring is closed")
+        return 0
+
+    cdef int _check_current(self, Header h) except -1:
+        """`h` must be the unconsumed record read() returned last, from this ring."""
+        self._check_open()
+        if h.ring is not self or h.at != self.head:
+            raise ValueError("the header is not the record read() returned last from this ring")
+        return 0
 
     @property
     def capacity(self): return self.size
@@ -128,7 +150,7 @@ cdef class Ring:
         # is really free before we overwrite it.
         cdef uint64_t head = mk_load_acquire_u64(self.head_p)
         cdef uint64_t used = self.tail - head
-        if used > self.size:
+        if used > self.size or self.tail & 7:
             raise RingCorruptError("consumer index out of range")
         cdef uint64_t pos = self.tail & self.mask
         cdef uint64_t to_end = self.size - pos
@@ -145,6 +167,7 @@ cdef class Ring:
 
     cdef int _write(self, mk_hdr *h, const uint32_t *caps,
                     const char *payload, Py_ssize_t n) except -1:
+        self._check_open()
         cdef uint64_t need = _align8(HDR_SIZE + 4 * <uint64_t>h.ncaps + <uint64_t>n)
         if need > self.size // 2:
             raise ValueError(f"record of {need} bytes exceeds the ring's "
@@ -165,7 +188,7 @@ cdef class Ring:
         return 1
 
     def submit(self, uint16_t opcode, uint64_t req_id, uint32_t slot,
-               int64_t deadline, uint64_t arg, const unsigned char[:] payload,
+               int64_t deadline, uint64_t arg, const unsigned char[::1] payload,
                tuple caps=()):
         """Write a submission record. Returns False when the ring is full."""
         cdef mk_hdr h
@@ -178,7 +201,7 @@ cdef class Ring:
         return self._write_with_caps(&h, caps, payload)
 
     def complete(self, uint16_t opcode, uint64_t req_id, int32_t status,
-                 uint32_t slot=0, uint64_t arg=0, const unsigned char[:] payload=None,
+                 uint32_t slot=0, uint64_t arg=0, const unsigned char[::1] payload=None,
                  tuple caps=(), uint64_t badge=0, uint32_t pid=0, uint32_t uid=0,
                  uint32_t gid=0):
         """Write a completion record. Returns False when the ring is full."""
@@ -196,7 +219,7 @@ cdef class Ring:
         return self._write_with_caps(&h, caps, payload)
 
     cdef object _write_with_caps(self, mk_hdr *h, tuple caps,
-                                 const unsigned char[:] payload):
+                                 const unsigned char[::1] payload):
         cdef uint32_t cbuf[MAX_CAPS_PER_RECORD]
         cdef Py_ssize_t i, n = len(caps)
         if n > MAX_CAPS_PER_RECORD:
@@ -229,6 +252,7 @@ cdef class Ring:
         h.uid = uid
         h.gid = gid
         h.ncaps = 0
+        src._check_current(sh)
         cdef const char *p = src.data + sh.pos + HDR_SIZE + 4 * sh.h.ncaps
         return self._write(&h, NULL, p, sh.h.payload_len) == 1
 
@@ -236,6 +260,7 @@ cdef class Ring:
         """After publishing: does the consumer sleep and need its eventfd written?"""
         # SYNC POINT: the fence orders our tail store before the waiting load;
         # the consumer fences between its waiting store and its tail load.
+        self._check_open()
         mk_fence()
         return mk_load_u32(self.waiting_p) != 0
 
@@ -243,6 +268,7 @@ cdef class Ring:
 
     def readable(self):
         """True when at least one record (or pad) is published."""
+        self._check_open()
         return mk_load_acquire_u64(self.tail_p) != self.head
 
     def read(self):
@@ -253,20 +279,24 @@ cdef class Ring:
         cdef uint64_t tail, avail, pos, to_end, expect
         cdef uint32_t first[2]
         cdef Header out
+        cdef bint padded = False
+        self._check_open()
         while True:
             # SYNC POINT: acquire the producer's tail; records before it are complete.
             tail = mk_load_acquire_u64(self.tail_p)
             if tail == self.head:
                 return None
             avail = tail - self.head
-            if avail > self.size or avail & 7:
+            if avail > self.size or (avail | self.head) & 7:
                 raise RingCorruptError("producer index out of range")
             pos = self.head & self.mask
             to_end = self.size - pos
             memcpy(first, self.data + pos, 8)
             if (first[1] & 0xffff) == OP_PAD:
-                if first[0] != to_end or avail < to_end:
+                # A PAD always runs to the end and is followed by a real record at 0.
+                if first[0] != to_end or avail < to_end or padded:
                     raise RingCorruptError("malformed pad record")
+                padded = True
                 self.head += to_end
                 mk_store_release_u64(self.head_p, self.head)
                 continue
@@ -281,22 +311,25 @@ cdef class Ring:
                 raise RingCorruptError(
                     f"record size {out.h.size} does not match its contents or the ring")
             out.pos = pos
+            out.at = self.head
+            out.ring = self
             return out
 
     def payload(self, Header h):
         """The payload of `h` (the record read() returned last) as bytes."""
+        self._check_current(h)
         return PyBytes_FromStringAndSize(
             self.data + h.pos + HDR_SIZE + 4 * h.h.ncaps, h.h.payload_len)
 
     def caps(self, Header h):
         """The capability slots carried by `h`, as a tuple of ints."""
+        self._check_current(h)
         cdef const uint32_t *c = <const uint32_t *>(self.data + h.pos + HDR_SIZE)
         return tuple([c[i] for i in range(h.h.ncaps)])
 
     def consume(self, Header h):
         """Free the record `h`, which must be the one read() returned last."""
-        if h.pos != (self.head & self.mask):
-            raise ValueError("consume() takes the record read() returned last")
+        self._check_current(h)
         self.head += h.h.size
         # SYNC POINT: release the space; the producer's acquire of head sees it free.
         mk_store_release_u64(self.head_p, self.head)
@@ -307,6 +340,7 @@ cdef class Ring:
         Returns True when it may block; False when a record arrived meanwhile
         (the flag is cleared again and the caller should read instead).
         """
+        self._check_open()
         mk_store_u32(self.waiting_p, 1)
         mk_fence()   # SYNC POINT: pairs with the fence in peer_waiting()
         if mk_load_acquire_u64(self.tail_p) != self.head:
@@ -315,6 +349,7 @@ cdef class Ring:
         return True
 
     def end_sleep(self):
+        self._check_open()
         mk_store_u32(self.waiting_p, 0)
 
     def spin(self, int64_t budget_ns, int64_t yield_after_ns=2000):
@@ -327,6 +362,7 @@ cdef class Ring:
         cdef int64_t start, now
         cdef uint64_t i = 0
         cdef bint found = False
+        self._check_open()
         with nogil:
             start = _now_ns()
             now = start
