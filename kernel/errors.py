@@ -101,7 +101,8 @@ def error_for(status: int, what: str, reason: str) -> IPCError:
     try:
         st = Status(status)
     except ValueError:
-        err = IPCError(f"{what}: unknown kernel status {status}" + (f": {reason}" if reason else ""))
+        suffix = f": {reason}" if reason else ""
+        err = IPCError(f"{what}: unknown kernel status {status}{suffix}")
         err.status = status  # type: ignore[assignment]
         return err
     cls = _BY_STATUS.get(st, IPCError)

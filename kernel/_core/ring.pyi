@@ -4,8 +4,7 @@ from typing_extensions import Buffer, disjoint_base
 class RingCorruptError(Exception): ...
 
 @disjoint_base
-class Header:
-    """Made only by Ring.read(); constructing one raises TypeError."""
+class Header:  # made only by Ring.read(); constructing one raises TypeError
 
     def __init__(self, *args: object, **kwargs: object) -> None: ...
     @property

@@ -166,11 +166,8 @@ class AsyncKernel:
         token = c.payload.decode()
         # Popen returns once the child has exec'd; only waiting for it could block,
         # and AsyncProcess.wait does that in a thread.
-        popen = subprocess.Popen(
-            argv_list(argv),  # noqa: ASYNC220
-            env=spawn_env(self._open(), token, env),
-            **popen_kwargs,
-        )
+        env = spawn_env(self._open(), token, env)
+        popen = subprocess.Popen(argv_list(argv), env=env, **popen_kwargs)  # noqa: ASYNC220
         return AsyncProcess(self, popen, token)
 
 
