@@ -1,6 +1,7 @@
 """A per-process capability table: slot numbers with generation bits (DESIGN §5).
 
-A slot is ``generation << 16 | index``. Closing a slot bumps its index's
+A slot is ``generation << 16 | index`` with a 32-bit generation (slots are 64-bit
+in the ring ABI). Closing a slot bumps its index's
 generation, so a stale slot number never resolves to the next capability put
 in the same place; an index whose generation would wrap is retired for good,
 and freed indices are reused oldest first. Slot 0 is never valid. The table remembers why the last
@@ -17,7 +18,7 @@ from .rights import Rights
 
 INDEX_BITS = 16
 INDEX_MASK = (1 << INDEX_BITS) - 1
-GEN_MASK = 0xFFFF
+GEN_MASK = 0xFFFF_FFFF
 DEFAULT_LIMIT = 4096
 
 
@@ -46,10 +47,13 @@ class Capability:
 
 
 class CapTable:
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, limit: int = DEFAULT_LIMIT, *, gen_mask: int = GEN_MASK) -> None:
         if not 0 < limit <= INDEX_MASK:
             raise ValueError(f"limit must be in 1..{INDEX_MASK}")
+        if not 0 < gen_mask <= GEN_MASK:
+            raise ValueError(f"gen_mask must be in 1..{GEN_MASK:#x}")
         self.limit = limit
+        self.gen_mask = gen_mask   # narrower only in tests, to reach the wrap quickly
         self._caps: list[Capability | None] = [None]  # index 0 unused
         self._gens: list[int] = [0]
         self._free: deque[int] = deque()
@@ -95,7 +99,7 @@ class CapTable:
         self._caps[index] = None
         gen = self._gens[index] + 1
         self._gone[index] = (slot, why)
-        if gen <= GEN_MASK:   # else: retired, so its slot numbers never come back
+        if gen <= self.gen_mask:   # else: retired, so its slot numbers never come back
             self._gens[index] = gen
             self._free.append(index)
         self._count -= 1

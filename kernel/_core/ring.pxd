@@ -23,7 +23,7 @@
 # 2**64 bytes). A record never wraps: when it does not fit before the end of the
 # data area the producer writes a PAD record up to the end and starts at 0.
 #
-# A record is an mk_hdr, then ncaps uint32 capability slots, then payload_len
+# A record is an mk_hdr, then ncaps uint64 capability slots, then payload_len
 # bytes, padded to a multiple of 8. `size` counts all of it.
 
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
@@ -42,17 +42,16 @@ ctypedef struct mk_hdr:
     uint16_t opcode        # kernel/abi.py Op
     uint16_t ncaps         # capability slots after the header
     uint64_t req_id        # chosen by the process, echoed in its completion
-    uint32_t slot          # SQ: capability used; CQ: reply capability of a received call
+    uint64_t slot          # SQ: capability used; CQ: reply capability of a received call
     uint32_t payload_len
     int32_t status         # CQ: kernel/errors.py Status
-    uint32_t flags
     int64_t deadline       # SQ: CLOCK_MONOTONIC ns; -1 forever, 0 return at once
-    uint64_t arg           # operation specific (notification bits, pid, ...)
+    uint64_t arg           # operation specific (notification bits, rights, ...)
     uint64_t badge         # CQ: badge of the sender's capability
+    uint32_t flags
     uint32_t pid           # CQ: kernel-verified credentials of the sender
     uint32_t uid
     uint32_t gid
-    uint32_t reserved
 
 cdef enum:
     HDR_SIZE = 72
@@ -88,7 +87,7 @@ cdef class Ring:
 
     cdef int _check_open(self) except -1
     cdef int _check_current(self, Header h) except -1
-    cdef int _write(self, mk_hdr *h, const uint32_t *caps,
+    cdef int _write(self, mk_hdr *h, const uint64_t *caps,
                     const char *payload, Py_ssize_t n) except -1
     cdef char *_reserve(self, uint64_t need) except? NULL
     cdef object _write_with_caps(self, mk_hdr *h, tuple caps,

@@ -165,10 +165,10 @@ cdef class Ring:
             return NULL
         return self.data + pos
 
-    cdef int _write(self, mk_hdr *h, const uint32_t *caps,
+    cdef int _write(self, mk_hdr *h, const uint64_t *caps,
                     const char *payload, Py_ssize_t n) except -1:
         self._check_open()
-        cdef uint64_t need = _align8(HDR_SIZE + 4 * <uint64_t>h.ncaps + <uint64_t>n)
+        cdef uint64_t need = _align8(HDR_SIZE + 8 * <uint64_t>h.ncaps + <uint64_t>n)
         if need > self.size // 2:
             raise ValueError(f"record of {need} bytes exceeds the ring's "
                              f"limit of {self.size // 2}")
@@ -179,15 +179,15 @@ cdef class Ring:
         h.payload_len = <uint32_t>n
         memcpy(dst, h, HDR_SIZE)
         if h.ncaps:
-            memcpy(dst + HDR_SIZE, caps, 4 * h.ncaps)
+            memcpy(dst + HDR_SIZE, caps, 8 * h.ncaps)
         if n:
-            memcpy(dst + HDR_SIZE + 4 * h.ncaps, payload, n)
+            memcpy(dst + HDR_SIZE + 8 * h.ncaps, payload, n)
         self.tail += need
         # SYNC POINT: release the record; the consumer's acquire of tail sees it.
         mk_store_release_u64(self.tail_p, self.tail)
         return 1
 
-    def submit(self, uint16_t opcode, uint64_t req_id, uint32_t slot,
+    def submit(self, uint16_t opcode, uint64_t req_id, uint64_t slot,
                int64_t deadline, uint64_t arg, const unsigned char[::1] payload,
                tuple caps=()):
         """Write a submission record. Returns False when the ring is full."""
@@ -201,7 +201,7 @@ cdef class Ring:
         return self._write_with_caps(&h, caps, payload)
 
     def complete(self, uint16_t opcode, uint64_t req_id, int32_t status,
-                 uint32_t slot=0, uint64_t arg=0, const unsigned char[::1] payload=None,
+                 uint64_t slot=0, uint64_t arg=0, const unsigned char[::1] payload=None,
                  tuple caps=(), uint64_t badge=0, uint32_t pid=0, uint32_t uid=0,
                  uint32_t gid=0):
         """Write a completion record. Returns False when the ring is full."""
@@ -220,7 +220,7 @@ cdef class Ring:
 
     cdef object _write_with_caps(self, mk_hdr *h, tuple caps,
                                  const unsigned char[::1] payload):
-        cdef uint32_t cbuf[MAX_CAPS_PER_RECORD]
+        cdef uint64_t cbuf[MAX_CAPS_PER_RECORD]
         cdef Py_ssize_t i, n = len(caps)
         if n > MAX_CAPS_PER_RECORD:
             raise ValueError(f"at most {MAX_CAPS_PER_RECORD} capabilities per message")
@@ -232,7 +232,7 @@ cdef class Ring:
         return self._write(h, cbuf, <const char *>&payload[0], payload.shape[0]) == 1
 
     def forward(self, Ring src, Header sh, uint16_t opcode, uint64_t req_id,
-                int32_t status, uint32_t slot, uint64_t arg, uint64_t badge,
+                int32_t status, uint64_t slot, uint64_t arg, uint64_t badge,
                 uint32_t pid, uint32_t uid, uint32_t gid):
         """Copy the payload of `sh` (a record in `src`) into a new completion.
 
@@ -253,7 +253,7 @@ cdef class Ring:
         h.gid = gid
         h.ncaps = 0
         src._check_current(sh)
-        cdef const char *p = src.data + sh.pos + HDR_SIZE + 4 * sh.h.ncaps
+        cdef const char *p = src.data + sh.pos + HDR_SIZE + 8 * sh.h.ncaps
         return self._write(&h, NULL, p, sh.h.payload_len) == 1
 
     def peer_waiting(self):
@@ -304,7 +304,7 @@ cdef class Ring:
                 raise RingCorruptError("truncated record header")
             out = Header.__new__(Header)
             memcpy(&out.h, self.data + pos, HDR_SIZE)    # copy first, then check the copy
-            expect = _align8(HDR_SIZE + 4 * <uint64_t>out.h.ncaps + out.h.payload_len)
+            expect = _align8(HDR_SIZE + 8 * <uint64_t>out.h.ncaps + out.h.payload_len)
             if out.h.ncaps > MAX_CAPS_PER_RECORD:
                 raise RingCorruptError(f"record carries {out.h.ncaps} capabilities")
             if out.h.size != expect or expect > avail or expect > to_end:
@@ -319,12 +319,12 @@ cdef class Ring:
         """The payload of `h` (the record read() returned last) as bytes."""
         self._check_current(h)
         return PyBytes_FromStringAndSize(
-            self.data + h.pos + HDR_SIZE + 4 * h.h.ncaps, h.h.payload_len)
+            self.data + h.pos + HDR_SIZE + 8 * h.h.ncaps, h.h.payload_len)
 
     def caps(self, Header h):
         """The capability slots carried by `h`, as a tuple of ints."""
         self._check_current(h)
-        cdef const uint32_t *c = <const uint32_t *>(self.data + h.pos + HDR_SIZE)
+        cdef const uint64_t *c = <const uint64_t *>(self.data + h.pos + HDR_SIZE)
         return tuple([c[i] for i in range(h.h.ncaps)])
 
     def consume(self, Header h):

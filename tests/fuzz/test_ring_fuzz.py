@@ -23,7 +23,7 @@ from kernel._core.ring import Ring, RingCorruptError
 SIZE = 4096
 PAGE = mmap.PAGESIZE
 PROT_NONE = 0
-HDR = struct.Struct("<IHHQIIiIqQQIIII")
+HDR = struct.Struct("<IHHQQIiqQQIIII")
 U64 = struct.Struct("<Q")
 U64_MAX = 2**64 - 1
 
@@ -67,7 +67,7 @@ def record(draw, pos: int) -> bytes:
         return struct.pack("<IHH", size, 0, draw(u16))
     ncaps = draw(st.one_of(st.integers(0, 4), st.integers(0, abi.MAX_CAPS_PER_RECORD)))
     payload_len = draw(st.one_of(st.integers(0, 200), st.integers(0, SIZE // 2)))
-    size = align8(abi.HDR_SIZE + 4 * ncaps + payload_len) & 0xFFFFFFFF
+    size = align8(abi.HDR_SIZE + 8 * ncaps + payload_len) & 0xFFFFFFFF
     opcode = draw(st.integers(1, 0xFFFF))
     if kind == "mutated":
         field = draw(st.sampled_from(["size", "ncaps", "payload_len", "opcode"]))
@@ -79,8 +79,8 @@ def record(draw, pos: int) -> bytes:
             payload_len = draw(st.one_of(u32, st.integers(0, payload_len + 16)))
         else:
             opcode = 0
-    hdr = HDR.pack(size, opcode, ncaps, draw(st.integers(0, 2**64 - 1)), draw(u32),
-                   payload_len, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    hdr = HDR.pack(size, opcode, ncaps, draw(st.integers(0, 2**64 - 1)),
+                   draw(st.integers(0, 2**64 - 1)), payload_len, 0, 0, 0, 0, 0, 0, 0, 0)
     body_len = max(0, min(size, to_end, 512) - abi.HDR_SIZE)
     return hdr + draw(st.binary(min_size=0, max_size=body_len))
 
@@ -127,7 +127,7 @@ def check_header(mm: mmap.mmap, cons: Ring, h, tail: int) -> None:
     avail = (tail - head) & U64_MAX
     assert h.opcode != abi.Op.PAD
     assert 0 <= h.ncaps <= abi.MAX_CAPS_PER_RECORD
-    assert h.size == align8(abi.HDR_SIZE + 4 * h.ncaps + h.payload_len)
+    assert h.size == align8(abi.HDR_SIZE + 8 * h.ncaps + h.payload_len)
     assert h.size % 8 == 0
     assert abi.HDR_SIZE <= h.size <= avail <= SIZE
     assert pos + h.size <= SIZE  # never straddles the end
@@ -135,8 +135,8 @@ def check_header(mm: mmap.mmap, cons: Ring, h, tail: int) -> None:
     fields = HDR.unpack_from(raw)
     assert (fields[0], fields[1], fields[2], fields[3], fields[5]) == (
         h.size, h.opcode, h.ncaps, h.req_id, h.payload_len)
-    caps_end = abi.HDR_SIZE + 4 * h.ncaps
-    assert cons.caps(h) == struct.unpack_from(f"<{h.ncaps}I", raw, abi.HDR_SIZE)
+    caps_end = abi.HDR_SIZE + 8 * h.ncaps
+    assert cons.caps(h) == struct.unpack_from(f"<{h.ncaps}Q", raw, abi.HDR_SIZE)
     assert cons.payload(h) == raw[caps_end:caps_end + h.payload_len]
 
 

@@ -109,8 +109,8 @@ def test_mk_hdr_fields_are_naturally_aligned_without_padding_and_add_up_to_hdr_s
 
 def test_mk_hdr_field_order(mk_hdr_fields):
     assert [name for name, _ in mk_hdr_fields] == [
-        "size", "opcode", "ncaps", "req_id", "slot", "payload_len", "status", "flags",
-        "deadline", "arg", "badge", "pid", "uid", "gid", "reserved"]
+        "size", "opcode", "ncaps", "req_id", "slot", "payload_len", "status", "deadline",
+        "arg", "badge", "flags", "pid", "uid", "gid"]
 
 
 def test_compiled_ring_writes_the_header_the_pxd_declares(mk_hdr_fields):
@@ -119,23 +119,23 @@ def test_compiled_ring_writes_the_header_the_pxd_declares(mk_hdr_fields):
     mm = mmap.mmap(-1, abi.CONTROL_SIZE + 4096)
     ring = Ring(mm, abi.CONTROL_SIZE, 4096, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
     try:
-        assert ring.complete(0x1234, 0x0102030405060708, -7, slot=0x0A0B0C0D,
+        assert ring.complete(0x1234, 0x0102030405060708, -7, slot=0x0A0B0C0D0E0F1011,
                              arg=0x1112131415161718, payload=b"hello", caps=(0xC0FFEE, 9),
                              badge=0x2122232425262728, pid=31, uid=32, gid=33)
         raw = bytes(mm[abi.CONTROL_SIZE:abi.CONTROL_SIZE + abi.HDR_SIZE])
         got = dict(zip([name for name, _ in mk_hdr_fields], struct.unpack(fmt, raw),
                        strict=True))
         assert got == {
-            "size": 88, "opcode": 0x1234, "ncaps": 2, "req_id": 0x0102030405060708,
-            "slot": 0x0A0B0C0D, "payload_len": 5, "status": -7, "flags": 0, "deadline": 0,
-            "arg": 0x1112131415161718, "badge": 0x2122232425262728, "pid": 31, "uid": 32,
-            "gid": 33, "reserved": 0}
-        body = bytes(mm[abi.CONTROL_SIZE + abi.HDR_SIZE:abi.CONTROL_SIZE + 88])
-        assert body == struct.pack("<II", 0xC0FFEE, 9) + b"hello" + bytes(3)
-        assert struct.unpack_from("<Q", mm, abi.OFF_SQ_TAIL)[0] == 88
+            "size": 96, "opcode": 0x1234, "ncaps": 2, "req_id": 0x0102030405060708,
+            "slot": 0x0A0B0C0D0E0F1011, "payload_len": 5, "status": -7, "flags": 0,
+            "deadline": 0, "arg": 0x1112131415161718, "badge": 0x2122232425262728, "pid": 31,
+            "uid": 32, "gid": 33}
+        body = bytes(mm[abi.CONTROL_SIZE + abi.HDR_SIZE:abi.CONTROL_SIZE + 96])
+        assert body == struct.pack("<QQ", 0xC0FFEE, 9) + b"hello" + bytes(3)
+        assert struct.unpack_from("<Q", mm, abi.OFF_SQ_TAIL)[0] == 96
 
         assert ring.submit(7, 1, 2, -5, 3, b"")
-        raw = bytes(mm[abi.CONTROL_SIZE + 88:abi.CONTROL_SIZE + 88 + abi.HDR_SIZE])
+        raw = bytes(mm[abi.CONTROL_SIZE + 96:abi.CONTROL_SIZE + 96 + abi.HDR_SIZE])
         got = dict(zip([name for name, _ in mk_hdr_fields], struct.unpack(fmt, raw),
                        strict=True))
         assert (got["deadline"], got["opcode"], got["req_id"], got["slot"], got["arg"]) == (

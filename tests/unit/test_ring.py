@@ -27,7 +27,7 @@ import kernel
 from kernel import abi
 from kernel._core.ring import Header, Ring, RingCorruptError
 
-HDR = struct.Struct("<IHHQIIiIqQQIIII")  # mk_hdr, field for field (see test_layout.py)
+HDR = struct.Struct("<IHHQQIiqQQIIII")  # mk_hdr, field for field (see test_layout.py)
 U32 = struct.Struct("<I")
 PAD_PREFIX = struct.Struct("<IH")  # size, opcode
 U64 = struct.Struct("<Q")
@@ -45,12 +45,12 @@ def align8(n: int) -> int:
 
 
 def record_size(ncaps: int, payload_len: int) -> int:
-    return align8(abi.HDR_SIZE + 4 * ncaps + payload_len)
+    return align8(abi.HDR_SIZE + 8 * ncaps + payload_len)
 
 
 def payload_for(size: int, ncaps: int = 0) -> int:
     """Payload length that makes a record of exactly `size` bytes (size % 8 == 0)."""
-    return size - abi.HDR_SIZE - 4 * ncaps
+    return size - abi.HDR_SIZE - 8 * ncaps
 
 
 class Region:
@@ -122,7 +122,7 @@ class Region:
     def write_hdr(self, pos: int, *, size: int, opcode: int = 1, ncaps: int = 0,
                   payload_len: int = 0, req_id: int = 0) -> None:
         self.write(pos, HDR.pack(size, opcode, ncaps, req_id, 0, payload_len, 0, 0, 0, 0, 0,
-                                 0, 0, 0, 0))
+                                 0, 0, 0))
 
     def write_pad(self, pos: int, size: int) -> None:
         self.write(pos, U32.pack(size) + b"\0\0\0\0")
@@ -234,13 +234,13 @@ def test_submissions_round_trip_with_payloads_of_many_sizes_and_caps(big_region,
     sizes = [*PAYLOAD_SIZES, payload_for(prod.max_record, ncaps)]
     for i, n in enumerate(sizes):
         payload = rng.randbytes(n)
-        caps = tuple(rng.choice([0, 1, 0x10001, 0xFFFFFFFF, rng.getrandbits(32)])
+        caps = tuple(rng.choice([0, 1, 0x10001, 2**64 - 1, rng.getrandbits(64)])
                      for _ in range(ncaps))
         req_id = rng.getrandbits(64)
         deadline = rng.choice([-1, 0, 2**63 - 1, -(2**63), rng.getrandbits(62)])
         arg = rng.getrandbits(64)
         before = big_region.tail
-        assert prod.submit(abi.Op.ENDPOINT_CALL, req_id, 0xFFFFFFFF - i, deadline, arg,
+        assert prod.submit(abi.Op.ENDPOINT_CALL, req_id, 2**64 - 1 - i, deadline, arg,
                            payload, caps) is True
         to_end = big_region.size - before % big_region.size
         need = record_size(ncaps, n)
@@ -249,7 +249,7 @@ def test_submissions_round_trip_with_payloads_of_many_sizes_and_caps(big_region,
         h = cons.read()
         assert h is not None
         assert (h.opcode, h.req_id, h.slot, h.deadline, h.arg) == (
-            abi.Op.ENDPOINT_CALL, req_id, 0xFFFFFFFF - i, deadline, arg)
+            abi.Op.ENDPOINT_CALL, req_id, 2**64 - 1 - i, deadline, arg)
         assert (h.size, h.ncaps, h.payload_len) == (record_size(ncaps, n), ncaps, n)
         assert (h.status, h.flags, h.badge, h.pid, h.uid, h.gid) == (0, 0, 0, 0, 0, 0)
         assert cons.payload(h) == payload
@@ -261,13 +261,13 @@ def test_submissions_round_trip_with_payloads_of_many_sizes_and_caps(big_region,
 
 def test_completions_round_trip_every_field(big_region):
     prod, cons = big_region.pair()
-    assert prod.complete(abi.Op.ENDPOINT_RECV, U64_MAX, -(2**31), slot=0xFFFFFFFF,
+    assert prod.complete(abi.Op.ENDPOINT_RECV, U64_MAX, -(2**31), slot=U64_MAX,
                          arg=U64_MAX - 1, payload=b"reply", caps=(5, 6),
                          badge=0xDEADBEEFCAFEF00D, pid=2**32 - 1, uid=1000, gid=100)
     assert prod.complete(abi.Op.CAP_CLOSE, 7, 0)  # all defaults, no payload
     h = cons.read()
     assert (h.opcode, h.req_id, h.status, h.slot, h.arg, h.badge, h.pid, h.uid, h.gid) == (
-        abi.Op.ENDPOINT_RECV, U64_MAX, -(2**31), 0xFFFFFFFF, U64_MAX - 1,
+        abi.Op.ENDPOINT_RECV, U64_MAX, -(2**31), U64_MAX, U64_MAX - 1,
         0xDEADBEEFCAFEF00D, 2**32 - 1, 1000, 100)
     assert (cons.payload(h), cons.caps(h), h.deadline, h.flags) == (b"reply", (5, 6), 0, 0)
     assert "req_id=18446744073709551615" in repr(h)
@@ -488,8 +488,8 @@ def test_more_than_64_caps_raises_and_leaves_the_ring_unchanged(region):
     assert cons.read() is None
 
 
-@pytest.mark.parametrize("bad", [-1, 2**32, "3"])
-def test_cap_that_is_not_a_uint32_raises_and_leaves_the_ring_unchanged(region, bad):
+@pytest.mark.parametrize("bad", [-1, 2**64, "3"])
+def test_cap_that_is_not_a_uint64_raises_and_leaves_the_ring_unchanged(region, bad):
     prod, cons = region.pair()
     before = (region.tail, region.data())
     with pytest.raises((OverflowError, TypeError)):
