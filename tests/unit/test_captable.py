@@ -23,7 +23,7 @@ from capabilities import (
     Rights,
     SlotError,
 )
-from capabilities.table import DEFAULT_LIMIT, GEN_MASK, INDEX_BITS, INDEX_MASK
+from capabilities.table import DEFAULT_LIMIT, INDEX_BITS, INDEX_MASK
 
 SLOTS = st.integers(min_value=0, max_value=2**32 - 1)
 
