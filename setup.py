@@ -21,21 +21,31 @@ if SANITIZE:
     ldflags += ["-fsanitize=address,undefined"]
 macros = [] if DEBUG else [("NDEBUG", "1")]
 
-extensions = [
-    Extension(
-        "kernel._core.ring",
-        ["kernel/_core/ring.pyx"],
+
+def extension(name: str) -> Extension:
+    return Extension(
+        name,
+        [name.replace(".", "/") + ".pyx"],
         include_dirs=["kernel/_core"],
         extra_compile_args=cflags,
         extra_link_args=ldflags,
         define_macros=macros,
-    ),
+    )
+
+
+# One extension per hot path (STYLE §3): the ring, the capability table, the
+# kernel's per-message core.
+extensions = [
+    extension("kernel._core.ring"),
+    extension("capabilities._table"),
+    extension("kernel._core.kcore"),
 ]
 
 setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3"},
+        include_path=["."],
         annotate=os.environ.get("MKIPC_ANNOTATE") == "1",
     ),
 )

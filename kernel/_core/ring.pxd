@@ -73,6 +73,18 @@ cdef class Header:
     cdef Ring ring         # the ring it was read from
 
 
+cdef class Completion:
+    cdef readonly uint32_t opcode
+    cdef readonly uint64_t req_id
+    cdef readonly int32_t status
+    cdef readonly uint64_t slot
+    cdef readonly uint64_t arg
+    cdef readonly uint64_t badge
+    cdef readonly uint32_t pid, uid, gid
+    cdef readonly bytes payload
+    cdef readonly tuple caps
+
+
 cdef class Ring:
     cdef char *data
     cdef uint64_t size
@@ -85,6 +97,8 @@ cdef class Ring:
     cdef Py_buffer buf
     cdef bint has_buf
 
+    cdef Header next_record(self)
+    cdef int consume_record(self, Header h) except -1
     cdef int _check_open(self) except -1
     cdef int _check_current(self, Header h) except -1
     cdef int _write(self, mk_hdr *h, const uint64_t *caps,

@@ -19,18 +19,27 @@ class Credentials(NamedTuple):
     gid: int
 
 
+MSG_IS_CALL = int(abi.MSG_IS_CALL)
+
+
 class MessageBase:
     """A received message or a reply. `data` is bytes; `badge` and `sender` come from
     the kernel, never from the sender's own claims."""
 
-    __slots__ = ("data", "badge", "sender", "_reply_slot", "_endpoint")
+    __slots__ = ("data", "badge", "_c", "_reply_slot", "_endpoint")
 
     def __init__(self, c: Completion, endpoint: Any = None) -> None:
         self.data: bytes = c.payload
         self.badge: int = c.badge
-        self.sender = Credentials(c.pid, c.uid, c.gid)
-        self._reply_slot = c.slot if c.arg & abi.MSG_IS_CALL else 0
+        self._c = c
+        self._reply_slot = c.slot if c.arg & MSG_IS_CALL else 0
         self._endpoint = endpoint
+
+    @property
+    def sender(self) -> Credentials:
+        """Kernel-verified pid/uid/gid of the sender (built on first use: it is not free)."""
+        c = self._c
+        return Credentials(c.pid, c.uid, c.gid)
 
     @property
     def is_call(self) -> bool:

@@ -15,10 +15,10 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from .. import abi
+from .._core.ring import Completion as Completion
 from .._core.ring import Ring
 from ..abi import Op
 from ..errors import IPCError, MessageTooLargeError, PeerClosedError, Status, error_for
@@ -27,36 +27,6 @@ from . import _launch
 SPIN_MIN_NS = 5_000
 SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SPIN_US", "100")) * 1000)
 """Adaptive spin before sleeping: grows while replies come within it, shrinks when not."""
-
-
-class Completion:
-    """One completion record, copied out of the ring."""
-
-    opcode: int
-    req_id: int
-    status: int
-    slot: int
-    arg: int
-    badge: int
-    pid: int
-    uid: int
-    gid: int
-    payload: bytes
-    __slots__ = (
-        "opcode",
-        "req_id",
-        "status",
-        "slot",
-        "arg",
-        "badge",
-        "pid",
-        "uid",
-        "gid",
-        "payload",
-    )
-
-    def reason(self) -> str:
-        return bytes(self.payload).decode("utf-8", "replace")
 
 
 def deadline_from(timeout: float | None) -> int:
@@ -80,11 +50,13 @@ def as_payload(data: Any) -> bytes | bytearray | memoryview:
     return data
 
 
-def check(c: Completion, what: Callable[[], str]) -> Completion:
-    """Raise the exception for a failed completion; `what` names the operation."""
-    if c.status != Status.OK:
-        raise error_for(c.status, what(), c.reason())
-    return c
+def failure(c: Completion, cap: Any, verb: str) -> IPCError:
+    """The exception for a failed completion of `verb` on `cap` (None: no capability).
+
+    Callers test `c.status` themselves (0 is OK): an int test on the hot path, and
+    the operation's name is only formatted when something failed.
+    """
+    return error_for(c.status, cap._what(verb) if cap is not None else verb, c.reason())
 
 
 class Connection:
@@ -125,26 +97,21 @@ class Connection:
         self._submit_lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._cond = threading.Condition()
+        self._sleepers = 0   # threads waiting on _cond for a result another thread files
         self._spin_ns = SPIN_MAX_NS // 2
 
     # ------------------------------------------------------------ submit
 
-    def submit(
-        self,
-        op: int,
-        slot: int = 0,
-        deadline: int = abi.DEADLINE_FOREVER,
-        arg: int = 0,
-        payload: Any = b"",
-        caps: tuple[int, ...] = (),
-    ) -> int:
-        self.check_open()
+    def submit(self, op: int, slot: int = 0, deadline: int = abi.DEADLINE_FOREVER,
+               arg: int = 0, payload: Any = b"", caps: tuple[int, ...] = ()) -> int:
+        if self.lost is not None:
+            self.check_open()
         req_id = next(self._ids)
         with self._submit_lock:
-            while not self.sq.submit(op, req_id, slot, deadline, arg, payload, caps):
+            while not (pushed := self.sq.push(op, req_id, slot, deadline, arg, payload, caps)):
                 self._wait_for_space()
-            if self.sq.peer_waiting():
-                os.eventfd_write(self.sq_efd, 1)
+        if pushed == 2:   # the kernel sleeps: ring its doorbell
+            os.eventfd_write(self.sq_efd, 1)
         return req_id
 
     def _wait_for_space(self) -> None:
@@ -164,18 +131,17 @@ class Connection:
     def drain(self) -> list[Completion]:
         """Take every completion out of the ring (orphans go to the stashes)."""
         out: list[Completion] = []
-        cq = self.cq
-        while (h := cq.read()) is not None:
-            c = Completion()
-            c.opcode, c.req_id, c.status, c.slot = h.opcode, h.req_id, h.status, h.slot
-            c.arg, c.badge, c.pid, c.uid, c.gid = h.arg, h.badge, h.pid, h.uid, h.gid
-            c.payload = cq.payload(h) if h.payload_len else b""
-            cq.consume(h)
-            if c.req_id in self.abandoned:
-                self._orphan(c, self.abandoned.pop(c.req_id))
-            else:
-                out.append(c)
+        while (c := self.take()) is not None:
+            out.append(c)
         return out
+
+    def take(self) -> Completion | None:
+        """The next completion that somebody waits for (orphans go to the stashes)."""
+        while (c := self.cq.take()) is not None:
+            if not self.abandoned or c.req_id not in self.abandoned:
+                return c
+            self._orphan(c, self.abandoned.pop(c.req_id))
+        return None
 
     def stash_result(self, c: Completion, slot: int) -> None:
         """Keep the result of an op whose waiter was cancelled as it completed."""
@@ -192,7 +158,8 @@ class Connection:
     # ------------------------------------------------------------ blocking wait (sync face)
 
     def wait(self, req_id: int) -> Completion:
-        """Block until `req_id` completes. Thread-safe: one thread polls, others sleep."""
+        """Block until `req_id` completes. Thread-safe: one thread polls the ring and
+        files other threads' completions in `results`; they sleep on a condition."""
         while True:
             c = self.results.pop(req_id, None)
             if c is not None:
@@ -202,26 +169,37 @@ class Connection:
                     return self._poll_for(req_id)
                 finally:
                     self._poll_lock.release()
-                    with self._cond:
-                        self._cond.notify_all()
-            with self._cond:
-                if req_id not in self.results and self._poll_lock.locked():
-                    self._cond.wait(0.05)
+                    if self._sleepers:
+                        self._wake_sleepers()   # one of them takes over polling
+            self._sleep_for_result(req_id)
 
     def _poll_for(self, req_id: int) -> Completion:
+        results = self.results
         while True:
-            found = self.results.pop(req_id, None)
-            for c in self.drain():
-                if c.req_id == req_id:
-                    found = c
-                else:
-                    self.results[c.req_id] = c
-            if self.results:
-                with self._cond:
-                    self._cond.notify_all()
-            if found is not None:
-                return found
-            self._block()
+            c = self.take()
+            if c is None:
+                if req_id in results:   # filed by the previous poller
+                    return results.pop(req_id)
+                self._block()
+            elif c.req_id == req_id:
+                return c
+            else:
+                results[c.req_id] = c
+                if self._sleepers:
+                    self._wake_sleepers()
+
+    def _wake_sleepers(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _sleep_for_result(self, req_id: int) -> None:
+        with self._cond:
+            self._sleepers += 1
+            try:
+                if req_id not in self.results and self._poll_lock.locked():
+                    self._cond.wait(0.05)   # bounded: a missed notify costs 50 ms, not a hang
+            finally:
+                self._sleepers -= 1
 
     def _block(self) -> None:
         """Spin (adaptively, bounded), then sleep on the completion eventfd."""

@@ -18,7 +18,7 @@ from typing import Any
 from ..abi import Op
 from ..errors import CallTimeoutError, PeerClosedError, WouldBlock
 from ._common import CapBase, MessageBase, argv_list, inherit_request, spawn_env
-from ._conn import Completion, Connection, as_payload, check, deadline_from
+from ._conn import Completion, Connection, as_payload, deadline_from, failure
 
 Data = bytes | bytearray | memoryview
 
@@ -130,7 +130,9 @@ class AsyncKernel:
         except asyncio.CancelledError:
             self._withdraw(conn, req_id, slot, fut)
             raise
-        return check(c, lambda: cap._what(verb) if cap is not None else verb)
+        if c.status:
+            raise failure(c, cap, verb)
+        return c
 
     def _withdraw(
         self, conn: Connection, req_id: int, slot: int, fut: asyncio.Future[Completion]

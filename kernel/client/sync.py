@@ -12,7 +12,7 @@ from .. import abi
 from ..abi import Op
 from ..errors import CallTimeoutError, WouldBlock
 from ._common import CapBase, Credentials, MessageBase, argv_list, inherit_request, spawn_env
-from ._conn import Completion, Connection, as_payload, check, deadline_from
+from ._conn import Completion, Connection, as_payload, deadline_from, failure
 
 Data = bytes | bytearray | memoryview
 
@@ -63,7 +63,9 @@ class Kernel:
         except BaseException:
             conn.cancel(req_id, slot)  # e.g. KeyboardInterrupt: withdraw, then re-raise
             raise
-        return check(c, lambda: cap._what(verb) if cap is not None else verb)
+        if c.status:
+            raise failure(c, cap, verb)
+        return c
 
     def endpoint(self) -> EndpointCap:
         """Create an endpoint; the new capability has every endpoint right."""

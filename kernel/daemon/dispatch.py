@@ -1,13 +1,13 @@
-"""Drain a process's submission ring and route each record to its handler.
+"""The cold operations: object creation, close, cancel, spawning.
 
-Every handler validates first (decode: slot, kind, rights, sizes) and acts after
-(invoke), as seL4 splits decode*Invocation from invoke* (STYLE §1). Bad requests
-get an error completion; only a broken ring format disconnects a process.
+The per-message operations (endpoints, notifications) and the drain loop are
+compiled in kernel/_core/kcore.pyx; `install()` registers these handlers there.
+Each validates first and acts after (STYLE §1); bad requests get an error
+completion, and only a broken ring format disconnects a process.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Callable
 
@@ -18,112 +18,18 @@ from capabilities import (
     DEFAULT_NOTIFICATION_RIGHTS,
     Capability,
     Rights,
-    SlotError,
 )
 
 from .. import abi
 from .._core.ring import Header
 from ..abi import Op
 from ..errors import Status
-from .objects import OpError, endpoint, notification
-from .objects.endpoint import Endpoint
-from .objects.notification import Notification
+from .objects import Endpoint, Notification, OpError
 from .pending import Pending
-from .process import MAX_PENDING, Proc
+from .process import Proc
 from .state import Bundle, KernelState
 
-log = logging.getLogger("mkipc.kernel")
-
-BATCH = 64
-"""Records taken from one ring before moving on to the next process (fairness)."""
-
 Handler = Callable[[KernelState, Proc, Header], None]
-
-
-def drain(k: KernelState, proc: Proc) -> int:
-    """Handle up to BATCH records of `proc`. Raises RingCorruptError on a broken ring."""
-    sq = proc.sq
-    n = 0
-    while n < BATCH and proc.alive:
-        h = sq.read()
-        if h is None:
-            break
-        handle(k, proc, h)
-        sq.consume(h)
-        n += 1
-    return n
-
-
-def handle(k: KernelState, proc: Proc, h: Header) -> None:
-    try:
-        fn = HANDLERS.get(h.opcode)
-        if fn is None:
-            raise OpError(Status.NOT_SUPPORTED, f"unknown opcode {h.opcode}")
-        if h.req_id in proc.pending:
-            raise OpError(Status.INVALID_ARGS, f"request id {h.req_id} is already in flight")
-        if len(proc.pending) >= MAX_PENDING:
-            raise OpError(
-                Status.NO_RESOURCES, f"more than {MAX_PENDING} operations waiting in the kernel"
-            )
-        if h.deadline < abi.DEADLINE_FOREVER:
-            raise OpError(Status.INVALID_ARGS, "deadline must be -1, 0 or a positive time")
-        fn(k, proc, h)
-    except OpError as e:
-        proc.complete(h.opcode, h.req_id, e.status, payload=e.reason.encode())
-    except Exception:  # a kernel bug must not take down every process: fail this op only
-        log.exception("%s: internal error handling %r", proc, h)
-        proc.complete(
-            h.opcode,
-            h.req_id,
-            Status.INVALID_ARGS,
-            payload=b"internal kernel error (logged by the kernel)",
-        )
-
-
-# ------------------------------------------------------------------ endpoints
-
-
-def _ep_send(k: KernelState, proc: Proc, h: Header) -> None:
-    cap = endpoint.decode_message(k, proc, h, Rights.SEND)
-    endpoint.invoke_send(k, proc, h, cap, is_call=False)
-
-
-def _ep_call(k: KernelState, proc: Proc, h: Header) -> None:
-    cap = endpoint.decode_message(k, proc, h, Rights.SEND)
-    endpoint.invoke_send(k, proc, h, cap, is_call=True)
-
-
-def _ep_recv(k: KernelState, proc: Proc, h: Header) -> None:
-    cap = k.lookup(proc, h.slot, abi.ObjectKind.ENDPOINT, Rights.RECEIVE)
-    endpoint.invoke_recv(k, proc, h, cap)
-
-
-def _ep_reply(k: KernelState, proc: Proc, h: Header) -> None:
-    cap = endpoint.decode_reply(k, proc, h, h.slot)
-    endpoint.invoke_reply(k, proc, h, cap)
-    proc.complete(h.opcode, h.req_id, Status.OK)
-
-
-def _ep_reply_recv(k: KernelState, proc: Proc, h: Header) -> None:
-    """Reply to the call whose reply slot is in `arg`, then receive on `slot`.
-
-    If the reply fails (its caller is gone) the whole operation fails with that
-    error and no receive starts; the server simply receives again.
-    """
-    recv_cap = k.lookup(proc, h.slot, abi.ObjectKind.ENDPOINT, Rights.RECEIVE)
-    reply_cap = endpoint.decode_reply(k, proc, h, h.arg)
-    endpoint.invoke_reply(k, proc, h, reply_cap)
-    endpoint.invoke_recv(k, proc, h, recv_cap)
-
-
-# ------------------------------------------------------------------ notifications
-
-
-def _ntfn(right: Rights, fn: Callable[[KernelState, Proc, Header, Capability], None]) -> Handler:
-    def handler(k: KernelState, proc: Proc, h: Header) -> None:
-        fn(k, proc, h, k.lookup(proc, h.slot, abi.ObjectKind.NOTIFICATION, right))
-
-    return handler
 
 
 # ------------------------------------------------------------------ objects and caps
@@ -200,15 +106,7 @@ def _process_wait(k: KernelState, proc: Proc, h: Header) -> None:
         k.timers.arm(op)
 
 
-HANDLERS: dict[int, Handler] = {
-    Op.ENDPOINT_SEND: _ep_send,
-    Op.ENDPOINT_CALL: _ep_call,
-    Op.ENDPOINT_RECV: _ep_recv,
-    Op.ENDPOINT_REPLY: _ep_reply,
-    Op.ENDPOINT_REPLY_RECV: _ep_reply_recv,
-    Op.NOTIFICATION_SIGNAL: _ntfn(Rights.SIGNAL, notification.invoke_signal),
-    Op.NOTIFICATION_WAIT: _ntfn(Rights.WAIT, notification.invoke_wait),
-    Op.NOTIFICATION_POLL: _ntfn(Rights.WAIT, notification.invoke_poll),
+COLD_HANDLERS: dict[int, Handler] = {
     Op.ENDPOINT_CREATE: _create(Endpoint, DEFAULT_ENDPOINT_RIGHTS),
     Op.NOTIFICATION_CREATE: _create(Notification, DEFAULT_NOTIFICATION_RIGHTS),
     Op.CAP_CLOSE: _cap_close,
@@ -217,4 +115,6 @@ HANDLERS: dict[int, Handler] = {
     Op.PROCESS_WAIT: _process_wait,
 }
 
-__all__ = ["drain", "handle", "HANDLERS", "SlotError"]
+
+def install(k: KernelState) -> None:
+    k.cold.update(COLD_HANDLERS)

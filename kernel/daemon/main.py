@@ -18,10 +18,9 @@ import socket
 import time
 
 from .. import abi
-from .._core.ring import RingCorruptError
-from . import bootstrap
-from .dispatch import drain
-from .objects import KernelObject, OpError
+from .._core.kcore import live_objects
+from . import bootstrap, dispatch
+from .objects import OpError
 from .process import Proc
 from .state import KernelState
 
@@ -29,6 +28,8 @@ log = logging.getLogger("mkipc.kernel")
 
 SLICE_NS = 200_000
 """Longest stretch of ring polling before uvloop gets a turn for sockets and timers."""
+
+PUMP_IDLE, PUMP_BUSY, PUMP_TROUBLE = 0, 1, 2   # Core.pump() results
 
 OVERFLOW_RETRY_S = 0.001
 """While completions wait for ring space the kernel re-checks this often, even asleep."""
@@ -42,8 +43,8 @@ class Daemon:
         self.idle_exit = idle_exit
         self.spin_ns = int(spin_us * 1000)
         self.k = KernelState()
+        dispatch.install(self.k)
         self.sleeping = False
-        self.last_work = 0
         self._next_ident = 1
         self._wake_handle: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
@@ -80,7 +81,7 @@ class Daemon:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        log.info("kernel exit: %d live objects, %d bundles", KernelObject.live, len(self.k.bundles))
+        log.info("kernel exit: %d live objects, %d bundles", live_objects(), len(self.k.bundles))
 
     def _check_idle(self) -> None:
         assert self.idle_exit is not None
@@ -192,55 +193,25 @@ class Daemon:
             self.sleeping = False
             for proc in self.k.procs.values():
                 proc.sq.end_sleep()
-        self.last_work = time.monotonic_ns()
         self._pump()
 
     def _pump(self) -> None:
-        now = time.monotonic_ns()
-        slice_end = now + SLICE_NS
+        """Poll the rings (compiled loop); give uvloop a turn every slice; sleep when idle."""
         while True:
-            if self._step():
-                self.last_work = now = time.monotonic_ns()
-            else:
-                now = time.monotonic_ns()
-                if now - self.last_work >= self.spin_ns:
-                    self._sleep()
-                    return
-                os.sched_yield()  # 2 cores, 3 busy processes: let the peers run
-            if now >= slice_end:
-                self.loop.call_soon(self._pump)
-                return
-
-    def _step(self) -> int:
-        work = 0
-        for proc in list(self.k.procs.values()):
-            try:
-                if proc.overflow:
-                    work += proc.flush_overflow()
-                work += drain(self.k, proc)
-            except RingCorruptError as e:
-                log.warning(
-                    "process %d (pid %d): malformed ring: %s; disconnecting",
-                    proc.ident,
-                    proc.pid,
-                    e,
-                )
-                self._disconnect(proc, f"malformed ring: {e}")
-            if proc.doomed and proc.alive:
-                log.warning(
-                    "process %d (pid %d): %s; disconnecting", proc.ident, proc.pid, proc.doomed
-                )
-                self._disconnect(proc, proc.doomed)
-        work += self.k.expire_due()
-        self._ring_doorbells()
-        return work
+            state = self.k.pump(list(self.k.procs.values()), self.spin_ns, SLICE_NS)
+            if state != PUMP_TROUBLE:
+                break
+            for proc, why in self.k.trouble:
+                log.warning("process %d (pid %d): %s; disconnecting", proc.ident, proc.pid, why)
+                self._disconnect(proc, why)
+            self.k.trouble.clear()
+        if state == PUMP_BUSY:
+            self.loop.call_soon(self._pump)
+        else:
+            self._sleep()
 
     def _ring_doorbells(self) -> None:
-        for proc in self.k.procs.values():
-            if proc.dirty:
-                proc.dirty = False
-                if proc.cq.peer_waiting():
-                    os.eventfd_write(proc.cq_efd, 1)
+        self.k.ring_doorbells(list(self.k.procs.values()))
 
     def _sleep(self) -> None:
         procs = list(self.k.procs.values())
@@ -258,7 +229,7 @@ class Daemon:
     def _sleep_limit(self) -> float | None:
         if any(p.overflow for p in self.k.procs.values()):
             return OVERFLOW_RETRY_S
-        due = self.k.timers.next_deadline()
+        due: int | None = self.k.timers.next_deadline()
         if due is None:
             return None
         return max(0.0, (due - time.monotonic_ns()) / 1e9)

@@ -1,78 +1,13 @@
-"""Operations that wait inside the kernel, and the deadlines that end them."""
+"""Deadlines of operations that wait inside the kernel (the ops live in kcore)."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .objects.endpoint import Reply
-    from .process import Proc
+from .._core.kcore import Pending as Pending
 
-WAITING, AWAIT_REPLY, DONE = 0, 1, 2
-
-
-class Pending:
-    """One blocked operation of one process.
-
-    Invariant: phase == WAITING  <=> the op sits in exactly one wait queue (`queue`);
-               phase == AWAIT_REPLY <=> a call was delivered and `reply` points back here.
-    """
-
-    __slots__ = (
-        "proc",
-        "req_id",
-        "op",
-        "deadline",
-        "slot",
-        "payload",
-        "badge",
-        "is_call",
-        "queue",
-        "reply",
-        "phase",
-    )
-
-    def __init__(self, proc: Proc, req_id: int, op: int, deadline: int, slot: int = 0) -> None:
-        self.proc = proc
-        self.req_id = req_id
-        self.op = op
-        self.deadline = deadline
-        self.slot = slot
-        self.payload = b""
-        self.badge = 0
-        self.is_call = False
-        self.queue: deque[Pending] | None = None
-        self.reply: Reply | None = None
-        self.phase = WAITING
-
-    def enqueue(self, queue: deque[Pending]) -> None:
-        self.queue = queue
-        queue.append(self)
-        self.proc.pending[self.req_id] = self
-
-    def dequeue(self) -> None:
-        if self.queue is not None:
-            self.queue.remove(self)
-            self.queue = None
-
-    def finish(self) -> None:
-        """Leave every structure; the caller posts the completion."""
-        self.dequeue()
-        self.phase = DONE
-        if self.proc.pending.get(self.req_id) is self:
-            del self.proc.pending[self.req_id]
-
-
-def pop_live(queue: deque[Pending]) -> Pending | None:
-    """The oldest op in `queue`, taken out of it (dead ops never stay queued)."""
-    if not queue:
-        return None
-    op = queue.popleft()
-    op.queue = None
-    return op
+WAITING, AWAIT_REPLY, DONE = 0, 1, 2   # Pending.phase, as in kcore.pyx
 
 
 class Timers:
@@ -83,8 +18,9 @@ class Timers:
         self._seq = itertools.count()
 
     def arm(self, op: Pending) -> None:
-        if op.deadline >= 0:  # 0 (return at once) expires at the next check
-            heapq.heappush(self._heap, (op.deadline, next(self._seq), op))
+        if op.deadline < 0:   # forever: nothing to arm; 0 expires at the next check
+            return
+        heapq.heappush(self._heap, (op.deadline, next(self._seq), op))
 
     def next_deadline(self) -> int | None:
         while self._heap and self._heap[0][2].phase == DONE:

@@ -1,0 +1,36 @@
+# Stub for the compiled capabilities._table (see _table.pyx).
+from collections.abc import Iterator
+from typing import Any
+
+from typing_extensions import disjoint_base
+
+INDEX_BITS: int
+INDEX_MASK: int
+GEN_MASK: int
+DEFAULT_LIMIT: int
+
+class SlotError(Exception):
+    reason: str
+    limit: bool
+    def __init__(self, reason: str, *, limit: bool = False) -> None: ...
+
+@disjoint_base
+class Capability:
+    obj: Any
+    rights: int
+    badge: int
+    slot: int
+    def __init__(self, obj: Any, rights: int, badge: int = 0) -> None: ...
+
+@disjoint_base
+class CapTable:
+    limit: int
+    gen_mask: int
+    count: int
+    def __init__(self, limit: int = ..., *, gen_mask: int = ...) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Capability]: ...
+    def insert(self, cap: Capability) -> int: ...
+    def lookup(self, slot: int) -> Capability: ...
+    def remove(self, slot: int, why: str = ...) -> Capability: ...
+    def clear(self) -> list[Capability]: ...

@@ -1,0 +1,98 @@
+# cython: language_level=3
+# The kernel's per-message object model (DESIGN §4-5), compiled. Cold operations
+# in kernel/daemon/ use these types through their public attributes.
+
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+
+from capabilities._table cimport Capability, CapTable
+from kernel._core.ring cimport Header, Ring
+
+
+cdef class KernelObject:
+    cdef public int refs            # capabilities naming the object
+    cdef public int kind            # kernel/abi.py ObjectKind
+    cpdef destroy(self)
+
+
+cdef class Endpoint(KernelObject):
+    cdef public object senders      # deque[Pending]: blocked send/call ops, payload copied
+    cdef public object receivers    # deque[Pending]: blocked recv / reply_recv ops
+
+
+cdef class Notification(KernelObject):
+    cdef public uint64_t word
+    cdef public object waiters      # deque[Pending]
+
+
+cdef class Reply(KernelObject):
+    cdef public Pending caller      # None once the call is over
+    cdef public str gone_reason
+    cpdef abandon(self, str reason)
+
+
+cdef class Pending:
+    # Invariant: phase == WAITING <=> the op sits in exactly one wait queue (`queue`);
+    #            phase == AWAIT_REPLY <=> a call was delivered and `reply` points back here.
+    cdef public ProcCore proc
+    cdef public uint64_t req_id
+    cdef public int op
+    cdef public int64_t deadline
+    cdef public uint64_t slot
+    cdef public bytes payload
+    cdef public uint64_t badge
+    cdef public bint is_call
+    cdef public object queue
+    cdef public Reply reply
+    cdef public int phase
+    cpdef enqueue(self, object queue)
+    cpdef dequeue(self)
+    cpdef finish(self)
+
+
+cdef class ProcCore:
+    cdef public int ident
+    cdef public uint32_t pid, uid, gid
+    cdef public Ring sq, cq
+    cdef public CapTable caps
+    cdef public dict pending        # req_id -> Pending
+    cdef public object overflow     # deque of completions waiting for CQ space
+    cdef public bint alive
+    cdef public bint dirty          # completions posted since the last doorbell check
+    cdef public object doomed       # reason to disconnect, or None
+    cdef public int cq_efd          # the process's completion doorbell
+    cdef int post(self, uint32_t opcode, uint64_t req_id, int32_t status, uint64_t slot,
+                  uint64_t arg, const char *payload, Py_ssize_t n, uint64_t badge,
+                  ProcCore sender) except -1
+    cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=*,
+                   uint64_t arg=*, bytes payload=*, uint64_t badge=*, tuple creds=*)
+
+
+cdef class Core:
+    cdef public object timers       # kernel.daemon.pending.Timers
+    cdef public object clock        # () -> CLOCK_MONOTONIC ns
+    cdef public dict cold           # opcode -> Python handler(k, proc, h)
+    cdef public list trouble        # (proc, reason) for the control plane to disconnect
+    cdef int64_t next_timer_check
+    cpdef int pump(self, list procs, int64_t idle_ns, int64_t slice_ns) except -1
+    cpdef int ring_doorbells(self, list procs) except -1
+    cpdef bint expired(self, int64_t deadline)
+    cpdef Capability lookup(self, ProcCore proc, uint64_t slot, int kind, uint64_t right)
+    cpdef uint64_t insert_cap(self, ProcCore proc, Capability cap) except 0
+    cpdef Capability remove_cap(self, ProcCore proc, uint64_t slot, str why)
+    cpdef release(self, KernelObject obj)
+    cpdef abandon(self, Pending op, str why)
+    cpdef int drain(self, ProcCore proc) except -1
+    cdef handle(self, ProcCore proc, Header h)
+    cdef void _arm(self, Pending op) except *
+    cdef Capability _decode_message(self, ProcCore proc, Header h, uint64_t slot, int kind,
+                                    uint64_t right)
+    cdef uint64_t _install_reply(self, ProcCore receiver, Pending caller) except 0
+    cdef _send(self, ProcCore proc, Header h, bint is_call)
+    cdef _deliver_stored(self, Pending rx, Pending tx)
+    cdef _recv(self, ProcCore proc, Header h, Capability cap)
+    cdef Capability _decode_reply(self, ProcCore proc, Header h, uint64_t reply_slot)
+    cdef _reply(self, ProcCore proc, Header h, Capability cap)
+    cdef _reply_recv(self, ProcCore proc, Header h)
+    cdef _signal(self, ProcCore proc, Header h, Capability cap)
+    cdef _wait(self, ProcCore proc, Header h, Capability cap)
+    cdef _poll(self, ProcCore proc, Header h, Capability cap)

@@ -1,0 +1,617 @@
+# cython: language_level=3, embedsignature=True, freethreading_compatible=True
+# cython: boundscheck=False, wraparound=False, auto_pickle=False
+"""The kernel's per-message path, compiled: objects, pending ops, the hot handlers.
+
+Every handler validates first (lookup: slot, kind, rights; sizes) and acts after,
+as seL4 splits decode*Invocation from invoke* (STYLE §1). Opcodes the hot path
+does not know go to Python handlers registered in `Core.cold`.
+"""
+
+import logging
+from collections import deque
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.string cimport memset
+
+from capabilities._table cimport Capability, CapTable
+from kernel._core.ring cimport (
+    HDR_SIZE, Header, Ring, mk_hdr, mk_load_acquire_u64, mk_yield,
+)
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport write
+
+from capabilities import DEFAULT_REPLY_RIGHTS, Rights
+from capabilities._table import SlotError
+from kernel._core.ring import RingCorruptError
+
+from .. import abi
+from ..errors import Status
+
+log = logging.getLogger("mkipc.kernel")
+
+# Mirrors of kernel/abi.py and kernel/errors.py; checked at import below.
+cdef enum:
+    OP_SEND = 10
+    OP_CALL = 11
+    OP_RECV = 12
+    OP_REPLY = 13
+    OP_REPLY_RECV = 14
+    OP_SIGNAL = 20
+    OP_WAIT = 21
+    OP_POLL = 22
+    KIND_ENDPOINT = 1
+    KIND_NOTIFICATION = 2
+    KIND_REPLY = 3
+    MSG_IS_CALL = 1
+    WAITING = 0
+    AWAIT_REPLY = 1
+    DONE = 2
+    BATCH = 64            # records taken from one ring before the next process's turn
+    MAX_PENDING = 4096    # operations one process may have waiting in the kernel
+    MAX_OVERFLOW = 16384  # completions held for a process whose CQ is full
+
+cdef enum:
+    ST_OK = 0
+    ST_INVALID_ARGS = -10
+    ST_BAD_SLOT = -11
+    ST_WRONG_TYPE = -12
+    ST_TOO_LARGE = -13
+    ST_NOT_SUPPORTED = -14
+    ST_TIMED_OUT = -20
+    ST_PEER_CLOSED = -22
+    ST_CALLER_GONE = -23
+    ST_ACCESS_DENIED = -30
+    ST_NO_RESOURCES = -40
+
+cdef uint64_t R_SEND = Rights.SEND
+cdef uint64_t R_RECEIVE = Rights.RECEIVE
+cdef uint64_t R_SIGNAL = Rights.SIGNAL
+cdef uint64_t R_WAIT = Rights.WAIT
+cdef uint64_t R_REPLY_DEFAULT = DEFAULT_REPLY_RIGHTS
+cdef uint64_t MAX_PAYLOAD = abi.MAX_PAYLOAD
+
+assert (OP_SEND, OP_CALL, OP_RECV, OP_REPLY, OP_REPLY_RECV) == (
+    abi.Op.ENDPOINT_SEND, abi.Op.ENDPOINT_CALL, abi.Op.ENDPOINT_RECV, abi.Op.ENDPOINT_REPLY,
+    abi.Op.ENDPOINT_REPLY_RECV)
+assert (OP_SIGNAL, OP_WAIT, OP_POLL) == (
+    abi.Op.NOTIFICATION_SIGNAL, abi.Op.NOTIFICATION_WAIT, abi.Op.NOTIFICATION_POLL)
+assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY) == tuple(abi.ObjectKind)
+assert MSG_IS_CALL == abi.MSG_IS_CALL
+assert all(getattr(Status, n[3:]) == v for n, v in (
+    ("ST_OK", ST_OK), ("ST_INVALID_ARGS", ST_INVALID_ARGS), ("ST_BAD_SLOT", ST_BAD_SLOT),
+    ("ST_WRONG_TYPE", ST_WRONG_TYPE), ("ST_TOO_LARGE", ST_TOO_LARGE),
+    ("ST_NOT_SUPPORTED", ST_NOT_SUPPORTED), ("ST_TIMED_OUT", ST_TIMED_OUT),
+    ("ST_PEER_CLOSED", ST_PEER_CLOSED), ("ST_CALLER_GONE", ST_CALLER_GONE),
+    ("ST_ACCESS_DENIED", ST_ACCESS_DENIED), ("ST_NO_RESOURCES", ST_NO_RESOURCES)))
+
+KIND_NAMES = {KIND_ENDPOINT: "endpoint", KIND_NOTIFICATION: "notification",
+              KIND_REPLY: "reply capability"}
+
+cdef long _live = 0
+cdef int64_t TIMER_CHECK_NS = 50_000   # deadlines are checked this often while polling
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+def live_objects():
+    """Objects created and not yet destroyed, for the leak check at kernel exit."""
+    return _live
+
+
+class OpError(Exception):
+    """A request failed validation or could not be carried out; the caller gets `status`."""
+
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# ------------------------------------------------------------------ objects
+
+
+cdef class KernelObject:
+    """Reference-counted by the capabilities that name it (DESIGN §5)."""
+
+    def __cinit__(self):
+        global _live
+        _live += 1
+
+    cpdef destroy(self):
+        """The last capability is gone; fail whatever waits on the object."""
+
+
+cdef void _fail_queue(object queue, bytes why):
+    cdef Pending op
+    while (op := _pop(queue)) is not None:
+        op.finish()
+        op.proc.complete(op.op, op.req_id, ST_PEER_CLOSED, payload=why)
+
+
+cdef class Endpoint(KernelObject):
+    """Synchronous rendezvous with zero capacity."""
+
+    def __init__(self):
+        self.kind = KIND_ENDPOINT
+        self.senders = deque()
+        self.receivers = deque()
+
+    cpdef destroy(self):
+        why = b"the endpoint was destroyed: its last capability was closed"
+        _fail_queue(self.senders, why)
+        _fail_queue(self.receivers, why)
+
+
+cdef class Notification(KernelObject):
+    """A 64-bit word that signals OR into; wait returns and clears it."""
+
+    def __init__(self):
+        self.kind = KIND_NOTIFICATION
+        self.word = 0
+        self.waiters = deque()
+
+    cpdef destroy(self):
+        _fail_queue(self.waiters,
+                    b"the notification was destroyed: its last capability was closed")
+
+
+cdef class Reply(KernelObject):
+    """The one-shot right to answer one call (DESIGN §5). `caller` None = call is over."""
+
+    def __init__(self):
+        self.kind = KIND_REPLY
+        self.gone_reason = ""
+
+    cpdef abandon(self, str reason):
+        self.caller = None
+        self.gone_reason = reason
+
+    cpdef destroy(self):
+        # The reply capability was dropped (closed, or its holder died) unanswered.
+        cdef Pending caller = self.caller
+        if caller is not None:
+            self.abandon("the reply capability was dropped")
+            caller.finish()
+            caller.proc.complete(caller.op, caller.req_id, ST_PEER_CLOSED,
+                                 payload=b"the server closed the call without replying")
+
+
+cdef Reply _new_reply(Pending caller):
+    cdef Reply r = Reply.__new__(Reply)
+    r.kind = KIND_REPLY
+    r.caller = caller
+    r.gone_reason = ""
+    return r
+
+
+# ------------------------------------------------------------------ pending ops
+
+
+cdef class Pending:
+    """One operation of one process that waits inside the kernel."""
+
+    def __init__(self, ProcCore proc, uint64_t req_id, int op, int64_t deadline,
+                 uint64_t slot=0):
+        self.proc = proc
+        self.req_id = req_id
+        self.op = op
+        self.deadline = deadline
+        self.slot = slot
+        self.payload = b""
+        self.phase = WAITING
+
+    cpdef enqueue(self, object queue):
+        self.queue = queue
+        queue.append(self)
+        self.proc.pending[self.req_id] = self
+
+    cpdef dequeue(self):
+        if self.queue is not None:
+            self.queue.remove(self)
+            self.queue = None
+
+    cpdef finish(self):
+        """Leave every structure; the caller posts the completion."""
+        self.dequeue()
+        self.phase = DONE
+        if self.proc.pending.get(self.req_id) is self:
+            del self.proc.pending[self.req_id]
+
+
+cdef Pending _new_pending(ProcCore proc, Header h):
+    cdef Pending op = Pending.__new__(Pending)
+    op.proc = proc
+    op.req_id = h.h.req_id
+    op.op = h.h.opcode
+    op.deadline = h.h.deadline
+    op.slot = h.h.slot
+    op.payload = b""
+    op.phase = WAITING
+    return op
+
+
+cdef Pending _pop(object queue):
+    """The oldest op in `queue`, taken out of it."""
+    if not queue:
+        return None
+    cdef Pending op = queue.popleft()
+    op.queue = None
+    return op
+
+
+# ------------------------------------------------------------------ processes
+
+
+cdef class ProcCore:
+    """What the per-message path needs of a connected process."""
+
+    cdef int post(self, uint32_t opcode, uint64_t req_id, int32_t status, uint64_t slot,
+                  uint64_t arg, const char *payload, Py_ssize_t n, uint64_t badge,
+                  ProcCore sender) except -1:
+        """Write a completion; keep it in order behind earlier ones if the ring is full."""
+        cdef mk_hdr h
+        if not self.alive:
+            return 0
+        self.dirty = True
+        memset(&h, 0, HDR_SIZE)
+        h.opcode = opcode
+        h.req_id = req_id
+        h.status = status
+        h.slot = slot
+        h.arg = arg
+        h.badge = badge
+        if sender is not None:
+            h.pid = sender.pid
+            h.uid = sender.uid
+            h.gid = sender.gid
+        if not self.overflow and self.cq._write(&h, NULL, payload, n) == 1:
+            return 0
+        if len(self.overflow) >= MAX_OVERFLOW:
+            # Raising here would blame whichever process we were serving; mark instead.
+            self.doomed = "it does not drain its completion ring"
+            return 0
+        self.overflow.append((opcode, req_id, status, slot, arg,
+                              PyBytes_FromStringAndSize(payload, n), (), badge,
+                              h.pid, h.uid, h.gid))
+        return 0
+
+    cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=0,
+                   uint64_t arg=0, bytes payload=b"", uint64_t badge=0, tuple creds=None):
+        """Post a completion from Python (cold paths, errors)."""
+        cdef ProcCore sender = None
+        if creds is not None:
+            sender = ProcCore.__new__(ProcCore)
+            sender.pid, sender.uid, sender.gid = creds
+        self.post(opcode, req_id, status, slot, arg, PyBytes_AS_STRING(payload),
+                  PyBytes_GET_SIZE(payload), badge, sender)
+
+    @property
+    def creds(self):
+        return (self.pid, self.uid, self.gid)
+
+
+cdef int _forward(ProcCore dst, ProcCore src, Header h, uint32_t opcode, uint64_t req_id,
+                  uint64_t slot, uint64_t arg, uint64_t badge) except -1:
+    """Copy the payload of `h` (current in src's SQ) into dst's CQ: the one copy."""
+    cdef Ring sq = src.sq
+    sq._check_current(h)
+    cdef const char *p = sq.data + h.pos + HDR_SIZE + 8 * h.h.ncaps
+    return dst.post(opcode, req_id, ST_OK, slot, arg, p, h.h.payload_len, badge, src)
+
+
+# ------------------------------------------------------------------ the core
+
+
+cdef class Core:
+    """Capability rules and the hot handlers. KernelState (Python) extends it."""
+
+    cpdef bint expired(self, int64_t deadline):
+        return deadline == 0 or (deadline > 0 and deadline <= self.clock())
+
+    cpdef Capability lookup(self, ProcCore proc, uint64_t slot, int kind, uint64_t right):
+        cdef Capability cap
+        try:
+            cap = proc.caps.find(slot)
+        except SlotError as e:
+            raise OpError(Status.BAD_SLOT, e.reason) from None
+        cdef KernelObject obj = <KernelObject>cap.obj
+        if kind and obj.kind != kind:
+            raise OpError(Status.WRONG_TYPE, f"slot {slot:#x} holds a {KIND_NAMES[obj.kind]}, "
+                          f"not a {KIND_NAMES[kind]}")
+        if cap.rights & right != right:
+            raise OpError(Status.ACCESS_DENIED, f"the capability in slot {slot:#x} lacks the "
+                          f"{Rights(right & ~cap.rights).name} right")
+        return cap
+
+    cpdef uint64_t insert_cap(self, ProcCore proc, Capability cap) except 0:
+        cdef uint64_t slot = proc.caps.insert(cap)
+        (<KernelObject>cap.obj).refs += 1
+        return slot
+
+    cpdef Capability remove_cap(self, ProcCore proc, uint64_t slot, str why):
+        cdef Capability cap = proc.caps.take(slot, why)
+        self.release(cap.obj)
+        return cap
+
+    cpdef release(self, KernelObject obj):
+        global _live
+        obj.refs -= 1
+        if obj.refs == 0:
+            _live -= 1
+            obj.destroy()
+
+    cpdef abandon(self, Pending op, str why):
+        """End `op` without a completion; a delivered call's reply learns `why`."""
+        if op.phase == AWAIT_REPLY and op.reply is not None:
+            op.reply.abandon(why)
+        op.finish()
+
+    cdef void _arm(self, Pending op) except *:
+        if op.deadline >= 0:   # 0 (return at once) expires at the next check
+            self.timers.arm(op)
+
+    # -------------------------------------------------------------- polling
+
+    cpdef int pump(self, list procs, int64_t idle_ns, int64_t slice_ns) except -1:
+        """Poll every submission ring, handling records as they come.
+
+        Returns 1 when `slice_ns` ran out while work was flowing (the event loop
+        gets a turn, then pumping resumes), 0 after `idle_ns` without work (time
+        to sleep), 2 when `trouble` holds a process to disconnect.
+        """
+        cdef int64_t start = _now_ns(), now = start, last_work = start
+        cdef int work
+        cdef ProcCore proc
+        cdef Ring sq
+        while True:
+            work = 0
+            for proc in procs:
+                if not proc.alive:
+                    continue
+                if proc.overflow:
+                    work += (<object>proc).flush_overflow()   # Python: Proc
+                sq = proc.sq
+                if mk_load_acquire_u64(sq.tail_p) != sq.head:
+                    try:
+                        work += self.drain(proc)
+                    except RingCorruptError as e:
+                        self.trouble.append((proc, f"malformed ring: {e}"))
+                if proc.doomed is not None:
+                    self.trouble.append((proc, proc.doomed))
+            if now >= self.next_timer_check:
+                self.next_timer_check = now + TIMER_CHECK_NS
+                work += (<object>self).expire_due()   # Python: KernelState
+            self.ring_doorbells(procs)
+            if self.trouble:
+                return 2
+            now = _now_ns()
+            if work:
+                last_work = now
+            elif now - last_work >= idle_ns:
+                return 0
+            else:
+                mk_yield()   # 2 cores, 3 busy processes: let the peer with work run
+            if now - start >= slice_ns:
+                return 1
+
+    cpdef int ring_doorbells(self, list procs) except -1:
+        """Write the eventfd of each process that got completions and sleeps."""
+        cdef ProcCore proc
+        cdef uint64_t one = 1
+        for proc in procs:
+            if proc.dirty:
+                proc.dirty = False
+                if proc.alive and proc.cq.peer_waiting():
+                    write(proc.cq_efd, &one, 8)
+        return 0
+
+    # -------------------------------------------------------------- drain
+
+    cpdef int drain(self, ProcCore proc) except -1:
+        """Handle up to BATCH records of `proc`. Raises RingCorruptError on a broken ring."""
+        cdef int n = 0
+        cdef Header h
+        cdef Ring sq = proc.sq
+        while n < BATCH and proc.alive:
+            h = sq.next_record()
+            if h is None:
+                break
+            self.handle(proc, h)
+            sq.consume_record(h)
+            n += 1
+        return n
+
+    cdef handle(self, ProcCore proc, Header h):
+        cdef int op = h.h.opcode
+        try:
+            if h.h.req_id in proc.pending:
+                raise OpError(Status.INVALID_ARGS, f"request id {h.h.req_id} is already in flight")
+            if len(proc.pending) >= MAX_PENDING:
+                raise OpError(Status.NO_RESOURCES,
+                              f"more than {MAX_PENDING} operations waiting in the kernel")
+            if h.h.deadline < -1:
+                raise OpError(Status.INVALID_ARGS, "deadline must be -1, 0 or a positive time")
+            if op == OP_CALL or op == OP_SEND:
+                self._send(proc, h, op == OP_CALL)
+            elif op == OP_REPLY_RECV:
+                self._reply_recv(proc, h)
+            elif op == OP_RECV:
+                self._recv(proc, h, self.lookup(proc, h.h.slot, KIND_ENDPOINT, R_RECEIVE))
+            elif op == OP_REPLY:
+                self._reply(proc, h, self._decode_reply(proc, h, h.h.slot))
+                proc.post(op, h.h.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
+            elif op == OP_SIGNAL:
+                self._signal(proc, h, self.lookup(proc, h.h.slot, KIND_NOTIFICATION, R_SIGNAL))
+            elif op == OP_WAIT:
+                self._wait(proc, h, self.lookup(proc, h.h.slot, KIND_NOTIFICATION, R_WAIT))
+            elif op == OP_POLL:
+                self._poll(proc, h, self.lookup(proc, h.h.slot, KIND_NOTIFICATION, R_WAIT))
+            else:
+                fn = self.cold.get(op)
+                if fn is None:
+                    raise OpError(Status.NOT_SUPPORTED, f"unknown opcode {op}")
+                fn(self, proc, h)
+        except OpError as e:
+            proc.complete(op, h.h.req_id, e.status, payload=e.reason.encode())
+        except Exception:   # a kernel bug must not take down every process: fail this op
+            log.exception("%r: internal error handling %r", proc, h)
+            proc.complete(op, h.h.req_id, ST_INVALID_ARGS,
+                          payload=b"internal kernel error (logged by the kernel)")
+
+    # -------------------------------------------------------------- endpoints
+
+    cdef Capability _decode_message(self, ProcCore proc, Header h, uint64_t slot, int kind,
+                                    uint64_t right):
+        cdef Capability cap = self.lookup(proc, slot, kind, right)
+        if h.h.payload_len > MAX_PAYLOAD:
+            raise OpError(Status.TOO_LARGE, f"payload of {h.h.payload_len} bytes exceeds the "
+                          f"maximum of {MAX_PAYLOAD}")
+        if h.h.ncaps:
+            raise OpError(Status.NOT_SUPPORTED,
+                          "capability transfer in messages is not supported yet")
+        return cap
+
+    cdef uint64_t _install_reply(self, ProcCore receiver, Pending caller) except 0:
+        cdef Reply reply = _new_reply(caller)
+        cdef Capability cap = Capability.__new__(Capability)
+        cap.obj = reply
+        cap.rights = R_REPLY_DEFAULT
+        cdef uint64_t slot
+        global _live
+        try:
+            slot = self.insert_cap(receiver, cap)
+        except SlotError as e:
+            _live -= 1   # the reply object is dropped before any capability named it
+            raise OpError(Status.NO_RESOURCES,
+                          f"receiver cannot hold a reply capability: {e}") from None
+        caller.reply = reply
+        caller.phase = AWAIT_REPLY
+        return slot
+
+    cdef _send(self, ProcCore proc, Header h, bint is_call):
+        cdef Capability cap = self._decode_message(proc, h, h.h.slot, KIND_ENDPOINT, R_SEND)
+        cdef Endpoint ep = <Endpoint>cap.obj
+        cdef Pending op = _new_pending(proc, h)
+        cdef Pending rx = _pop(ep.receivers)
+        cdef uint64_t slot = 0
+        op.is_call = is_call
+        if rx is not None:
+            if is_call:
+                try:
+                    slot = self._install_reply(rx.proc, op)
+                except OpError:
+                    ep.receivers.appendleft(rx)
+                    rx.queue = ep.receivers
+                    raise
+                proc.pending[op.req_id] = op
+            rx.finish()
+            _forward(rx.proc, proc, h, rx.op, rx.req_id, slot,
+                     MSG_IS_CALL if is_call else 0, cap.badge)
+            if is_call:
+                self._arm(op)
+            else:
+                proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
+        elif self.expired(h.h.deadline):
+            raise OpError(Status.TIMED_OUT, "no receiver was waiting on the endpoint")
+        else:
+            op.payload = proc.sq.payload(h)
+            op.badge = cap.badge
+            op.enqueue(ep.senders)
+            self._arm(op)
+
+    cdef _deliver_stored(self, Pending rx, Pending tx):
+        """A sender was waiting with a copied payload: hand it to receiver `rx`."""
+        cdef uint64_t slot = 0
+        if tx.is_call:
+            slot = self._install_reply(rx.proc, tx)   # its deadline timer is already armed
+        else:
+            tx.finish()
+            tx.proc.post(tx.op, tx.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
+        rx.finish()
+        rx.proc.post(rx.op, rx.req_id, ST_OK, slot, MSG_IS_CALL if tx.is_call else 0,
+                     PyBytes_AS_STRING(tx.payload), PyBytes_GET_SIZE(tx.payload), tx.badge,
+                     tx.proc)
+
+    cdef _recv(self, ProcCore proc, Header h, Capability cap):
+        cdef Endpoint ep = <Endpoint>cap.obj
+        cdef Pending rx = _new_pending(proc, h)
+        cdef Pending tx = _pop(ep.senders)
+        if tx is not None:
+            try:
+                self._deliver_stored(rx, tx)
+            except OpError:
+                ep.senders.appendleft(tx)
+                tx.queue = ep.senders
+                raise
+        elif self.expired(h.h.deadline):
+            raise OpError(Status.TIMED_OUT, "no message arrived on the endpoint")
+        else:
+            rx.enqueue(ep.receivers)
+            self._arm(rx)
+
+    cdef Capability _decode_reply(self, ProcCore proc, Header h, uint64_t reply_slot):
+        return self._decode_message(proc, h, reply_slot, KIND_REPLY, R_SEND)
+
+    cdef _reply(self, ProcCore proc, Header h, Capability cap):
+        """Answer a call. The reply capability is consumed whether or not the caller is there."""
+        cdef Reply reply = <Reply>cap.obj
+        cdef Pending caller = reply.caller
+        cdef str why_gone = reply.gone_reason
+        reply.abandon("it was already answered")   # DESIGN §5: reply caps are one-shot
+        self.remove_cap(proc, cap.slot, "was used by an earlier reply")
+        if caller is None:
+            raise OpError(Status.CALLER_GONE, f"the reply was not delivered: {why_gone}")
+        caller.finish()
+        _forward(caller.proc, proc, h, caller.op, caller.req_id, 0, 0, 0)
+
+    cdef _reply_recv(self, ProcCore proc, Header h):
+        """Reply to the call whose reply slot is in `arg`, then receive on `slot`.
+
+        If the reply fails (its caller is gone) the whole operation fails with that
+        error and no receive starts; the server simply receives again.
+        """
+        cdef Capability recv_cap = self.lookup(proc, h.h.slot, KIND_ENDPOINT, R_RECEIVE)
+        cdef Capability reply_cap = self._decode_reply(proc, h, h.h.arg)
+        self._reply(proc, h, reply_cap)
+        self._recv(proc, h, recv_cap)
+
+    # -------------------------------------------------------------- notifications
+
+    cdef _signal(self, ProcCore proc, Header h, Capability cap):
+        cdef Notification n = <Notification>cap.obj
+        cdef Pending waiter
+        cdef uint64_t word
+        if h.h.arg == 0:
+            raise OpError(Status.INVALID_ARGS, "bits must be a non-zero 64-bit mask")
+        n.word |= h.h.arg
+        waiter = _pop(n.waiters)
+        if waiter is not None:
+            word, n.word = n.word, 0
+            waiter.finish()
+            waiter.proc.post(waiter.op, waiter.req_id, ST_OK, 0, word, NULL, 0, 0, None)
+        proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
+
+    cdef _wait(self, ProcCore proc, Header h, Capability cap):
+        cdef Notification n = <Notification>cap.obj
+        cdef uint64_t word = n.word
+        cdef Pending op
+        if word:
+            n.word = 0
+            proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, word, NULL, 0, 0, None)
+        elif self.expired(h.h.deadline):
+            raise OpError(Status.TIMED_OUT, "no signal arrived on the notification")
+        else:
+            op = _new_pending(proc, h)
+            op.enqueue(n.waiters)
+            self._arm(op)
+
+    cdef _poll(self, ProcCore proc, Header h, Capability cap):
+        cdef Notification n = <Notification>cap.obj
+        cdef uint64_t word = n.word
+        n.word = 0
+        proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, word, NULL, 0, 0, None)
