@@ -97,20 +97,27 @@ class Connection:
         self._submit_lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._cond = threading.Condition()
-        self._sleepers = 0   # threads waiting on _cond for a result another thread files
+        self._sleepers = 0  # threads waiting on _cond for a result another thread files
         self._spin_ns = SPIN_MAX_NS // 2
 
     # ------------------------------------------------------------ submit
 
-    def submit(self, op: int, slot: int = 0, deadline: int = abi.DEADLINE_FOREVER,
-               arg: int = 0, payload: Any = b"", caps: tuple[int, ...] = ()) -> int:
+    def submit(
+        self,
+        op: int,
+        slot: int = 0,
+        deadline: int = abi.DEADLINE_FOREVER,
+        arg: int = 0,
+        payload: Any = b"",
+        caps: tuple[int, ...] = (),
+    ) -> int:
         if self.lost is not None:
             self.check_open()
         req_id = next(self._ids)
         with self._submit_lock:
             while not (pushed := self.sq.push(op, req_id, slot, deadline, arg, payload, caps)):
                 self._wait_for_space()
-        if pushed == 2:   # the kernel sleeps: ring its doorbell
+        if pushed == 2:  # the kernel sleeps: ring its doorbell
             os.eventfd_write(self.sq_efd, 1)
         return req_id
 
@@ -170,7 +177,7 @@ class Connection:
                 finally:
                     self._poll_lock.release()
                     if self._sleepers:
-                        self._wake_sleepers()   # one of them takes over polling
+                        self._wake_sleepers()  # one of them takes over polling
             self._sleep_for_result(req_id)
 
     def _poll_for(self, req_id: int) -> Completion:
@@ -178,7 +185,7 @@ class Connection:
         while True:
             c = self.take()
             if c is None:
-                if req_id in results:   # filed by the previous poller
+                if req_id in results:  # filed by the previous poller
                     return results.pop(req_id)
                 self._block()
             elif c.req_id == req_id:
@@ -197,7 +204,7 @@ class Connection:
             self._sleepers += 1
             try:
                 if req_id not in self.results and self._poll_lock.locked():
-                    self._cond.wait(0.05)   # bounded: a missed notify costs 50 ms, not a hang
+                    self._cond.wait(0.05)  # bounded: a missed notify costs 50 ms, not a hang
             finally:
                 self._sleepers -= 1
 

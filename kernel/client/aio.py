@@ -30,7 +30,8 @@ class AsyncKernel:
         self._socket = socket
         self._autostart = autostart
         self._conn: Connection | None = None
-        self._futures: dict[int, asyncio.Future[Completion]] = {}
+        # req_id -> (future, slot of the capability the op used)
+        self._futures: dict[int, tuple[asyncio.Future[Completion], int]] = {}
         self.inherited: dict[str, AsyncEndpointCap | AsyncNotificationCap] = {}
 
     async def __aenter__(self) -> AsyncKernel:
@@ -88,8 +89,13 @@ class AsyncKernel:
         while True:
             conn.cq.end_sleep()
             for c in conn.drain():
-                fut = self._futures.pop(c.req_id, None)
-                if fut is not None and not fut.done():
+                entry = self._futures.pop(c.req_id, None)
+                if entry is None:
+                    continue
+                fut, slot = entry
+                if fut.done():  # cancelled, but its task has not withdrawn it yet:
+                    conn.stash_result(c, slot)  # keep what it won (a message, bits)
+                else:
                     fut.set_result(c)
             if conn.cq.prepare_sleep():  # re-checks the ring after setting the flag
                 return
@@ -105,7 +111,7 @@ class AsyncKernel:
 
     def _fail_all(self, exc: Exception) -> None:
         futures, self._futures = self._futures, {}
-        for fut in futures.values():
+        for fut, _ in futures.values():
             if not fut.done():
                 fut.set_exception(exc)
 
@@ -124,7 +130,7 @@ class AsyncKernel:
         slot = cap.slot if cap is not None else 0
         req_id = conn.submit(op, slot, deadline_from(timeout), arg, payload, caps)
         fut: asyncio.Future[Completion] = self._loop.create_future()
-        self._futures[req_id] = fut
+        self._futures[req_id] = (fut, slot)
         try:
             c = await fut
         except asyncio.CancelledError:
@@ -169,7 +175,12 @@ class AsyncKernel:
         # Popen returns once the child has exec'd; only waiting for it could block,
         # and AsyncProcess.wait does that in a thread.
         env = spawn_env(self._open(), token, env)
-        popen = subprocess.Popen(argv_list(argv), env=env, **popen_kwargs)  # noqa: ASYNC220
+        try:
+            popen = subprocess.Popen(argv_list(argv), env=env, **popen_kwargs)  # noqa: ASYNC220
+        except BaseException:
+            # No child will claim the bundle: waiting on it drops it and its references.
+            await self._roundtrip(Op.PROCESS_WAIT, None, "spawn clean-up", payload=token.encode())
+            raise
         return AsyncProcess(self, popen, token)
 
 
@@ -179,9 +190,10 @@ class AsyncMessage(MessageBase):
     async def reply(self, data: Data) -> None:
         """Answer the call. Raises PeerClosedError if the caller timed out or died."""
         ep: AsyncEndpointCap = self._endpoint
+        payload = as_payload(data)  # validate before the one-shot slot is spent
         slot = self._take_reply_slot()
         await ep._k._roundtrip(
-            Op.ENDPOINT_REPLY, _AsyncReplyCap(ep._k, slot), "reply", payload=as_payload(data)
+            Op.ENDPOINT_REPLY, _AsyncReplyCap(ep._k, slot), "reply", payload=payload
         )
 
 
@@ -223,14 +235,10 @@ class AsyncEndpointCap(CapBase):
     async def reply_recv(
         self, msg: AsyncMessage, data: Data, *, timeout: float | None = None
     ) -> AsyncMessage:
+        payload = as_payload(data)  # validate before the one-shot slot is spent
         slot = msg._take_reply_slot()
         c = await self._k._roundtrip(
-            Op.ENDPOINT_REPLY_RECV,
-            self,
-            "reply_recv",
-            timeout=timeout,
-            arg=slot,
-            payload=as_payload(data),
+            Op.ENDPOINT_REPLY_RECV, self, "reply_recv", timeout=timeout, arg=slot, payload=payload
         )
         return AsyncMessage(c, self)
 

@@ -91,9 +91,14 @@ class Kernel:
         slots, names = inherit_request(caps)
         c = self._roundtrip(Op.INHERIT_CREATE, None, "spawn", payload=names, caps=slots)
         token = c.payload.decode()
-        popen = subprocess.Popen(
-            argv_list(argv), env=spawn_env(self._conn, token, env), **popen_kwargs
-        )
+        try:
+            popen = subprocess.Popen(
+                argv_list(argv), env=spawn_env(self._conn, token, env), **popen_kwargs
+            )
+        except BaseException:
+            # No child will claim the bundle: waiting on it drops it and its references.
+            self._roundtrip(Op.PROCESS_WAIT, None, "spawn clean-up", payload=token.encode())
+            raise
         return Process(self, popen, token)
 
 
@@ -103,10 +108,9 @@ class Message(MessageBase):
     def reply(self, data: Data) -> None:
         """Answer the call. Raises PeerClosedError if the caller timed out or died."""
         ep: EndpointCap = self._endpoint
+        payload = as_payload(data)  # validate before the one-shot slot is spent
         slot = self._take_reply_slot()
-        ep._k._roundtrip(
-            Op.ENDPOINT_REPLY, _ReplyCap(ep._k, slot), "reply", payload=as_payload(data)
-        )
+        ep._k._roundtrip(Op.ENDPOINT_REPLY, _ReplyCap(ep._k, slot), "reply", payload=payload)
 
 
 class _ReplyCap(CapBase):
@@ -151,14 +155,10 @@ class EndpointCap(CapBase):
 
     def reply_recv(self, msg: Message, data: Data, *, timeout: float | None = None) -> Message:
         """Reply to `msg` and wait for the next message, in one kernel operation."""
+        payload = as_payload(data)  # validate before the one-shot slot is spent
         slot = msg._take_reply_slot()
         c = self._k._roundtrip(
-            Op.ENDPOINT_REPLY_RECV,
-            self,
-            "reply_recv",
-            timeout=timeout,
-            arg=slot,
-            payload=as_payload(data),
+            Op.ENDPOINT_REPLY_RECV, self, "reply_recv", timeout=timeout, arg=slot, payload=payload
         )
         return Message(c, self)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
 import socket
 import stat
@@ -55,13 +56,22 @@ def make_listener(path: str) -> socket.socket:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise RuntimeError(f"{path} exists and is not a socket")
         os.unlink(path)
+    # Bind under a temporary name and listen before the socket appears at `path`:
+    # a client that sees the path must never get ECONNREFUSED.
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    staging = f"{path}.{os.getpid()}.tmp"
     old = os.umask(0o077)  # the socket is private to its user until issue #4's --socket-mode
     try:
-        sock.bind(path)
+        sock.bind(staging)
+        sock.listen(128)
+        os.rename(staging, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        raise
     finally:
         os.umask(old)
-    sock.listen(128)
     sock.setblocking(False)
     return sock
 

@@ -29,7 +29,7 @@ log = logging.getLogger("mkipc.kernel")
 SLICE_NS = 200_000
 """Longest stretch of ring polling before uvloop gets a turn for sockets and timers."""
 
-PUMP_IDLE, PUMP_BUSY, PUMP_TROUBLE = 0, 1, 2   # Core.pump() results
+PUMP_IDLE, PUMP_BUSY, PUMP_TROUBLE = 0, 1, 2  # Core.pump() results
 
 OVERFLOW_RETRY_S = 0.001
 """While completions wait for ring space the kernel re-checks this often, even asleep."""

@@ -7,7 +7,7 @@ import itertools
 
 from .._core.kcore import Pending as Pending
 
-WAITING, AWAIT_REPLY, DONE = 0, 1, 2   # Pending.phase, as in kcore.pyx
+WAITING, AWAIT_REPLY, DONE = 0, 1, 2  # Pending.phase, as in kcore.pyx
 
 
 class Timers:
@@ -18,7 +18,7 @@ class Timers:
         self._seq = itertools.count()
 
     def arm(self, op: Pending) -> None:
-        if op.deadline < 0:   # forever: nothing to arm; 0 expires at the next check
+        if op.deadline < 0:  # forever: nothing to arm; 0 expires at the next check
             return
         heapq.heappush(self._heap, (op.deadline, next(self._seq), op))
 

@@ -146,13 +146,18 @@ class KernelState(Core):
                 caller = reply.caller
                 reply.abandon("the server died")
                 caller.finish()
-                caller.proc.complete(caller.op, caller.req_id, Status.PEER_CLOSED, payload=(
-                    f"the server (pid {server.pid}) died before replying".encode()))
+                caller.proc.complete(
+                    caller.op,
+                    caller.req_id,
+                    Status.PEER_CLOSED,
+                    payload=(f"the server (pid {server.pid}) died before replying".encode()),
+                )
 
     def shutdown(self) -> None:
         """Fail every waiting operation with a clear error before the kernel exits."""
         for proc in self.procs.values():
             for op in list(proc.pending.values()):
                 self.abandon(op, "the kernel shut down")
-                proc.complete(op.op, op.req_id, Status.SHUTDOWN,
-                              payload=b"the kernel is shutting down")
+                proc.complete(
+                    op.op, op.req_id, Status.SHUTDOWN, payload=b"the kernel is shutting down"
+                )
