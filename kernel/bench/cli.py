@@ -33,6 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         _print_list(known)
         return 0
+    if args.idle_cpu is not None:
+        from kernel.bench.idle import idle_cpu_percent
+
+        pct = idle_cpu_percent(args.idle_cpu)
+        print(
+            f"idle kernel daemon: {pct:.2f}% of one core over {args.idle_cpu:g} s "
+            "(one connected, idle client)"
+        )
+        return 0
     try:
         config = _config(args)
         chosen = _select(known, args.mechanisms, args.baseline)
@@ -93,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"stop cleanly after this long (default {_FULL[3]:g}, quick {_QUICK[3]:g})",
     )
     add("--out", type=Path, metavar="DIR", help="write results.json, CSV files and plots here")
+    add(
+        "--idle-cpu",
+        type=float,
+        metavar="S",
+        help="instead of latency: the idle daemon's CPU use over S seconds",
+    )
     return parser  # fmt: skip
 
 

@@ -54,6 +54,7 @@ MECHANISM_MODULES: list[str] = [
     "kernel.bench.mechanisms.os_mp_queue",
     "kernel.bench.mechanisms.os_posix_mq",
     "kernel.bench.mechanisms.os_sysv_mq",
+    "kernel.bench.mechanisms.mkipc_call",
 ]
 
 _PEER_STOP_GRACE_S = 2.0  # how long teardown waits for a peer to exit before SIGKILL

@@ -1,0 +1,174 @@
+"""mkipc call/reply through a private kernel daemon, blocking face.
+
+The mechanism starts its own `mkipc kernel` (so the daemon's CPU time is counted
+as a peer's) and an echo server that receives the endpoint by inheritance and
+answers with reply_recv. Payloads above kernel.MAX_PAYLOAD are refused by
+mkipc by design; that row says so instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import kernel
+from kernel.bench.mechanisms import Mechanism, bound_peer_life, make_payload, register
+
+_START_TIMEOUT_S = 10.0
+
+
+class PrivateKernel:
+    """A kernel daemon on a socket in a fresh private directory, stopped by its pid."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="mkb-")
+        self.path = os.path.join(self.dir, "k.sock")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kernel",
+                "kernel",
+                "--socket",
+                self.path,
+                "--log-level",
+                "WARNING",
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not os.path.exists(self.path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the mkipc kernel did not start")
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        os.rmdir(self.dir)
+
+
+class _MkipcMechanism(Mechanism):
+    """Shared set-up: a private kernel, a connection, and one spawned peer."""
+
+    peer_role = ""
+
+    def __init__(self) -> None:
+        self._kernel: PrivateKernel | None = None
+        self._k: kernel.Kernel | None = None
+        self._peer: kernel.Process | None = None
+
+    def _start_kernel(self) -> None:
+        self._kernel = PrivateKernel()
+        self._k = kernel.connect(self._kernel.path, autostart=False)
+
+    def _spawn(self, caps: dict[str, kernel.EndpointCap | kernel.NotificationCap]) -> None:
+        assert self._k is not None
+        argv = [
+            sys.executable,
+            "-m",
+            __name__,
+            self.peer_role,
+            str(os.getpid()),
+            str(self.peer_lifetime_s),
+        ]
+        self._peer = self._k.spawn(argv, caps=caps)
+
+    def peer_pids(self) -> list[int]:
+        pids = [self._kernel.proc.pid] if self._kernel else []
+        return pids + ([self._peer.pid] if self._peer else [])
+
+    def teardown(self) -> None:
+        if self._peer is not None:
+            self._peer.kill()
+            self._peer.popen.wait()
+            self._peer = None
+        if self._k is not None:
+            self._k.close()
+            self._k = None
+        if self._kernel is not None:
+            self._kernel.stop()
+            self._kernel = None
+
+
+@register
+class MkipcCall(_MkipcMechanism):
+    name = "mkipc.call"
+    peer_role = "echo"
+
+    def setup(self, payload_size: int) -> None:
+        if payload_size > kernel.MAX_PAYLOAD:
+            raise ValueError(
+                f"mkipc messages carry at most {kernel.MAX_PAYLOAD} bytes; "
+                "bulk data goes through memory objects"
+            )
+        self._payload = make_payload(payload_size)
+        self._start_kernel()
+        assert self._k is not None
+        self._ep = self._k.endpoint()
+        self._spawn({"ep": self._ep})
+        self._ep.call(self._payload, timeout=_START_TIMEOUT_S)  # the echo server is up
+
+    def roundtrip(self) -> None:
+        self._ep.call(self._payload)
+
+
+@register
+class MkipcNotify(_MkipcMechanism):
+    """signal → the peer wakes and signals back: the asynchronous path's round trip."""
+
+    name = "mkipc.notify"
+    peer_role = "notify"
+
+    def setup(self, payload_size: int) -> None:
+        self._start_kernel()
+        assert self._k is not None
+        self._ping, self._pong = self._k.notification(), self._k.notification()
+        self._spawn({"ping": self._ping, "pong": self._pong})
+        self.roundtrip()
+
+    def roundtrip(self) -> None:
+        self._ping.signal(1)
+        self._pong.wait()
+
+
+def _echo(k: kernel.Kernel) -> None:
+    ep = k.inherited["ep"]
+    assert isinstance(ep, kernel.EndpointCap)
+    msg = ep.recv()
+    while True:
+        msg = ep.reply_recv(msg, msg.data)
+
+
+def _notify(k: kernel.Kernel) -> None:
+    ping, pong = k.inherited["ping"], k.inherited["pong"]
+    assert isinstance(ping, kernel.NotificationCap)
+    assert isinstance(pong, kernel.NotificationCap)
+    while True:
+        ping.wait()
+        pong.signal(1)
+
+
+def _peer_main(argv: list[str]) -> None:
+    role, parent, lifetime = argv[0], int(argv[1]), float(argv[2])
+    bound_peer_life(parent, lifetime)
+    try:
+        with kernel.connect(autostart=False) as k:
+            {"echo": _echo, "notify": _notify}[role](k)
+    except kernel.PeerClosedError:
+        pass  # the benchmark tore the kernel down: done
+
+
+if __name__ == "__main__":
+    _peer_main(sys.argv[1:])

@@ -1,0 +1,30 @@
+"""The mkipc rows of `mkipc bench` run end to end (counts only; no timing asserted)."""
+
+import pytest
+
+from kernel.bench.idle import idle_cpu_percent
+from kernel.bench.mechanisms.mkipc_call import MkipcCall, MkipcNotify
+from kernel.bench.runner import BenchConfig, run_bench
+
+pytestmark = pytest.mark.integration
+
+
+def test_mkipc_rows_run_every_round_trip():
+    config = BenchConfig(runs=2, roundtrips=200, warmup=20, max_seconds=60.0)
+    result = run_bench([MkipcCall(), MkipcNotify()], config)
+    for name in ("mkipc.call", "mkipc.notify"):
+        cell = result.cell(name, 64)
+        assert cell.note is None or cell.note == "", cell.note
+        assert cell.count == 400
+        assert all(r.cpu_peers_ns > 0 for r in cell.runs)   # the daemon's CPU is counted
+
+
+def test_payload_above_the_maximum_is_a_skipped_row_not_a_failure():
+    config = BenchConfig(payload_sizes=(512 * 1024,), runs=1, roundtrips=10, warmup=0)
+    cell = run_bench([MkipcCall()], config).cell("mkipc.call", 512 * 1024)
+    assert cell.count == 0
+    assert "at most" in (cell.note or "")
+
+
+def test_idle_cpu_is_measured():
+    assert 0.0 <= idle_cpu_percent(0.3) < 100.0
