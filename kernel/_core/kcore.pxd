@@ -73,6 +73,7 @@ cdef class Core:
     cdef public dict cold           # opcode -> Python handler(k, proc, h)
     cdef public list trouble        # (proc, reason) for the control plane to disconnect
     cdef int64_t next_timer_check
+    cdef public int64_t last_work   # CLOCK_MONOTONIC ns of the last work; spans pump() calls
     cpdef int pump(self, list procs, int64_t idle_ns, int64_t slice_ns) except -1
     cpdef int ring_doorbells(self, list procs) except -1
     cpdef bint expired(self, int64_t deadline)

@@ -40,6 +40,7 @@ cdef enum:
     OP_SIGNAL = 20
     OP_WAIT = 21
     OP_POLL = 22
+    OP_CANCEL = 42
     KIND_ENDPOINT = 1
     KIND_NOTIFICATION = 2
     KIND_REPLY = 3
@@ -78,6 +79,7 @@ assert (OP_SIGNAL, OP_WAIT, OP_POLL) == (
     abi.Op.NOTIFICATION_SIGNAL, abi.Op.NOTIFICATION_WAIT, abi.Op.NOTIFICATION_POLL)
 assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY) == tuple(abi.ObjectKind)
 assert MSG_IS_CALL == abi.MSG_IS_CALL
+assert OP_CANCEL == abi.Op.CANCEL
 assert all(getattr(Status, n[3:]) == v for n, v in (
     ("ST_OK", ST_OK), ("ST_INVALID_ARGS", ST_INVALID_ARGS), ("ST_BAD_SLOT", ST_BAD_SLOT),
     ("ST_WRONG_TYPE", ST_WRONG_TYPE), ("ST_TOO_LARGE", ST_TOO_LARGE),
@@ -364,7 +366,7 @@ cdef class Core:
         gets a turn, then pumping resumes), 0 after `idle_ns` without work (time
         to sleep), 2 when `trouble` holds a process to disconnect.
         """
-        cdef int64_t start = _now_ns(), now = start, last_work = start
+        cdef int64_t start = _now_ns(), now = start
         cdef int work
         cdef ProcCore proc
         cdef Ring sq
@@ -391,8 +393,8 @@ cdef class Core:
                 return 2
             now = _now_ns()
             if work:
-                last_work = now
-            elif now - last_work >= idle_ns:
+                self.last_work = now
+            elif now - self.last_work >= idle_ns:   # measured across slices, not per call
                 return 0
             else:
                 mk_yield()   # 2 cores, 3 busy processes: let the peer with work run
@@ -431,7 +433,7 @@ cdef class Core:
         try:
             if h.h.req_id in proc.pending:
                 raise OpError(Status.INVALID_ARGS, f"request id {h.h.req_id} is already in flight")
-            if len(proc.pending) >= MAX_PENDING:
+            if len(proc.pending) >= MAX_PENDING and op != OP_CANCEL:   # CANCEL frees, not takes
                 raise OpError(Status.NO_RESOURCES,
                               f"more than {MAX_PENDING} operations waiting in the kernel")
             if h.h.deadline < -1:
