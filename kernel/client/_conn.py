@@ -122,8 +122,9 @@ class Connection:
         return req_id
 
     def _wait_for_space(self) -> None:
+        """The submission ring is full: nudge the kernel, and notice if it is gone."""
         os.eventfd_write(self.sq_efd, 1)  # the kernel may sleep; it frees space as it drains
-        self.check_open()
+        self.check_socket()   # a kernel that dropped us never drains: raise, don't spin
         time.sleep(0.0001)
 
     def cancel(self, req_id: int, slot: int) -> None:
