@@ -5,7 +5,6 @@ class RingCorruptError(Exception): ...
 
 @disjoint_base
 class Header:  # made only by Ring.read(); constructing one raises TypeError
-
     def __init__(self, *args: object, **kwargs: object) -> None: ...
     @property
     def size(self) -> int: ...
@@ -65,20 +64,58 @@ class Completion:  # made only by Ring.take()
 
 @disjoint_base
 class Ring:
-    def __init__(self, region: Buffer, data_off: int, size: int, tail_off: int,
-                 head_off: int, waiting_off: int) -> None: ...
+    def __init__(
+        self,
+        region: Buffer,
+        data_off: int,
+        size: int,
+        tail_off: int,
+        head_off: int,
+        waiting_off: int,
+    ) -> None: ...
     def close(self) -> None: ...
     @property
     def capacity(self) -> int: ...
     @property
     def max_record(self) -> int: ...
-    def submit(self, opcode: int, req_id: int, slot: int, deadline: int, arg: int,
-               payload: Buffer, caps: tuple[int, ...] = ...) -> bool: ...
-    def complete(self, opcode: int, req_id: int, status: int, slot: int = ..., arg: int = ...,
-                 payload: Buffer | None = ..., caps: tuple[int, ...] = ..., badge: int = ...,
-                 pid: int = ..., uid: int = ..., gid: int = ...) -> bool: ...
-    def forward(self, src: Ring, sh: Header, opcode: int, req_id: int, status: int, slot: int,
-                arg: int, badge: int, pid: int, uid: int, gid: int) -> bool: ...
+    def submit(
+        self,
+        opcode: int,
+        req_id: int,
+        slot: int,
+        deadline: int,
+        arg: int,
+        payload: Buffer,
+        caps: tuple[int, ...] = ...,
+    ) -> bool: ...
+    def complete(
+        self,
+        opcode: int,
+        req_id: int,
+        status: int,
+        slot: int = ...,
+        arg: int = ...,
+        payload: Buffer | None = ...,
+        caps: tuple[int, ...] = ...,
+        badge: int = ...,
+        pid: int = ...,
+        uid: int = ...,
+        gid: int = ...,
+    ) -> bool: ...
+    def forward(
+        self,
+        src: Ring,
+        sh: Header,
+        opcode: int,
+        req_id: int,
+        status: int,
+        slot: int,
+        arg: int,
+        badge: int,
+        pid: int,
+        uid: int,
+        gid: int,
+    ) -> bool: ...
     def peer_waiting(self) -> bool: ...
     def readable(self) -> bool: ...
     def read(self) -> Header | None: ...
@@ -86,8 +123,16 @@ class Ring:
     def caps(self, h: Header) -> tuple[int, ...]: ...
     def consume(self, h: Header) -> None: ...
     def take(self) -> Completion | None: ...
-    def push(self, opcode: int, req_id: int, slot: int, deadline: int, arg: int,
-             payload: Buffer, caps: tuple[int, ...] = ...) -> int: ...
+    def push(
+        self,
+        opcode: int,
+        req_id: int,
+        slot: int,
+        deadline: int,
+        arg: int,
+        payload: Buffer,
+        caps: tuple[int, ...] = ...,
+    ) -> int: ...
     def prepare_sleep(self) -> bool: ...
     def end_sleep(self) -> None: ...
     def spin(self, budget_ns: int, yield_after_ns: int = ...) -> bool: ...

@@ -124,7 +124,7 @@ class Connection:
     def _wait_for_space(self) -> None:
         """The submission ring is full: nudge the kernel, and notice if it is gone."""
         os.eventfd_write(self.sq_efd, 1)  # the kernel may sleep; it frees space as it drains
-        self.check_socket()   # a kernel that dropped us never drains: raise, don't spin
+        self.check_socket()  # a kernel that dropped us never drains: raise, don't spin
         time.sleep(0.0001)
 
     def cancel(self, req_id: int, slot: int) -> None:

@@ -193,7 +193,7 @@ class Daemon:
             self.sleeping = False
             for proc in self.k.procs.values():
                 proc.sq.end_sleep()
-        self.k.last_work = time.monotonic_ns()   # spin for a while before sleeping again
+        self.k.last_work = time.monotonic_ns()  # spin for a while before sleeping again
         self._pump()
 
     def _pump(self) -> None:

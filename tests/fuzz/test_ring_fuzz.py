@@ -79,8 +79,22 @@ def record(draw, pos: int) -> bytes:
             payload_len = draw(st.one_of(u32, st.integers(0, payload_len + 16)))
         else:
             opcode = 0
-    hdr = HDR.pack(size, opcode, ncaps, draw(st.integers(0, 2**64 - 1)),
-                   draw(st.integers(0, 2**64 - 1)), payload_len, 0, 0, 0, 0, 0, 0, 0, 0)
+    hdr = HDR.pack(
+        size,
+        opcode,
+        ncaps,
+        draw(st.integers(0, 2**64 - 1)),
+        draw(st.integers(0, 2**64 - 1)),
+        payload_len,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
     body_len = max(0, min(size, to_end, 512) - abi.HDR_SIZE)
     return hdr + draw(st.binary(min_size=0, max_size=body_len))
 
@@ -91,16 +105,20 @@ def hostile_ring(draw):
     rnd = random.Random(draw(st.integers(0, 2**32)))
     data = bytearray(rnd.randbytes(SIZE) if draw(st.booleans()) else bytes(SIZE))
     lap = draw(st.sampled_from([0, 1, 7, (U64_MAX + 1) // SIZE - 1]))
-    head_pos = draw(st.one_of(st.integers(0, SIZE // 8 - 1).map(lambda i: i * 8),
-                              st.sampled_from([0, SIZE - 8, SIZE - 64, SIZE - 72, SIZE - 80])))
+    head_pos = draw(
+        st.one_of(
+            st.integers(0, SIZE // 8 - 1).map(lambda i: i * 8),
+            st.sampled_from([0, SIZE - 8, SIZE - 64, SIZE - 72, SIZE - 80]),
+        )
+    )
     head = (lap * SIZE + head_pos) & U64_MAX
 
     # Lay out up to a few records from the head on, wrapping like a producer would.
     pos, written = head_pos, 0
     for _ in range(draw(st.integers(1, 4))):
         raw = draw(record(pos))
-        raw = raw[:SIZE - pos]
-        data[pos:pos + len(raw)] = raw
+        raw = raw[: SIZE - pos]
+        data[pos : pos + len(raw)] = raw
         size = struct.unpack_from("<I", raw)[0] if len(raw) >= 4 else 8
         step = align8(max(size, 8))
         if step > SIZE or written + step > SIZE:
@@ -108,13 +126,18 @@ def hostile_ring(draw):
         written += step
         pos = (pos + step) % SIZE
 
-    tail = draw(st.one_of(
-        st.just(head + written),                           # what was laid out
-        st.just(head + written),
-        st.integers(0, SIZE // 8).map(lambda i: head + 8 * i),   # any aligned amount
-        st.integers(-16, SIZE + 16).map(lambda d: head + d),     # off by a little
-        st.integers(0, U64_MAX),                            # anything at all
-    )) & U64_MAX
+    tail = (
+        draw(
+            st.one_of(
+                st.just(head + written),  # what was laid out
+                st.just(head + written),
+                st.integers(0, SIZE // 8).map(lambda i: head + 8 * i),  # any aligned amount
+                st.integers(-16, SIZE + 16).map(lambda d: head + d),  # off by a little
+                st.integers(0, U64_MAX),  # anything at all
+            )
+        )
+        & U64_MAX
+    )
     return bytes(data), head, tail
 
 
@@ -131,13 +154,18 @@ def check_header(mm: mmap.mmap, cons: Ring, h, tail: int) -> None:
     assert h.size % 8 == 0
     assert abi.HDR_SIZE <= h.size <= avail <= SIZE
     assert pos + h.size <= SIZE  # never straddles the end
-    raw = bytes(mm[DATA_OFF + pos:DATA_OFF + pos + h.size])
+    raw = bytes(mm[DATA_OFF + pos : DATA_OFF + pos + h.size])
     fields = HDR.unpack_from(raw)
     assert (fields[0], fields[1], fields[2], fields[3], fields[5]) == (
-        h.size, h.opcode, h.ncaps, h.req_id, h.payload_len)
+        h.size,
+        h.opcode,
+        h.ncaps,
+        h.req_id,
+        h.payload_len,
+    )
     caps_end = abi.HDR_SIZE + 8 * h.ncaps
     assert cons.caps(h) == struct.unpack_from(f"<{h.ncaps}Q", raw, abi.HDR_SIZE)
-    assert cons.payload(h) == raw[caps_end:caps_end + h.payload_len]
+    assert cons.payload(h) == raw[caps_end : caps_end + h.payload_len]
 
 
 def check_skipped_pads(mm: mmap.mmap, before: int, after: int) -> None:
@@ -151,14 +179,18 @@ def check_skipped_pads(mm: mmap.mmap, before: int, after: int) -> None:
 
 
 @given(hostile_ring())
-@settings(max_examples=300, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 def test_read_returns_a_consistent_record_or_raises_ring_corrupt(case):
     data, head, tail = case
     mm = _guarded_region()
     cons = None
     try:
-        mm[DATA_OFF:DATA_OFF + SIZE] = data
+        mm[DATA_OFF : DATA_OFF + SIZE] = data
         U64.pack_into(mm, abi.OFF_SQ_HEAD, head)
         cons = Ring(mm, DATA_OFF, SIZE, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
         U64.pack_into(mm, abi.OFF_SQ_TAIL, tail)  # published after the consumer started
@@ -187,15 +219,22 @@ def test_read_returns_a_consistent_record_or_raises_ring_corrupt(case):
         mm.close()
 
 
-@given(data=st.binary(min_size=0, max_size=SIZE), start=st.integers(0, SIZE // 8 - 1),
-       tail_delta=st.integers(0, 2 * SIZE))
-@settings(max_examples=150, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    data=st.binary(min_size=0, max_size=SIZE),
+    start=st.integers(0, SIZE // 8 - 1),
+    tail_delta=st.integers(0, 2 * SIZE),
+)
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 def test_read_of_raw_random_bytes_never_escapes_the_ring(data, start, tail_delta):
     mm = _guarded_region()
     cons = None
     try:
-        mm[DATA_OFF:DATA_OFF + len(data)] = data
+        mm[DATA_OFF : DATA_OFF + len(data)] = data
         head = start * 8
         U64.pack_into(mm, abi.OFF_SQ_HEAD, head)
         cons = Ring(mm, DATA_OFF, SIZE, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)

@@ -23,8 +23,9 @@ PEERS = Path(__file__).parent / "peers"
 
 
 @contextlib.asynccontextmanager
-async def spawned(k: kernel.AsyncKernel, script: str, *args: str,
-                  **caps) -> AsyncIterator[kernel.AsyncProcess]:
+async def spawned(
+    k: kernel.AsyncKernel, script: str, *args: str, **caps
+) -> AsyncIterator[kernel.AsyncProcess]:
     proc = await k.spawn([sys.executable, str(PEERS / script), *args], caps=caps)
     try:
         yield proc
@@ -42,8 +43,10 @@ async def settle(k: kernel.AsyncKernel) -> None:
 async def test_many_calls_in_flight_from_one_task_group(kernel_daemon):
     async with kernel.connect_async(autostart=False) as k:
         ep = await k.endpoint()
-        async with spawned(k, "echo_server.py", "tag", "A", ep=ep), \
-                spawned(k, "echo_server.py", "tag", "B", ep=ep):
+        async with (
+            spawned(k, "echo_server.py", "tag", "A", ep=ep),
+            spawned(k, "echo_server.py", "tag", "B", ep=ep),
+        ):
             async with asyncio.TaskGroup() as tg:
                 tasks = {i: tg.create_task(ep.call(b"%d" % i, timeout=20)) for i in range(500)}
             for i, task in tasks.items():
@@ -56,7 +59,7 @@ async def test_a_cancelled_recv_is_withdrawn_and_the_next_recv_gets_the_message(
     async with kernel.connect_async(autostart=False) as k:
         ep = await k.endpoint()
         recv = asyncio.ensure_future(ep.recv())
-        await asyncio.sleep(0.05)   # pending in the kernel
+        await asyncio.sleep(0.05)  # pending in the kernel
         recv.cancel()
         with pytest.raises(asyncio.CancelledError):
             await recv
@@ -71,8 +74,7 @@ async def test_a_cancelled_recv_is_withdrawn_and_the_next_recv_gets_the_message(
             assert await sender.wait(timeout=10) == 0
 
 
-async def test_a_cancelled_call_is_withdrawn_and_the_late_reply_fails_on_the_server(
-        kernel_daemon):
+async def test_a_cancelled_call_is_withdrawn_and_the_late_reply_fails_on_the_server(kernel_daemon):
     async with kernel.connect_async(autostart=False) as k:
         ep = await k.endpoint()
         async with spawned(k, "late_server.py", ep=ep) as server:
@@ -104,8 +106,8 @@ async def test_messages_racing_a_cancelled_recv_are_never_lost(kernel_daemon):
     async with kernel.connect_async(autostart=False) as k:
         ep = await k.endpoint()
         async with spawned(k, "actor.py", "sendmany", "0", str(total), ep=ep) as sender:
-            received.append((await ep.recv(timeout=10)).data)   # the sender is up
-            for _ in range(total):   # recv, then cancel it at a random moment
+            received.append((await ep.recv(timeout=10)).data)  # the sender is up
+            for _ in range(total):  # recv, then cancel it at a random moment
                 task = asyncio.ensure_future(ep.recv())
                 for _ in range(rng.randrange(4)):
                     await asyncio.sleep(0)
@@ -114,7 +116,7 @@ async def test_messages_racing_a_cancelled_recv_are_never_lost(kernel_daemon):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     received.append((await task).data)
-            while len(received) < total:   # whatever is left, plainly
+            while len(received) < total:  # whatever is left, plainly
                 try:
                     received.append((await ep.recv(timeout=1)).data)
                 except TimeoutError:
@@ -133,10 +135,10 @@ async def test_a_message_delivered_as_its_recv_is_cancelled_is_kept(kernel_daemo
     async with kernel.connect_async(autostart=False) as k:
         ep = await k.endpoint()
         async with spawned(k, "actor.py", "sendmany", "0", "2", ep=ep) as sender:
-            assert (await ep.recv(timeout=10)).data == b"0"   # the sender is up
+            assert (await ep.recv(timeout=10)).data == b"0"  # the sender is up
             task = asyncio.ensure_future(ep.recv())
             for _ in range(3):
-                await asyncio.sleep(0)   # the recv is submitted and awaits its future
+                await asyncio.sleep(0)  # the recv is submitted and awaits its future
             # Block the loop: b"1" is delivered and its completion waits in our ring.
             time.sleep(0.2)  # noqa: ASYNC251
             if not uvloop_ordering:
@@ -151,7 +153,7 @@ async def test_a_message_delivered_as_its_recv_is_cancelled_is_kept(kernel_daemo
             if not received:
                 with contextlib.suppress(TimeoutError):
                     received.append((await ep.recv(timeout=0.3)).data)
-            assert await sender.wait(timeout=10) == 0   # so b"1" was taken by a recv
+            assert await sender.wait(timeout=10) == 0  # so b"1" was taken by a recv
             assert received == [b"1"]
 
 

@@ -47,8 +47,13 @@ class Scene:
         return [int(p) for p in re.findall(r"kernel listening on .* \(pid (\d+)\)", self.log())]
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, CLIENT, *args], env=self.env, timeout=30,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, CLIENT, *args],
+            env=self.env,
+            timeout=30,
+            capture_output=True,
+            text=True,
+        )
 
     def wait_idle_exit(self, timeout: float = 6.0) -> None:
         deadline = time.monotonic() + timeout
@@ -96,7 +101,7 @@ def test_connect_starts_a_kernel_that_works_and_exits_when_idle(scene):
     [pid] = scene.kernel_pids()
     assert pid != os.getpid()
     log = scene.log()
-    assert f"pid {done.stdout.strip()} uid" in log   # the client was served by it
+    assert f"pid {done.stdout.strip()} uid" in log  # the client was served by it
     t0 = time.monotonic()
     scene.wait_idle_exit()
     assert time.monotonic() - t0 < 5.0
@@ -116,9 +121,16 @@ def test_async_connect_starts_a_kernel_too(scene):
 
 def test_clients_connecting_at_the_same_time_start_only_one_kernel(scene):
     go = scene.dir / "go"
-    procs = [subprocess.Popen([sys.executable, CLIENT, "sync", str(go)], env=scene.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, CLIENT, "sync", str(go)],
+            env=scene.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     try:
         for p in procs:
             assert p.stdout.readline().strip() == "ready"
@@ -132,13 +144,13 @@ def test_clients_connecting_at_the_same_time_start_only_one_kernel(scene):
     assert len(scene.kernel_pids()) == 1, scene.log()
     log = scene.log()
     for out, _ in outs:
-        assert f"pid {out.strip()} uid" in log   # all four were served by that kernel
+        assert f"pid {out.strip()} uid" in log  # all four were served by that kernel
     assert "already listens" not in log
 
 
 def test_a_stale_socket_file_left_by_a_dead_kernel_is_replaced(scene):
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(scene.path)   # a socket file nobody listens on
+    stale.bind(scene.path)  # a socket file nobody listens on
     stale.close()
     done = scene.run("sync")
     assert done.returncode == 0, done.stderr
@@ -148,7 +160,7 @@ def test_a_stale_socket_file_left_by_a_dead_kernel_is_replaced(scene):
 def test_without_autostart_connect_fails_when_no_kernel_runs(scene):
     with pytest.raises(kernel.PeerClosedError, match="no kernel listens"):
         kernel.connect(scene.path, autostart=False)
-    assert list(scene.dir.iterdir()) == []   # no kernel, lock or log was made
+    assert list(scene.dir.iterdir()) == []  # no kernel, lock or log was made
 
 
 async def test_without_autostart_async_connect_fails_when_no_kernel_runs(scene):
@@ -159,8 +171,11 @@ async def test_without_autostart_async_connect_fails_when_no_kernel_runs(scene):
 
 
 def test_the_socket_path_appears_only_once_the_kernel_accepts_connections(scene):
-    proc = subprocess.Popen([sys.executable, str(PEERS / "slow_listen_kernel.py"), scene.path],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(PEERS / "slow_listen_kernel.py"), scene.path],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while not os.path.exists(scene.path):

@@ -16,7 +16,7 @@ def test_mkipc_rows_run_every_round_trip():
         cell = result.cell(name, 64)
         assert cell.note is None or cell.note == "", cell.note
         assert cell.count == 400
-        assert all(r.cpu_peers_ns > 0 for r in cell.runs)   # the daemon's CPU is counted
+        assert all(r.cpu_peers_ns > 0 for r in cell.runs)  # the daemon's CPU is counted
 
 
 def test_payload_above_the_maximum_is_a_skipped_row_not_a_failure():

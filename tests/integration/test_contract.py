@@ -21,7 +21,7 @@ def run_script(*argv: str) -> subprocess.CompletedProcess[str]:
 def test_contract_program_exits_zero(kernel_daemon):
     done = run_script(str(PEERS / "contract.py"))
     assert done.returncode == 0, done.stderr
-    assert "inherited ['echo']" in kernel_daemon.log()   # the server got its cap at spawn
+    assert "inherited ['echo']" in kernel_daemon.log()  # the server got its cap at spawn
 
 
 def test_contract_program_on_the_async_face_exits_zero_under_both_loops(kernel_daemon):

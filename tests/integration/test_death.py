@@ -67,7 +67,7 @@ def test_a_server_killed_while_callers_await_replies_fails_each_caller_promptly(
             for c in callers:
                 c.start()
             taken = 0
-            while taken != 0b111:   # the server took all three calls: replies pending
+            while taken != 0b111:  # the server took all three calls: replies pending
                 taken |= ready.wait(timeout=10)
             killed = time.monotonic()
             server.kill()
@@ -89,10 +89,10 @@ def test_a_caller_killed_mid_call_makes_the_servers_reply_raise_peer_closed(kern
             assert msg.is_call
             assert msg.sender.pid == caller.pid
             caller.kill()
-            caller.wait(timeout=10)   # returns once the kernel has cleaned the caller up
+            caller.wait(timeout=10)  # returns once the kernel has cleaned the caller up
             with pytest.raises(kernel.PeerClosedError, match="caller died"):
                 msg.reply(b"nobody listens")
-        n = k.notification()   # the server's connection is unharmed
+        n = k.notification()  # the server's connection is unharmed
         n.signal(1)
         assert n.poll() == 1
 
@@ -102,10 +102,10 @@ def test_a_dead_receiver_no_longer_waits_on_the_endpoint(kernel_daemon):
         ep, back = k.endpoint(), k.endpoint()
         with spawned(k, "actor.py", "recv", "0", ep=ep, back=back) as receiver:
             wait_for_log(kernel_daemon, f"pid {receiver.pid} uid")
-            time.sleep(0.3)   # let it block in recv
+            time.sleep(0.3)  # let it block in recv
             receiver.kill()
             receiver.wait(timeout=10)
-        with pytest.raises(kernel.WouldBlock):   # nobody to hand a message to
+        with pytest.raises(kernel.WouldBlock):  # nobody to hand a message to
             ep.send_nowait(b"for the dead")
 
 
@@ -113,29 +113,38 @@ def test_a_process_that_dies_leaves_nothing_behind_in_the_kernel(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep, n = k.endpoint(), k.notification()
         with spawned(k, "actor.py", "objects", "0", "20", n=n, ep=ep) as child:
-            assert n.wait(timeout=10) == 1   # it holds 40 objects of its own, and ours
+            assert n.wait(timeout=10) == 1  # it holds 40 objects of its own, and ours
             child.kill()
             assert child.wait(timeout=10) == -signal.SIGKILL
             log = kernel_daemon.log()
             assert f"(pid {child.pid}) is gone: closed its connection" in log
-        ep.close()   # our copy of the endpoint it held; now nobody holds it
+        ep.close()  # our copy of the endpoint it held; now nobody holds it
     # Nobody is connected any more: whatever the kernel still holds at exit leaked.
     assert kernel_daemon.stop() == 0
     log = kernel_daemon.log()
     assert "kernel shutting down: failing 0 waiting operations" in log
     assert "kernel exit: 0 live objects, 0 bundles" in log
-    assert "the kernel shut down" not in log   # no process was left to clean up at exit
+    assert "the kernel shut down" not in log  # no process was left to clean up at exit
 
 
 # ------------------------------------------------------------------ the kernel itself
 
 
-def start_blocked(kinds: list[tuple[str, str]], env: dict[str, str] | None = None,
-                  ) -> list[subprocess.Popen[str]]:
+def start_blocked(
+    kinds: list[tuple[str, str]],
+    env: dict[str, str] | None = None,
+) -> list[subprocess.Popen[str]]:
     """Start blocked.py for each (face, op) at once; return when all are about to block."""
-    procs = [subprocess.Popen([sys.executable, str(PEERS / "blocked.py"), face, op], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for face, op in kinds]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(PEERS / "blocked.py"), face, op],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for face, op in kinds
+    ]
     for proc in procs:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
@@ -158,19 +167,20 @@ def finish_blocked(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str, s
 
 
 def test_kernel_shutdown_fails_blocked_clients_promptly_with_peer_closed(kernel_daemon):
-    procs = start_blocked([("sync", "recv"), ("sync", "call"), ("async", "recv"),
-                           ("async", "call")])
+    procs = start_blocked(
+        [("sync", "recv"), ("sync", "call"), ("async", "recv"), ("async", "call")]
+    )
     try:
         with kernel.connect(autostart=False) as k:
             mine = Blocked(lambda: k.endpoint().recv(timeout=30))
             mine.start()
-            time.sleep(0.3)   # everyone is blocked in the kernel now
+            time.sleep(0.3)  # everyone is blocked in the kernel now
             stopped = time.monotonic()
             assert kernel_daemon.stop() == 0
             mine.join(5)
             assert isinstance(mine.error, kernel.PeerClosedError), mine.error
             assert mine.ended - stopped < 2.0
-            with pytest.raises(kernel.PeerClosedError):   # and the connection stays dead
+            with pytest.raises(kernel.PeerClosedError):  # and the connection stays dead
                 k.notification()
     finally:
         results = finish_blocked(procs)
@@ -188,8 +198,12 @@ def test_a_kernel_crash_fails_blocked_clients_promptly(tmp_path):
     path = str(sock_dir / "k.sock")
     log = tmp_path / "kernel.log"
     with open(log, "wb") as f:
-        daemon = subprocess.Popen([sys.executable, "-m", "kernel", "kernel", "--socket", path],
-                                  stdout=f, stderr=f, stdin=subprocess.DEVNULL)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "kernel", "kernel", "--socket", path],
+            stdout=f,
+            stderr=f,
+            stdin=subprocess.DEVNULL,
+        )
     procs = []
     try:
         deadline = time.monotonic() + 10
@@ -197,8 +211,9 @@ def test_a_kernel_crash_fails_blocked_clients_promptly(tmp_path):
             assert daemon.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.005)
-        procs = start_blocked([("sync", "recv"), ("async", "recv")],
-                              env={**os.environ, "MKIPC_SOCKET": path})
+        procs = start_blocked(
+            [("sync", "recv"), ("async", "recv")], env={**os.environ, "MKIPC_SOCKET": path}
+        )
         with kernel.connect(path, autostart=False) as k:
             mine = Blocked(lambda: k.endpoint().call(b"x", timeout=30))
             mine.start()
@@ -219,4 +234,4 @@ def test_a_kernel_crash_fails_blocked_clients_promptly(tmp_path):
     for code, out, err in results:
         assert code == 0, (out, err)
         assert out.split()[0] == "PeerClosedError"
-        assert float(out.split()[1]) < 2.5   # blocked ~0.3 s before the crash
+        assert float(out.split()[1]) < 2.5  # blocked ~0.3 s before the crash

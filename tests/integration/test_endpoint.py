@@ -46,7 +46,7 @@ def test_send_blocks_until_a_receiver_takes_the_message(kernel_daemon):
         with spawned(k, "actor.py", "recv", "0.3", ep=ep, back=back) as proc:
             t0 = time.monotonic()
             ep.send(b"hello", timeout=10)
-            assert time.monotonic() - t0 >= 0.3   # the receiver only came after 0.3 s
+            assert time.monotonic() - t0 >= 0.3  # the receiver only came after 0.3 s
             assert back.recv(timeout=10).data == b"hello"
             assert proc.wait(timeout=10) == 0
 
@@ -58,7 +58,7 @@ def test_send_nowait_raises_wouldblock_when_no_receiver_waits(kernel_daemon):
         with pytest.raises(kernel.WouldBlock):
             ep.send_nowait(b"nobody")
         assert time.monotonic() - t0 < 0.05
-        with pytest.raises(TimeoutError):   # and nothing was left queued on the endpoint
+        with pytest.raises(TimeoutError):  # and nothing was left queued on the endpoint
             ep.recv(timeout=0)
 
 
@@ -67,7 +67,7 @@ def test_send_nowait_succeeds_when_a_receiver_waits(kernel_daemon):
         ep, back = k.endpoint(), k.endpoint()
         with spawned(k, "actor.py", "recv", "0", ep=ep, back=back) as proc:
             deadline = time.monotonic() + 10
-            while True:   # WouldBlock until the child sits in recv
+            while True:  # WouldBlock until the child sits in recv
                 try:
                     ep.send_nowait(b"now")
                     break
@@ -102,8 +102,10 @@ def test_reply_recv_loop_answers_every_call_in_order(kernel_daemon):
 def test_messages_carry_badge_zero_and_the_kernel_verified_sender(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
-        with spawned(k, "actor.py", "creds", "0", ep=ep) as sender, \
-                spawned(k, "actor.py", "callcreds", "0", ep=ep) as caller:
+        with (
+            spawned(k, "actor.py", "creds", "0", ep=ep) as sender,
+            spawned(k, "actor.py", "callcreds", "0", ep=ep) as caller,
+        ):
             for _ in range(2):
                 msg = ep.recv(timeout=10)
                 assert msg.badge == 0
@@ -141,8 +143,11 @@ def test_a_payload_over_max_payload_raises_and_the_connection_stays_usable(kerne
     too_big = bytes(kernel.MAX_PAYLOAD + 1)
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
-        for attempt in (lambda: ep.call(too_big, timeout=1), lambda: ep.send(too_big, timeout=1),
-                        lambda: ep.send_nowait(too_big)):
+        for attempt in (
+            lambda: ep.call(too_big, timeout=1),
+            lambda: ep.send(too_big, timeout=1),
+            lambda: ep.send_nowait(too_big),
+        ):
             with pytest.raises(kernel.MessageTooLargeError, match="exceeds the maximum") as info:
                 attempt()
             assert isinstance(info.value, ValueError)
@@ -157,7 +162,7 @@ def test_a_reply_refused_for_its_size_leaves_the_call_answerable(kernel_daemon):
             msg = ep.recv(timeout=10)
             with pytest.raises(kernel.MessageTooLargeError):
                 msg.reply(bytes(kernel.MAX_PAYLOAD + 1))
-            msg.reply(b"answer")   # nothing was sent yet: the call is still open
+            msg.reply(b"answer")  # nothing was sent yet: the call is still open
             assert back.recv(timeout=10).data == b"answer"
             assert proc.wait(timeout=10) == 0
 
@@ -197,14 +202,16 @@ def test_many_receivers_on_one_endpoint_each_take_a_call(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
         with contextlib.ExitStack() as stack:
-            servers = [stack.enter_context(spawned(k, "echo_server.py", "once", str(i), ep=ep))
-                       for i in range(4)]
+            servers = [
+                stack.enter_context(spawned(k, "echo_server.py", "once", str(i), ep=ep))
+                for i in range(4)
+            ]
             tags = set()
             for i in range(4):
                 data, _, tag = ep.call(b"job %d" % i, timeout=10).data.rpartition(b"|")
                 assert data == b"job %d" % i
                 tags.add(tag)
-            assert tags == {b"0", b"1", b"2", b"3"}   # one call each: a pool of workers
+            assert tags == {b"0", b"1", b"2", b"3"}  # one call each: a pool of workers
             assert [s.wait(timeout=10) for s in servers] == [0, 0, 0, 0]
 
 
@@ -216,8 +223,14 @@ def test_a_closed_cap_raises_invalid_capability_saying_it_was_closed(kernel_daem
         ep, n = k.endpoint(), k.notification()
         ep.close()
         n.close()
-        for use in (lambda: ep.call(b"x", timeout=0.1), lambda: ep.send_nowait(b"x"),
-                    lambda: ep.recv(timeout=0), ep.close, lambda: n.signal(1), n.poll):
+        for use in (
+            lambda: ep.call(b"x", timeout=0.1),
+            lambda: ep.send_nowait(b"x"),
+            lambda: ep.recv(timeout=0),
+            ep.close,
+            lambda: n.signal(1),
+            n.poll,
+        ):
             with pytest.raises(kernel.InvalidCapabilityError, match="closed"):
                 use()
 
@@ -241,12 +254,11 @@ def test_a_notification_cap_used_as_an_endpoint_raises_invalid_capability(kernel
             kernel.EndpointCap(k, n.slot).call(b"x", timeout=0.1)
         with pytest.raises(kernel.InvalidCapabilityError, match="endpoint"):
             kernel.NotificationCap(k, ep.slot).signal(1)
-        n.signal(2)   # both objects are untouched
+        n.signal(2)  # both objects are untouched
         assert n.poll() == 2
 
 
-def test_a_forged_slot_raises_invalid_capability_and_the_connection_keeps_working(
-        kernel_daemon):
+def test_a_forged_slot_raises_invalid_capability_and_the_connection_keeps_working(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         for slot in (0x7FFF1234, 0, 0x10001 + 77, 0xFFFFFFFF):
             forged = kernel.EndpointCap(k, slot)
@@ -274,7 +286,7 @@ def test_closing_the_last_cap_fails_a_receiver_blocked_on_it(kernel_daemon):
 
         t = threading.Thread(target=receive)
         t.start()
-        time.sleep(0.2)   # let the receiver block in the kernel
+        time.sleep(0.2)  # let the receiver block in the kernel
         ep.close()
         t.join(5)
         assert not t.is_alive()

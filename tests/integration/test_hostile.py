@@ -52,9 +52,15 @@ def echo_service() -> Iterator[tuple[kernel.Kernel, kernel.EndpointCap]]:
 
 def run_hostile(*kinds: str, timeout: float = 20) -> list[tuple[int, str, str, int]]:
     """Run hostile.py once per kind, all at once; (exit code, stdout, stderr, pid) each."""
-    procs = [subprocess.Popen([sys.executable, str(PEERS / "hostile.py"), kind],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for kind in kinds]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(PEERS / "hostile.py"), kind],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for kind in kinds
+    ]
     out = []
     try:
         for proc in procs:
@@ -73,25 +79,27 @@ RING_DAMAGE = {
     "bad_size": "does not match its contents",
     "many_caps": "record carries 4000 capabilities",
     "bad_pad": "malformed pad record",
-    "random": "",   # whichever check the random bytes fail first
+    "random": "",  # whichever check the random bytes fail first
 }
 
 
 def test_clients_writing_garbage_into_their_rings_are_disconnected_and_others_carry_on(
-        kernel_daemon):
+    kernel_daemon,
+):
     with echo_service() as (k, ep):
         outcomes = run_hostile(*RING_DAMAGE)
         assert ep.call(b"meanwhile", timeout=10).data == b"MEANWHILE"
     log = kernel_daemon.log()
     for (kind, reason), (code, out, err, pid) in zip(RING_DAMAGE.items(), outcomes, strict=True):
-        assert code == 0, (kind, out, err)   # its next operation raised PeerClosedError
+        assert code == 0, (kind, out, err)  # its next operation raised PeerClosedError
         outcome, seconds = out.split()[-2:]
         assert outcome == "PeerClosedError", kind
         assert float(seconds) < 2.0, kind
-        [gone] = [line for line in log.splitlines()
-                  if f"(pid {pid}) is gone: malformed ring: " in line]
+        [gone] = [
+            line for line in log.splitlines() if f"(pid {pid}) is gone: malformed ring: " in line
+        ]
         assert reason in gone, (kind, gone)
-        assert f"(pid {pid}): malformed ring: " in log, kind   # logged as a warning too
+        assert f"(pid {pid}): malformed ring: " in log, kind  # logged as a warning too
 
 
 def test_a_client_writing_to_its_bootstrap_socket_is_disconnected(kernel_daemon):
@@ -105,8 +113,9 @@ def test_a_client_that_never_drains_its_completions_is_disconnected(kernel_daemo
     with echo_service():
         [(code, out, err, pid)] = run_hostile("no_drain")
     assert code == 0, (out, err)
-    assert f"(pid {pid}): it does not drain its completion ring; disconnecting" in \
-        kernel_daemon.log()
+    assert (
+        f"(pid {pid}): it does not drain its completion ring; disconnecting" in kernel_daemon.log()
+    )
 
 
 def test_submitting_to_a_full_ring_after_the_kernel_gave_up_raises_peer_closed(kernel_daemon):
@@ -143,26 +152,60 @@ def test_bad_requests_get_errors_and_the_connection_keeps_working(kernel_daemon)
         ep, n = k.endpoint(), k.notification()
         bad = [
             # (request fields, expected exception, text in its message)
-            (dict(op=Op.ENDPOINT_SEND, slot=ep.slot, deadline=-5), kernel.InvalidArgumentError,
-             "deadline"),
-            (dict(op=Op.ENDPOINT_SEND, slot=ep.slot, deadline=0, caps=(n.slot,)),
-             kernel.InvalidArgumentError, "capability transfer"),
-            (dict(op=Op.ENDPOINT_REPLY, slot=ep.slot), kernel.InvalidCapabilityError,
-             "not a reply"),
-            (dict(op=Op.ENDPOINT_REPLY_RECV, slot=ep.slot, arg=n.slot),
-             kernel.InvalidCapabilityError, "not a reply"),
-            (dict(op=Op.NOTIFICATION_WAIT, slot=ep.slot, deadline=0),
-             kernel.InvalidCapabilityError, "not a notification"),
-            (dict(op=Op.CAP_CLOSE, slot=0x12345), kernel.InvalidCapabilityError,
-             "names no capability"),
-            (dict(op=Op.PROCESS_WAIT, payload=b"no such token"), kernel.InvalidArgumentError,
-             "unknown spawn token"),
-            (dict(op=Op.INHERIT_CREATE, payload=b"\xc1garbage", caps=(ep.slot,)),
-             kernel.InvalidArgumentError, "msgpack"),
-            (dict(op=Op.INHERIT_CREATE, payload=abi.encode_names(["a", "a"]),
-                  caps=(ep.slot, n.slot)), kernel.InvalidArgumentError, "distinct"),
-            (dict(op=Op.INHERIT_CREATE, payload=abi.encode_names([""]), caps=(ep.slot,)),
-             kernel.InvalidArgumentError, "1 to 256"),
+            (
+                dict(op=Op.ENDPOINT_SEND, slot=ep.slot, deadline=-5),
+                kernel.InvalidArgumentError,
+                "deadline",
+            ),
+            (
+                dict(op=Op.ENDPOINT_SEND, slot=ep.slot, deadline=0, caps=(n.slot,)),
+                kernel.InvalidArgumentError,
+                "capability transfer",
+            ),
+            (
+                dict(op=Op.ENDPOINT_REPLY, slot=ep.slot),
+                kernel.InvalidCapabilityError,
+                "not a reply",
+            ),
+            (
+                dict(op=Op.ENDPOINT_REPLY_RECV, slot=ep.slot, arg=n.slot),
+                kernel.InvalidCapabilityError,
+                "not a reply",
+            ),
+            (
+                dict(op=Op.NOTIFICATION_WAIT, slot=ep.slot, deadline=0),
+                kernel.InvalidCapabilityError,
+                "not a notification",
+            ),
+            (
+                dict(op=Op.CAP_CLOSE, slot=0x12345),
+                kernel.InvalidCapabilityError,
+                "names no capability",
+            ),
+            (
+                dict(op=Op.PROCESS_WAIT, payload=b"no such token"),
+                kernel.InvalidArgumentError,
+                "unknown spawn token",
+            ),
+            (
+                dict(op=Op.INHERIT_CREATE, payload=b"\xc1garbage", caps=(ep.slot,)),
+                kernel.InvalidArgumentError,
+                "msgpack",
+            ),
+            (
+                dict(
+                    op=Op.INHERIT_CREATE,
+                    payload=abi.encode_names(["a", "a"]),
+                    caps=(ep.slot, n.slot),
+                ),
+                kernel.InvalidArgumentError,
+                "distinct",
+            ),
+            (
+                dict(op=Op.INHERIT_CREATE, payload=abi.encode_names([""]), caps=(ep.slot,)),
+                kernel.InvalidArgumentError,
+                "1 to 256",
+            ),
         ]
         for fields, exc, text in bad:
             fields = dict(fields)
@@ -181,23 +224,23 @@ def test_a_request_id_already_in_flight_is_rejected(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
         conn = k._conn
-        req_id = conn.submit(Op.ENDPOINT_RECV, ep.slot)   # pending in the kernel
-        with conn._submit_lock:   # a second record with the same id, past the client
+        req_id = conn.submit(Op.ENDPOINT_RECV, ep.slot)  # pending in the kernel
+        with conn._submit_lock:  # a second record with the same id, past the client
             assert conn.sq.submit(Op.ENDPOINT_RECV, req_id, ep.slot, -1, 0, b"")
             if conn.sq.peer_waiting():
                 os.eventfd_write(conn.sq_efd, 1)
         c = conn.wait(req_id)
         with pytest.raises(kernel.InvalidArgumentError, match="already in flight"):
             raise error_for(c.status, "recv", c.reason())
-        conn.cancel(req_id, ep.slot)   # withdraw the first one
+        conn.cancel(req_id, ep.slot)  # withdraw the first one
         with pytest.raises(kernel.WouldBlock):
             ep.send_nowait(b"nobody receives")
 
 
 # ------------------------------------------------------------------ quotas
 
-CAP_TABLE_LIMIT = 4096   # capabilities/_table.pyx DEFAULT_LIMIT
-PENDING_LIMIT = 4096     # kernel/_core/kcore.pyx MAX_PENDING: operations waiting per process
+CAP_TABLE_LIMIT = 4096  # capabilities/_table.pyx DEFAULT_LIMIT
+PENDING_LIMIT = 4096  # kernel/_core/kcore.pyx MAX_PENDING: operations waiting per process
 
 
 def test_a_full_capability_table_raises_resource_limit_and_recovers(kernel_daemon):
@@ -207,7 +250,7 @@ def test_a_full_capability_table_raises_resource_limit_and_recovers(kernel_daemo
             k.notification()
         assert isinstance(info.value, OSError)
         caps.pop().close()
-        n = k.notification()   # room again
+        n = k.notification()  # room again
         n.signal(1)
         assert n.poll() == 1
 
@@ -230,7 +273,7 @@ def test_a_process_at_its_waiting_quota_can_still_withdraw_its_operations(kernel
         waiting = [conn.submit(Op.ENDPOINT_RECV, ep.slot) for _ in range(PENDING_LIMIT)]
         for req_id in waiting:
             conn.cancel(req_id, ep.slot)
-        n = k.notification()   # nothing waits any more: the quota is free again
+        n = k.notification()  # nothing waits any more: the quota is free again
         n.signal(1)
         assert n.poll() == 1
 
@@ -254,12 +297,12 @@ def read_reply(s: socket.socket) -> bytes:
 
 
 BOGUS_BOOTSTRAPS = {
-    "nothing": b"",                                                # connect, close
-    "huge_length": b"\xff" * 64,                                   # absurd frame length
+    "nothing": b"",  # connect, close
+    "huge_length": b"\xff" * 64,  # absurd frame length
     "not_msgpack": (5).to_bytes(4, "little") + b"\xc1\xc1\xc1\xc1\xc1",
     "bad_version": abi.encode_frame(abi.Hello(version=999)),
     "not_hello": abi.encode_frame(abi.Refused("i am the kernel")),
-    "truncated": (100).to_bytes(4, "little") + b"short",            # then EOF
+    "truncated": (100).to_bytes(4, "little") + b"short",  # then EOF
 }
 
 
@@ -273,10 +316,10 @@ def test_bogus_bootstraps_do_not_disturb_the_kernel(kernel_daemon):
                 answer = read_reply(s)
             finally:
                 s.close()
-            if answer:   # a Refused frame, and no descriptors
+            if answer:  # a Refused frame, and no descriptors
                 assert isinstance(abi.decode_frame(answer[4:]), abi.Refused), name
             assert ep.call(name.encode(), timeout=10).data == name.upper().encode()
-            with kernel.connect(autostart=False) as other:   # newcomers are still welcome
+            with kernel.connect(autostart=False) as other:  # newcomers are still welcome
                 other.notification()
     assert kernel_daemon.log().count("bootstrap refused") == len(BOGUS_BOOTSTRAPS)
 
@@ -284,7 +327,7 @@ def test_bogus_bootstraps_do_not_disturb_the_kernel(kernel_daemon):
 def test_a_stalled_bootstrap_does_not_block_other_clients(kernel_daemon):
     s = raw_client(kernel_daemon.path)
     try:
-        s.sendall(b"\x10\x00")   # half a frame length, then silence
+        s.sendall(b"\x10\x00")  # half a frame length, then silence
         t0 = time.monotonic()
         with echo_service(), kernel.connect(autostart=False) as other:
             other.notification()

@@ -23,11 +23,22 @@ CLIENTS, SERVERS, CALLS = 20, 4, 200
 def test_every_reply_reaches_its_own_caller_across_20_clients_and_4_servers(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
-        servers = [k.spawn([sys.executable, str(PEERS / "echo_server.py"), "tag", f"s{i}"],
-                           caps={"ep": ep}) for i in range(SERVERS)]
-        clients = [k.spawn([sys.executable, str(PEERS / "caller.py"), f"c{i}", str(CALLS)],
-                           caps={"ep": ep}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True) for i in range(CLIENTS)]
+        servers = [
+            k.spawn(
+                [sys.executable, str(PEERS / "echo_server.py"), "tag", f"s{i}"], caps={"ep": ep}
+            )
+            for i in range(SERVERS)
+        ]
+        clients = [
+            k.spawn(
+                [sys.executable, str(PEERS / "caller.py"), f"c{i}", str(CALLS)],
+                caps={"ep": ep},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(CLIENTS)
+        ]
         try:
             served: Counter[str] = Counter()
             deadline = time.monotonic() + 90
@@ -37,8 +48,8 @@ def test_every_reply_reaches_its_own_caller_across_20_clients_and_4_servers(kern
                 served.update(json.loads(out))
             assert sum(served.values()) == CLIENTS * CALLS
             assert set(served) <= {f"s{i}" for i in range(SERVERS)}
-            assert len(served) >= 2, served   # the pool shares the load
-            for _ in servers:   # each server answers one b"stop" and exits
+            assert len(served) >= 2, served  # the pool shares the load
+            for _ in servers:  # each server answers one b"stop" and exits
                 assert ep.call(b"stop", timeout=10).data == b"bye"
             assert [s.wait(timeout=10) for s in servers] == [0] * SERVERS
         finally:

@@ -37,8 +37,8 @@ def test_named_caps_given_at_spawn_reach_the_child(kernel_daemon):
             reap(child)
     assert report["inherited"] == {"ep": "EndpointCap", "n": "NotificationCap"}
     assert report["pid"] == child.pid
-    assert not report["token_in_env"]            # one-shot: not for grandchildren
-    assert report["second_connection"] == []     # nor for a second connection
+    assert not report["token_in_env"]  # one-shot: not for grandchildren
+    assert report["second_connection"] == []  # nor for a second connection
     assert f"pid {child.pid} uid" in kernel_daemon.log()
 
 
@@ -68,7 +68,7 @@ def test_process_wait_returns_the_exit_code_once_the_kernel_cleaned_up(kernel_da
             assert child.returncode == 3
             # wait() only returned after the kernel dropped the process and its objects
             assert f"(pid {child.pid}) is gone" in kernel_daemon.log()
-            assert child.wait(timeout=0) == 3   # again: at once
+            assert child.wait(timeout=0) == 3  # again: at once
         finally:
             reap(child)
 
@@ -92,8 +92,10 @@ def test_process_wait_raises_timeout_error_while_the_child_keeps_running(kernel_
 def test_a_child_that_never_connects_still_lets_wait_return(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
-        children = [k.spawn([sys.executable, "-c", code], caps={"ep": ep})
-                    for code in ("pass", "raise SystemExit(5)")]
+        children = [
+            k.spawn([sys.executable, "-c", code], caps={"ep": ep})
+            for code in ("pass", "raise SystemExit(5)")
+        ]
         try:
             assert [c.wait(timeout=10) for c in children] == [0, 5]
         finally:
@@ -130,18 +132,18 @@ def test_a_spawn_that_fails_to_start_the_program_keeps_no_capability_alive(kerne
             k.spawn(["/nonexistent/mkipc-test-program"], caps={"ep": ep})
         receiver = threading.Thread(target=receive)
         receiver.start()
-        time.sleep(0.1)   # blocked in recv
-        ep.close()        # the last capability to the endpoint: it is destroyed
+        time.sleep(0.1)  # blocked in recv
+        ep.close()  # the last capability to the endpoint: it is destroyed
         receiver.join(5)
         assert len(outcome) == 1
-        assert isinstance(outcome[0], kernel.PeerClosedError), outcome[0]   # not a timeout
+        assert isinstance(outcome[0], kernel.PeerClosedError), outcome[0]  # not a timeout
 
 
 def test_an_unknown_inherit_token_is_refused_at_connect(kernel_daemon, monkeypatch):
     monkeypatch.setenv("MKIPC_INHERIT", "0" * 32)
     with pytest.raises(kernel.IPCError, match="inherit token"):
         kernel.connect(autostart=False)
-    assert "MKIPC_INHERIT" not in os.environ   # consumed, even when refused
+    assert "MKIPC_INHERIT" not in os.environ  # consumed, even when refused
     with kernel.connect(autostart=False) as k:
         assert k.inherited == {}
     assert "bootstrap refused: unknown or already used inherit token" in kernel_daemon.log()

@@ -50,11 +50,11 @@ def run_threads(target: Callable[[int], object], count: int, timeout: float = 60
     return results
 
 
-def test_eight_threads_calling_through_one_connection_each_get_their_own_replies(
-        kernel_daemon):
+def test_eight_threads_calling_through_one_connection_each_get_their_own_replies(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
         with spawned(k, "echo_server.py", "tag", "srv", ep=ep):
+
             def caller(t: int) -> int:
                 for i in range(300):
                     payload = b"thread %d call %d" % (t, i)
@@ -70,6 +70,7 @@ def test_threads_receiving_on_one_connection_share_the_messages(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
         with spawned(k, "actor.py", "sendmany", "0", str(total), ep=ep) as sender:
+
             def receiver(_: int) -> list[bytes]:
                 got = []
                 while (data := ep.recv(timeout=20).data) != b"stop":
@@ -97,7 +98,7 @@ def test_a_thread_blocked_in_wait_does_not_hold_up_calls_from_other_threads(kern
             waited: list[int] = []
             waiter = threading.Thread(target=lambda: waited.append(n.wait(timeout=20)))
             waiter.start()
-            time.sleep(0.1)   # the waiter is blocked (and may be the connection's poller)
+            time.sleep(0.1)  # the waiter is blocked (and may be the connection's poller)
             t0 = time.monotonic()
             for i in range(200):
                 assert ep.call(b"x%d" % i, timeout=10).data == b"X%d" % i

@@ -53,7 +53,7 @@ def elapsed_failing(k: kernel.Kernel, op: Op, timeout: float) -> float:
 
 def test_timeout_zero_fails_at_once(kernel_daemon):
     with kernel.connect(autostart=False) as k:
-        k.notification()   # warm up the connection and the kernel
+        k.notification()  # warm up the connection and the kernel
         for name, op in BLOCKING.items():
             assert elapsed_failing(k, op, 0) < 0.05, name
 
@@ -78,7 +78,7 @@ def test_a_negative_or_nan_timeout_raises_value_error(kernel_daemon):
             for timeout in (-1, -0.001, math.nan):
                 with pytest.raises(ValueError, match="timeout"):
                     op(k, timeout)
-        n = k.notification()   # the connection is fine
+        n = k.notification()  # the connection is fine
         n.signal(1)
         assert n.poll() == 1
 
@@ -107,19 +107,21 @@ def test_blocking_ops_without_a_timeout_wait_for_a_late_peer(kernel_daemon):
             elapsed[name] = time.monotonic() - t0
 
         with contextlib.ExitStack() as stack:
-            peers = [stack.enter_context(spawned(k, "actor.py", *args, **caps)) for args, caps in [
-                (("send", "0.2", "late"), {"ep": ep_recv}),
-                (("recv", "0.2"), {"ep": ep_send, "back": back_send}),
-                (("recv", "0.2"), {"ep": ep_call, "back": back_call}),
-                (("signal", "0.2", str(0b1100)), {"n": n}),
-            ]]
+            peers = [
+                stack.enter_context(spawned(k, "actor.py", *args, **caps))
+                for args, caps in [
+                    (("send", "0.2", "late"), {"ep": ep_recv}),
+                    (("recv", "0.2"), {"ep": ep_send, "back": back_send}),
+                    (("recv", "0.2"), {"ep": ep_call, "back": back_call}),
+                    (("signal", "0.2", str(0b1100)), {"n": n}),
+                ]
+            ]
             threads = [threading.Thread(target=run, args=(name,), daemon=True) for name in ops]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(15)
-            assert results == {"recv": b"late", "send": None, "call": b"echo me",
-                               "wait": 0b1100}
+            assert results == {"recv": b"late", "send": None, "call": b"echo me", "wait": 0b1100}
             assert min(elapsed.values()) >= 0.2, elapsed
             assert back_send.recv(timeout=10).data == b"patient"
             assert back_call.recv(timeout=10).data == b"echo me"
@@ -131,15 +133,15 @@ def test_a_call_timeout_covers_the_wait_for_the_reply(kernel_daemon):
         ep, ready = k.endpoint(), k.notification()
         with spawned(k, "echo_server.py", "hold", ep=ep, ready=ready) as server:
             deadline = time.monotonic() + 10
-            while f"pid {server.pid} uid" not in kernel_daemon.log():   # it connected
+            while f"pid {server.pid} uid" not in kernel_daemon.log():  # it connected
                 assert time.monotonic() < deadline
                 time.sleep(0.005)
-            time.sleep(0.05)   # and sits in recv
+            time.sleep(0.05)  # and sits in recv
             t0 = time.monotonic()
             with pytest.raises(kernel.CallTimeoutError, match="did not reply"):
                 ep.call(b"never answered", timeout=0.3)
             assert 0.3 <= time.monotonic() - t0 < 1.3
-            assert ready.poll() == 1   # the server did take the call
+            assert ready.poll() == 1  # the server did take the call
 
 
 # ------------------------------------------------------------------ late replies

@@ -140,8 +140,7 @@ def test_stale_slot_never_resolves_even_after_the_generation_counter_wraps():
     raise AssertionError(f"slot {first:#x}, closed long ago, resolves to {got!r}")
 
 
-@given(slots=st.lists(SLOTS, max_size=50), inserted=st.integers(0, 40),
-       removed=st.integers(0, 40))
+@given(slots=st.lists(SLOTS, max_size=50), inserted=st.integers(0, 40), removed=st.integers(0, 40))
 @settings(max_examples=200, deadline=None, database=None)
 def test_random_slot_numbers_never_resolve_unless_inserted(slots, inserted, removed):
     t = CapTable()
@@ -283,8 +282,7 @@ class CapTableMachine(RuleBasedStateMachine):
     @rule(s=consumes(live), why=st.sampled_from(["was closed", "was transferred"]))
     def remove(self, s, why):
         assert self.table.remove(s, why) is self.model.pop(s)
-        self.closed = {k: v for k, v in self.closed.items()
-                       if k & INDEX_MASK != s & INDEX_MASK}
+        self.closed = {k: v for k, v in self.closed.items() if k & INDEX_MASK != s & INDEX_MASK}
         self.closed[s] = why
 
     @rule(s=live)
@@ -313,6 +311,10 @@ class CapTableMachine(RuleBasedStateMachine):
 
 
 TestCapTableModel = CapTableMachine.TestCase
-TestCapTableModel.settings = settings(max_examples=100, stateful_step_count=40, deadline=None,
-                                      database=None,
-                                      suppress_health_check=[HealthCheck.too_slow])
+TestCapTableModel.settings = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)

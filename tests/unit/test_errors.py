@@ -67,16 +67,19 @@ def test_ok_status_still_yields_an_ipc_error():
     assert err.status is Status.OK
 
 
-@pytest.mark.parametrize(("cls", "builtin"), [
-    (CallTimeoutError, TimeoutError),
-    (AccessDeniedError, PermissionError),
-    (PeerClosedError, ConnectionError),
-    (InvalidCapabilityError, ValueError),
-    (InvalidArgumentError, ValueError),
-    (MessageTooLargeError, ValueError),
-    (MessageTooLargeError, InvalidArgumentError),
-    (ResourceLimitError, OSError),
-])
+@pytest.mark.parametrize(
+    ("cls", "builtin"),
+    [
+        (CallTimeoutError, TimeoutError),
+        (AccessDeniedError, PermissionError),
+        (PeerClosedError, ConnectionError),
+        (InvalidCapabilityError, ValueError),
+        (InvalidArgumentError, ValueError),
+        (MessageTooLargeError, ValueError),
+        (MessageTooLargeError, InvalidArgumentError),
+        (ResourceLimitError, OSError),
+    ],
+)
 def test_errors_are_also_the_matching_builtin_exception(cls, builtin):
     assert issubclass(cls, builtin)
     assert issubclass(cls, IPCError)
@@ -115,8 +118,9 @@ def test_message_format_is_what_colon_reason():
 
 
 def test_empty_reason_falls_back_to_the_status_name():
-    assert str(error_for(Status.TIMED_OUT, "notification.wait", "")) == \
-        "notification.wait: timed_out"
+    assert (
+        str(error_for(Status.TIMED_OUT, "notification.wait", "")) == "notification.wait: timed_out"
+    )
     assert str(error_for(Status.ACCESS_DENIED, "x", "")) == "x: access_denied"
 
 
@@ -135,10 +139,26 @@ def test_status_numbers_are_unique_and_grouped():
     values = [int(s) for s in Status]
     assert len(values) == len(set(values))
     assert Status.OK == 0
-    assert all(-20 < s <= -10 for s in (Status.INVALID_ARGS, Status.BAD_SLOT, Status.WRONG_TYPE,
-                                         Status.TOO_LARGE, Status.NOT_SUPPORTED))
-    assert all(-30 < s <= -20 for s in (Status.TIMED_OUT, Status.PEER_CLOSED,
-                                         Status.CALLER_GONE, Status.CANCELLED, Status.SHUTDOWN))
+    assert all(
+        -20 < s <= -10
+        for s in (
+            Status.INVALID_ARGS,
+            Status.BAD_SLOT,
+            Status.WRONG_TYPE,
+            Status.TOO_LARGE,
+            Status.NOT_SUPPORTED,
+        )
+    )
+    assert all(
+        -30 < s <= -20
+        for s in (
+            Status.TIMED_OUT,
+            Status.PEER_CLOSED,
+            Status.CALLER_GONE,
+            Status.CANCELLED,
+            Status.SHUTDOWN,
+        )
+    )
     assert Status.ACCESS_DENIED == -30
     assert Status.NO_RESOURCES == -40
 

@@ -38,7 +38,7 @@ def _block(text: str, opener: str) -> list[str]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip() == opener)
     body = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.strip() and not line.startswith((" ", "\t")):
             break
         code = line.split("#", 1)[0].strip()
@@ -73,10 +73,20 @@ def mk_hdr_fields(pxd_text) -> list[tuple[str, str]]:
     return fields
 
 
-@pytest.mark.parametrize("name", [
-    "HDR_SIZE", "CONTROL_SIZE", "OFF_SQ_TAIL", "OFF_SQ_HEAD", "OFF_SQ_WAITING",
-    "OFF_CQ_TAIL", "OFF_CQ_HEAD", "OFF_CQ_WAITING", "MAX_CAPS_PER_RECORD",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "HDR_SIZE",
+        "CONTROL_SIZE",
+        "OFF_SQ_TAIL",
+        "OFF_SQ_HEAD",
+        "OFF_SQ_WAITING",
+        "OFF_CQ_TAIL",
+        "OFF_CQ_HEAD",
+        "OFF_CQ_WAITING",
+        "MAX_CAPS_PER_RECORD",
+    ],
+)
 def test_abi_constant_matches_ring_pxd(pxd_enum, name):
     assert getattr(abi, name) == pxd_enum[name]
 
@@ -91,7 +101,8 @@ def test_every_pxd_constant_is_mirrored(pxd_enum):
 
 
 def test_mk_hdr_fields_are_naturally_aligned_without_padding_and_add_up_to_hdr_size(
-        mk_hdr_fields, pxd_enum):
+    mk_hdr_fields, pxd_enum
+):
     offset = 0
     for name, ctype in mk_hdr_fields:
         width = struct.calcsize(C_TYPES[ctype][0])
@@ -109,8 +120,21 @@ def test_mk_hdr_fields_are_naturally_aligned_without_padding_and_add_up_to_hdr_s
 
 def test_mk_hdr_field_order(mk_hdr_fields):
     assert [name for name, _ in mk_hdr_fields] == [
-        "size", "opcode", "ncaps", "req_id", "slot", "payload_len", "status", "deadline",
-        "arg", "badge", "flags", "pid", "uid", "gid"]
+        "size",
+        "opcode",
+        "ncaps",
+        "req_id",
+        "slot",
+        "payload_len",
+        "status",
+        "deadline",
+        "arg",
+        "badge",
+        "flags",
+        "pid",
+        "uid",
+        "gid",
+    ]
 
 
 def test_compiled_ring_writes_the_header_the_pxd_declares(mk_hdr_fields):
@@ -119,34 +143,64 @@ def test_compiled_ring_writes_the_header_the_pxd_declares(mk_hdr_fields):
     mm = mmap.mmap(-1, abi.CONTROL_SIZE + 4096)
     ring = Ring(mm, abi.CONTROL_SIZE, 4096, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
     try:
-        assert ring.complete(0x1234, 0x0102030405060708, -7, slot=0x0A0B0C0D0E0F1011,
-                             arg=0x1112131415161718, payload=b"hello", caps=(0xC0FFEE, 9),
-                             badge=0x2122232425262728, pid=31, uid=32, gid=33)
-        raw = bytes(mm[abi.CONTROL_SIZE:abi.CONTROL_SIZE + abi.HDR_SIZE])
-        got = dict(zip([name for name, _ in mk_hdr_fields], struct.unpack(fmt, raw),
-                       strict=True))
+        assert ring.complete(
+            0x1234,
+            0x0102030405060708,
+            -7,
+            slot=0x0A0B0C0D0E0F1011,
+            arg=0x1112131415161718,
+            payload=b"hello",
+            caps=(0xC0FFEE, 9),
+            badge=0x2122232425262728,
+            pid=31,
+            uid=32,
+            gid=33,
+        )
+        raw = bytes(mm[abi.CONTROL_SIZE : abi.CONTROL_SIZE + abi.HDR_SIZE])
+        got = dict(zip([name for name, _ in mk_hdr_fields], struct.unpack(fmt, raw), strict=True))
         assert got == {
-            "size": 96, "opcode": 0x1234, "ncaps": 2, "req_id": 0x0102030405060708,
-            "slot": 0x0A0B0C0D0E0F1011, "payload_len": 5, "status": -7, "flags": 0,
-            "deadline": 0, "arg": 0x1112131415161718, "badge": 0x2122232425262728, "pid": 31,
-            "uid": 32, "gid": 33}
-        body = bytes(mm[abi.CONTROL_SIZE + abi.HDR_SIZE:abi.CONTROL_SIZE + 96])
+            "size": 96,
+            "opcode": 0x1234,
+            "ncaps": 2,
+            "req_id": 0x0102030405060708,
+            "slot": 0x0A0B0C0D0E0F1011,
+            "payload_len": 5,
+            "status": -7,
+            "flags": 0,
+            "deadline": 0,
+            "arg": 0x1112131415161718,
+            "badge": 0x2122232425262728,
+            "pid": 31,
+            "uid": 32,
+            "gid": 33,
+        }
+        body = bytes(mm[abi.CONTROL_SIZE + abi.HDR_SIZE : abi.CONTROL_SIZE + 96])
         assert body == struct.pack("<QQ", 0xC0FFEE, 9) + b"hello" + bytes(3)
         assert struct.unpack_from("<Q", mm, abi.OFF_SQ_TAIL)[0] == 96
 
         assert ring.submit(7, 1, 2, -5, 3, b"")
-        raw = bytes(mm[abi.CONTROL_SIZE + 96:abi.CONTROL_SIZE + 96 + abi.HDR_SIZE])
-        got = dict(zip([name for name, _ in mk_hdr_fields], struct.unpack(fmt, raw),
-                       strict=True))
+        raw = bytes(mm[abi.CONTROL_SIZE + 96 : abi.CONTROL_SIZE + 96 + abi.HDR_SIZE])
+        got = dict(zip([name for name, _ in mk_hdr_fields], struct.unpack(fmt, raw), strict=True))
         assert (got["deadline"], got["opcode"], got["req_id"], got["slot"], got["arg"]) == (
-            -5, 7, 1, 2, 3)
+            -5,
+            7,
+            1,
+            2,
+            3,
+        )
     finally:
         ring.close()
         mm.close()
 
 
-OFFSETS = ["OFF_SQ_TAIL", "OFF_SQ_HEAD", "OFF_SQ_WAITING",
-           "OFF_CQ_TAIL", "OFF_CQ_HEAD", "OFF_CQ_WAITING"]
+OFFSETS = [
+    "OFF_SQ_TAIL",
+    "OFF_SQ_HEAD",
+    "OFF_SQ_WAITING",
+    "OFF_CQ_TAIL",
+    "OFF_CQ_HEAD",
+    "OFF_CQ_WAITING",
+]
 
 
 def test_each_index_and_waiting_flag_has_its_own_cache_line():
@@ -176,8 +230,9 @@ def test_largest_message_fits_in_half_a_ring():
 def test_region_comment_in_pxd_agrees_with_the_offsets(pxd_text):
     # The ASCII table at the top of ring.pxd: "#   64      8     SQ tail ..."
     table = {}
-    for m in re.finditer(r"^#\s+(\d+)\s+(\d+|\.\.\.)\s+(SQ|CQ) (tail|head|waiting)\b",
-                         pxd_text, re.M):
+    for m in re.finditer(
+        r"^#\s+(\d+)\s+(\d+|\.\.\.)\s+(SQ|CQ) (tail|head|waiting)\b", pxd_text, re.M
+    ):
         table[f"OFF_{m[3]}_{m[4].upper()}"] = int(m[1])
     assert table == {name: getattr(abi, name) for name in OFFSETS}
     assert re.search(rf"^#\s+{abi.CONTROL_SIZE}\s+\.\.\.\s+SQ data", pxd_text, re.M)

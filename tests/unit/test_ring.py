@@ -76,8 +76,9 @@ class Region:
         self.rings: list[Ring] = []
 
     def ring(self) -> Ring:
-        r = Ring(self.mm, self.data_off, self.size,
-                 abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
+        r = Ring(
+            self.mm, self.data_off, self.size, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING
+        )
         self.rings.append(r)
         return r
 
@@ -112,17 +113,26 @@ class Region:
         return U32.unpack_from(self.mm, abi.OFF_SQ_WAITING)[0]
 
     def data(self) -> bytes:
-        return bytes(self.mm[self.data_off:self.data_off + self.size])
+        return bytes(self.mm[self.data_off : self.data_off + self.size])
 
     def write(self, pos: int, raw: bytes) -> None:
         assert 0 <= pos
         assert pos + len(raw) <= self.size
-        self.mm[self.data_off + pos:self.data_off + pos + len(raw)] = raw
+        self.mm[self.data_off + pos : self.data_off + pos + len(raw)] = raw
 
-    def write_hdr(self, pos: int, *, size: int, opcode: int = 1, ncaps: int = 0,
-                  payload_len: int = 0, req_id: int = 0) -> None:
-        self.write(pos, HDR.pack(size, opcode, ncaps, req_id, 0, payload_len, 0, 0, 0, 0, 0,
-                                 0, 0, 0))
+    def write_hdr(
+        self,
+        pos: int,
+        *,
+        size: int,
+        opcode: int = 1,
+        ncaps: int = 0,
+        payload_len: int = 0,
+        req_id: int = 0,
+    ) -> None:
+        self.write(
+            pos, HDR.pack(size, opcode, ncaps, req_id, 0, payload_len, 0, 0, 0, 0, 0, 0, 0, 0)
+        )
 
     def write_pad(self, pos: int, size: int) -> None:
         self.write(pos, U32.pack(size) + b"\0\0\0\0")
@@ -161,8 +171,9 @@ def test_size_must_be_a_power_of_two_of_at_least_4096():
     try:
         for bad in (0, 2048, 3000, 4095, 6144, 8192 + 8):
             with pytest.raises(ValueError, match="power of two"):
-                Ring(mm, abi.CONTROL_SIZE, bad, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD,
-                     abi.OFF_SQ_WAITING)
+                Ring(
+                    mm, abi.CONTROL_SIZE, bad, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING
+                )
     finally:
         mm.close()
 
@@ -170,18 +181,22 @@ def test_size_must_be_a_power_of_two_of_at_least_4096():
 def test_rejected_region_is_released_so_it_can_be_closed():
     mm = mmap.mmap(-1, abi.CONTROL_SIZE + SMALL)
     with pytest.raises(ValueError, match="too small"):
-        Ring(mm, abi.CONTROL_SIZE, 2 * SMALL, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD,
-             abi.OFF_SQ_WAITING)
+        Ring(mm, abi.CONTROL_SIZE, 2 * SMALL, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
     with pytest.raises(ValueError, match="too small"):
-        Ring(mm, abi.CONTROL_SIZE - 8, SMALL, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD,
-             abi.OFF_SQ_WAITING)
+        Ring(mm, abi.CONTROL_SIZE - 8, SMALL, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
     mm.close()  # BufferError here would mean the constructor leaked its buffer export
 
 
 def test_read_only_buffer_is_refused():
     with pytest.raises((BufferError, TypeError)):
-        Ring(bytes(abi.CONTROL_SIZE + SMALL), abi.CONTROL_SIZE, SMALL, abi.OFF_SQ_TAIL,
-             abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
+        Ring(
+            bytes(abi.CONTROL_SIZE + SMALL),
+            abi.CONTROL_SIZE,
+            SMALL,
+            abi.OFF_SQ_TAIL,
+            abi.OFF_SQ_HEAD,
+            abi.OFF_SQ_WAITING,
+        )
 
 
 def test_close_releases_the_region():
@@ -223,8 +238,36 @@ def test_largest_abi_message_always_fits_a_default_ring():
 # ------------------------------------------------------------------ round trips
 
 
-PAYLOAD_SIZES = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 63, 64, 65, 100, 255, 256, 257,
-                 1000, 1023, 1024, 1025, 4095, 4096, 4097, 10_000]
+PAYLOAD_SIZES = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    15,
+    16,
+    17,
+    63,
+    64,
+    65,
+    100,
+    255,
+    256,
+    257,
+    1000,
+    1023,
+    1024,
+    1025,
+    4095,
+    4096,
+    4097,
+    10_000,
+]
 
 
 @pytest.mark.parametrize("ncaps", [0, 1, 2, 3, 7, 8, 31, 63, 64])
@@ -234,14 +277,17 @@ def test_submissions_round_trip_with_payloads_of_many_sizes_and_caps(big_region,
     sizes = [*PAYLOAD_SIZES, payload_for(prod.max_record, ncaps)]
     for i, n in enumerate(sizes):
         payload = rng.randbytes(n)
-        caps = tuple(rng.choice([0, 1, 0x10001, 2**64 - 1, rng.getrandbits(64)])
-                     for _ in range(ncaps))
+        caps = tuple(
+            rng.choice([0, 1, 0x10001, 2**64 - 1, rng.getrandbits(64)]) for _ in range(ncaps)
+        )
         req_id = rng.getrandbits(64)
         deadline = rng.choice([-1, 0, 2**63 - 1, -(2**63), rng.getrandbits(62)])
         arg = rng.getrandbits(64)
         before = big_region.tail
-        assert prod.submit(abi.Op.ENDPOINT_CALL, req_id, 2**64 - 1 - i, deadline, arg,
-                           payload, caps) is True
+        assert (
+            prod.submit(abi.Op.ENDPOINT_CALL, req_id, 2**64 - 1 - i, deadline, arg, payload, caps)
+            is True
+        )
         to_end = big_region.size - before % big_region.size
         need = record_size(ncaps, n)
         assert big_region.tail - before == (need if need <= to_end else to_end + need)
@@ -249,7 +295,12 @@ def test_submissions_round_trip_with_payloads_of_many_sizes_and_caps(big_region,
         h = cons.read()
         assert h is not None
         assert (h.opcode, h.req_id, h.slot, h.deadline, h.arg) == (
-            abi.Op.ENDPOINT_CALL, req_id, 2**64 - 1 - i, deadline, arg)
+            abi.Op.ENDPOINT_CALL,
+            req_id,
+            2**64 - 1 - i,
+            deadline,
+            arg,
+        )
         assert (h.size, h.ncaps, h.payload_len) == (record_size(ncaps, n), ncaps, n)
         assert (h.status, h.flags, h.badge, h.pid, h.uid, h.gid) == (0, 0, 0, 0, 0, 0)
         assert cons.payload(h) == payload
@@ -261,20 +312,44 @@ def test_submissions_round_trip_with_payloads_of_many_sizes_and_caps(big_region,
 
 def test_completions_round_trip_every_field(big_region):
     prod, cons = big_region.pair()
-    assert prod.complete(abi.Op.ENDPOINT_RECV, U64_MAX, -(2**31), slot=U64_MAX,
-                         arg=U64_MAX - 1, payload=b"reply", caps=(5, 6),
-                         badge=0xDEADBEEFCAFEF00D, pid=2**32 - 1, uid=1000, gid=100)
+    assert prod.complete(
+        abi.Op.ENDPOINT_RECV,
+        U64_MAX,
+        -(2**31),
+        slot=U64_MAX,
+        arg=U64_MAX - 1,
+        payload=b"reply",
+        caps=(5, 6),
+        badge=0xDEADBEEFCAFEF00D,
+        pid=2**32 - 1,
+        uid=1000,
+        gid=100,
+    )
     assert prod.complete(abi.Op.CAP_CLOSE, 7, 0)  # all defaults, no payload
     h = cons.read()
     assert (h.opcode, h.req_id, h.status, h.slot, h.arg, h.badge, h.pid, h.uid, h.gid) == (
-        abi.Op.ENDPOINT_RECV, U64_MAX, -(2**31), U64_MAX, U64_MAX - 1,
-        0xDEADBEEFCAFEF00D, 2**32 - 1, 1000, 100)
+        abi.Op.ENDPOINT_RECV,
+        U64_MAX,
+        -(2**31),
+        U64_MAX,
+        U64_MAX - 1,
+        0xDEADBEEFCAFEF00D,
+        2**32 - 1,
+        1000,
+        100,
+    )
     assert (cons.payload(h), cons.caps(h), h.deadline, h.flags) == (b"reply", (5, 6), 0, 0)
     assert "req_id=18446744073709551615" in repr(h)
     cons.consume(h)
     h = cons.read()
     assert (h.opcode, h.req_id, h.status, h.payload_len, h.ncaps, h.size) == (
-        abi.Op.CAP_CLOSE, 7, 0, 0, 0, abi.HDR_SIZE)
+        abi.Op.CAP_CLOSE,
+        7,
+        0,
+        0,
+        0,
+        abi.HDR_SIZE,
+    )
     assert cons.payload(h) == b""
     assert cons.caps(h) == ()
     cons.consume(h)
@@ -458,12 +533,15 @@ def test_full_ring_refuses_and_accepts_again_after_consuming(region):
     assert [g[0] for g in drain(cons)] == list(range(1, n + 1))
 
 
-@pytest.mark.parametrize(("payload_len", "ncaps"), [
-    (payload_for(SMALL // 2) + 1, 0),
-    (payload_for(SMALL // 2, 64) + 1, 64),
-    (SMALL, 0),
-    (10 * SMALL, 3),
-])
+@pytest.mark.parametrize(
+    ("payload_len", "ncaps"),
+    [
+        (payload_for(SMALL // 2) + 1, 0),
+        (payload_for(SMALL // 2, 64) + 1, 64),
+        (SMALL, 0),
+        (10 * SMALL, 3),
+    ],
+)
 def test_oversized_record_raises_and_leaves_the_ring_unchanged(region, payload_len, ncaps):
     prod, cons = region.pair()
     assert prod.submit(1, 1, 0, -1, 0, b"first")
@@ -629,13 +707,32 @@ def test_forward_copies_a_payload_from_one_ring_into_another(region, big_region)
         payload = rng.randbytes(n)
         assert sq_prod.submit(abi.Op.ENDPOINT_SEND, 100 + i, 7, -1, 0, payload, (1, 2, 3))
         sh = sq_cons.read()
-        assert cq_prod.forward(sq_cons, sh, abi.Op.ENDPOINT_RECV, 200 + i, -22, 0x10005,
-                               abi.MSG_IS_CALL, 0xBAD6E, 4242, 1000, 1001)
+        assert cq_prod.forward(
+            sq_cons,
+            sh,
+            abi.Op.ENDPOINT_RECV,
+            200 + i,
+            -22,
+            0x10005,
+            abi.MSG_IS_CALL,
+            0xBAD6E,
+            4242,
+            1000,
+            1001,
+        )
         sq_cons.consume(sh)
         h = cq_cons.read()
         assert (h.opcode, h.req_id, h.status, h.slot, h.arg, h.badge, h.pid, h.uid, h.gid) == (
-            abi.Op.ENDPOINT_RECV, 200 + i, -22, 0x10005, abi.MSG_IS_CALL, 0xBAD6E, 4242,
-            1000, 1001)
+            abi.Op.ENDPOINT_RECV,
+            200 + i,
+            -22,
+            0x10005,
+            abi.MSG_IS_CALL,
+            0xBAD6E,
+            4242,
+            1000,
+            1001,
+        )
         assert (h.ncaps, h.payload_len) == (0, n)  # caps are never forwarded
         assert cq_cons.payload(h) == payload
         cq_cons.consume(h)
@@ -830,8 +927,7 @@ def test_record_bytes_changed_after_read_do_not_change_the_header(region):
     prod, cons = region.pair()
     prod.submit(1, 7, 3, -1, 9, b"payload!")
     h = cons.read()
-    region.write_hdr(0, size=0xFFFFFFF8, opcode=9, ncaps=0xFFFF, payload_len=0xFFFFFFFF,
-                     req_id=666)
+    region.write_hdr(0, size=0xFFFFFFF8, opcode=9, ncaps=0xFFFF, payload_len=0xFFFFFFFF, req_id=666)
     assert (h.size, h.opcode, h.ncaps, h.payload_len, h.req_id) == (80, 1, 0, 8, 7)
     cons.consume(h)  # uses the checked copy
     assert region.head == 80
@@ -931,8 +1027,14 @@ def _run_isolated(code: str) -> subprocess.CompletedProcess[str]:
     The script prints READY just before the step under test; without it the setup
     failed, which is a real failure rather than the expected one.
     """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": _ROOT})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": _ROOT},
+    )
     if "READY" not in proc.stdout:
         pytest.fail(f"isolated script failed before the step under test:\n{proc.stderr}")
     return proc
@@ -993,13 +1095,13 @@ def test_producer_over_a_misaligned_published_tail_never_writes_outside_the_data
     r = Region(guard=False, slack=64)
     try:
         end = r.data_off + SMALL
-        r.mm[end:end + 64] = b"\xa5" * 64  # sentinel just past the data area
+        r.mm[end : end + 64] = b"\xa5" * 64  # sentinel just past the data area
         r.tail = r.head = SMALL - 3
         try:
             prod = r.ring()
             prod.submit(1, 1, 0, -1, 0, b"x")
         except (ValueError, RingCorruptError):
             pass
-        assert r.mm[end:end + 64] == b"\xa5" * 64
+        assert r.mm[end : end + 64] == b"\xa5" * 64
     finally:
         r.close()

@@ -34,7 +34,7 @@ def payload_of(seq: int) -> bytes:
     if seq % 1009 == 0:
         n = 8000
     start = r % (len(POOL) - n)
-    return POOL[start:start + n]
+    return POOL[start : start + n]
 
 
 def caps_of(seq: int) -> tuple[int, ...]:
@@ -56,8 +56,9 @@ def shared_region(ring_size: int) -> Iterator[tuple[mmap.mmap, int]]:
 
 
 def make_ring(mm: mmap.mmap, ring_size: int) -> Ring:
-    return Ring(mm, abi.CONTROL_SIZE, ring_size, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD,
-                abi.OFF_SQ_WAITING)
+    return Ring(
+        mm, abi.CONTROL_SIZE, ring_size, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING
+    )
 
 
 @contextlib.contextmanager
@@ -115,12 +116,20 @@ def test_100k_records_stream_between_processes_in_order_and_intact():
     count, ring_size = 100_000, 1 << 16
 
     with shared_region(ring_size) as (mm, _):
+
         def produce() -> None:
             prod = make_ring(mm, ring_size)
             for seq in range(count):
                 payload = payload_of(seq)
-                while not prod.submit(abi.Op.ENDPOINT_SEND, seq, seq & 0xFFFFFFFF, -1,
-                                      zlib.crc32(payload), payload, caps_of(seq)):
+                while not prod.submit(
+                    abi.Op.ENDPOINT_SEND,
+                    seq,
+                    seq & 0xFFFFFFFF,
+                    -1,
+                    zlib.crc32(payload),
+                    payload,
+                    caps_of(seq),
+                ):
                     os.sched_yield()
 
         cons = make_ring(mm, ring_size)
@@ -144,14 +153,14 @@ def test_100k_records_stream_between_processes_in_order_and_intact():
                     seq += 1
                 assert wait() == 0
             assert cons.read() is None
-            tail = int.from_bytes(mm[abi.OFF_SQ_TAIL:abi.OFF_SQ_TAIL + 8], "little")
+            tail = int.from_bytes(mm[abi.OFF_SQ_TAIL : abi.OFF_SQ_TAIL + 8], "little")
             assert tail // ring_size > 100  # the ring wrapped many times
         finally:
             cons.close()
 
 
 def _published(mm: mmap.mmap, off: int) -> int:
-    return int.from_bytes(mm[off:off + 8], "little")
+    return int.from_bytes(mm[off : off + 8], "little")
 
 
 def test_consumer_sleeping_on_an_eventfd_never_misses_a_wakeup():
@@ -167,13 +176,15 @@ def test_consumer_sleeping_on_an_eventfd_never_misses_a_wakeup():
     stall_ms = 1000  # far longer than any producer pause
 
     with shared_region(ring_size) as (mm, _):
+
         def produce() -> None:
             prod = make_ring(mm, ring_size)
             rng = random.Random(99)
             for seq in range(count):
                 payload = payload_of(seq)[:300]
-                while not prod.submit(abi.Op.ENDPOINT_SEND, seq, 0, -1, zlib.crc32(payload),
-                                      payload):
+                while not prod.submit(
+                    abi.Op.ENDPOINT_SEND, seq, 0, -1, zlib.crc32(payload), payload
+                ):
                     # full: the consumer is awake and draining (it only sleeps on empty)
                     os.sched_yield()
                 if prod.peer_waiting():
@@ -229,6 +240,7 @@ def test_consumer_in_another_process_sees_records_exactly_once(ring_size):
     count = 5_000
     rfd, wfd = os.pipe()
     with shared_region(ring_size) as (mm, _):
+
         def consume() -> None:
             cons = make_ring(mm, ring_size)
             crc, seq = 0, 0
@@ -251,7 +263,7 @@ def test_consumer_in_another_process_sees_records_exactly_once(ring_size):
                 os.close(wfd)
                 want = 0
                 for seq in range(count):
-                    payload = payload_of(seq)[:prod.max_record - abi.HDR_SIZE]
+                    payload = payload_of(seq)[: prod.max_record - abi.HDR_SIZE]
                     want = zlib.crc32(payload, want)
                     while not prod.submit(1, seq, 0, -1, 0, payload):
                         os.sched_yield()

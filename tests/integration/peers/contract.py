@@ -1,12 +1,17 @@
 """The issue's contract program, verbatim: run with no argument (it spawns itself)."""
+
 # ruff: noqa: E401, I001
 import sys, kernel
+
+
 def serve():
     k = kernel.connect()
     ep = k.inherited["echo"]
     while True:
         msg = ep.recv()
         msg.reply(msg.data.upper())
+
+
 if sys.argv[1:] == ["serve"]:
     serve()
 else:

@@ -21,8 +21,7 @@ async def main() -> None:
         server = await k.spawn([sys.executable, ECHO, "upper"], caps={"ep": ep})
         try:
             async with asyncio.TaskGroup() as tg:
-                calls = [tg.create_task(ep.call(b"req %d" % i, timeout=10.0))
-                         for i in range(CALLS)]
+                calls = [tg.create_task(ep.call(b"req %d" % i, timeout=10.0)) for i in range(CALLS)]
             for i, task in enumerate(calls):
                 assert task.result().data == b"REQ %d" % i, (i, task.result().data)
             n = await k.notification()

@@ -38,8 +38,9 @@ from kernel._core.ring import Ring
 from kernel.abi import Op
 
 
-def record(opcode: int, payload: bytes = b"", *, size: int | None = None,
-           ncaps: int | None = None) -> bytes:
+def record(
+    opcode: int, payload: bytes = b"", *, size: int | None = None, ncaps: int | None = None
+) -> bytes:
     """A submission record as the library's own ring writer lays it out, then bent.
 
     Only the framing word at the start of every record is bent (size: u32 at 0,
@@ -47,11 +48,10 @@ def record(opcode: int, payload: bytes = b"", *, size: int | None = None,
     kernel/_core/ring.pxd wherever its other fields move.
     """
     mm = mmap.mmap(-1, abi.CONTROL_SIZE + 8192)
-    ring = Ring(mm, abi.CONTROL_SIZE, 8192, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD,
-                abi.OFF_SQ_WAITING)
+    ring = Ring(mm, abi.CONTROL_SIZE, 8192, abi.OFF_SQ_TAIL, abi.OFF_SQ_HEAD, abi.OFF_SQ_WAITING)
     assert ring.submit(max(opcode, 1), 1, 0, -1, 0, payload)
     true_size = struct.unpack_from("<I", mm, abi.CONTROL_SIZE)[0]
-    data = bytearray(mm[abi.CONTROL_SIZE:abi.CONTROL_SIZE + true_size])
+    data = bytearray(mm[abi.CONTROL_SIZE : abi.CONTROL_SIZE + true_size])
     ring.close()
     mm.close()
     struct.pack_into("<IH", data, 0, true_size if size is None else size, opcode)
@@ -63,11 +63,11 @@ def record(opcode: int, payload: bytes = b"", *, size: int | None = None,
 def publish(conn, data: bytes, tail_delta: int | None = None) -> None:
     """Write `data` at the current submission tail and publish a new tail."""
     mm = conn.mm
-    tail = int.from_bytes(mm[abi.OFF_SQ_TAIL:abi.OFF_SQ_TAIL + 8], "little")
+    tail = int.from_bytes(mm[abi.OFF_SQ_TAIL : abi.OFF_SQ_TAIL + 8], "little")
     pos = abi.CONTROL_SIZE + tail % conn.welcome.sq_size
-    mm[pos:pos + len(data)] = data
+    mm[pos : pos + len(data)] = data
     new_tail = tail + (len(data) if tail_delta is None else tail_delta)
-    mm[abi.OFF_SQ_TAIL:abi.OFF_SQ_TAIL + 8] = (new_tail % 2**64).to_bytes(8, "little")
+    mm[abi.OFF_SQ_TAIL : abi.OFF_SQ_TAIL + 8] = (new_tail % 2**64).to_bytes(8, "little")
     os.eventfd_write(conn.sq_efd, 1)
 
 
@@ -77,12 +77,12 @@ def damage(k: kernel.Kernel, kind: str) -> None:
         publish(conn, record(Op.NOTIFICATION_CREATE), tail_delta=abi.HDR_SIZE + 4)
     elif kind == "huge_tail":
         publish(conn, record(Op.NOTIFICATION_CREATE), tail_delta=1 << 40)
-    elif kind == "bad_size":   # claims 64 more bytes than header and payload need
+    elif kind == "bad_size":  # claims 64 more bytes than header and payload need
         rec = record(Op.ENDPOINT_SEND, b"x" * 64)
         publish(conn, record(Op.ENDPOINT_SEND, b"x" * 64, size=len(rec) + 64) + bytes(64))
     elif kind == "many_caps":
         publish(conn, record(Op.ENDPOINT_SEND, ncaps=4000) + bytes(8 * 4000))
-    elif kind == "bad_pad":   # a pad must run to the end of the ring
+    elif kind == "bad_pad":  # a pad must run to the end of the ring
         publish(conn, record(Op.PAD, size=abi.HDR_SIZE))
     elif kind == "random":
         publish(conn, random.Random(1234).randbytes(8192))
@@ -98,7 +98,7 @@ def damage(k: kernel.Kernel, kind: str) -> None:
                 select.select([conn.sock], [], [], 0.001)
             if conn.sq.peer_waiting():
                 os.eventfd_write(conn.sq_efd, 1)
-        conn.check_socket()   # EOF: the library marks the connection lost
+        conn.check_socket()  # EOF: the library marks the connection lost
     elif kind == "no_drain_forever":
         # The library's own submit path, which waits for ring space as the kernel drains.
         for _ in range(200_000):
@@ -120,11 +120,11 @@ def alarm_after_eof(sock: socket.socket) -> None:
 def main() -> int:
     kind = sys.argv[1]
     with kernel.connect(autostart=False) as k:
-        k.notification()   # the connection works before the damage
+        k.notification()  # the connection works before the damage
         print("ready", flush=True)
         signal.signal(signal.SIGALRM, stuck)
         t0 = time.monotonic()
-        signal.setitimer(signal.ITIMER_REAL, 2.5)   # in any case
+        signal.setitimer(signal.ITIMER_REAL, 2.5)  # in any case
         watcher = threading.Thread(target=alarm_after_eof, args=(k._conn.sock,), daemon=True)
         watcher.start()
         try:
@@ -139,7 +139,7 @@ def main() -> int:
             outcome = f"{type(e).__name__}:{e}".replace(" ", "_")
         else:
             outcome = "still-connected"
-        watcher.join(3)   # it may still arm the timer: only then disarm it
+        watcher.join(3)  # it may still arm the timer: only then disarm it
         signal.setitimer(signal.ITIMER_REAL, 0)
     print(outcome, f"{time.monotonic() - t0:.3f}", flush=True)
     return 0 if outcome == "PeerClosedError" else 1

@@ -24,7 +24,7 @@ def slow_listen(self: socket.socket, *args: int) -> None:
     _listen(self, *args)
 
 
-socket.socket.listen = slow_listen   # type: ignore[method-assign]
+socket.socket.listen = slow_listen  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main(["kernel", "--socket", sys.argv[1]]))
