@@ -80,11 +80,13 @@ def main() -> int:
         print(f"mkipc demo: connected to the kernel at {k.socket_path} as pid {k.pid}")
         ep = k.endpoint()
         server = k.spawn([sys.executable, "-m", "kernel.demo", "serve"], caps={"echo": ep})
-        reply = ep.call(b"hello, kernel", timeout=10.0)
-        print(f"echo server pid {reply.sender.pid} answered {reply.data!r}")
-        mk = time_calls(ep)
-        server.kill()
-        server.wait(timeout=10.0)
+        try:
+            reply = ep.call(b"hello, kernel", timeout=10.0)
+            print(f"echo server pid {reply.sender.pid} answered {reply.data!r}")
+            mk = time_calls(ep)
+        finally:   # never leave the echo server (and so the kernel) running
+            server.kill()
+            server.wait(timeout=10.0)
     pipe = time_pipe()  # after disconnecting, so the forked child holds no kernel socket
     (mk50, mk99), (p50, p99) = percentiles(mk), percentiles(pipe)
     print(f"\n{CALLS} round trips of {len(PAYLOAD)} bytes (after {WARMUP} warm-up), unpinned:")
