@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 
 import kernel
@@ -79,12 +80,17 @@ def main() -> int:
     with kernel.connect() as k:
         print(f"mkipc demo: connected to the kernel at {k.socket_path} as pid {k.pid}")
         ep = k.endpoint()
-        server = k.spawn([sys.executable, "-m", "kernel.demo", "serve"], caps={"echo": ep})
+        # cwd: a source checkout in the caller's cwd must not shadow the installed package
+        server = k.spawn(
+            [sys.executable, "-m", "kernel.demo", "serve"],
+            caps={"echo": ep},
+            cwd=tempfile.gettempdir(),
+        )
         try:
             reply = ep.call(b"hello, kernel", timeout=10.0)
             print(f"echo server pid {reply.sender.pid} answered {reply.data!r}")
             mk = time_calls(ep)
-        finally:   # never leave the echo server (and so the kernel) running
+        finally:  # never leave the echo server (and so the kernel) running
             server.kill()
             server.wait(timeout=10.0)
     pipe = time_pipe()  # after disconnecting, so the forked child holds no kernel socket

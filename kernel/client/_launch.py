@@ -57,7 +57,7 @@ def start_kernel(path: str) -> subprocess.Popen[bytes]:
                 "kernel",
                 "kernel",
                 "--socket",
-                path,
+                os.path.abspath(path),
                 "--idle-exit",
                 str(AUTOSTART_IDLE_EXIT),
             ],
@@ -65,6 +65,10 @@ def start_kernel(path: str) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            # Not the caller's cwd: `-m` puts it first on sys.path, and a source
+            # checkout there (no compiled extensions) would shadow the installed
+            # package. A daemon should not hold the caller's directory anyway.
+            cwd=os.path.dirname(os.path.abspath(path)),
         )
 
 
