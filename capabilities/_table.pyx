@@ -45,6 +45,7 @@ cdef class Capability:
         self.rights = int(rights)
         self.badge = badge
         self.slot = 0
+        self.children = []
 
     def __repr__(self):
         return (f"Capability({self.obj!r}, rights={self.rights:#x}, badge={self.badge}, "
@@ -85,6 +86,7 @@ cdef class CapTable:
             self._caps.append(None)
             self._gens.append(1)
         self._caps[index] = cap
+        cap.holder = self
         self.count += 1
         cap.slot = (<uint64_t>self._gens[index] << INDEX_BITS) | <uint64_t>index
         return cap.slot
@@ -114,6 +116,7 @@ cdef class CapTable:
         cdef Py_ssize_t index = slot & _INDEX_MASK
         cdef uint64_t gen = <uint64_t>self._gens[index] + 1
         self._caps[index] = None
+        cap.holder = None
         self._gone[index] = (slot, why)
         if gen <= self.gen_mask:   # else: retired, so its slot numbers never come back
             self._gens[index] = gen
@@ -121,9 +124,55 @@ cdef class CapTable:
         self.count -= 1
         return cap
 
+    def discard(self, Capability cap, str why):
+        """Remove `cap` wherever it sits in this table (revocation's entry point)."""
+        self.take(cap.slot, why)
+
     def clear(self):
         """Empty the table (the process died); returns what it held."""
         held = list(self)
         for cap in held:
             self.take((<Capability>cap).slot, "was deleted when its process died")
         return held
+
+
+# ------------------------------------------------------------------ derivation
+
+
+def derive(Capability parent, uint64_t rights, uint64_t badge):
+    """A new capability to the same object, a child of `parent` in the derivation tree.
+
+    The caller has checked that `rights` is a subset of the parent's rights.
+    """
+    cdef Capability child = Capability(parent.obj, rights, badge)
+    child.parent = parent
+    if parent.children is None:
+        parent.children = []
+    parent.children.append(child)
+    return child
+
+
+def unlink(Capability cap):
+    """Take `cap` out of the tree; its children move up to its parent, so revoking
+    an ancestor still reaches them after `cap` itself is closed."""
+    cdef Capability parent = cap.parent
+    cdef Capability child
+    cdef list moved = cap.children or []
+    if parent is not None:
+        parent.children.remove(cap)
+        parent.children.extend(moved)
+    for child in moved:
+        child.parent = parent
+    cap.children = []
+    cap.parent = None
+
+
+def descendants(Capability cap):
+    """Every capability derived from `cap`, at any depth (not `cap` itself)."""
+    out = []
+    stack = list(cap.children or ())
+    while stack:
+        c = <Capability>stack.pop()
+        out.append(c)
+        stack.extend(c.children or ())
+    return out

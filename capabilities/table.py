@@ -7,3 +7,6 @@ from ._table import INDEX_MASK as INDEX_MASK
 from ._table import Capability as Capability
 from ._table import CapTable as CapTable
 from ._table import SlotError as SlotError
+from ._table import derive as derive
+from ._table import descendants as descendants
+from ._table import unlink as unlink

@@ -13,6 +13,7 @@ from __future__ import annotations
 from capabilities import Rights as Rights
 
 from .abi import MAX_PAYLOAD as MAX_PAYLOAD
+from .client._common import CapInfo as CapInfo
 from .client._common import Credentials as Credentials
 from .client._conn import Connection as _Connection
 from .client.aio import AsyncEndpointCap as AsyncEndpointCap

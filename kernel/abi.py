@@ -52,6 +52,10 @@ class Op(enum.IntEnum):
     ENDPOINT_CREATE = 30
     NOTIFICATION_CREATE = 31
     CAP_CLOSE = 32
+    CAP_COPY = 33
+    CAP_MINT = 34
+    CAP_REVOKE = 35
+    CAP_INFO = 36
     # processes 40-49
     INHERIT_CREATE = 40
     PROCESS_WAIT = 41
@@ -74,6 +78,36 @@ class InheritedCap(msgspec.Struct, frozen=True):
     slot: int
     kind: str
     rights: int
+
+
+RIGHTS_SAME = (1 << 64) - 1
+"""CAP_COPY / CAP_MINT `arg`: keep exactly the rights the source holds."""
+
+
+class CapInfo(msgspec.Struct, frozen=True, array_like=True):
+    """CAP_INFO's answer: what a person debugging a capability wants to see."""
+
+    kind: str
+    rights: int
+    badge: int
+    slot: int
+    object_id: int
+    object_caps: int  # capabilities naming the object, in every process
+    derived: int  # capabilities derived from this one, at any depth, anywhere
+    parent_slot: int | None  # what it was derived from, if that is in this process
+
+
+_info_decoder = msgspec.msgpack.Decoder(CapInfo)
+_info_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_info(info: CapInfo) -> bytes:
+    return _info_encoder.encode(info)
+
+
+def decode_info(data: bytes) -> CapInfo:
+    info: CapInfo = _info_decoder.decode(data)
+    return info
 
 
 class Hello(msgspec.Struct, tag=True):

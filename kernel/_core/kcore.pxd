@@ -11,6 +11,7 @@ from kernel._core.ring cimport Header, Ring
 cdef class KernelObject:
     cdef public int refs            # capabilities naming the object
     cdef public int kind            # kernel/abi.py ObjectKind
+    cdef public uint64_t oid        # unique for the kernel's lifetime (CapInfo.object_id)
     cpdef destroy(self)
 
 

@@ -21,6 +21,7 @@ class OpError(Exception):
 class KernelObject:
     refs: int
     kind: int
+    oid: int
     def destroy(self) -> None: ...
 
 @disjoint_base

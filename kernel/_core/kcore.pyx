@@ -22,7 +22,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport write
 
 from capabilities import DEFAULT_REPLY_RIGHTS, Rights
-from capabilities._table import SlotError
+from capabilities._table import SlotError, unlink
 from kernel._core.ring import RingCorruptError
 
 from .. import abi
@@ -91,6 +91,7 @@ KIND_NAMES = {KIND_ENDPOINT: "endpoint", KIND_NOTIFICATION: "notification",
               KIND_REPLY: "reply capability"}
 
 cdef long _live = 0
+cdef uint64_t _next_oid = 1
 cdef int64_t TIMER_CHECK_NS = 50_000   # deadlines are checked this often while polling
 
 
@@ -121,8 +122,10 @@ cdef class KernelObject:
     """Reference-counted by the capabilities that name it (DESIGN §5)."""
 
     def __cinit__(self):
-        global _live
+        global _live, _next_oid
         _live += 1
+        self.oid = _next_oid
+        _next_oid += 1
 
     cpdef destroy(self):
         """The last capability is gone; fail whatever waits on the object."""
@@ -337,6 +340,8 @@ cdef class Core:
 
     cpdef Capability remove_cap(self, ProcCore proc, uint64_t slot, str why):
         cdef Capability cap = proc.caps.take(slot, why)
+        if cap.parent is not None or cap.children:
+            unlink(cap)   # its children move up: revoking an ancestor still reaches them
         self.release(cap.obj)
         return cap
 

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from capabilities import Rights
+
 from .. import abi
 from ..errors import InvalidCapabilityError
 from ._conn import Completion, Connection
@@ -20,6 +22,48 @@ class Credentials(NamedTuple):
 
 
 MSG_IS_CALL = int(abi.MSG_IS_CALL)
+
+
+class CapInfo(NamedTuple):
+    """What `cap.info()` reports about a capability."""
+
+    kind: str  # "endpoint", "notification", ...
+    rights: Rights
+    badge: int  # 0 = unbadged
+    slot: int  # its slot in this process's table
+    object_id: int  # the same for every capability to the same object
+    object_caps: int  # capabilities naming the object, in every process
+    derived: int  # capabilities derived from this one, at any depth, anywhere
+    parent_slot: int | None  # what it was derived from, if that is in this process
+
+
+def cap_info(c: Completion) -> CapInfo:
+    w = abi.decode_info(c.payload)
+    return CapInfo(
+        w.kind,
+        Rights(w.rights),
+        w.badge,
+        w.slot,
+        w.object_id,
+        w.object_caps,
+        w.derived,
+        w.parent_slot,
+    )
+
+
+def rights_arg(rights: Rights | int | None) -> int:
+    """None keeps the source's rights; otherwise a subset of them (the kernel checks)."""
+    if rights is None:
+        return abi.RIGHTS_SAME
+    if not 0 <= int(rights) <= int(Rights.ALL):
+        raise ValueError(f"rights must be a combination of kernel.Rights, not {rights!r}")
+    return int(rights)
+
+
+def badge_payload(badge: int) -> bytes:
+    if not isinstance(badge, int) or not 0 <= badge < 1 << 64:
+        raise ValueError("badge must be an integer in 0 .. 2**64 - 1")
+    return badge.to_bytes(8, "little")
 
 
 class MessageBase:

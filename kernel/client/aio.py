@@ -13,11 +13,25 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+from typing_extensions import Self
+
+from capabilities import Rights
 
 from ..abi import Op
 from ..errors import CallTimeoutError, PeerClosedError, WouldBlock
-from ._common import CapBase, MessageBase, argv_list, inherit_request, spawn_env
+from ._common import (
+    CapBase,
+    CapInfo,
+    MessageBase,
+    argv_list,
+    badge_payload,
+    cap_info,
+    inherit_request,
+    rights_arg,
+    spawn_env,
+)
 from ._conn import Completion, Connection, as_payload, deadline_from, failure
 
 Data = bytes | bytearray | memoryview
@@ -203,7 +217,36 @@ class _AsyncReplyCap(CapBase):
     __slots__ = ()
 
 
-class AsyncEndpointCap(CapBase):
+C = TypeVar("C", bound="_AsyncCap")
+
+
+class _AsyncCap(CapBase):
+    """Operations every (non-reply) capability has; see the blocking face's docs."""
+
+    _k: AsyncKernel
+    __slots__ = ()
+
+    async def copy(self, rights: Rights | None = None) -> Self:
+        c = await self._k._roundtrip(Op.CAP_COPY, self, "copy", arg=rights_arg(rights))
+        return type(self)(self._k, c.arg)
+
+    async def mint(self, rights: Rights | None = None, *, badge: int) -> Self:
+        c = await self._k._roundtrip(
+            Op.CAP_MINT, self, "mint", arg=rights_arg(rights), payload=badge_payload(badge)
+        )
+        return type(self)(self._k, c.arg)
+
+    async def revoke(self) -> int:
+        return int((await self._k._roundtrip(Op.CAP_REVOKE, self, "revoke")).arg)
+
+    async def info(self) -> CapInfo:
+        return cap_info(await self._k._roundtrip(Op.CAP_INFO, self, "info"))
+
+    async def close(self) -> None:
+        await self._k._roundtrip(Op.CAP_CLOSE, self, "close")
+
+
+class AsyncEndpointCap(_AsyncCap):
     kind = "endpoint"
     _k: AsyncKernel
     __slots__ = ()
@@ -242,14 +285,11 @@ class AsyncEndpointCap(CapBase):
         )
         return AsyncMessage(c, self)
 
-    async def close(self) -> None:
-        await self._k._roundtrip(Op.CAP_CLOSE, self, "close")
-
 
 Handler = Callable[[int], Awaitable[None] | None]
 
 
-class AsyncNotificationCap(CapBase):
+class AsyncNotificationCap(_AsyncCap):
     kind = "notification"
     _k: AsyncKernel
     __slots__ = ()
@@ -285,9 +325,6 @@ class AsyncNotificationCap(CapBase):
                     await result
 
         return asyncio.ensure_future(loop())
-
-    async def close(self) -> None:
-        await self._k._roundtrip(Op.CAP_CLOSE, self, "close")
 
 
 _CAP_TYPES: dict[str, type[AsyncEndpointCap | AsyncNotificationCap]] = {

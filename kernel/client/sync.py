@@ -6,12 +6,27 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+from typing_extensions import Self
+
+from capabilities import Rights
 
 from .. import abi
 from ..abi import Op
 from ..errors import CallTimeoutError, WouldBlock
-from ._common import CapBase, Credentials, MessageBase, argv_list, inherit_request, spawn_env
+from ._common import (
+    CapBase,
+    CapInfo,
+    Credentials,
+    MessageBase,
+    argv_list,
+    badge_payload,
+    cap_info,
+    inherit_request,
+    rights_arg,
+    spawn_env,
+)
 from ._conn import Completion, Connection, as_payload, deadline_from, failure
 
 Data = bytes | bytearray | memoryview
@@ -119,7 +134,48 @@ class _ReplyCap(CapBase):
     __slots__ = ()
 
 
-class EndpointCap(CapBase):
+C = TypeVar("C", bound="_Cap")
+
+
+class _Cap(CapBase):
+    """Operations every (non-reply) capability has: derive, revoke, inspect, close."""
+
+    _k: Kernel
+    __slots__ = ()
+
+    def copy(self, rights: Rights | None = None) -> Self:
+        """A new slot naming the same object with these rights (default: the same).
+
+        Rights: COPY; asking for a right this capability lacks raises AccessDeniedError.
+        """
+        c = self._k._roundtrip(Op.CAP_COPY, self, "copy", arg=rights_arg(rights))
+        return type(self)(self._k, c.arg)
+
+    def mint(self, rights: Rights | None = None, *, badge: int) -> Self:
+        """Like copy, and sets the badge every message sent through it will carry.
+
+        Rights: COPY. A capability that already carries a badge cannot get another.
+        """
+        c = self._k._roundtrip(
+            Op.CAP_MINT, self, "mint", arg=rights_arg(rights), payload=badge_payload(badge)
+        )
+        return type(self)(self._k, c.arg)
+
+    def revoke(self) -> int:
+        """Delete every capability derived from this one, in every process; returns
+        how many. This one stays. Rights: MANAGE."""
+        return int(self._k._roundtrip(Op.CAP_REVOKE, self, "revoke").arg)
+
+    def info(self) -> CapInfo:
+        """Object kind, rights, badge and derivation counts, as the kernel sees them."""
+        return cap_info(self._k._roundtrip(Op.CAP_INFO, self, "info"))
+
+    def close(self) -> None:
+        """Delete this capability from the process's table."""
+        self._k._roundtrip(Op.CAP_CLOSE, self, "close")
+
+
+class EndpointCap(_Cap):
     """Synchronous rendezvous: a send completes only when a receiver takes it."""
 
     kind = "endpoint"
@@ -162,12 +218,8 @@ class EndpointCap(CapBase):
         )
         return Message(c, self)
 
-    def close(self) -> None:
-        """Delete this capability from the process's table."""
-        self._k._roundtrip(Op.CAP_CLOSE, self, "close")
 
-
-class NotificationCap(CapBase):
+class NotificationCap(_Cap):
     """Asynchronous signals: bits OR into a word; wait returns the word and clears it."""
 
     kind = "notification"
@@ -191,9 +243,6 @@ class NotificationCap(CapBase):
         """Return the word and clear it, without blocking (0 when nothing is set)."""
         stashed = self._k._conn.bits_stash.pop(self.slot, 0)
         return stashed | int(self._k._roundtrip(Op.NOTIFICATION_POLL, self, "poll").arg)
-
-    def close(self) -> None:
-        self._k._roundtrip(Op.CAP_CLOSE, self, "close")
 
 
 _CAP_TYPES: dict[str, type[EndpointCap | NotificationCap]] = {

@@ -18,9 +18,12 @@ from capabilities import (
     DEFAULT_NOTIFICATION_RIGHTS,
     Capability,
     Rights,
+    SlotError,
 )
+from capabilities.table import derive, descendants, unlink
 
 from .. import abi
+from .._core.kcore import KIND_NAMES
 from .._core.ring import Header
 from ..abi import Op
 from ..errors import Status
@@ -49,6 +52,76 @@ def _cap_close(k: KernelState, proc: Proc, h: Header) -> None:
     proc.complete(h.opcode, h.req_id, Status.OK)
 
 
+def _derived_rights(cap: Capability, requested: int, verb: str) -> int:
+    if requested == abi.RIGHTS_SAME:
+        return cap.rights
+    if requested & ~int(Rights.ALL):
+        raise OpError(Status.INVALID_ARGS, f"{verb}: {requested:#x} is not a set of Rights")
+    if requested & ~cap.rights:  # DESIGN §5: a derived capability never gains a right
+        missing = Rights(requested & ~cap.rights)
+        raise OpError(
+            Status.ACCESS_DENIED, f"{verb} would add rights the capability lacks: {missing!r}"
+        )
+    return requested
+
+
+def _install_derived(k: KernelState, proc: Proc, h: Header, child: Capability) -> None:
+    try:
+        slot = k.insert_cap(proc, child)
+    except SlotError as e:
+        unlink(child)  # it never became visible: undo the derivation link
+        raise OpError(Status.NO_RESOURCES, e.reason) from None
+    proc.complete(h.opcode, h.req_id, Status.OK, arg=slot)
+
+
+def _cap_copy(k: KernelState, proc: Proc, h: Header) -> None:
+    cap = k.lookup(proc, h.slot, 0, Rights.COPY)
+    _reject_reply(cap, "copy")
+    rights = _derived_rights(cap, h.arg, "copy")
+    _install_derived(k, proc, h, derive(cap, rights, cap.badge))
+
+
+def _cap_mint(k: KernelState, proc: Proc, h: Header) -> None:
+    cap = k.lookup(proc, h.slot, 0, Rights.COPY)
+    _reject_reply(cap, "mint")
+    rights = _derived_rights(cap, h.arg, "mint")
+    raw = proc.sq.payload(h)
+    if len(raw) != 8:
+        raise OpError(Status.INVALID_ARGS, "mint: the badge must be 8 bytes")
+    badge = int.from_bytes(raw, "little")
+    if cap.badge and badge != cap.badge:  # seL4: a badge is set once
+        raise OpError(
+            Status.ACCESS_DENIED, f"mint: the capability already carries badge {cap.badge}"
+        )
+    _install_derived(k, proc, h, derive(cap, rights, badge))
+
+
+def _reject_reply(cap: Capability, verb: str) -> None:
+    if cap.obj.kind == abi.ObjectKind.REPLY:  # DESIGN §5: reply capabilities are one-shot
+        raise OpError(Status.ACCESS_DENIED, f"{verb}: a reply capability cannot be duplicated")
+
+
+def _cap_revoke(k: KernelState, proc: Proc, h: Header) -> None:
+    cap = k.lookup(proc, h.slot, 0, Rights.MANAGE)
+    proc.complete(h.opcode, h.req_id, Status.OK, arg=k.revoke(cap))
+
+
+def _cap_info(k: KernelState, proc: Proc, h: Header) -> None:
+    cap = k.lookup(proc, h.slot, 0, Rights.NONE)
+    parent = cap.parent
+    info = abi.CapInfo(
+        KIND_NAMES[cap.obj.kind],
+        cap.rights,
+        cap.badge,
+        cap.slot,
+        cap.obj.oid,
+        cap.obj.refs,
+        len(descendants(cap)),
+        parent.slot if parent is not None and parent.holder is proc.caps else None,
+    )
+    proc.complete(h.opcode, h.req_id, Status.OK, payload=abi.encode_info(info))
+
+
 def _cancel(k: KernelState, proc: Proc, h: Header) -> None:
     """Withdraw the caller's own pending op `arg`. It completes with CANCELLED;
     the CANCEL record itself gets no completion (the client does not wait for it)."""
@@ -74,7 +147,8 @@ def _inherit_create(k: KernelState, proc: Proc, h: Header) -> None:
     caps = [_inheritable(k, proc, s) for s in slots]
     copies: dict[str, Capability] = {}
     for name, cap in zip(names, caps, strict=True):
-        copies[name] = Capability(cap.obj, cap.rights, cap.badge)
+        # A child of the parent's capability: revoking that reaches into the child.
+        copies[name] = derive(cap, cap.rights, cap.badge)
         cap.obj.refs += 1
     token = secrets.token_hex(16)
     k.bundles[token] = Bundle(proc, copies)
@@ -110,6 +184,10 @@ COLD_HANDLERS: dict[int, Handler] = {
     Op.ENDPOINT_CREATE: _create(Endpoint, DEFAULT_ENDPOINT_RIGHTS),
     Op.NOTIFICATION_CREATE: _create(Notification, DEFAULT_NOTIFICATION_RIGHTS),
     Op.CAP_CLOSE: _cap_close,
+    Op.CAP_COPY: _cap_copy,
+    Op.CAP_MINT: _cap_mint,
+    Op.CAP_REVOKE: _cap_revoke,
+    Op.CAP_INFO: _cap_info,
     Op.CANCEL: _cancel,
     Op.INHERIT_CREATE: _inherit_create,
     Op.PROCESS_WAIT: _process_wait,

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 
 from capabilities import Capability, SlotError
+from capabilities.table import descendants, unlink
 
 from .. import abi
 from .._core.kcore import KIND_NAMES, Core, KernelObject, OpError, Reply
@@ -40,6 +41,13 @@ class Bundle:
         self.child: Proc | None = None
         self.child_gone = False
         self.waiters: deque[Pending] = deque()
+        for cap in caps.values():
+            cap.holder = self
+
+    def discard(self, cap: Capability, why: str) -> None:
+        """Revocation reached a capability still waiting for the child."""
+        self.caps = {name: c for name, c in self.caps.items() if c is not cap}
+        cap.holder = None
 
 
 class KernelState(Core):
@@ -113,6 +121,7 @@ class KernelState(Core):
     def drop_bundle(self, token: str) -> None:
         bundle = self.bundles.pop(token)
         for cap in bundle.caps.values():
+            unlink(cap)
             self.release(cap.obj)
         self._end_waits(bundle)
 
@@ -130,6 +139,7 @@ class KernelState(Core):
             self.abandon(op, "its caller died")
         self._fail_unanswered_calls(proc)
         for cap in proc.caps.clear():
+            unlink(cap)
             self.release(cap.obj)
         for token, bundle in list(self.bundles.items()):
             if bundle.owner is proc:
@@ -138,6 +148,19 @@ class KernelState(Core):
                 bundle.child_gone = True
                 self._end_waits(bundle)
         proc.alive = False
+
+    def revoke(self, cap: Capability) -> int:
+        """Delete every capability derived from `cap`, in every process, at once."""
+        gone = descendants(cap)
+        for d in gone:
+            if d.holder is not None:
+                d.holder.discard(d, "was revoked")
+            d.parent = None
+            d.children = []
+        cap.children = []
+        for d in gone:
+            self.release(d.obj)
+        return len(gone)
 
     def _fail_unanswered_calls(self, server: Proc) -> None:
         for cap in server.caps:

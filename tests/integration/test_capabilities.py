@@ -1,0 +1,155 @@
+"""Derivation, badges, rights and revocation (issue #3, first part) against a real kernel."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import kernel
+from kernel import Rights
+
+pytestmark = pytest.mark.integration
+PEERS = Path(__file__).parent / "peers"
+
+CONTRACT = textwrap.dedent("""
+    import kernel
+    from kernel import Rights
+
+    with kernel.connect() as k:
+        ep = k.endpoint()                                  # all rights
+        ro = ep.mint(rights=Rights.SEND | Rights.COPY, badge=7)
+        info = ro.info()
+        assert info.badge == 7 and info.rights == Rights.SEND | Rights.COPY
+        try:
+            ro.recv(timeout=0)
+            raise SystemExit("recv without RECEIVE succeeded")
+        except PermissionError:                            # kernel.AccessDeniedError
+            pass
+        child = ro.copy(rights=Rights.SEND)                # fewer rights: allowed
+        try:
+            ro.copy(rights=Rights.SEND | Rights.RECEIVE)   # more than it holds
+            raise SystemExit("copy widened rights")
+        except PermissionError:
+            pass
+        ep.revoke()                                        # deletes ro and child, wherever they are
+        for cap in (ro, child):
+            try:
+                cap.info()
+                raise SystemExit("revoked capability still resolves")
+            except kernel.InvalidCapabilityError:
+                pass
+        assert Rights.RECEIVE in ep.info().rights         # ep itself survives its own revoke
+""")
+
+
+def test_the_issue_contract_program_runs_as_written(kernel_daemon, tmp_path):
+    script = tmp_path / "contract3.py"
+    script.write_text(CONTRACT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_revoke_reaches_a_capability_inherited_by_another_process(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, ready, go = k.endpoint(), k.notification(), k.notification()
+        handed = ep.mint(rights=Rights.SEND | Rights.COPY, badge=3)
+        holder = k.spawn(
+            [sys.executable, str(PEERS / "revoked_holder.py")],
+            caps={"ep": handed, "ready": ready, "go": go},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert ready.wait(timeout=10.0) == 1
+        assert ep.revoke() == 2  # `handed` here and its inherited child there
+        go.signal(1)
+        out, _ = holder.popen.communicate(timeout=10)
+        holder.wait(timeout=10)
+        assert holder.returncode == 0, out
+        assert "was revoked" in out
+
+
+def test_copy_and_mint_need_the_copy_right_and_never_widen(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        no_copy = ep.copy(rights=Rights.SEND)
+        with pytest.raises(kernel.AccessDeniedError, match="lacks the COPY right"):
+            no_copy.copy()
+        with pytest.raises(kernel.AccessDeniedError, match="lacks the COPY right"):
+            no_copy.mint(badge=1)
+        narrow = ep.copy(rights=Rights.SEND | Rights.COPY)
+        with pytest.raises(PermissionError, match="RECEIVE"):
+            narrow.copy(rights=Rights.SEND | Rights.RECEIVE)
+        assert narrow.copy().info().rights == Rights.SEND | Rights.COPY  # default: the same
+
+
+def test_revoke_needs_the_manage_right(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        weak = ep.copy(rights=Rights.SEND | Rights.COPY)
+        weak.copy()
+        with pytest.raises(kernel.AccessDeniedError, match="MANAGE"):
+            weak.revoke()
+        assert weak.info().derived == 1  # nothing was deleted
+
+
+def test_a_badge_is_set_once_and_delivered_with_every_message(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        badged = ep.mint(badge=7)
+        with pytest.raises(kernel.AccessDeniedError, match="already carries badge 7"):
+            badged.mint(badge=8)
+        assert badged.mint(badge=7).info().badge == 7  # the same badge again is fine
+        assert badged.copy().info().badge == 7  # copies keep it
+        sender = k.spawn(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent("""
+            import kernel
+            with kernel.connect(autostart=False) as k:
+                k.inherited["ep"].send(b"hi", timeout=10.0)
+        """),
+            ],
+            caps={"ep": badged},
+        )
+        msg = ep.recv(timeout=10.0)
+        sender.wait(timeout=10.0)
+        assert (msg.data, msg.badge, msg.sender.pid) == (b"hi", 7, sender.pid)
+
+
+def test_revoking_an_ancestor_reaches_past_a_closed_middle_capability(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        middle = ep.copy()
+        leaf = middle.copy()
+        middle.close()
+        assert ep.info().derived == 1  # leaf moved up under ep
+        ep.revoke()
+        with pytest.raises(kernel.InvalidCapabilityError, match="was revoked"):
+            leaf.info()
+
+
+def test_info_reports_what_a_person_debugging_wants(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        n = k.notification()
+        c = n.copy(rights=Rights.SIGNAL)
+        info, parent = c.info(), n.info()
+        assert info.kind == "notification"
+        assert info.rights == Rights.SIGNAL
+        assert info.object_id == parent.object_id
+        assert (parent.object_caps, parent.derived, info.parent_slot) == (2, 1, n.slot)
+        assert parent.parent_slot is None
+
+
+async def test_the_asyncio_face_derives_and_revokes_too(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        ro = await ep.mint(rights=Rights.SEND | Rights.COPY, badge=5)
+        assert (await ro.info()).badge == 5
+        with pytest.raises(PermissionError):
+            await ro.recv(timeout=0)
+        assert await ep.revoke() == 1
+        with pytest.raises(kernel.InvalidCapabilityError):
+            await ro.info()
