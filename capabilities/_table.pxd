@@ -10,6 +10,7 @@ cdef class Capability:
     cdef public uint64_t badge
     cdef public uint64_t slot       # 0 while not in a table
     cdef public object holder       # the CapTable (or spawn bundle) holding it, or None
+    cdef public bint in_transit     # locked in a message waiting for its receiver
     cdef public Capability parent   # what it was derived from (DESIGN §5 derivation tree)
     cdef public list children       # what was derived from it (None: nothing yet; the
                                     # kernel's per-call reply caps skip the allocation)

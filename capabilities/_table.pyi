@@ -21,6 +21,7 @@ class Capability:
     badge: int
     slot: int
     holder: Any
+    in_transit: bool
     parent: Capability | None
     children: list[Capability] | None
     def __init__(self, obj: Any, rights: int, badge: int = 0) -> None: ...

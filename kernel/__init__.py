@@ -14,6 +14,7 @@ from capabilities import Rights as Rights
 
 from .abi import MAX_PAYLOAD as MAX_PAYLOAD
 from .client._common import CapInfo as CapInfo
+from .client._common import CopyOf as CopyOf
 from .client._common import Credentials as Credentials
 from .client._conn import Connection as _Connection
 from .client.aio import AsyncEndpointCap as AsyncEndpointCap
@@ -21,11 +22,13 @@ from .client.aio import AsyncKernel as AsyncKernel
 from .client.aio import AsyncMessage as AsyncMessage
 from .client.aio import AsyncNotificationCap as AsyncNotificationCap
 from .client.aio import AsyncProcess as AsyncProcess
+from .client.aio import AsyncReplyCap as AsyncReplyCap
 from .client.sync import EndpointCap as EndpointCap
 from .client.sync import Kernel as Kernel
 from .client.sync import Message as Message
 from .client.sync import NotificationCap as NotificationCap
 from .client.sync import Process as Process
+from .client.sync import ReplyCap as ReplyCap
 from .errors import AccessDeniedError as AccessDeniedError
 from .errors import CallTimeoutError as CallTimeoutError
 from .errors import CancelledCallError as CancelledCallError

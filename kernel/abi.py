@@ -30,6 +30,12 @@ RING_SIZE = 1 << 20
 MAX_PAYLOAD = 256 * 1024
 """Largest message payload in bytes; a larger one raises MessageTooLargeError."""
 
+MAX_TRANSFER = 8
+"""Capabilities one message can carry (their kinds fit 4 bits each in the flags word)."""
+
+TRANSFER_COPY = 1 << 63
+"""In a submitted cap list: send a copy of this slot instead of moving it."""
+
 DEADLINE_FOREVER = -1
 DEADLINE_NOW = 0
 

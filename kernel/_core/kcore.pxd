@@ -45,6 +45,8 @@ cdef class Pending:
     cdef public object queue
     cdef public Reply reply
     cdef public int phase
+    cdef public list transfers      # [(Capability, copy?)] locked until delivery, or None
+    cdef public bint grant          # the sender's endpoint cap had GRANT (replies may carry caps)
     cpdef enqueue(self, object queue)
     cpdef dequeue(self)
     cpdef finish(self)
@@ -64,6 +66,9 @@ cdef class ProcCore:
     cdef int post(self, uint32_t opcode, uint64_t req_id, int32_t status, uint64_t slot,
                   uint64_t arg, const char *payload, Py_ssize_t n, uint64_t badge,
                   ProcCore sender) except -1
+    cdef int post_caps(self, uint32_t opcode, uint64_t req_id, uint64_t slot, uint64_t arg,
+                       const char *payload, Py_ssize_t n, uint64_t badge, ProcCore sender,
+                       list slots, uint32_t kinds) except -1
     cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=*,
                    uint64_t arg=*, bytes payload=*, uint64_t badge=*, tuple creds=*)
 
@@ -88,7 +93,9 @@ cdef class Core:
     cdef void _arm(self, Pending op) except *
     cdef Capability _decode_message(self, ProcCore proc, Header h, uint64_t slot, int kind,
                                     uint64_t right)
-    cdef uint64_t _install_reply(self, ProcCore receiver, Pending caller) except 0
+    cdef uint64_t _install_reply(self, ProcCore receiver, Pending caller, bint grant) except 0
+    cdef list _decode_transfers(self, ProcCore proc, Header h, Capability used, uint64_t grant_right)
+    cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver)
     cdef _send(self, ProcCore proc, Header h, bint is_call)
     cdef _deliver_stored(self, Pending rx, Pending tx)
     cdef _recv(self, ProcCore proc, Header h, Capability cap)

@@ -11,7 +11,7 @@ import logging
 from collections import deque
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from capabilities._table cimport Capability, CapTable
@@ -22,7 +22,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport write
 
 from capabilities import DEFAULT_REPLY_RIGHTS, Rights
-from capabilities._table import SlotError, unlink
+from capabilities._table import SlotError, derive, unlink
 from kernel._core.ring import RingCorruptError
 
 from .. import abi
@@ -65,6 +65,11 @@ cdef enum:
     ST_ACCESS_DENIED = -30
     ST_NO_RESOURCES = -40
 
+cdef uint64_t R_GRANT = Rights.GRANT
+cdef uint64_t R_COPY = Rights.COPY
+cdef uint64_t R_TRANSFER = Rights.TRANSFER
+cdef uint64_t TRANSFER_COPY = abi.TRANSFER_COPY
+cdef int MAX_TRANSFER = abi.MAX_TRANSFER
 cdef uint64_t R_SEND = Rights.SEND
 cdef uint64_t R_RECEIVE = Rights.RECEIVE
 cdef uint64_t R_SIGNAL = Rights.SIGNAL
@@ -221,9 +226,17 @@ cdef class Pending:
             self.queue = None
 
     cpdef finish(self):
-        """Leave every structure; the caller posts the completion."""
+        """Leave every structure; the caller posts the completion.
+
+        Capabilities locked in the message are released: a send that failed
+        (timeout, cancel, death) leaves them with the sender, untouched.
+        """
         self.dequeue()
         self.phase = DONE
+        if self.transfers is not None:
+            for cap, _ in self.transfers:
+                (<Capability>cap).in_transit = False
+            self.transfers = None
         if self.proc.pending.get(self.req_id) is self:
             del self.proc.pending[self.req_id]
 
@@ -285,6 +298,35 @@ cdef class ProcCore:
                               h.pid, h.uid, h.gid))
         return 0
 
+    cdef int post_caps(self, uint32_t opcode, uint64_t req_id, uint64_t slot, uint64_t arg,
+                       const char *payload, Py_ssize_t n, uint64_t badge, ProcCore sender,
+                       list slots, uint32_t kinds) except -1:
+        """A successful completion that also hands over capabilities (their new slots
+        here; their kinds, 4 bits each, in `flags` so the client can type them)."""
+        cdef mk_hdr h
+        cdef uint64_t cbuf[8]
+        cdef Py_ssize_t i, ncaps = len(slots)
+        if not self.alive:
+            return 0
+        self.dirty = True
+        memset(&h, 0, HDR_SIZE)
+        h.opcode = opcode
+        h.req_id = req_id
+        h.slot = slot
+        h.arg = arg
+        h.badge = badge
+        h.pid, h.uid, h.gid = sender.pid, sender.uid, sender.gid
+        h.ncaps = <uint16_t>ncaps
+        h.flags = kinds
+        for i in range(ncaps):
+            cbuf[i] = slots[i]
+        if not self.overflow and self.cq._write(&h, cbuf, payload, n) == 1:
+            return 0
+        self.overflow.append((opcode, req_id, ST_OK, slot, arg,
+                              PyBytes_FromStringAndSize(payload, n), tuple(slots), badge,
+                              h.pid, h.uid, h.gid, kinds))
+        return 0
+
     cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=0,
                    uint64_t arg=0, bytes payload=b"", uint64_t badge=0, tuple creds=None):
         """Post a completion from Python (cold paths, errors)."""
@@ -301,12 +343,25 @@ cdef class ProcCore:
 
 
 cdef int _forward(ProcCore dst, ProcCore src, Header h, uint32_t opcode, uint64_t req_id,
-                  uint64_t slot, uint64_t arg, uint64_t badge) except -1:
-    """Copy the payload of `h` (current in src's SQ) into dst's CQ: the one copy."""
+                  uint64_t slot, uint64_t arg, uint64_t badge, tuple moved) except -1:
+    """Copy the payload of `h` (current in src's SQ) into dst's CQ: the one copy.
+
+    `moved` is (slots, kinds) of capabilities handed over with it, or None."""
     cdef Ring sq = src.sq
     sq._check_current(h)
     cdef const char *p = sq.data + h.pos + HDR_SIZE + 8 * h.h.ncaps
-    return dst.post(opcode, req_id, ST_OK, slot, arg, p, h.h.payload_len, badge, src)
+    if moved is None:
+        return dst.post(opcode, req_id, ST_OK, slot, arg, p, h.h.payload_len, badge, src)
+    return dst.post_caps(opcode, req_id, slot, arg, p, h.h.payload_len, badge, src,
+                         moved[0], moved[1])
+
+
+cdef bint _intact(Pending tx):
+    """Are all capabilities locked in `tx`'s message still held by its sender?"""
+    for cap, _ in tx.transfers:
+        if (<Capability>cap).holder is not tx.proc.caps:
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ the core
@@ -331,6 +386,9 @@ cdef class Core:
         if cap.rights & right != right:
             raise OpError(Status.ACCESS_DENIED, f"the capability in slot {slot:#x} lacks the "
                           f"{Rights(right & ~cap.rights).name} right")
+        if cap.in_transit:
+            raise OpError(Status.INVALID_ARGS, f"slot {slot:#x}: the capability is in transit "
+                          "in a message that no receiver has taken yet")
         return cap
 
     cpdef uint64_t insert_cap(self, ProcCore proc, Capability cap) except 0:
@@ -478,16 +536,72 @@ cdef class Core:
         if h.h.payload_len > MAX_PAYLOAD:
             raise OpError(Status.TOO_LARGE, f"payload of {h.h.payload_len} bytes exceeds the "
                           f"maximum of {MAX_PAYLOAD}")
-        if h.h.ncaps:
-            raise OpError(Status.NOT_SUPPORTED,
-                          "capability transfer in messages is not supported yet")
         return cap
 
-    cdef uint64_t _install_reply(self, ProcCore receiver, Pending caller) except 0:
+    cdef list _decode_transfers(self, ProcCore proc, Header h, Capability used,
+                                uint64_t grant_right):
+        """Validate every capability a message carries, all before anything changes.
+
+        The capability the message goes through needs GRANT; each carried one
+        needs TRANSFER, and COPY too when it is sent as a copy.
+        """
+        cdef uint64_t raw, slot
+        cdef bint copy
+        cdef Capability cap
+        if h.h.ncaps > MAX_TRANSFER:
+            raise OpError(Status.INVALID_ARGS,
+                          f"a message carries at most {MAX_TRANSFER} capabilities")
+        if used.rights & grant_right != grant_right:
+            raise OpError(Status.ACCESS_DENIED, f"the capability in slot {used.slot:#x} lacks "
+                          "the GRANT right, so messages through it cannot carry capabilities")
+        out = []
+        seen = set()
+        for raw in proc.sq.caps(h):
+            copy = (raw & TRANSFER_COPY) != 0
+            slot = raw & ~TRANSFER_COPY
+            cap = self.lookup(proc, slot, 0, R_TRANSFER | (R_COPY if copy else 0))
+            if id(cap) in seen:
+                raise OpError(Status.INVALID_ARGS, f"slot {slot:#x} appears twice in the message")
+            if cap is used and not copy:
+                raise OpError(Status.INVALID_ARGS,
+                              "a message cannot move the capability it is sent through")
+            seen.add(id(cap))
+            out.append((cap, copy))
+        return out
+
+    cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver):
+        """Hand the carried capabilities to `receiver`: moves leave the sender's table,
+        copies derive new children. All checks come first, so a failure changes nothing."""
+        cdef Capability cap, new
+        cdef uint64_t slot
+        cdef uint32_t kinds = 0
+        cdef int i = 0
+        for cap, _ in transfers:
+            if cap.holder is not sender.caps:
+                raise OpError(Status.BAD_SLOT,
+                              "a capability in the message was revoked before delivery")
+        if receiver.caps.count + len(transfers) > receiver.caps.limit:
+            raise OpError(Status.NO_RESOURCES, "the receiver's capability table is full")
+        slots = []
+        for cap, copy in transfers:
+            cap.in_transit = False
+            if copy:
+                slot = self.insert_cap(receiver, derive(cap, cap.rights, cap.badge))
+            else:
+                sender.caps.take(cap.slot, f"was sent to pid {receiver.pid}")
+                slot = receiver.caps.insert(cap)   # same capability: refs and tree kept
+            slots.append(slot)
+            kinds |= ((<KernelObject>cap.obj).kind & 0xF) << (4 * i)
+            i += 1
+        return slots, kinds
+
+    cdef uint64_t _install_reply(self, ProcCore receiver, Pending caller, bint grant) except 0:
         cdef Reply reply = _new_reply(caller)
         cdef Capability cap = Capability.__new__(Capability)
         cap.obj = reply
-        cap.rights = R_REPLY_DEFAULT
+        # seL4's canGrantReply: a reply may carry capabilities only if the caller's
+        # endpoint capability had GRANT, i.e. the caller agreed to receive some.
+        cap.rights = R_REPLY_DEFAULT | (R_GRANT if grant else 0)
         cdef uint64_t slot
         global _live
         try:
@@ -502,23 +616,32 @@ cdef class Core:
 
     cdef _send(self, ProcCore proc, Header h, bint is_call):
         cdef Capability cap = self._decode_message(proc, h, h.h.slot, KIND_ENDPOINT, R_SEND)
+        cdef list transfers = self._decode_transfers(proc, h, cap, R_GRANT) if h.h.ncaps else None
         cdef Endpoint ep = <Endpoint>cap.obj
         cdef Pending op = _new_pending(proc, h)
         cdef Pending rx = _pop(ep.receivers)
         cdef uint64_t slot = 0
+        cdef tuple moved = None
         op.is_call = is_call
+        op.grant = cap.rights & R_GRANT != 0
         if rx is not None:
+            try:
+                if transfers is not None and (rx.proc.caps.count + len(transfers) + is_call
+                                              > rx.proc.caps.limit):
+                    raise OpError(Status.NO_RESOURCES, "the receiver's capability table is full")
+                if is_call:
+                    slot = self._install_reply(rx.proc, op, op.grant)
+            except OpError:
+                ep.receivers.appendleft(rx)
+                rx.queue = ep.receivers
+                raise
+            if transfers is not None:
+                moved = self._transfer(transfers, proc, rx.proc)   # room checked above
             if is_call:
-                try:
-                    slot = self._install_reply(rx.proc, op)
-                except OpError:
-                    ep.receivers.appendleft(rx)
-                    rx.queue = ep.receivers
-                    raise
                 proc.pending[op.req_id] = op
             rx.finish()
             _forward(rx.proc, proc, h, rx.op, rx.req_id, slot,
-                     MSG_IS_CALL if is_call else 0, cap.badge)
+                     MSG_IS_CALL if is_call else 0, cap.badge, moved)
             if is_call:
                 self._arm(op)
             else:
@@ -528,26 +651,52 @@ cdef class Core:
         else:
             op.payload = proc.sq.payload(h)
             op.badge = cap.badge
+            if transfers is not None:   # locked until a receiver takes the message
+                for c, _ in transfers:
+                    (<Capability>c).in_transit = True
+                op.transfers = transfers
             op.enqueue(ep.senders)
             self._arm(op)
 
     cdef _deliver_stored(self, Pending rx, Pending tx):
         """A sender was waiting with a copied payload: hand it to receiver `rx`."""
         cdef uint64_t slot = 0
+        cdef tuple moved = None
+        cdef ProcCore receiver = rx.proc
+        if tx.transfers is not None and (receiver.caps.count + len(tx.transfers) + tx.is_call
+                                         > receiver.caps.limit):
+            raise OpError(Status.NO_RESOURCES, "the receiver's capability table is full")
         if tx.is_call:
-            slot = self._install_reply(rx.proc, tx)   # its deadline timer is already armed
-        else:
+            slot = self._install_reply(receiver, tx, tx.grant)   # its timer is already armed
+        if tx.transfers is not None:
+            moved = self._transfer(tx.transfers, tx.proc, receiver)
+            tx.transfers = None
+        if not tx.is_call:
             tx.finish()
             tx.proc.post(tx.op, tx.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
         rx.finish()
-        rx.proc.post(rx.op, rx.req_id, ST_OK, slot, MSG_IS_CALL if tx.is_call else 0,
-                     PyBytes_AS_STRING(tx.payload), PyBytes_GET_SIZE(tx.payload), tx.badge,
-                     tx.proc)
+        if moved is None:
+            receiver.post(rx.op, rx.req_id, ST_OK, slot, MSG_IS_CALL if tx.is_call else 0,
+                          PyBytes_AS_STRING(tx.payload), PyBytes_GET_SIZE(tx.payload),
+                          tx.badge, tx.proc)
+        else:
+            receiver.post_caps(rx.op, rx.req_id, slot, MSG_IS_CALL if tx.is_call else 0,
+                               PyBytes_AS_STRING(tx.payload), PyBytes_GET_SIZE(tx.payload),
+                               tx.badge, tx.proc, moved[0], moved[1])
 
     cdef _recv(self, ProcCore proc, Header h, Capability cap):
         cdef Endpoint ep = <Endpoint>cap.obj
         cdef Pending rx = _new_pending(proc, h)
-        cdef Pending tx = _pop(ep.senders)
+        cdef Pending tx
+        while True:
+            tx = _pop(ep.senders)
+            if tx is None or tx.transfers is None or _intact(tx):
+                break
+            # A capability of the waiting message was revoked meanwhile: that send fails
+            # (the rest of its capabilities stay with the sender) and the next one is tried.
+            tx.finish()
+            tx.proc.complete(tx.op, tx.req_id, ST_BAD_SLOT,
+                             payload=b"a capability in the message was revoked before delivery")
         if tx is not None:
             try:
                 self._deliver_stored(rx, tx)
@@ -565,16 +714,24 @@ cdef class Core:
         return self._decode_message(proc, h, reply_slot, KIND_REPLY, R_SEND)
 
     cdef _reply(self, ProcCore proc, Header h, Capability cap):
-        """Answer a call. The reply capability is consumed whether or not the caller is there."""
+        """Answer a call. The reply capability is consumed whether or not the caller is
+        there, but not when the capabilities the reply carries fail their checks."""
         cdef Reply reply = <Reply>cap.obj
         cdef Pending caller = reply.caller
         cdef str why_gone = reply.gone_reason
+        cdef list transfers = self._decode_transfers(proc, h, cap, R_GRANT) if h.h.ncaps else None
+        cdef tuple moved = None
+        if transfers is not None and caller is not None and (
+                caller.proc.caps.count + len(transfers) > caller.proc.caps.limit):
+            raise OpError(Status.NO_RESOURCES, "the caller's capability table is full")
         reply.abandon("it was already answered")   # DESIGN §5: reply caps are one-shot
         self.remove_cap(proc, cap.slot, "was used by an earlier reply")
         if caller is None:
             raise OpError(Status.CALLER_GONE, f"the reply was not delivered: {why_gone}")
+        if transfers is not None:
+            moved = self._transfer(transfers, proc, caller.proc)
         caller.finish()
-        _forward(caller.proc, proc, h, caller.op, caller.req_id, 0, 0, 0)
+        _forward(caller.proc, proc, h, caller.op, caller.req_id, 0, 0, 0, moved)
 
     cdef _reply_recv(self, ProcCore proc, Header h):
         """Reply to the call whose reply slot is in `arg`, then receive on `slot`.

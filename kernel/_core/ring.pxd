@@ -81,6 +81,7 @@ cdef class Completion:
     cdef readonly uint64_t arg
     cdef readonly uint64_t badge
     cdef readonly uint32_t pid, uid, gid
+    cdef readonly uint32_t flags
     cdef readonly bytes payload
     cdef readonly tuple caps
 

@@ -57,6 +57,8 @@ class Completion:  # made only by Ring.take()
     @property
     def gid(self) -> int: ...
     @property
+    def flags(self) -> int: ...
+    @property
     def payload(self) -> bytes: ...
     @property
     def caps(self) -> tuple[int, ...]: ...
@@ -101,6 +103,7 @@ class Ring:
         pid: int = ...,
         uid: int = ...,
         gid: int = ...,
+        flags: int = ...,
     ) -> bool: ...
     def forward(
         self,

@@ -218,7 +218,7 @@ cdef class Ring:
     def complete(self, uint16_t opcode, uint64_t req_id, int32_t status,
                  uint64_t slot=0, uint64_t arg=0, const unsigned char[::1] payload=None,
                  tuple caps=(), uint64_t badge=0, uint32_t pid=0, uint32_t uid=0,
-                 uint32_t gid=0):
+                 uint32_t gid=0, uint32_t flags=0):
         """Write a completion record. Returns False when the ring is full."""
         cdef mk_hdr h
         memset(&h, 0, HDR_SIZE)
@@ -231,6 +231,7 @@ cdef class Ring:
         h.pid = pid
         h.uid = uid
         h.gid = gid
+        h.flags = flags
         return self._write_with_caps(&h, caps, payload)
 
     cdef object _write_with_caps(self, mk_hdr *h, tuple caps,
@@ -371,6 +372,7 @@ cdef class Ring:
         c.pid = h.h.pid
         c.uid = h.h.uid
         c.gid = h.h.gid
+        c.flags = h.h.flags
         c.payload = PyBytes_FromStringAndSize(
             self.data + h.pos + HDR_SIZE + 8 * h.h.ncaps, h.h.payload_len)
         c.caps = self.caps(h) if h.h.ncaps else ()

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from capabilities import Rights
 
 from .. import abi
-from ..errors import InvalidCapabilityError
+from ..errors import InvalidCapabilityError, IPCError, Status
 from ._conn import Completion, Connection
 
 
@@ -66,18 +66,33 @@ def badge_payload(badge: int) -> bytes:
     return badge.to_bytes(8, "little")
 
 
+# Statuses with which the kernel refuses a reply *before* consuming the reply capability
+# (checks of the data and the capabilities it carries): the message can be answered again.
+REPLY_KEPT = frozenset(
+    {
+        int(Status.ACCESS_DENIED),
+        int(Status.INVALID_ARGS),
+        int(Status.BAD_SLOT),
+        int(Status.WRONG_TYPE),
+        int(Status.TOO_LARGE),
+    }
+)
+
+
 class MessageBase:
     """A received message or a reply. `data` is bytes; `badge` and `sender` come from
-    the kernel, never from the sender's own claims."""
+    the kernel, never from the sender's own claims; `caps` are the capabilities it
+    carried, now in this process's table."""
 
-    __slots__ = ("data", "badge", "_c", "_reply_slot", "_endpoint")
+    __slots__ = ("data", "badge", "_c", "_reply_slot", "_k", "_caps")
 
-    def __init__(self, c: Completion, endpoint: Any = None) -> None:
+    def __init__(self, c: Completion, k: Any) -> None:
         self.data: bytes = c.payload
         self.badge: int = c.badge
         self._c = c
         self._reply_slot = c.slot if c.arg & MSG_IS_CALL else 0
-        self._endpoint = endpoint
+        self._k = k
+        self._caps: list[Any] | None = None
 
     @property
     def sender(self) -> Credentials:
@@ -86,15 +101,36 @@ class MessageBase:
         return Credentials(c.pid, c.uid, c.gid)
 
     @property
+    def caps(self) -> list[Any]:
+        """The capabilities the message carried (typed by the kernel's word on their kind)."""
+        if self._caps is None:
+            c = self._c
+            self._caps = [
+                self._k._wrap((c.flags >> (4 * i)) & 0xF, slot) for i, slot in enumerate(c.caps)
+            ]
+        return self._caps
+
+    @property
     def is_call(self) -> bool:
         """True when the sender waits for a reply (it used call, not send)."""
         return self._reply_slot != 0
+
+    @property
+    def reply_cap(self) -> Any:
+        """Take the one-shot reply capability out of the message, e.g. to hand it to a
+        worker in another message; this message can then no longer be replied to."""
+        return self._k._wrap(abi.ObjectKind.REPLY, self._take_reply_slot())
+
+    def _give_back_reply_slot(self, slot: int, error: IPCError) -> None:
+        """After a failed reply: keep the slot if the kernel kept the capability."""
+        if error.status in REPLY_KEPT:
+            self._reply_slot = slot
 
     def _take_reply_slot(self) -> int:
         slot, self._reply_slot = self._reply_slot, 0
         if not slot:
             raise InvalidCapabilityError(
-                "reply: this message was sent, not called, or was already answered"
+                "reply: this message was sent, not called, or was already answered or handed off"
             )
         return slot
 
@@ -118,6 +154,31 @@ class CapBase:
 
     def _what(self, verb: str) -> str:
         return f"{self.kind} {verb} (slot {self.slot:#x})"
+
+    def as_copy(self) -> CopyOf:
+        """Mark this capability to be sent as a copy (it stays here) instead of moved."""
+        return CopyOf(self)
+
+
+class CopyOf(NamedTuple):
+    """In `caps=[...]`: send a copy of `cap` (needs COPY as well as TRANSFER)."""
+
+    cap: CapBase
+
+
+def transfer_slots(caps: Sequence[CapBase | CopyOf]) -> tuple[int, ...]:
+    """The slot list a message carries: plain capabilities move, CopyOf ones are copied."""
+    if len(caps) > abi.MAX_TRANSFER:
+        raise ValueError(f"a message carries at most {abi.MAX_TRANSFER} capabilities")
+    out = []
+    for item in caps:
+        if isinstance(item, CopyOf):
+            out.append(item.cap.slot | abi.TRANSFER_COPY)
+        elif isinstance(item, CapBase):
+            out.append(item.slot)
+        else:
+            raise TypeError(f"caps items must be capabilities or cap.as_copy(), not {item!r}")
+    return tuple(out)
 
 
 def conn_from(conn: Connection) -> Connection:

@@ -19,11 +19,13 @@ from typing_extensions import Self
 
 from capabilities import Rights
 
+from .. import abi
 from ..abi import Op
-from ..errors import CallTimeoutError, PeerClosedError, WouldBlock
+from ..errors import CallTimeoutError, IPCError, PeerClosedError, WouldBlock
 from ._common import (
     CapBase,
     CapInfo,
+    CopyOf,
     MessageBase,
     argv_list,
     badge_payload,
@@ -31,6 +33,7 @@ from ._common import (
     inherit_request,
     rights_arg,
     spawn_env,
+    transfer_slots,
 )
 from ._conn import Completion, Connection, as_payload, deadline_from, failure
 
@@ -165,6 +168,10 @@ class AsyncKernel:
 
     # ------------------------------------------------------------ objects
 
+    def _wrap(self, kind: int, slot: int) -> CapBase:
+        """A typed capability object for a slot the kernel handed us."""
+        return _BY_KIND[kind](self, slot)
+
     async def endpoint(self) -> AsyncEndpointCap:
         """Create an endpoint; the new capability has every endpoint right."""
         c = await self._roundtrip(Op.ENDPOINT_CREATE, None, "create endpoint")
@@ -198,23 +205,39 @@ class AsyncKernel:
         return AsyncProcess(self, popen, token)
 
 
+Caps = Sequence[CapBase | CopyOf]
+
+
 class AsyncMessage(MessageBase):
     __slots__ = ()
+    _k: AsyncKernel
 
-    async def reply(self, data: Data) -> None:
+    async def reply(self, data: Data, *, caps: Caps = ()) -> None:
         """Answer the call. Raises PeerClosedError if the caller timed out or died."""
-        ep: AsyncEndpointCap = self._endpoint
-        payload = as_payload(data)  # validate before the one-shot slot is spent
-        slot = self._take_reply_slot()
-        await ep._k._roundtrip(
-            Op.ENDPOINT_REPLY, _AsyncReplyCap(ep._k, slot), "reply", payload=payload
-        )
+        payload, slots = as_payload(data), transfer_slots(caps)  # validate first:
+        slot = self._take_reply_slot()  # the slot is one-shot
+        try:
+            await AsyncReplyCap(self._k, slot)._reply(payload, slots)
+        except IPCError as e:
+            self._give_back_reply_slot(slot, e)
+            raise
 
 
-class _AsyncReplyCap(CapBase):
+class AsyncReplyCap(CapBase):
+    """The one-shot right to answer one call; see the blocking face's ReplyCap."""
+
     kind = "reply capability"
     _k: AsyncKernel
     __slots__ = ()
+
+    async def reply(self, data: Data, *, caps: Caps = ()) -> None:
+        await self._reply(as_payload(data), transfer_slots(caps))
+
+    async def _reply(self, payload: Any, slots: tuple[int, ...]) -> None:
+        await self._k._roundtrip(Op.ENDPOINT_REPLY, self, "reply", payload=payload, caps=slots)
+
+    async def close(self) -> None:
+        await self._k._roundtrip(Op.CAP_CLOSE, self, "close")
 
 
 C = TypeVar("C", bound="_AsyncCap")
@@ -251,39 +274,61 @@ class AsyncEndpointCap(_AsyncCap):
     _k: AsyncKernel
     __slots__ = ()
 
-    async def send(self, data: Data, *, timeout: float | None = None) -> None:
+    async def send(self, data: Data, *, timeout: float | None = None, caps: Caps = ()) -> None:
         await self._k._roundtrip(
-            Op.ENDPOINT_SEND, self, "send", timeout=timeout, payload=as_payload(data)
+            Op.ENDPOINT_SEND,
+            self,
+            "send",
+            timeout=timeout,
+            payload=as_payload(data),
+            caps=transfer_slots(caps),
         )
 
-    async def send_nowait(self, data: Data) -> None:
+    async def send_nowait(self, data: Data, *, caps: Caps = ()) -> None:
         try:
-            await self.send(data, timeout=0)
+            await self.send(data, timeout=0, caps=caps)
         except CallTimeoutError:
             raise WouldBlock("send_nowait: no receiver is waiting on the endpoint") from None
 
-    async def call(self, data: Data, *, timeout: float | None = None) -> AsyncMessage:
+    async def call(
+        self, data: Data, *, timeout: float | None = None, caps: Caps = ()
+    ) -> AsyncMessage:
         c = await self._k._roundtrip(
-            Op.ENDPOINT_CALL, self, "call", timeout=timeout, payload=as_payload(data)
+            Op.ENDPOINT_CALL,
+            self,
+            "call",
+            timeout=timeout,
+            payload=as_payload(data),
+            caps=transfer_slots(caps),
         )
-        return AsyncMessage(c)
+        return AsyncMessage(c, self._k)
 
     async def recv(self, *, timeout: float | None = None) -> AsyncMessage:
         stash = self._k._open().msg_stash.get(self.slot)
         if stash:
-            return AsyncMessage(stash.popleft(), self)
+            return AsyncMessage(stash.popleft(), self._k)
         c = await self._k._roundtrip(Op.ENDPOINT_RECV, self, "recv", timeout=timeout)
-        return AsyncMessage(c, self)
+        return AsyncMessage(c, self._k)
 
     async def reply_recv(
-        self, msg: AsyncMessage, data: Data, *, timeout: float | None = None
+        self, msg: AsyncMessage, data: Data, *, timeout: float | None = None, caps: Caps = ()
     ) -> AsyncMessage:
-        payload = as_payload(data)  # validate before the one-shot slot is spent
-        slot = msg._take_reply_slot()
-        c = await self._k._roundtrip(
-            Op.ENDPOINT_REPLY_RECV, self, "reply_recv", timeout=timeout, arg=slot, payload=payload
-        )
-        return AsyncMessage(c, self)
+        payload, slots = as_payload(data), transfer_slots(caps)  # validate first:
+        slot = msg._take_reply_slot()  # the reply slot is one-shot
+        try:
+            c = await self._k._roundtrip(
+                Op.ENDPOINT_REPLY_RECV,
+                self,
+                "reply_recv",
+                timeout=timeout,
+                arg=slot,
+                payload=payload,
+                caps=slots,
+            )
+        except IPCError as e:
+            msg._give_back_reply_slot(slot, e)
+            raise
+        return AsyncMessage(c, self._k)
 
 
 Handler = Callable[[int], Awaitable[None] | None]
@@ -330,6 +375,11 @@ class AsyncNotificationCap(_AsyncCap):
 _CAP_TYPES: dict[str, type[AsyncEndpointCap | AsyncNotificationCap]] = {
     "endpoint": AsyncEndpointCap,
     "notification": AsyncNotificationCap,
+}
+_BY_KIND: dict[int, type[CapBase]] = {
+    abi.ObjectKind.ENDPOINT: AsyncEndpointCap,
+    abi.ObjectKind.NOTIFICATION: AsyncNotificationCap,
+    abi.ObjectKind.REPLY: AsyncReplyCap,
 }
 
 

@@ -14,10 +14,11 @@ from capabilities import Rights
 
 from .. import abi
 from ..abi import Op
-from ..errors import CallTimeoutError, WouldBlock
+from ..errors import CallTimeoutError, IPCError, WouldBlock
 from ._common import (
     CapBase,
     CapInfo,
+    CopyOf,
     Credentials,
     MessageBase,
     argv_list,
@@ -26,6 +27,7 @@ from ._common import (
     inherit_request,
     rights_arg,
     spawn_env,
+    transfer_slots,
 )
 from ._conn import Completion, Connection, as_payload, deadline_from, failure
 
@@ -82,6 +84,10 @@ class Kernel:
             raise failure(c, cap, verb)
         return c
 
+    def _wrap(self, kind: int, slot: int) -> CapBase:
+        """A typed capability object for a slot the kernel handed us."""
+        return _BY_KIND[kind](self, slot)
+
     def endpoint(self) -> EndpointCap:
         """Create an endpoint; the new capability has every endpoint right."""
         return EndpointCap(self, self._roundtrip(Op.ENDPOINT_CREATE, None, "create endpoint").arg)
@@ -117,21 +123,45 @@ class Kernel:
         return Process(self, popen, token)
 
 
+Caps = Sequence[CapBase | CopyOf]
+
+
 class Message(MessageBase):
     __slots__ = ()
+    _k: Kernel
 
-    def reply(self, data: Data) -> None:
-        """Answer the call. Raises PeerClosedError if the caller timed out or died."""
-        ep: EndpointCap = self._endpoint
-        payload = as_payload(data)  # validate before the one-shot slot is spent
-        slot = self._take_reply_slot()
-        ep._k._roundtrip(Op.ENDPOINT_REPLY, _ReplyCap(ep._k, slot), "reply", payload=payload)
+    def reply(self, data: Data, *, caps: Caps = ()) -> None:
+        """Answer the call. Raises PeerClosedError if the caller timed out or died.
+
+        `caps` travel to the caller only if its endpoint capability had GRANT.
+        """
+        payload, slots = as_payload(data), transfer_slots(caps)  # validate first:
+        slot = self._take_reply_slot()  # the slot is one-shot
+        try:
+            ReplyCap(self._k, slot)._reply(payload, slots)
+        except IPCError as e:
+            self._give_back_reply_slot(slot, e)
+            raise
 
 
-class _ReplyCap(CapBase):
+class ReplyCap(CapBase):
+    """The one-shot right to answer one call (`msg.reply_cap`). It can be handed to a
+    worker in a message; whoever holds it replies once. Rights: SEND, TRANSFER."""
+
     kind = "reply capability"
     _k: Kernel
     __slots__ = ()
+
+    def reply(self, data: Data, *, caps: Caps = ()) -> None:
+        """Answer the call this capability belongs to (once)."""
+        self._reply(as_payload(data), transfer_slots(caps))
+
+    def _reply(self, payload: Any, slots: tuple[int, ...]) -> None:
+        self._k._roundtrip(Op.ENDPOINT_REPLY, self, "reply", payload=payload, caps=slots)
+
+    def close(self) -> None:
+        """Drop it unanswered: the caller gets PeerClosedError at once."""
+        self._k._roundtrip(Op.CAP_CLOSE, self, "close")
 
 
 C = TypeVar("C", bound="_Cap")
@@ -182,41 +212,68 @@ class EndpointCap(_Cap):
     _k: Kernel
     __slots__ = ()
 
-    def send(self, data: Data, *, timeout: float | None = None) -> None:
-        """Block until a receiver takes `data`. Rights: SEND."""
+    def send(self, data: Data, *, timeout: float | None = None, caps: Caps = ()) -> None:
+        """Block until a receiver takes `data`. Rights: SEND (and GRANT to carry `caps`).
+
+        `caps` move to the receiver (`cap.as_copy()` sends a copy). A message that has
+        to wait keeps them locked; if it fails they stay here, unchanged.
+        """
         self._k._roundtrip(
-            Op.ENDPOINT_SEND, self, "send", timeout=timeout, payload=as_payload(data)
+            Op.ENDPOINT_SEND,
+            self,
+            "send",
+            timeout=timeout,
+            payload=as_payload(data),
+            caps=transfer_slots(caps),
         )
 
-    def send_nowait(self, data: Data) -> None:
+    def send_nowait(self, data: Data, *, caps: Caps = ()) -> None:
         """Send only if a receiver waits right now; otherwise raise WouldBlock."""
         try:
-            self.send(data, timeout=0)
+            self.send(data, timeout=0, caps=caps)
         except CallTimeoutError:
             raise WouldBlock("send_nowait: no receiver is waiting on the endpoint") from None
 
-    def call(self, data: Data, *, timeout: float | None = None) -> Message:
+    def call(self, data: Data, *, timeout: float | None = None, caps: Caps = ()) -> Message:
         """Send `data` and wait for the reply; the timeout covers both. Rights: SEND."""
         c = self._k._roundtrip(
-            Op.ENDPOINT_CALL, self, "call", timeout=timeout, payload=as_payload(data)
+            Op.ENDPOINT_CALL,
+            self,
+            "call",
+            timeout=timeout,
+            payload=as_payload(data),
+            caps=transfer_slots(caps),
         )
-        return Message(c)
+        return Message(c, self._k)
 
     def recv(self, *, timeout: float | None = None) -> Message:
         """Wait for a message. Rights: RECEIVE."""
         stash = self._k._conn.msg_stash.get(self.slot)
         if stash:
-            return Message(stash.popleft(), self)
-        return Message(self._k._roundtrip(Op.ENDPOINT_RECV, self, "recv", timeout=timeout), self)
+            return Message(stash.popleft(), self._k)
+        c = self._k._roundtrip(Op.ENDPOINT_RECV, self, "recv", timeout=timeout)
+        return Message(c, self._k)
 
-    def reply_recv(self, msg: Message, data: Data, *, timeout: float | None = None) -> Message:
+    def reply_recv(
+        self, msg: Message, data: Data, *, timeout: float | None = None, caps: Caps = ()
+    ) -> Message:
         """Reply to `msg` and wait for the next message, in one kernel operation."""
-        payload = as_payload(data)  # validate before the one-shot slot is spent
-        slot = msg._take_reply_slot()
-        c = self._k._roundtrip(
-            Op.ENDPOINT_REPLY_RECV, self, "reply_recv", timeout=timeout, arg=slot, payload=payload
-        )
-        return Message(c, self)
+        payload, slots = as_payload(data), transfer_slots(caps)  # validate first:
+        slot = msg._take_reply_slot()  # the reply slot is one-shot
+        try:
+            c = self._k._roundtrip(
+                Op.ENDPOINT_REPLY_RECV,
+                self,
+                "reply_recv",
+                timeout=timeout,
+                arg=slot,
+                payload=payload,
+                caps=slots,
+            )
+        except IPCError as e:
+            msg._give_back_reply_slot(slot, e)
+            raise
+        return Message(c, self._k)
 
 
 class NotificationCap(_Cap):
@@ -248,6 +305,11 @@ class NotificationCap(_Cap):
 _CAP_TYPES: dict[str, type[EndpointCap | NotificationCap]] = {
     "endpoint": EndpointCap,
     "notification": NotificationCap,
+}
+_BY_KIND: dict[int, type[CapBase]] = {
+    abi.ObjectKind.ENDPOINT: EndpointCap,
+    abi.ObjectKind.NOTIFICATION: NotificationCap,
+    abi.ObjectKind.REPLY: ReplyCap,
 }
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import kernel
+from kernel import ReplyCap
 from kernel.abi import Op
-from kernel.client.sync import _ReplyCap
 
 pytestmark = pytest.mark.integration
 
@@ -187,7 +187,7 @@ def test_a_reply_capability_is_one_shot_in_the_client_and_in_the_kernel(kernel_d
         with spawned(k, "actor.py", "call", "0", "question", ep=ep, back=back) as proc:
             msg = ep.recv(timeout=10)
             assert msg.data == b"question"
-            reply_cap = _ReplyCap(k, msg._reply_slot)
+            reply_cap = ReplyCap(k, msg._reply_slot)
             msg.reply(b"first")
             with pytest.raises(kernel.InvalidCapabilityError, match="already answered"):
                 msg.reply(b"second")

@@ -158,9 +158,9 @@ def test_bad_requests_get_errors_and_the_connection_keeps_working(kernel_daemon)
                 "deadline",
             ),
             (
-                dict(op=Op.ENDPOINT_SEND, slot=ep.slot, deadline=0, caps=(n.slot,)),
+                dict(op=Op.ENDPOINT_SEND, slot=ep.slot, deadline=0, caps=(n.slot,) * 9),
                 kernel.InvalidArgumentError,
-                "capability transfer",
+                "at most 8 capabilities",
             ),
             (
                 dict(op=Op.ENDPOINT_REPLY, slot=ep.slot),
