@@ -3,7 +3,12 @@
 import pytest
 
 from kernel.bench.idle import idle_cpu_percent
-from kernel.bench.mechanisms.mkipc_call import MkipcCall, MkipcNotify
+from kernel.bench.mechanisms.mkipc_call import (
+    MkipcCall,
+    MkipcCallBadged,
+    MkipcCallWithCap,
+    MkipcNotify,
+)
 from kernel.bench.runner import BenchConfig, run_bench
 
 pytestmark = pytest.mark.integration
@@ -11,8 +16,9 @@ pytestmark = pytest.mark.integration
 
 def test_mkipc_rows_run_every_round_trip():
     config = BenchConfig(runs=2, roundtrips=200, warmup=20, max_seconds=60.0)
-    result = run_bench([MkipcCall(), MkipcNotify()], config)
-    for name in ("mkipc.call", "mkipc.notify"):
+    mechanisms = [MkipcCall(), MkipcCallBadged(), MkipcCallWithCap(), MkipcNotify()]
+    result = run_bench(mechanisms, config)
+    for name in ("mkipc.call", "mkipc.call.badged", "mkipc.call+cap", "mkipc.notify"):
         cell = result.cell(name, 64)
         assert cell.note is None or cell.note == "", cell.note
         assert cell.count == 400

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import kernel
 from kernel.bench.mechanisms import Mechanism, bound_peer_life, make_payload, register
@@ -125,6 +126,34 @@ class MkipcCall(_MkipcMechanism):
 
 
 @register
+class MkipcCallBadged(MkipcCall):
+    """The same call through a minted, badged, send-only capability (the name-server case)."""
+
+    name = "mkipc.call.badged"
+
+    def setup(self, payload_size: int) -> None:
+        super().setup(payload_size)
+        self._ep = self._ep.mint(rights=kernel.Rights.SEND, badge=42)
+
+
+@register
+class MkipcCallWithCap(MkipcCall):
+    """Each call moves one capability to the server, whose reply moves it back."""
+
+    name = "mkipc.call+cap"
+    peer_role = "echo_caps"
+
+    def setup(self, payload_size: int) -> None:
+        super().setup(payload_size)
+        assert self._k is not None
+        self._cap: Any = self._k.notification()
+
+    def roundtrip(self) -> None:
+        reply = self._ep.call(self._payload, caps=[self._cap])
+        (self._cap,) = reply.caps
+
+
+@register
 class MkipcNotify(_MkipcMechanism):
     """signal → the peer wakes and signals back: the asynchronous path's round trip."""
 
@@ -151,6 +180,14 @@ def _echo(k: kernel.Kernel) -> None:
         msg = ep.reply_recv(msg, msg.data)
 
 
+def _echo_caps(k: kernel.Kernel) -> None:
+    ep = k.inherited["ep"]
+    assert isinstance(ep, kernel.EndpointCap)
+    msg = ep.recv()
+    while True:
+        msg = ep.reply_recv(msg, msg.data, caps=msg.caps)
+
+
 def _notify(k: kernel.Kernel) -> None:
     ping, pong = k.inherited["ping"], k.inherited["pong"]
     assert isinstance(ping, kernel.NotificationCap)
@@ -165,7 +202,7 @@ def _peer_main(argv: list[str]) -> None:
     bound_peer_life(parent, lifetime)
     try:
         with kernel.connect(autostart=False) as k:
-            {"echo": _echo, "notify": _notify}[role](k)
+            {"echo": _echo, "echo_caps": _echo_caps, "notify": _notify}[role](k)
     except kernel.PeerClosedError:
         pass  # the benchmark tore the kernel down: done
 
