@@ -67,7 +67,10 @@ def badge_payload(badge: int) -> bytes:
 
 
 # Statuses with which the kernel refuses a reply *before* consuming the reply capability
-# (checks of the data and the capabilities it carries): the message can be answered again.
+# (checks of the data and the capabilities it carries, room in the caller's table): the
+# message can be answered again. NO_RESOURCES from reply_recv may also come from its
+# receive half, after the reply went out; keeping the slot then costs a clear "was used"
+# error on a retry, while dropping a live one would leave the caller waiting forever.
 REPLY_KEPT = frozenset(
     {
         int(Status.ACCESS_DENIED),
@@ -75,6 +78,7 @@ REPLY_KEPT = frozenset(
         int(Status.BAD_SLOT),
         int(Status.WRONG_TYPE),
         int(Status.TOO_LARGE),
+        int(Status.NO_RESOURCES),
     }
 )
 
