@@ -206,14 +206,7 @@ cdef class Ring:
                int64_t deadline, uint64_t arg, const unsigned char[::1] payload,
                tuple caps=()):
         """Write a submission record. Returns False when the ring is full."""
-        cdef mk_hdr h
-        memset(&h, 0, HDR_SIZE)
-        h.opcode = opcode
-        h.req_id = req_id
-        h.slot = slot
-        h.deadline = deadline
-        h.arg = arg
-        return self._write_with_caps(&h, caps, payload)
+        return self.push(opcode, req_id, slot, deadline, arg, payload, caps) != 0
 
     def complete(self, uint16_t opcode, uint64_t req_id, int32_t status,
                  uint64_t slot=0, uint64_t arg=0, const unsigned char[::1] payload=None,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from capabilities import Rights
 
 from .. import abi
-from ..errors import InvalidCapabilityError, IPCError, Status
+from ..errors import CallTimeoutError, InvalidCapabilityError, IPCError, Status
 from ._conn import Completion, Connection
 
 
@@ -185,10 +187,6 @@ def transfer_slots(caps: Sequence[CapBase | CopyOf]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def conn_from(conn: Connection) -> Connection:
-    return conn
-
-
 def spawn_env(conn: Connection, token: str, env: Mapping[str, str] | None) -> dict[str, str]:
     out = dict(os.environ if env is None else env)
     out["MKIPC_SOCKET"] = conn.path
@@ -209,3 +207,37 @@ def argv_list(argv: Sequence[str]) -> list[str]:
     if isinstance(argv, str):
         raise TypeError("argv must be a sequence of strings, not one string")
     return [os.fspath(a) for a in argv]
+
+
+class ProcessBase:
+    """A process started by spawn: the parts both faces share (waiting differs)."""
+
+    def __init__(self, k: Any, popen: subprocess.Popen[Any], token: str) -> None:
+        self._k = k
+        self.popen = popen
+        self.pid = popen.pid
+        self._token = token
+        self._reaped = False
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def terminate(self) -> None:
+        self.popen.terminate()
+
+    def _exit_code(self, timeout: float | None) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise CallTimeoutError(
+                f"wait for pid {self.pid}: still running after {timeout} s"
+            ) from None
+
+    def _reap_request(self, deadline: int) -> dict[str, Any]:
+        """Arguments of the PROCESS_WAIT round trip, with what is left of the deadline."""
+        remaining = None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+        return {"timeout": remaining, "payload": self._token.encode()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import subprocess
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -27,6 +26,7 @@ from ._common import (
     CapInfo,
     CopyOf,
     MessageBase,
+    ProcessBase,
     argv_list,
     badge_payload,
     cap_info,
@@ -383,41 +383,17 @@ _BY_KIND: dict[int, type[CapBase]] = {
 }
 
 
-class AsyncProcess:
-    def __init__(self, k: AsyncKernel, popen: subprocess.Popen[Any], token: str) -> None:
-        self._k = k
-        self.popen = popen
-        self.pid = popen.pid
-        self._token = token
-        self._reaped = False
+class AsyncProcess(ProcessBase):
+    """A process started by `AsyncKernel.spawn`."""
 
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.returncode
-
-    def kill(self) -> None:
-        self.popen.kill()
-
-    def terminate(self) -> None:
-        self.popen.terminate()
+    _k: AsyncKernel
 
     async def wait(self, timeout: float | None = None) -> int:
         """Wait for exit and for the kernel's clean-up; CallTimeoutError after `timeout`."""
         deadline = deadline_from(timeout)
-        try:
-            code = await asyncio.to_thread(self.popen.wait, timeout)
-        except subprocess.TimeoutExpired:
-            raise CallTimeoutError(
-                f"wait for pid {self.pid}: still running after {timeout} s"
-            ) from None
+        code = await asyncio.to_thread(self._exit_code, timeout)
         if not self._reaped:
-            remaining = None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-            await self._k._roundtrip(
-                Op.PROCESS_WAIT,
-                None,
-                f"wait for pid {self.pid}",
-                timeout=remaining,
-                payload=self._token.encode(),
-            )
+            what = f"wait for pid {self.pid}"
+            await self._k._roundtrip(Op.PROCESS_WAIT, None, what, **self._reap_request(deadline))
             self._reaped = True
         return code

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from ._common import (
     CopyOf,
     Credentials,
     MessageBase,
+    ProcessBase,
     argv_list,
     badge_payload,
     cap_info,
@@ -313,25 +313,10 @@ _BY_KIND: dict[int, type[CapBase]] = {
 }
 
 
-class Process:
+class Process(ProcessBase):
     """A process started by `Kernel.spawn`."""
 
-    def __init__(self, k: Kernel, popen: subprocess.Popen[Any], token: str) -> None:
-        self._k = k
-        self.popen = popen
-        self.pid = popen.pid
-        self._token = token
-        self._reaped = False
-
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.returncode
-
-    def kill(self) -> None:
-        self.popen.kill()
-
-    def terminate(self) -> None:
-        self.popen.terminate()
+    _k: Kernel
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit and for the kernel to have cleaned it up.
@@ -339,21 +324,10 @@ class Process:
         Raises CallTimeoutError (a TimeoutError) if that takes longer than `timeout`.
         """
         deadline = deadline_from(timeout)
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise CallTimeoutError(
-                f"wait for pid {self.pid}: still running after {timeout} s"
-            ) from None
+        code = self._exit_code(timeout)
         if not self._reaped:
-            remaining = None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-            self._k._roundtrip(
-                Op.PROCESS_WAIT,
-                None,
-                f"wait for pid {self.pid}",
-                timeout=remaining,
-                payload=self._token.encode(),
-            )
+            what = f"wait for pid {self.pid}"
+            self._k._roundtrip(Op.PROCESS_WAIT, None, what, **self._reap_request(deadline))
             self._reaped = True
         return code
 

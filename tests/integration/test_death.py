@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from peerlib import PEERS, spawned
 
 import kernel
 
 pytestmark = pytest.mark.integration
-
-PEERS = Path(__file__).parent / "peers"
-
-
-@contextlib.contextmanager
-def spawned(k: kernel.Kernel, script: str, *args: str, **caps) -> Iterator[kernel.Process]:
-    proc = k.spawn([sys.executable, str(PEERS / script), *args], caps=caps)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 class Blocked(threading.Thread):

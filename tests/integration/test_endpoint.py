@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from peerlib import spawned
 
 import kernel
 from kernel import ReplyCap
 from kernel.abi import Op
 
 pytestmark = pytest.mark.integration
-
-PEERS = Path(__file__).parent / "peers"
-
-
-@contextlib.contextmanager
-def spawned(k: kernel.Kernel, script: str, *args: str, **caps) -> Iterator[kernel.Process]:
-    """A peer process; killed (if still running) and reaped on the way out."""
-    proc = k.spawn([sys.executable, str(PEERS / script), *args], caps=caps)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def creds_of(data: bytes) -> kernel.Credentials:

@@ -6,27 +6,14 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from peerlib import PEERS, spawned
 
 import kernel
 from kernel.abi import Op
 
 pytestmark = pytest.mark.integration
-
-PEERS = Path(__file__).parent / "peers"
-
-
-@contextlib.contextmanager
-def spawned(k: kernel.Kernel, script: str, *args: str, **caps) -> Iterator[kernel.Process]:
-    proc = k.spawn([sys.executable, str(PEERS / script), *args], caps=caps)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def test_signals_or_together_and_wait_returns_and_clears_them(kernel_daemon):

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
+from peerlib import spawned
 
 import kernel
 
 pytestmark = pytest.mark.integration
-
-PEERS = Path(__file__).parent / "peers"
-
-
-@contextlib.contextmanager
-def spawned(k: kernel.Kernel, script: str, *args: str, **caps) -> Iterator[kernel.Process]:
-    proc = k.spawn([sys.executable, str(PEERS / script), *args], caps=caps)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def run_threads(target: Callable[[int], object], count: int, timeout: float = 60) -> list:

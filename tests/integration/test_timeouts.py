@@ -7,29 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
+from peerlib import spawned
 
 import kernel
 
 pytestmark = pytest.mark.integration
-
-PEERS = Path(__file__).parent / "peers"
-
-
-@contextlib.contextmanager
-def spawned(k: kernel.Kernel, script: str, *args: str, **caps) -> Iterator[kernel.Process]:
-    proc = k.spawn([sys.executable, str(PEERS / script), *args], caps=caps)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 Op = Callable[[kernel.Kernel, "float | None"], object]
