@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from capabilities import Rights
@@ -127,10 +128,17 @@ class MessageBase:
         worker in another message; this message can then no longer be replied to."""
         return self._k._wrap(abi.ObjectKind.REPLY, self._take_reply_slot())
 
-    def _give_back_reply_slot(self, slot: int, error: IPCError) -> None:
-        """After a failed reply: keep the slot if the kernel kept the capability."""
-        if error.status in REPLY_KEPT:
-            self._reply_slot = slot
+    @contextlib.contextmanager
+    def _spending_reply_slot(self) -> Iterator[int]:
+        """Yield the one-shot reply slot for a reply; give it back if the kernel refused
+        the reply before consuming the capability (REPLY_KEPT), so it can be retried."""
+        slot = self._take_reply_slot()
+        try:
+            yield slot
+        except IPCError as e:
+            if e.status in REPLY_KEPT:
+                self._reply_slot = slot
+            raise
 
     def _take_reply_slot(self) -> int:
         slot, self._reply_slot = self._reply_slot, 0

@@ -13,7 +13,7 @@ from capabilities import Rights
 
 from .. import abi
 from ..abi import Op
-from ..errors import CallTimeoutError, IPCError, WouldBlock
+from ..errors import CallTimeoutError, WouldBlock
 from ._common import (
     CapBase,
     CapInfo,
@@ -135,13 +135,9 @@ class Message(MessageBase):
 
         `caps` travel to the caller only if its endpoint capability had GRANT.
         """
-        payload, slots = as_payload(data), transfer_slots(caps)  # validate first:
-        slot = self._take_reply_slot()  # the slot is one-shot
-        try:
+        payload, slots = as_payload(data), transfer_slots(caps)  # validate first
+        with self._spending_reply_slot() as slot:
             ReplyCap(self._k, slot)._reply(payload, slots)
-        except IPCError as e:
-            self._give_back_reply_slot(slot, e)
-            raise
 
 
 class ReplyCap(CapBase):
@@ -258,9 +254,8 @@ class EndpointCap(_Cap):
         self, msg: Message, data: Data, *, timeout: float | None = None, caps: Caps = ()
     ) -> Message:
         """Reply to `msg` and wait for the next message, in one kernel operation."""
-        payload, slots = as_payload(data), transfer_slots(caps)  # validate first:
-        slot = msg._take_reply_slot()  # the reply slot is one-shot
-        try:
+        payload, slots = as_payload(data), transfer_slots(caps)  # validate first
+        with msg._spending_reply_slot() as slot:
             c = self._k._roundtrip(
                 Op.ENDPOINT_REPLY_RECV,
                 self,
@@ -270,9 +265,6 @@ class EndpointCap(_Cap):
                 payload=payload,
                 caps=slots,
             )
-        except IPCError as e:
-            msg._give_back_reply_slot(slot, e)
-            raise
         return Message(c, self._k)
 
 
