@@ -272,9 +272,26 @@ cdef class ProcCore:
                   uint64_t arg, const char *payload, Py_ssize_t n, uint64_t badge,
                   ProcCore sender) except -1:
         """Write a completion; keep it in order behind earlier ones if the ring is full."""
+        return self._post(opcode, req_id, status, slot, arg, payload, n, badge, sender, None, 0)
+
+    cdef int post_caps(self, uint32_t opcode, uint64_t req_id, uint64_t slot, uint64_t arg,
+                       const char *payload, Py_ssize_t n, uint64_t badge, ProcCore sender,
+                       list slots, uint32_t kinds) except -1:
+        """A successful completion that also hands over capabilities (their new slots
+        here; their kinds, 4 bits each, in `flags` so the client can type them)."""
+        return self._post(opcode, req_id, ST_OK, slot, arg, payload, n, badge, sender,
+                          slots, kinds)
+
+    cdef int _post(self, uint32_t opcode, uint64_t req_id, int32_t status, uint64_t slot,
+                   uint64_t arg, const char *payload, Py_ssize_t n, uint64_t badge,
+                   ProcCore sender, list slots, uint32_t kinds) except -1:
         cdef mk_hdr h
+        cdef uint64_t cbuf[8]   # MAX_TRANSFER
+        cdef Py_ssize_t i, ncaps = len(slots) if slots is not None else 0
         if not self.alive:
             return 0
+        if ncaps > MAX_TRANSFER:
+            raise ValueError("more capabilities than a message carries")
         self.dirty = True
         memset(&h, 0, HDR_SIZE)
         h.opcode = opcode
@@ -284,47 +301,20 @@ cdef class ProcCore:
         h.arg = arg
         h.badge = badge
         if sender is not None:
-            h.pid = sender.pid
-            h.uid = sender.uid
-            h.gid = sender.gid
-        if not self.overflow and self.cq._write(&h, NULL, payload, n) == 1:
-            return 0
-        if len(self.overflow) >= MAX_OVERFLOW:
-            # Raising here would blame whichever process we were serving; mark instead.
-            self.doomed = "it does not drain its completion ring"
-            return 0
-        self.overflow.append((opcode, req_id, status, slot, arg,
-                              PyBytes_FromStringAndSize(payload, n), (), badge,
-                              h.pid, h.uid, h.gid))
-        return 0
-
-    cdef int post_caps(self, uint32_t opcode, uint64_t req_id, uint64_t slot, uint64_t arg,
-                       const char *payload, Py_ssize_t n, uint64_t badge, ProcCore sender,
-                       list slots, uint32_t kinds) except -1:
-        """A successful completion that also hands over capabilities (their new slots
-        here; their kinds, 4 bits each, in `flags` so the client can type them)."""
-        cdef mk_hdr h
-        cdef uint64_t cbuf[8]
-        cdef Py_ssize_t i, ncaps = len(slots)
-        if not self.alive:
-            return 0
-        self.dirty = True
-        memset(&h, 0, HDR_SIZE)
-        h.opcode = opcode
-        h.req_id = req_id
-        h.slot = slot
-        h.arg = arg
-        h.badge = badge
-        h.pid, h.uid, h.gid = sender.pid, sender.uid, sender.gid
+            h.pid, h.uid, h.gid = sender.pid, sender.uid, sender.gid
         h.ncaps = <uint16_t>ncaps
         h.flags = kinds
         for i in range(ncaps):
             cbuf[i] = slots[i]
         if not self.overflow and self.cq._write(&h, cbuf, payload, n) == 1:
             return 0
-        self.overflow.append((opcode, req_id, ST_OK, slot, arg,
-                              PyBytes_FromStringAndSize(payload, n), tuple(slots), badge,
-                              h.pid, h.uid, h.gid, kinds))
+        if len(self.overflow) >= MAX_OVERFLOW:
+            # Raising here would blame whichever process we were serving; mark instead.
+            self.doomed = "it does not drain its completion ring"
+            return 0
+        self.overflow.append((opcode, req_id, status, slot, arg,
+                              PyBytes_FromStringAndSize(payload, n),
+                              tuple(slots) if ncaps else (), badge, h.pid, h.uid, h.gid, kinds))
         return 0
 
     cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=0,
