@@ -49,7 +49,7 @@ class Daemon:
         self._wake_handle: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()  # built inside the serving coroutine
 
     # ------------------------------------------------------------ lifecycle
 

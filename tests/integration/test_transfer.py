@@ -17,14 +17,23 @@ PEERS = Path(__file__).parent / "peers"
 
 def _receiver(k, ep):
     """A child that receives one message on `ep` and reports what it carried."""
-    return k.spawn([sys.executable, "-c", textwrap.dedent("""
+    return k.spawn(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import kernel
         with kernel.connect(autostart=False) as k:
             msg = k.inherited["ep"].recv(timeout=10.0)
             print([(type(c).__name__, c.info().rights.value) for c in msg.caps], flush=True)
             if msg.caps and isinstance(msg.caps[0], kernel.NotificationCap):
                 msg.caps[0].signal(1)   # the capability works in its new process
-    """)], caps={"ep": ep}, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        caps={"ep": ep},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_moved_capability_leaves_the_sender_and_works_in_the_receiver(kernel_daemon):
@@ -33,7 +42,7 @@ def test_a_moved_capability_leaves_the_sender_and_works_in_the_receiver(kernel_d
         keep = n.copy(rights=Rights.WAIT)
         child = _receiver(k, ep)
         ep.send(b"take this", caps=[n], timeout=10.0)
-        assert keep.wait(timeout=10.0) == 1   # signalled by the receiver through n
+        assert keep.wait(timeout=10.0) == 1  # signalled by the receiver through n
         out, _ = child.popen.communicate(timeout=10)
         child.wait(timeout=10)
         assert "NotificationCap" in out
@@ -49,7 +58,7 @@ def test_a_copied_capability_stays_and_the_copy_derives_from_it(kernel_daemon):
         assert n.wait(timeout=10.0) == 1
         child.popen.communicate(timeout=10)
         child.wait(timeout=10)
-        assert n.info().object_caps == 1   # the child's copy went with the child
+        assert n.info().object_caps == 1  # the child's copy went with the child
 
 
 def test_transfer_needs_grant_on_the_endpoint_and_transfer_on_the_capability(kernel_daemon):
@@ -72,16 +81,16 @@ def test_transfer_needs_grant_on_the_endpoint_and_transfer_on_the_capability(ker
 def test_a_failed_transfer_leaves_every_capability_where_it_was(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep, n1, n2 = k.endpoint(), k.notification(), k.notification()
-        with pytest.raises(kernel.InvalidCapabilityError):   # one bad slot among good ones
+        with pytest.raises(kernel.InvalidCapabilityError):  # one bad slot among good ones
             ep.send_nowait(b"x", caps=[n1, kernel.NotificationCap(k, 0x7FFF0001), n2])
         with pytest.raises(kernel.InvalidArgumentError, match="appears twice"):
             ep.send_nowait(b"x", caps=[n1, n1])
         with pytest.raises(kernel.InvalidArgumentError, match="sent through"):
             ep.send_nowait(b"x", caps=[ep])
-        with pytest.raises(TimeoutError):   # waited for a receiver, none came
+        with pytest.raises(TimeoutError):  # waited for a receiver, none came
             ep.send(b"x", caps=[n1, n2.as_copy()], timeout=0.1)
         assert n1.info().kind == n2.info().kind == "notification"
-        assert n2.info().derived == 0   # the copy was never made
+        assert n2.info().derived == 0  # the copy was never made
 
 
 def test_a_capability_in_a_waiting_message_is_locked_until_delivery(kernel_daemon):
@@ -95,7 +104,7 @@ def test_a_capability_in_a_waiting_message_is_locked_until_delivery(kernel_daemo
             msg = await ep.recv(timeout=5.0)
             await sending
             (moved,) = msg.caps
-            await moved.signal(2)   # now ours again, under a new slot
+            await moved.signal(2)  # now ours again, under a new slot
             assert await moved.poll() == 2
 
     asyncio.run(scenario())
@@ -136,8 +145,9 @@ def test_a_reply_carries_capabilities_only_when_the_caller_granted(kernel_daemon
     """)
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
-        srv = k.spawn([sys.executable, "-c", server], caps={"ep": ep},
-                      stdout=subprocess.PIPE, text=True)
+        srv = k.spawn(
+            [sys.executable, "-c", server], caps={"ep": ep}, stdout=subprocess.PIPE, text=True
+        )
         reply = ep.call(b"grant", timeout=10.0)
         (gift,) = reply.caps
         assert isinstance(gift, kernel.NotificationCap)
@@ -166,10 +176,18 @@ def test_a_reply_capability_handed_to_a_worker_answers_exactly_once(kernel_daemo
     """)
     with kernel.connect(autostart=False) as k:
         ep, jobs = k.endpoint(), k.endpoint()
-        worker = k.spawn([sys.executable, str(PEERS / "reply_worker.py")], caps={"jobs": jobs},
-                         stdout=subprocess.PIPE, text=True)
-        srv = k.spawn([sys.executable, "-c", server], caps={"ep": ep, "jobs": jobs},
-                      stdout=subprocess.PIPE, text=True)
+        worker = k.spawn(
+            [sys.executable, str(PEERS / "reply_worker.py")],
+            caps={"jobs": jobs},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        srv = k.spawn(
+            [sys.executable, "-c", server],
+            caps={"ep": ep, "jobs": jobs},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         reply = ep.call(b"job 1", timeout=10.0)
         assert reply.data == b"worker says: job 1"
         assert reply.sender.pid == worker.pid
@@ -179,7 +197,7 @@ def test_a_reply_capability_handed_to_a_worker_answers_exactly_once(kernel_daemo
         worker.wait(timeout=10)
         assert "SERVER CANNOT REPLY" in srv_out
         assert "SECOND REPLY REFUSED" in worker_out
-        with pytest.raises(TimeoutError):   # exactly one reply reached the caller
+        with pytest.raises(TimeoutError):  # exactly one reply reached the caller
             ep.recv(timeout=0.1)
 
 
