@@ -56,6 +56,9 @@ class Pending:
     queue: deque[Pending] | None
     reply: Reply | None
     phase: int
+    transfers: list[tuple[Capability, bool]] | None
+    grant: bool
+    cap: Capability | None
     def __init__(
         self, proc: ProcCore, req_id: int, op: int, deadline: int, slot: int = 0
     ) -> None: ...

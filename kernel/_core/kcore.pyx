@@ -262,6 +262,20 @@ cdef Pending _pop(object queue):
     return op
 
 
+cdef Pending _pop_live(object queue):
+    """The oldest op in `queue` whose process still holds the capability it waits
+    through. One whose capability was revoked, closed or moved away meanwhile fails
+    instead of being served: revoked authority takes no further message."""
+    cdef Pending op
+    while (op := _pop(queue)) is not None:
+        if op.cap is None or op.cap.holder is op.proc.caps:
+            return op
+        op.finish()
+        op.proc.complete(op.op, op.req_id, ST_BAD_SLOT, payload=(
+            b"the capability this operation waited through was revoked, closed or sent away"))
+    return None
+
+
 # ------------------------------------------------------------------ processes
 
 
@@ -609,7 +623,7 @@ cdef class Core:
         cdef list transfers = self._decode_transfers(proc, h, cap, R_GRANT) if h.h.ncaps else None
         cdef Endpoint ep = <Endpoint>cap.obj
         cdef Pending op = _new_pending(proc, h)
-        cdef Pending rx = _pop(ep.receivers)
+        cdef Pending rx = _pop_live(ep.receivers)
         cdef uint64_t slot = 0
         cdef tuple moved = None
         op.is_call = is_call
@@ -641,6 +655,7 @@ cdef class Core:
         else:
             op.payload = proc.sq.payload(h)
             op.badge = cap.badge
+            op.cap = cap
             if transfers is not None:   # locked until a receiver takes the message
                 for c, _ in transfers:
                     (<Capability>c).in_transit = True
@@ -679,7 +694,7 @@ cdef class Core:
         cdef Pending rx = _new_pending(proc, h)
         cdef Pending tx
         while True:
-            tx = _pop(ep.senders)
+            tx = _pop_live(ep.senders)
             if tx is None or tx.transfers is None or _intact(tx):
                 break
             # A capability of the waiting message was revoked meanwhile: that send fails
@@ -697,6 +712,7 @@ cdef class Core:
         elif self.expired(h.h.deadline):
             raise OpError(Status.TIMED_OUT, "no message arrived on the endpoint")
         else:
+            rx.cap = cap
             rx.enqueue(ep.receivers)
             self._arm(rx)
 
@@ -731,6 +747,9 @@ cdef class Core:
         """
         cdef Capability recv_cap = self.lookup(proc, h.h.slot, KIND_ENDPOINT, R_RECEIVE)
         cdef Capability reply_cap = self._decode_reply(proc, h, h.h.arg)
+        if h.h.ncaps and recv_cap.slot in proc.sq.caps(h):   # a move (a copy has a flag bit)
+            raise OpError(Status.INVALID_ARGS,
+                          "reply_recv cannot move away the capability it receives through")
         self._reply(proc, h, reply_cap)
         self._recv(proc, h, recv_cap)
 
@@ -743,7 +762,7 @@ cdef class Core:
         if h.h.arg == 0:
             raise OpError(Status.INVALID_ARGS, "bits must be a non-zero 64-bit mask")
         n.word |= h.h.arg
-        waiter = _pop(n.waiters)
+        waiter = _pop_live(n.waiters)
         if waiter is not None:
             word, n.word = n.word, 0
             waiter.finish()
@@ -761,6 +780,7 @@ cdef class Core:
             raise OpError(Status.TIMED_OUT, "no signal arrived on the notification")
         else:
             op = _new_pending(proc, h)
+            op.cap = cap
             op.enqueue(n.waiters)
             self._arm(op)
 

@@ -1,5 +1,6 @@
 """Derivation, badges, rights and revocation (issue #3, first part) against a real kernel."""
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -153,3 +154,31 @@ async def test_the_asyncio_face_derives_and_revokes_too(kernel_daemon):
         assert await ep.revoke() == 1
         with pytest.raises(kernel.InvalidCapabilityError):
             await ro.info()
+
+
+async def test_a_receive_waiting_through_a_revoked_capability_takes_no_message(kernel_daemon):
+    # Regression: a receive already waiting went on after its capability was revoked,
+    # so revoked authority could still take a message.
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        doomed = await ep.copy()
+        waiting = asyncio.ensure_future(doomed.recv(timeout=5.0))
+        await asyncio.sleep(0.1)
+        assert await ep.revoke() == 1
+        with pytest.raises(kernel.WouldBlock):  # the only receiver has no authority left
+            await ep.send_nowait(b"for nobody")
+        with pytest.raises(kernel.InvalidCapabilityError, match="waited through was revoked"):
+            await waiting
+
+
+async def test_a_wait_on_a_closed_notification_capability_takes_no_signal(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        n = await k.notification()
+        other = await n.copy()
+        waiting = asyncio.ensure_future(other.wait(timeout=5.0))
+        await asyncio.sleep(0.1)
+        await other.close()
+        await n.signal(1)
+        with pytest.raises(kernel.InvalidCapabilityError, match="waited through"):
+            await waiting
+        assert await n.poll() == 1  # the bits stayed for a holder that can take them

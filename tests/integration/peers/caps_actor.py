@@ -18,7 +18,20 @@ connects to the kernel (claiming what it inherits) only after a first line,
   {"op": "infos", "items": [[kind, slot], ...]}  -> {"ok": [answer per item]}
   {"op": "probe", "slots": [...]}                -> {"ok": [slots that name a capability]}
 
-A failed operation answers {"err": "denied" | "invalid" | "timeout" | "other", "msg"}.
+Messages, posted without waiting so that one test process can drive both ends:
+  {"op": "post", "tag", "what": "send" | "call" | "recv", "slot", "timeout",
+   "data", "caps": [[kind, slot, as_copy], ...]}  -> {"ok": null} once the kernel
+      has handled the request (a later no-op on the same ring completed: the kernel
+      handles one process's records in order); its outcome waits for "take"
+  {"op": "take", "tag", "cancel"}                -> {"ok": null} for a send, else
+      {"ok": {"data", "badge", "pid", "is_call", "caps": [[kind, slot], ...]}};
+      with cancel the operation is withdrawn first (if it is still waiting)
+  {"op": "reply", "tag", "data", "caps", "recv_slot"}  answers the call taken under
+      `tag` (msg.reply, or reply_recv with timeout 0 through recv_slot); a refused
+      reply keeps the call answerable, under the same tag
+
+A failed operation answers {"err": "denied" | "invalid" | "args" | "timeout" |
+"cancelled" | "closed" | "other", "msg"}.
 """
 
 from __future__ import annotations
@@ -30,6 +43,9 @@ from typing import Any
 import kernel
 from kernel import abi
 from kernel.abi import Op
+from kernel.client._common import transfer_slots
+from kernel.client._conn import deadline_from, failure
+from kernel.client.sync import Message
 
 CAP_TYPES = {"endpoint": kernel.EndpointCap, "notification": kernel.NotificationCap}
 
@@ -54,8 +70,14 @@ def attempt(fn: Any) -> dict[str, Any]:
         return {"err": "denied", "msg": str(e)}
     except kernel.InvalidCapabilityError as e:
         return {"err": "invalid", "msg": str(e)}
+    except kernel.InvalidArgumentError as e:
+        return {"err": "args", "msg": str(e)}
     except TimeoutError as e:
         return {"err": "timeout", "msg": str(e)}
+    except kernel.CancelledCallError as e:
+        return {"err": "cancelled", "msg": str(e)}
+    except kernel.PeerClosedError as e:
+        return {"err": "closed", "msg": str(e)}
     except Exception as e:
         return {"err": "other", "msg": f"{type(e).__name__}: {e}"}
 
@@ -73,8 +95,82 @@ def probe(k: kernel.Kernel, slots: list[int]) -> list[int]:
     return found
 
 
-def execute(k: kernel.Kernel, cmd: dict[str, Any]) -> dict[str, Any]:
+class Session:
+    """What one process keeps between commands: operations posted and not yet taken,
+    and calls received and not yet answered, each under the tag the test chose."""
+
+    def __init__(self) -> None:
+        self.posted: dict[str, tuple[int, str, int]] = {}  # tag -> (req id, what, slot)
+        self.calls: dict[str, Message] = {}
+
+
+POSTED_OPS = {"send": Op.ENDPOINT_SEND, "call": Op.ENDPOINT_CALL, "recv": Op.ENDPOINT_RECV}
+
+
+def carried(k: kernel.Kernel, items: list[list[Any]]) -> list[Any]:
+    caps = [(CAP_TYPES[kind](k, slot), copy) for kind, slot, copy in items]
+    return [cap.as_copy() if copy else cap for cap, copy in caps]
+
+
+def message_dict(msg: Message) -> dict[str, Any]:
+    return {
+        "data": msg.data.decode(),
+        "badge": msg.badge,
+        "pid": msg.sender.pid,
+        "is_call": msg.is_call,
+        "caps": [[c.kind, c.slot] for c in msg.caps],
+    }
+
+
+def post(k: kernel.Kernel, session: Session, cmd: dict[str, Any]) -> None:
+    """Submit a send, call or receive and return once the kernel has handled it."""
+    conn, what = k._conn, cmd["what"]
+    slots = transfer_slots(carried(k, cmd.get("caps", [])))
+    deadline = deadline_from(cmd["timeout"])
+    payload = cmd.get("data", "").encode()
+    req = conn.submit(POSTED_OPS[what], cmd["slot"], deadline, 0, payload, slots)
+    session.posted[cmd["tag"]] = (req, what, cmd["slot"])
+    conn.wait(conn.submit(Op.CAP_INFO, 0, abi.DEADLINE_NOW))  # the fence (slot 0: refused)
+
+
+def take(k: kernel.Kernel, session: Session, cmd: dict[str, Any]) -> dict[str, Any] | None:
+    req, what, slot = session.posted.pop(cmd["tag"])
+    conn = k._conn
+    if cmd.get("cancel"):  # not conn.cancel: that hands the result to the orphan stash
+        conn.submit(Op.CANCEL, arg=req)
+    c = conn.wait(req)  # bounded: every posted operation has a deadline
+    if c.status:
+        raise failure(c, kernel.EndpointCap(k, slot), what)
+    if what == "send":
+        return None
+    msg = Message(c, k)
+    if msg.is_call:
+        session.calls[cmd["tag"]] = msg
+    return message_dict(msg)
+
+
+def reply(k: kernel.Kernel, session: Session, cmd: dict[str, Any]) -> dict[str, Any]:
+    msg = session.calls[cmd["tag"]]
+    caps, data = carried(k, cmd.get("caps", [])), cmd["data"].encode()
+    try:
+        if cmd.get("recv_slot"):
+            recv_ep = kernel.EndpointCap(k, cmd["recv_slot"])
+            return message_dict(recv_ep.reply_recv(msg, data, caps=caps, timeout=0))
+        msg.reply(data, caps=caps)
+        return {}
+    finally:
+        if not msg.is_call:  # answered, or its reply capability is gone
+            del session.calls[cmd["tag"]]
+
+
+def execute(
+    k: kernel.Kernel, cmd: dict[str, Any], session: Session | None = None
+) -> dict[str, Any]:
     op = cmd["op"]
+    if op in ("post", "take", "reply"):
+        assert session is not None, f"{op} needs a session"
+        fn = {"post": post, "take": take, "reply": reply}[op]
+        return attempt(lambda: fn(k, session, cmd))
     if op == "hello":
         return {
             "pid": k.pid,
@@ -108,10 +204,11 @@ def main() -> int:
     if "lazy" in sys.argv[1:] and not sys.stdin.readline():
         return 0  # told to stop before it ever connected
     with kernel.connect(autostart=False) as k:
+        session = Session()
         for line in sys.stdin:
             cmd = json.loads(line)
             if cmd["op"] != "connect":
-                print(json.dumps(execute(k, cmd)), flush=True)
+                print(json.dumps(execute(k, cmd, session)), flush=True)
     return 0
 
 
