@@ -437,3 +437,10 @@ cdef class Ring:
                 else:
                     mk_cpu_relax()
         return found
+
+
+def ring_pair(region, uint64_t sq_size, uint64_t cq_size):
+    """A process's (submission, completion) rings over its region, laid out as ring.pxd says."""
+    return (Ring(region, CONTROL_SIZE, sq_size, OFF_SQ_TAIL, OFF_SQ_HEAD, OFF_SQ_WAITING),
+            Ring(region, CONTROL_SIZE + sq_size, cq_size,
+                 OFF_CQ_TAIL, OFF_CQ_HEAD, OFF_CQ_WAITING))

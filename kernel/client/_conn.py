@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import abi
 from .._core.ring import Completion as Completion
-from .._core.ring import Ring
+from .._core.ring import ring_pair
 from ..abi import Op
 from ..errors import IPCError, MessageTooLargeError, PeerClosedError, Status, error_for
 from . import _launch
@@ -72,22 +72,7 @@ class Connection:
             self.mm = mmap.mmap(memfd, welcome.region_size)
         finally:
             os.close(memfd)
-        self.sq = Ring(
-            self.mm,
-            abi.CONTROL_SIZE,
-            welcome.sq_size,
-            abi.OFF_SQ_TAIL,
-            abi.OFF_SQ_HEAD,
-            abi.OFF_SQ_WAITING,
-        )
-        self.cq = Ring(
-            self.mm,
-            abi.CONTROL_SIZE + welcome.sq_size,
-            welcome.cq_size,
-            abi.OFF_CQ_TAIL,
-            abi.OFF_CQ_HEAD,
-            abi.OFF_CQ_WAITING,
-        )
+        self.sq, self.cq = ring_pair(self.mm, welcome.sq_size, welcome.cq_size)
         self.results: dict[int, Completion] = {}
         self.abandoned: dict[int, int] = {}  # withdrawn req_id -> its cap slot
         self.msg_stash: dict[int, deque[Completion]] = {}  # slot -> orphaned messages

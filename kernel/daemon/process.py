@@ -11,7 +11,7 @@ from capabilities import CapTable
 
 from .. import abi
 from .._core.kcore import ProcCore
-from .._core.ring import Ring
+from .._core.ring import ring_pair
 
 
 class Proc(ProcCore):
@@ -29,22 +29,7 @@ class Proc(ProcCore):
         self.doomed = None
         self.claimed_token: str | None = None
         self.memfd, self.mm = _make_region()
-        self.sq = Ring(
-            self.mm,
-            abi.CONTROL_SIZE,
-            abi.RING_SIZE,
-            abi.OFF_SQ_TAIL,
-            abi.OFF_SQ_HEAD,
-            abi.OFF_SQ_WAITING,
-        )
-        self.cq = Ring(
-            self.mm,
-            abi.CONTROL_SIZE + abi.RING_SIZE,
-            abi.RING_SIZE,
-            abi.OFF_CQ_TAIL,
-            abi.OFF_CQ_HEAD,
-            abi.OFF_CQ_WAITING,
-        )
+        self.sq, self.cq = ring_pair(self.mm, abi.RING_SIZE, abi.RING_SIZE)
         self.sq_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.cq_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
