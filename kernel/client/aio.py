@@ -12,9 +12,7 @@ import inspect
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
-
-from typing_extensions import Self
+from typing import TYPE_CHECKING, Any
 
 from capabilities import Rights
 
@@ -38,6 +36,9 @@ from ._common import (
 from ._conn import Completion, Connection, as_payload, deadline_from, failure
 
 Data = bytes | bytearray | memoryview
+
+if TYPE_CHECKING:  # typing_extensions is not a runtime dependency
+    from typing_extensions import Self
 
 
 class AsyncKernel:
@@ -234,9 +235,6 @@ class AsyncReplyCap(CapBase):
 
     async def close(self) -> None:
         await self._k._roundtrip(Op.CAP_CLOSE, self, "close")
-
-
-C = TypeVar("C", bound="_AsyncCap")
 
 
 class _AsyncCap(CapBase):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
-
-from typing_extensions import Self
+from typing import TYPE_CHECKING, Any
 
 from capabilities import Rights
 
@@ -32,6 +30,9 @@ from ._common import (
 from ._conn import Completion, Connection, as_payload, deadline_from, failure
 
 Data = bytes | bytearray | memoryview
+
+if TYPE_CHECKING:  # typing_extensions is not a runtime dependency
+    from typing_extensions import Self
 
 
 class Kernel:
@@ -158,9 +159,6 @@ class ReplyCap(CapBase):
     def close(self) -> None:
         """Drop it unanswered: the caller gets PeerClosedError at once."""
         self._k._roundtrip(Op.CAP_CLOSE, self, "close")
-
-
-C = TypeVar("C", bound="_Cap")
 
 
 class _Cap(CapBase):
