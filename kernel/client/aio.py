@@ -18,7 +18,7 @@ from capabilities import Rights
 
 from .. import abi
 from ..abi import Op
-from ..errors import CallTimeoutError, PeerClosedError, WouldBlock
+from ..errors import CallTimeoutError, IPCError, PeerClosedError, WouldBlock
 from ._common import (
     CapBase,
     CapInfo,
@@ -216,8 +216,12 @@ class AsyncMessage(MessageBase):
     async def reply(self, data: Data, *, caps: Caps = ()) -> None:
         """Answer the call. Raises PeerClosedError if the caller timed out or died."""
         payload, slots = as_payload(data), transfer_slots(caps)  # validate first
-        with self._spending_reply_slot() as slot:
+        slot = self._take_reply_slot()  # one-shot
+        try:
             await AsyncReplyCap(self._k, slot)._reply(payload, slots)
+        except IPCError as e:
+            self._give_back_reply_slot(slot, e)
+            raise
 
 
 class AsyncReplyCap(CapBase):
@@ -308,7 +312,8 @@ class AsyncEndpointCap(_AsyncCap):
         self, msg: AsyncMessage, data: Data, *, timeout: float | None = None, caps: Caps = ()
     ) -> AsyncMessage:
         payload, slots = as_payload(data), transfer_slots(caps)  # validate first
-        with msg._spending_reply_slot() as slot:
+        slot = msg._take_reply_slot()  # one-shot
+        try:
             c = await self._k._roundtrip(
                 Op.ENDPOINT_REPLY_RECV,
                 self,
@@ -318,6 +323,9 @@ class AsyncEndpointCap(_AsyncCap):
                 payload=payload,
                 caps=slots,
             )
+        except IPCError as e:
+            msg._give_back_reply_slot(slot, e)
+            raise
         return AsyncMessage(c, self._k)
 
 

@@ -11,7 +11,7 @@ from capabilities import Rights
 
 from .. import abi
 from ..abi import Op
-from ..errors import CallTimeoutError, WouldBlock
+from ..errors import CallTimeoutError, IPCError, WouldBlock
 from ._common import (
     CapBase,
     CapInfo,
@@ -137,8 +137,12 @@ class Message(MessageBase):
         `caps` travel to the caller only if its endpoint capability had GRANT.
         """
         payload, slots = as_payload(data), transfer_slots(caps)  # validate first
-        with self._spending_reply_slot() as slot:
+        slot = self._take_reply_slot()  # one-shot
+        try:
             ReplyCap(self._k, slot)._reply(payload, slots)
+        except IPCError as e:
+            self._give_back_reply_slot(slot, e)
+            raise
 
 
 class ReplyCap(CapBase):
@@ -253,7 +257,8 @@ class EndpointCap(_Cap):
     ) -> Message:
         """Reply to `msg` and wait for the next message, in one kernel operation."""
         payload, slots = as_payload(data), transfer_slots(caps)  # validate first
-        with msg._spending_reply_slot() as slot:
+        slot = msg._take_reply_slot()  # one-shot
+        try:
             c = self._k._roundtrip(
                 Op.ENDPOINT_REPLY_RECV,
                 self,
@@ -263,6 +268,9 @@ class EndpointCap(_Cap):
                 payload=payload,
                 caps=slots,
             )
+        except IPCError as e:
+            msg._give_back_reply_slot(slot, e)
+            raise
         return Message(c, self._k)
 
 
