@@ -12,8 +12,9 @@ cdef class Capability:
     cdef public object holder       # the CapTable (or spawn bundle) holding it, or None
     cdef public bint in_transit     # locked in a message waiting for its receiver
     cdef public Capability parent   # what it was derived from (DESIGN §5 derivation tree)
-    cdef public list children       # what was derived from it (None: nothing yet; the
-                                    # kernel's per-call reply caps skip the allocation)
+    # What was derived from it; None means nothing yet (the kernel's per-call reply
+    # capabilities skip allocating a list).
+    cdef public list children
 
 
 cdef class CapTable:

@@ -98,7 +98,8 @@ cdef class Core:
     cdef Capability _decode_message(self, ProcCore proc, Header h, uint64_t slot, int kind,
                                     uint64_t right)
     cdef uint64_t _install_reply(self, ProcCore receiver, Pending caller, bint grant) except 0
-    cdef list _decode_transfers(self, ProcCore proc, Header h, Capability used, uint64_t grant_right)
+    cdef list _decode_transfers(self, ProcCore proc, Header h, Capability used,
+                                uint64_t grant_right)
     cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver)
     cdef _send(self, ProcCore proc, Header h, bint is_call)
     cdef _deliver_stored(self, Pending rx, Pending tx)

@@ -14,7 +14,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from capabilities._table cimport Capability, CapTable
+from capabilities._table cimport Capability
 from kernel._core.ring cimport (
     HDR_SIZE, Header, Ring, mk_hdr, mk_load_acquire_u64, mk_yield,
 )
@@ -576,7 +576,7 @@ cdef class Core:
     cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver):
         """Hand the carried capabilities to `receiver`: moves leave the sender's table,
         copies derive new children. All checks come first, so a failure changes nothing."""
-        cdef Capability cap, new
+        cdef Capability cap
         cdef uint64_t slot
         cdef uint32_t kinds = 0
         cdef int i = 0
