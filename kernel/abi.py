@@ -74,7 +74,6 @@ class ObjectKind(enum.IntEnum):
     REPLY = 3
 
 
-KIND_NAMES = {ObjectKind.ENDPOINT: "endpoint", ObjectKind.NOTIFICATION: "notification"}
 
 # Flags of a received message's completion (Header.arg).
 MSG_IS_CALL = 1

@@ -92,7 +92,6 @@ class ProcCore:
         arg: int = 0,
         payload: bytes = b"",
         badge: int = 0,
-        creds: tuple[int, int, int] | None = None,
     ) -> None: ...
 
 @disjoint_base

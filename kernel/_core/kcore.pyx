@@ -332,14 +332,10 @@ cdef class ProcCore:
         return 0
 
     cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=0,
-                   uint64_t arg=0, bytes payload=b"", uint64_t badge=0, tuple creds=None):
+                   uint64_t arg=0, bytes payload=b"", uint64_t badge=0):
         """Post a completion from Python (cold paths, errors)."""
-        cdef ProcCore sender = None
-        if creds is not None:
-            sender = ProcCore.__new__(ProcCore)
-            sender.pid, sender.uid, sender.gid = creds
         self.post(opcode, req_id, status, slot, arg, PyBytes_AS_STRING(payload),
-                  PyBytes_GET_SIZE(payload), badge, sender)
+                  PyBytes_GET_SIZE(payload), badge, None)
 
     @property
     def creds(self):
