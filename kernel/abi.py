@@ -36,6 +36,10 @@ MAX_TRANSFER = 8
 TRANSFER_COPY = 1 << 63
 """In a submitted cap list: send a copy of this slot instead of moving it."""
 
+REPLY_KEPT = 1
+"""In a failed REPLY / REPLY_RECV completion's `arg`: the reply capability is still held
+(the kernel refused before consuming it), so the call can be answered again."""
+
 DEADLINE_FOREVER = -1
 DEADLINE_NOW = 0
 
@@ -72,7 +76,6 @@ class ObjectKind(enum.IntEnum):
     ENDPOINT = 1
     NOTIFICATION = 2
     REPLY = 3
-
 
 
 # Flags of a received message's completion (Header.arg).

@@ -37,6 +37,8 @@ class IPCError(Exception):
     """Base of every error mkipc raises. `status` is the kernel's status code."""
 
     status: Status = Status.INVALID_ARGS
+    reply_kept = False
+    """For a failed reply: the kernel still holds the reply capability (it may be retried)."""
 
     def __init__(self, message: str, status: Status | None = None) -> None:
         super().__init__(message)

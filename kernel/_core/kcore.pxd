@@ -94,6 +94,7 @@ cdef class Core:
     cpdef abandon(self, Pending op, str why)
     cpdef int drain(self, ProcCore proc) except -1
     cdef handle(self, ProcCore proc, Header h)
+    cdef uint64_t _reply_kept(self, ProcCore proc, Header h)
     cdef void _arm(self, Pending op) except *
     cdef Capability _decode_message(self, ProcCore proc, Header h, uint64_t slot, int kind,
                                     uint64_t right)

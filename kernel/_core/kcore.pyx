@@ -76,6 +76,7 @@ cdef uint64_t R_SIGNAL = Rights.SIGNAL
 cdef uint64_t R_WAIT = Rights.WAIT
 cdef uint64_t R_REPLY_DEFAULT = DEFAULT_REPLY_RIGHTS
 cdef uint64_t MAX_PAYLOAD = abi.MAX_PAYLOAD
+cdef uint64_t REPLY_KEPT = abi.REPLY_KEPT
 
 assert (OP_SEND, OP_CALL, OP_RECV, OP_REPLY, OP_REPLY_RECV) == (
     abi.Op.ENDPOINT_SEND, abi.Op.ENDPOINT_CALL, abi.Op.ENDPOINT_RECV, abi.Op.ENDPOINT_REPLY,
@@ -522,11 +523,25 @@ cdef class Core:
                     raise OpError(Status.NOT_SUPPORTED, f"unknown opcode {op}")
                 fn(self, proc, h)
         except OpError as e:
-            proc.complete(op, h.h.req_id, e.status, payload=e.reason.encode())
+            proc.complete(op, h.h.req_id, e.status, arg=self._reply_kept(proc, h),
+                          payload=e.reason.encode())
         except Exception:   # a kernel bug must not take down every process: fail this op
             log.exception("%r: internal error handling %r", proc, h)
-            proc.complete(op, h.h.req_id, ST_INVALID_ARGS,
+            proc.complete(op, h.h.req_id, ST_INVALID_ARGS, arg=self._reply_kept(proc, h),
                           payload=b"internal kernel error (logged by the kernel)")
+
+    cdef uint64_t _reply_kept(self, ProcCore proc, Header h):
+        """For a failed reply: REPLY_KEPT if its reply capability is still in the table
+        (the refusal came before consuming it), so the client can let it be retried."""
+        cdef int op = h.h.opcode
+        cdef Capability cap
+        if op != OP_REPLY and op != OP_REPLY_RECV:
+            return 0
+        try:
+            cap = proc.caps.find(h.h.slot if op == OP_REPLY else h.h.arg)
+        except SlotError:
+            return 0
+        return REPLY_KEPT if (<KernelObject>cap.obj).kind == KIND_REPLY else 0
 
     # -------------------------------------------------------------- endpoints
 

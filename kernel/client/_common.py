@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from capabilities import Rights
 
 from .. import abi
-from ..errors import CallTimeoutError, InvalidCapabilityError, IPCError, Status
+from ..errors import CallTimeoutError, InvalidCapabilityError, IPCError
 from ._conn import Completion, Connection
 
 
@@ -68,23 +68,6 @@ def badge_payload(badge: int) -> bytes:
     return badge.to_bytes(8, "little")
 
 
-# Statuses with which the kernel refuses a reply *before* consuming the reply capability
-# (checks of the data and the capabilities it carries, room in the caller's table): the
-# message can be answered again. NO_RESOURCES from reply_recv may also come from its
-# receive half, after the reply went out; keeping the slot then costs a clear "was used"
-# error on a retry, while dropping a live one would leave the caller waiting forever.
-REPLY_KEPT = frozenset(
-    {
-        int(Status.ACCESS_DENIED),
-        int(Status.INVALID_ARGS),
-        int(Status.BAD_SLOT),
-        int(Status.WRONG_TYPE),
-        int(Status.TOO_LARGE),
-        int(Status.NO_RESOURCES),
-    }
-)
-
-
 class MessageBase:
     """A received message or a reply. `data` is bytes; `badge` and `sender` come from
     the kernel, never from the sender's own claims; `caps` are the capabilities it
@@ -128,12 +111,12 @@ class MessageBase:
         return self._k._wrap(abi.ObjectKind.REPLY, self._take_reply_slot())
 
     def _give_back_reply_slot(self, slot: int, error: IPCError) -> None:
-        """After a failed reply: keep the one-shot slot if the kernel refused the reply
-        before consuming the capability (REPLY_KEPT), so the call can be answered.
+        """After a failed reply: keep the one-shot slot if the kernel says it still holds
+        the reply capability (it refused before consuming it), so the call can be answered.
 
         (Callers use a plain try/except: a contextlib manager costs ~1 µs, and this is
         on a server's per-message path.)"""
-        if error.status in REPLY_KEPT:
+        if error.reply_kept:
             self._reply_slot = slot
 
     def _take_reply_slot(self) -> int:

@@ -56,7 +56,9 @@ def failure(c: Completion, cap: Any, verb: str) -> IPCError:
     Callers test `c.status` themselves (0 is OK): an int test on the hot path, and
     the operation's name is only formatted when something failed.
     """
-    return error_for(c.status, cap._what(verb) if cap is not None else verb, c.reason())
+    err = error_for(c.status, cap._what(verb) if cap is not None else verb, c.reason())
+    err.reply_kept = bool(c.arg & abi.REPLY_KEPT)  # the kernel's word, for replies only
+    return err
 
 
 class Connection:
