@@ -54,6 +54,11 @@ MECHANISM_MODULES: list[str] = [
     "kernel.bench.mechanisms.os_mp_queue",
     "kernel.bench.mechanisms.os_posix_mq",
     "kernel.bench.mechanisms.os_sysv_mq",
+    # what users would pick instead: optional packages (the [bench] extra), skipped if missing
+    "kernel.bench.mechanisms.lib_zmq",
+    "kernel.bench.mechanisms.lib_pyro5",
+    "kernel.bench.mechanisms.lib_grpc",
+    "kernel.bench.mechanisms.lib_iceoryx2",
     "kernel.bench.mechanisms.mkipc_call",
 ]
 
