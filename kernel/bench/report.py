@@ -22,6 +22,12 @@ from typing import Any
 
 from kernel.bench.runner import BenchResult, Cell
 from kernel.bench.stats import median_of_runs, ratio_table
+from kernel.bench.throughput import (
+    ThroughputRow,
+    baseline_for,
+    format_throughput,
+    throughput_rows,
+)
 
 __all__ = [
     "DEFAULT_BASELINE",
@@ -62,17 +68,25 @@ class Row:
 
 
 def rows(result: BenchResult, baseline: str = DEFAULT_BASELINE) -> list[Row]:
-    """Reduce every cell of ``result`` to a Row, in the result's order."""
+    """Reduce every latency cell of ``result`` to a Row, in the result's order.
+
+    Throughput cells (batch > 1) are reduced by kernel.bench.throughput instead.
+    """
     ratios = _run_ratios(result, baseline)
     return [
-        _row(cell, ratios.get((cell.mechanism, cell.payload_size), [])) for cell in result.cells
+        _row(cell, ratios.get((cell.mechanism, cell.payload_size), []))
+        for cell in _latency_cells(result)
     ]
+
+
+def _latency_cells(result: BenchResult) -> list[Cell]:
+    return [cell for cell in result.cells if cell.batch == 1]
 
 
 def _run_ratios(result: BenchResult, baseline: str) -> dict[tuple[str, int], list[float]]:
     """Per (mechanism, payload): p50 / baseline p50 for every run index both have."""
     per_run: dict[tuple[int, int], dict[str, float]] = {}  # (payload, run index) -> name -> p50
-    for cell in result.cells:
+    for cell in _latency_cells(result):
         for run in cell.runs:
             if len(run.samples):
                 key = (cell.payload_size, run.index)
@@ -125,7 +139,9 @@ def format_table(result: BenchResult, baseline: str = DEFAULT_BASELINE) -> str:
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = [_join(line, widths) for line in table]
     lines.insert(1, _join(["-" * w for w in widths], widths))
-    return "\n".join([*lines, *_footer(result, reduced)])
+    oneway = baseline_for(baseline)
+    tp = format_throughput(throughput_rows(result, oneway), oneway)
+    return "\n".join([*lines, *_notes(reduced), *([""] + tp if tp else []), *_footer(result)])
 
 
 def _header(baseline: str) -> list[str]:
@@ -167,10 +183,13 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def _footer(result: BenchResult, reduced: list[Row]) -> Iterator[str]:
+def _notes(reduced: list[Row]) -> Iterator[str]:
     for row in reduced:
         if row.note:
             yield f"  {row.mechanism} ({row.payload_size} B): {row.note}"
+
+
+def _footer(result: BenchResult) -> Iterator[str]:
     cfg, env = result.config, result.environment
     yield (
         f"{cfg.runs} runs x {cfg.roundtrips} round trips (interleaved), warm-up {cfg.warmup}; "
@@ -198,6 +217,8 @@ def result_to_dict(result: BenchResult, baseline: str = DEFAULT_BASELINE) -> dic
         "stop_reason": result.stop_reason,
         "elapsed_s": result.elapsed_s,
         "rows": [asdict(row) for row in rows(result, baseline)],
+        "throughput_baseline": baseline_for(baseline),
+        "throughput": [asdict(row) for row in throughput_rows(result, baseline_for(baseline))],
         "runs": [_cell_runs(cell) for cell in result.cells],
     }
 
@@ -206,6 +227,7 @@ def _cell_runs(cell: Cell) -> dict[str, Any]:
     return {
         "mechanism": cell.mechanism,
         "payload_size": cell.payload_size,
+        "batch": cell.batch,
         "note": cell.note,
         "runs": [
             {
@@ -227,7 +249,8 @@ def write_json(result: BenchResult, out_dir: Path, baseline: str = DEFAULT_BASEL
 
 
 def write_csv(result: BenchResult, out_dir: Path, baseline: str = DEFAULT_BASELINE) -> list[Path]:
-    """summary.csv (one line per row) and samples.csv (every round trip, in ns)."""
+    """summary.csv (one line per latency row), throughput.csv (one per throughput row) and
+    samples.csv (every timed operation in ns: a round trip, or a burst of ``messages``)."""
     summary, samples = out_dir / "summary.csv", out_dir / "samples.csv"
     fields = list(Row.__dataclass_fields__)
     with summary.open("w", newline="", encoding="utf-8") as file:
@@ -236,12 +259,25 @@ def write_csv(result: BenchResult, out_dir: Path, baseline: str = DEFAULT_BASELI
         writer.writerows(asdict(row) for row in rows(result, baseline))
     with samples.open("w", newline="", encoding="utf-8") as file:
         writer_raw = csv.writer(file)
-        writer_raw.writerow(["mechanism", "payload_size", "run", "seq", "latency_ns"])
+        writer_raw.writerow(["mechanism", "payload_size", "run", "seq", "latency_ns", "messages"])
         for cell in result.cells:
             for run in cell.runs:
                 for seq, ns in enumerate(run.samples.values()):
-                    writer_raw.writerow([cell.mechanism, cell.payload_size, run.index, seq, ns])
-    return [summary, samples]
+                    row = [cell.mechanism, cell.payload_size, run.index, seq, ns, cell.batch]
+                    writer_raw.writerow(row)
+    return [summary, samples, *_write_throughput_csv(result, out_dir, baseline)]
+
+
+def _write_throughput_csv(result: BenchResult, out_dir: Path, baseline: str) -> list[Path]:
+    table = throughput_rows(result, baseline_for(baseline))
+    if not table:
+        return []
+    path = out_dir / "throughput.csv"
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(ThroughputRow.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in table)
+    return [path]
 
 
 def write_plots(result: BenchResult, out_dir: Path, baseline: str = DEFAULT_BASELINE) -> list[Path]:
@@ -250,17 +286,20 @@ def write_plots(result: BenchResult, out_dir: Path, baseline: str = DEFAULT_BASE
         figure = importlib.import_module("matplotlib.figure")
     except ImportError:
         return []
-    sizes = sorted({cell.payload_size for cell in result.cells})
+    sizes = sorted({cell.payload_size for cell in _latency_cells(result)})
     paths = [_plot_cdf(figure, result, size, out_dir / f"cdf_{size}B.png") for size in sizes]
     if len(sizes) > 1:
         paths.append(_plot_vs_payload(figure, rows(result, baseline), out_dir))
+    oneway = throughput_rows(result, baseline_for(baseline))
+    if len({row.payload_size for row in oneway}) > 1:
+        paths.append(_plot_throughput_vs_payload(figure, oneway, out_dir))
     return paths
 
 
 def _plot_cdf(figure: Any, result: BenchResult, size: int, path: Path) -> Path:
     fig = figure.Figure(figsize=(8, 5))
     ax = fig.subplots()
-    drawn = [cell for cell in result.cells if cell.payload_size == size and cell.count]
+    drawn = [cell for cell in _latency_cells(result) if cell.payload_size == size and cell.count]
     for index, cell in enumerate(drawn):
         values = [ns / 1e3 for ns in cell.merged().sorted_values()]
         fractions = [(i + 1) / len(values) for i in range(len(values))]
@@ -286,6 +325,22 @@ def _plot_vs_payload(figure: Any, table: list[Row], out_dir: Path) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="payload (bytes)", ylabel="p50 round trip (us)")
     ax.set_title("Median latency vs payload size")
     path = out_dir / "latency_vs_payload.png"
+    _finish(fig, ax, path)
+    return path
+
+
+def _plot_throughput_vs_payload(figure: Any, table: list[ThroughputRow], out_dir: Path) -> Path:
+    fig = figure.Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    for index, name in enumerate(dict.fromkeys(row.mechanism for row in table)):
+        points = [(r.payload_size, r.msgs_per_s) for r in table if r.mechanism == name]
+        drawn = [(x, y) for x, y in points if y is not None]
+        if drawn:
+            xs, ys = zip(*drawn, strict=True)
+            ax.plot(xs, ys, marker="o", label=name, linestyle=_line_style(index))
+    ax.set(xscale="log", yscale="log", xlabel="payload (bytes)", ylabel="messages per second")
+    ax.set_title("One-way throughput vs payload size")
+    path = out_dir / "throughput_vs_payload.png"
     _finish(fig, ax, path)
     return path
 

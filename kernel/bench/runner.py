@@ -45,6 +45,7 @@ Placement = Literal["unpinned", "same-core", "cross-core"]
 PLACEMENTS: tuple[str, ...] = get_args(Placement)
 ProgressFn = Callable[[str], None]
 
+_MIN_BURSTS = 10  # a throughput run times at least this many bursts
 _PEER_LIFETIME_MARGIN_S = 120.0  # peers outlive the time bound by this much, then end themselves
 _ENV_PACKAGES = ("mkipc", "msgspec", "uvloop", "pyzmq", "posix_ipc", "sysv_ipc", "matplotlib")
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +94,7 @@ class Cell:
     payload_size: int
     runs: list[RunRecord] = field(default_factory=list)
     note: str | None = None  # why the cell has no data or less than asked for
+    batch: int = 1  # messages per sample: >1 is a one-way throughput row (Mechanism.batch)
 
     @property
     def count(self) -> int:
@@ -176,7 +178,7 @@ class _Session:
         self._op_estimate_s: dict[str, float] = {}  # warm-up time per round trip
 
     def run_payload(self, mechanisms: Sequence[Mechanism], size: int) -> None:
-        cells = {m.name: Cell(m.name, size) for m in mechanisms}
+        cells = {m.name: Cell(m.name, size, batch=m.batch) for m in mechanisms}
         self.cells.extend(cells.values())
         if self._out_of_time():
             for cell in cells.values():
@@ -215,6 +217,7 @@ class _Session:
         mechanism.peer_lifetime_s = self.config.max_seconds + _PEER_LIFETIME_MARGIN_S
         try:
             mechanism.setup(cell.payload_size)
+            cell.batch = mechanism.batch
             self._warm_up(mechanism)
         except Exception as exc:  # any failure of one mechanism must not end the benchmark
             cell.note = f"skipped: setup failed: {exc!r}"
@@ -228,7 +231,8 @@ class _Session:
         budget = 3 * self.config.stall_seconds  # includes the peer's interpreter start
         with _Watchdog(budget, mechanism.abort, f"{mechanism.name}: warm-up"):
             start = time.perf_counter_ns()
-            samples = _time_roundtrips(mechanism.roundtrip, self.config.warmup, self.deadline_ns)
+            count = _operations(mechanism, self.config.warmup)
+            samples = _time_roundtrips(mechanism.roundtrip, count, self.deadline_ns)
             elapsed_s = (time.perf_counter_ns() - start) / 1e9
         self._op_estimate_s[mechanism.name] = elapsed_s / max(1, len(samples))
         self.pinning.apply(mechanism.peer_pids())  # threads the peers started while warming up
@@ -244,17 +248,18 @@ class _Session:
 
     def _measure(self, mechanism: Mechanism, index: int) -> RunRecord:
         pids = mechanism.peer_pids()
-        count, label = self.config.roundtrips, f"{mechanism.name}: run {index + 1}"
-        with _Watchdog(self._run_budget_s(mechanism.name), mechanism.abort, label):
+        count = _operations(mechanism, self.config.roundtrips)
+        label = f"{mechanism.name}: run {index + 1}"
+        with _Watchdog(self._run_budget_s(mechanism.name, count), mechanism.abort, label):
             peers0, cpu0, wall0 = peers_cpu_ns(pids), time.process_time_ns(), time.perf_counter_ns()
             samples = _time_roundtrips(mechanism.roundtrip, count, self.deadline_ns)
             wall1, cpu1, peers1 = time.perf_counter_ns(), time.process_time_ns(), peers_cpu_ns(pids)
         peers = None if peers0 is None or peers1 is None else peers1 - peers0
         return RunRecord(index, LatencySamples(samples), wall1 - wall0, cpu1 - cpu0, peers)
 
-    def _run_budget_s(self, name: str) -> float:
-        """How long a run may take before the watchdog calls it stalled."""
-        expected_s = self._op_estimate_s.get(name, 0.0) * self.config.roundtrips
+    def _run_budget_s(self, name: str, count: int) -> float:
+        """How long a run of ``count`` operations may take before the watchdog calls it stalled."""
+        expected_s = self._op_estimate_s.get(name, 0.0) * count
         left_s = max(0.0, (self.deadline_ns - time.perf_counter_ns()) / 1e9)
         return self.config.stall_seconds + min(10 * expected_s, left_s)
 
@@ -266,6 +271,14 @@ class _Session:
     def _report(self, what: str) -> None:
         elapsed_s = (time.perf_counter_ns() - self.started_ns) / 1e9
         self.progress(f"[{elapsed_s:6.1f}/{self.config.max_seconds:g} s] {what}")
+
+
+def _operations(mechanism: Mechanism, roundtrips: int) -> int:
+    """Timed operations for ``roundtrips``: a throughput row sends about as many messages as a
+    latency row makes round trips, so both take similar time; at least 10 bursts per run."""
+    if mechanism.batch <= 1 or roundtrips == 0:
+        return roundtrips
+    return max(_MIN_BURSTS, roundtrips // mechanism.batch)
 
 
 def _time_roundtrips(roundtrip: Callable[[], None], count: int, deadline_ns: int) -> array[int]:

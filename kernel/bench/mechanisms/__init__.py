@@ -60,6 +60,9 @@ MECHANISM_MODULES: list[str] = [
     "kernel.bench.mechanisms.lib_grpc",
     "kernel.bench.mechanisms.lib_iceoryx2",
     "kernel.bench.mechanisms.mkipc_call",
+    # one-way throughput rows (Mechanism.batch > 1)
+    "kernel.bench.mechanisms.oneway_os",
+    "kernel.bench.mechanisms.mkipc_send",
 ]
 
 _PEER_STOP_GRACE_S = 2.0  # how long teardown waits for a peer to exit before SIGKILL
@@ -84,6 +87,10 @@ class Mechanism(abc.ABC):
     # Peers exit by themselves after this long even if nobody stops them; the runner raises it to
     # cover its own time bound before calling setup().
     peer_lifetime_s: float = 900.0
+    # Messages per timed operation. 1: roundtrip() is one ping and its echo (a latency row).
+    # More: roundtrip() sends a pipelined burst of this many one-way messages and returns once
+    # the receiver has confirmed their count (a throughput row). setup() may change it.
+    batch: int = 1
 
     def unavailable(self) -> str | None:
         """Why this mechanism cannot run on this machine (missing package, OS), or None."""

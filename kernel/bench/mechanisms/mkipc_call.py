@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kernel
@@ -79,7 +80,7 @@ class _MkipcMechanism(Mechanism):
         argv = [
             sys.executable,
             "-m",
-            __name__,
+            type(self).__module__,  # the module whose __main__ knows peer_role
             self.peer_role,
             str(os.getpid()),
             str(self.peer_lifetime_s),
@@ -197,15 +198,16 @@ def _notify(k: kernel.Kernel) -> None:
         pong.signal(1)
 
 
-def _peer_main(argv: list[str]) -> None:
+def serve_role(argv: list[str], roles: dict[str, Callable[[kernel.Kernel], None]]) -> None:
+    """A spawned peer's main: ``<role> <parent pid> <lifetime s>``; runs ``roles[role]``."""
     role, parent, lifetime = argv[0], int(argv[1]), float(argv[2])
     bound_peer_life(parent, lifetime)
     try:
         with kernel.connect(autostart=False) as k:
-            {"echo": _echo, "echo_caps": _echo_caps, "notify": _notify}[role](k)
+            roles[role](k)
     except kernel.PeerClosedError:
         pass  # the benchmark tore the kernel down: done
 
 
 if __name__ == "__main__":
-    _peer_main(sys.argv[1:])
+    serve_role(sys.argv[1:], {"echo": _echo, "echo_caps": _echo_caps, "notify": _notify})
