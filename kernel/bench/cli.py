@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO, TypeVar
@@ -22,6 +23,8 @@ __all__ = ["main"]
 _FULL = (5, 10_000, 1_000, 600.0)
 _QUICK = (3, 5_000, 500, 60.0)
 _SIZE_SUFFIXES = {"k": 1024, "m": 1024 * 1024}
+# `--payload sweep`: 64 B to 1 MiB; 256 KiB is mkipc's MAX_PAYLOAD, so its rows skip 1 MiB.
+PAYLOAD_SWEEP = (64, 1024, 16 * 1024, 256 * 1024, 1024 * 1024)
 T = TypeVar("T", int, float)
 
 
@@ -56,10 +59,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     progress.done()
     print(format_table(result, args.baseline))
-    if args.out is not None:
-        paths = write_outputs(result, args.out, args.baseline)
+    paths = [] if args.out is None else write_outputs(result, args.out, args.baseline)
+    if args.clients:
+        paths += _clients_sweep(args.clients, config, args.out)
+    if paths:
         print(f"wrote {', '.join(str(path) for path in paths)}", file=sys.stderr)
     return 0
+
+
+def _clients_sweep(counts: tuple[int, ...], config: BenchConfig, out: Path | None) -> list[Path]:
+    """The concurrent-clients sweep at the first payload size, after the main run."""
+    from kernel.bench.clients import SERVICES, run_clients_sweep
+    from kernel.bench.clients_report import format_clients, write_clients
+
+    print(
+        f"clients sweep {', '.join(map(str, counts))}: starting client processes", file=sys.stderr
+    )
+    with tempfile.TemporaryDirectory(prefix="mkb-clients-") as workdir:
+        points = run_clients_sweep(
+            list(SERVICES), counts, config.payload_sizes[0], config.roundtrips, Path(workdir)
+        )
+    print()
+    print(format_clients(points))
+    return [] if out is None else write_clients(points, out)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +95,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_sizes,
         default=(64,),
         metavar="SIZES",
-        help="comma-separated payload sizes in bytes, k/m suffixes allowed (default: 64)",
+        help="comma-separated payload sizes in bytes, k/m suffixes allowed, or `sweep` "
+        "for 64,1k,16k,256k,1m (default: 64)",
+    )
+    add(
+        "--clients",
+        type=_counts,
+        metavar="COUNTS",
+        help="also sweep concurrent client processes on one server, e.g. 1,4,32 or `sweep` "
+        "for 1,2,4,8,16,32 (at most 32); calls per point = --roundtrips",
     )
     add(
         "--runs", type=int, help=f"timed runs per mechanism (default {_FULL[0]}, quick {_QUICK[0]})"
@@ -112,11 +142,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    """``"64,4k,1m"`` -> (64, 4096, 1048576)."""
+    """``"64,4k,1m"`` -> (64, 4096, 1048576); ``"sweep"`` -> PAYLOAD_SWEEP."""
+    if text.strip().lower() == "sweep":
+        return PAYLOAD_SWEEP
     try:
         return tuple(_size(part.strip().lower()) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of sizes: {text!r}") from None
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """``"1,4,32"`` -> (1, 4, 32); ``"sweep"`` -> 1, 2, 4 … 32."""
+    from kernel.bench.clients import CLIENT_COUNTS, MAX_CLIENTS
+
+    if text.strip().lower() == "sweep":
+        return CLIENT_COUNTS
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of client counts: {text!r}") from None
+    if not counts or not all(1 <= n <= MAX_CLIENTS for n in counts):
+        raise argparse.ArgumentTypeError(f"client counts must be within 1..{MAX_CLIENTS}")
+    return counts
 
 
 def _size(text: str) -> int:
