@@ -47,7 +47,10 @@ ProgressFn = Callable[[str], None]
 
 _MIN_BURSTS = 10  # a throughput run times at least this many bursts
 _PEER_LIFETIME_MARGIN_S = 120.0  # peers outlive the time bound by this much, then end themselves
-_ENV_PACKAGES = ("mkipc", "msgspec", "uvloop", "pyzmq", "posix_ipc", "sysv_ipc", "matplotlib")
+_ENV_PACKAGES = (
+    "mkipc", "msgspec", "uvloop", "posix_ipc", "sysv_ipc", "matplotlib",
+    "pyzmq", "Pyro5", "serpent", "grpcio", "iceoryx2",
+)  # fmt: skip
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
