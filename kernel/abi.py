@@ -70,6 +70,7 @@ class Op(enum.IntEnum):
     INHERIT_CREATE = 40
     PROCESS_WAIT = 41
     CANCEL = 42
+    CALLER_MONITOR = 43
 
 
 class ObjectKind(enum.IntEnum):
@@ -80,6 +81,13 @@ class ObjectKind(enum.IntEnum):
 
 # Flags of a received message's completion (Header.arg).
 MSG_IS_CALL = 1
+MSG_FROM_KERNEL = 2
+"""The kernel itself sent the message (e.g. a CALLER_MONITOR exit notice); its
+sender pid is 0. Only the kernel writes `arg`, so no process can forge this."""
+
+NAMES_SLOT = 0x10001
+"""The well-known slot of every process's capability to the name server (DESIGN §2):
+the first capability the kernel puts in a new table. 0 in Welcome: no name server."""
 
 
 class InheritedCap(msgspec.Struct, frozen=True):
@@ -137,6 +145,7 @@ class Welcome(msgspec.Struct, tag=True):
     cq_size: int
     max_payload: int
     inherited: dict[str, InheritedCap] = {}
+    names_slot: int = 0
 
 
 class Refused(msgspec.Struct, tag=True):

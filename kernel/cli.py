@@ -31,6 +31,16 @@ def main(argv: list[str] | None = None) -> int:
         default=500.0,
         help="how long the kernel polls the rings after the last work (µs)",
     )
+    k.add_argument(
+        "--socket-mode",
+        type=_octal_mode,
+        default=0o600,
+        metavar="MODE",
+        help="permission of the socket, e.g. 0666 to let every uid connect (default 0600)",
+    )
+    k.add_argument(
+        "--no-names", action="store_true", help="do not start the name server (services/names)"
+    )
     k.add_argument("--log-level", default="INFO")
 
     sub.add_parser("demo", help="start or reuse a kernel, call an echo server, show latency")
@@ -52,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     return demo.main()
 
 
+def _octal_mode(text: str) -> int:
+    mode = int(text, 8)
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text} is not a permission mode (000..777)")
+    return mode
+
+
 def _kernel(args: argparse.Namespace) -> int:
     from .client._launch import default_socket_path
     from .daemon.main import run
@@ -63,7 +80,13 @@ def _kernel(args: argparse.Namespace) -> int:
     )
     path = os.path.abspath(args.socket or default_socket_path())
     try:
-        run(path, idle_exit=args.idle_exit, spin_us=args.spin_us)
+        run(
+            path,
+            idle_exit=args.idle_exit,
+            spin_us=args.spin_us,
+            names=not args.no_names,
+            socket_mode=args.socket_mode,
+        )
     except RuntimeError as e:
         print(f"mkipc kernel: {e}", file=sys.stderr)
         return 1

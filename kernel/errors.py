@@ -21,8 +21,10 @@ class Status(enum.IntEnum):
     TIMED_OUT = -20
     PEER_CLOSED = -22  # -21 is reserved (was never used; keep the gap)
     CALLER_GONE = -23
+    NOT_FOUND = -24
     CANCELLED = -25
     SHUTDOWN = -26
+    ALREADY_EXISTS = -27
     # permission
     ACCESS_DENIED = -30
     # resources
@@ -74,6 +76,18 @@ class CancelledCallError(IPCError):
     status = Status.CANCELLED
 
 
+class NotFoundError(IPCError, LookupError):
+    """No such name (the name server's lookup with timeout=0, unregister)."""
+
+    status = Status.NOT_FOUND
+
+
+class AlreadyExistsError(IPCError, FileExistsError):
+    """The name is taken (register without replace=True)."""
+
+    status = Status.ALREADY_EXISTS
+
+
 class AccessDeniedError(IPCError, PermissionError):
     status = Status.ACCESS_DENIED
 
@@ -93,6 +107,8 @@ _BY_STATUS: dict[Status, type[IPCError]] = {
     Status.CALLER_GONE: PeerClosedError,
     Status.SHUTDOWN: PeerClosedError,
     Status.CANCELLED: CancelledCallError,
+    Status.NOT_FOUND: NotFoundError,
+    Status.ALREADY_EXISTS: AlreadyExistsError,
     Status.ACCESS_DENIED: AccessDeniedError,
     Status.NO_RESOURCES: ResourceLimitError,
 }

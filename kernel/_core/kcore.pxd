@@ -104,6 +104,7 @@ cdef class Core:
     cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver)
     cdef _send(self, ProcCore proc, Header h, bint is_call)
     cdef _deliver_stored(self, Pending rx, Pending tx)
+    cpdef kernel_send(self, Endpoint ep, uint64_t badge, bytes payload)
     cdef _recv(self, ProcCore proc, Header h, Capability cap)
     cdef Capability _decode_reply(self, ProcCore proc, Header h, uint64_t reply_slot)
     cdef _reply(self, ProcCore proc, Header h, Capability cap)

@@ -8,6 +8,7 @@ does not know go to Python handlers registered in `Core.cold`.
 """
 
 import logging
+import os
 from collections import deque
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -45,6 +46,7 @@ cdef enum:
     KIND_NOTIFICATION = 2
     KIND_REPLY = 3
     MSG_IS_CALL = 1
+    MSG_FROM_KERNEL = 2
     WAITING = 0
     AWAIT_REPLY = 1
     DONE = 2
@@ -84,7 +86,7 @@ assert (OP_SEND, OP_CALL, OP_RECV, OP_REPLY, OP_REPLY_RECV) == (
 assert (OP_SIGNAL, OP_WAIT, OP_POLL) == (
     abi.Op.NOTIFICATION_SIGNAL, abi.Op.NOTIFICATION_WAIT, abi.Op.NOTIFICATION_POLL)
 assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY) == tuple(abi.ObjectKind)
-assert MSG_IS_CALL == abi.MSG_IS_CALL
+assert (MSG_IS_CALL, MSG_FROM_KERNEL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL)
 assert OP_CANCEL == abi.Op.CANCEL
 assert all(getattr(Status, n[3:]) == v for n, v in (
     ("ST_OK", ST_OK), ("ST_INVALID_ARGS", ST_INVALID_ARGS), ("ST_BAD_SLOT", ST_BAD_SLOT),
@@ -317,6 +319,7 @@ cdef class ProcCore:
         h.badge = badge
         if sender is not None:
             h.pid, h.uid, h.gid = sender.pid, sender.uid, sender.gid
+            h.deadline = sender.ident   # completions carry the sender's connection id here
         h.ncaps = <uint16_t>ncaps
         h.flags = kinds
         for i in range(ncaps):
@@ -329,7 +332,8 @@ cdef class ProcCore:
             return 0
         self.overflow.append((opcode, req_id, status, slot, arg,
                               PyBytes_FromStringAndSize(payload, n),
-                              tuple(slots) if ncaps else (), badge, h.pid, h.uid, h.gid, kinds))
+                              tuple(slots) if ncaps else (), badge, h.pid, h.uid, h.gid, kinds,
+                              h.deadline))
         return 0
 
     cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=0,
@@ -341,6 +345,24 @@ cdef class ProcCore:
     @property
     def creds(self):
         return (self.pid, self.uid, self.gid)
+
+
+cdef ProcCore _new_kernel_sender():
+    """The sender of messages the kernel makes itself: pid 0, never alive, so the
+    completions a send would post back to its sender go nowhere."""
+    cdef ProcCore k = ProcCore.__new__(ProcCore)
+    k.ident, k.pid, k.uid, k.gid = 0, 0, os.getuid(), os.getgid()
+    k.pending = {}
+    k.overflow = deque()
+    k.alive = False
+    return k
+
+
+cdef ProcCore _KERNEL = _new_kernel_sender()
+
+
+cdef inline uint64_t _msg_flags(Pending tx):
+    return (MSG_IS_CALL if tx.is_call else 0) | (MSG_FROM_KERNEL if tx.proc is _KERNEL else 0)
 
 
 cdef int _forward(ProcCore dst, ProcCore src, Header h, uint32_t opcode, uint64_t req_id,
@@ -692,11 +714,11 @@ cdef class Core:
             tx.proc.post(tx.op, tx.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
         rx.finish()
         if moved is None:
-            receiver.post(rx.op, rx.req_id, ST_OK, slot, MSG_IS_CALL if tx.is_call else 0,
+            receiver.post(rx.op, rx.req_id, ST_OK, slot, _msg_flags(tx),
                           PyBytes_AS_STRING(tx.payload), PyBytes_GET_SIZE(tx.payload),
                           tx.badge, tx.proc)
         else:
-            receiver.post_caps(rx.op, rx.req_id, slot, MSG_IS_CALL if tx.is_call else 0,
+            receiver.post_caps(rx.op, rx.req_id, slot, _msg_flags(tx),
                                PyBytes_AS_STRING(tx.payload), PyBytes_GET_SIZE(tx.payload),
                                tx.badge, tx.proc, moved[0], moved[1])
 
@@ -726,6 +748,27 @@ cdef class Core:
             rx.cap = cap
             rx.enqueue(ep.receivers)
             self._arm(rx)
+
+    cpdef kernel_send(self, Endpoint ep, uint64_t badge, bytes payload):
+        """Send a message from the kernel itself on `ep` (e.g. a monitored process
+        exited): the receiver sees MSG_FROM_KERNEL, sender pid 0 and `badge`. It waits
+        for a receiver like any send, without a deadline."""
+        cdef Pending rx = _pop_live(ep.receivers)
+        cdef Pending tx
+        if rx is not None:
+            rx.finish()
+            rx.proc.post(rx.op, rx.req_id, ST_OK, 0, MSG_FROM_KERNEL, PyBytes_AS_STRING(payload),
+                         PyBytes_GET_SIZE(payload), badge, _KERNEL)
+            return
+        tx = Pending.__new__(Pending)
+        tx.proc = _KERNEL
+        tx.op = OP_SEND
+        tx.deadline = -1
+        tx.payload = payload
+        tx.badge = badge
+        tx.phase = WAITING
+        tx.queue = ep.senders   # not in any process's pending table: nobody can cancel it
+        ep.senders.append(tx)
 
     cdef Capability _decode_reply(self, ProcCore proc, Header h, uint64_t reply_slot):
         return self._decode_message(proc, h, reply_slot, KIND_REPLY, R_SEND)

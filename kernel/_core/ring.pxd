@@ -82,6 +82,7 @@ cdef class Completion:
     cdef readonly uint64_t badge
     cdef readonly uint32_t pid, uid, gid
     cdef readonly uint32_t flags
+    cdef readonly uint64_t sender_id   # a message's sending connection (kernel: 0)
     cdef readonly bytes payload
     cdef readonly tuple caps
 

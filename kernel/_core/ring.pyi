@@ -61,6 +61,8 @@ class Completion:  # made only by Ring.take()
     @property
     def flags(self) -> int: ...
     @property
+    def sender_id(self) -> int: ...
+    @property
     def payload(self) -> bytes: ...
     @property
     def caps(self) -> tuple[int, ...]: ...
@@ -106,6 +108,7 @@ class Ring:
         uid: int = ...,
         gid: int = ...,
         flags: int = ...,
+        sender_id: int = ...,
     ) -> bool: ...
     def forward(
         self,

@@ -211,8 +211,11 @@ cdef class Ring:
     def complete(self, uint16_t opcode, uint64_t req_id, int32_t status,
                  uint64_t slot=0, uint64_t arg=0, const unsigned char[::1] payload=None,
                  tuple caps=(), uint64_t badge=0, uint32_t pid=0, uint32_t uid=0,
-                 uint32_t gid=0, uint32_t flags=0):
-        """Write a completion record. Returns False when the ring is full."""
+                 uint32_t gid=0, uint32_t flags=0, uint64_t sender_id=0):
+        """Write a completion record. Returns False when the ring is full.
+
+        A received message's completion carries its sender's connection id in the
+        `deadline` field, which completions do not otherwise use."""
         cdef mk_hdr h
         memset(&h, 0, HDR_SIZE)
         h.opcode = opcode
@@ -225,6 +228,7 @@ cdef class Ring:
         h.uid = uid
         h.gid = gid
         h.flags = flags
+        h.deadline = <int64_t>sender_id
         return self._write_with_caps(&h, caps, payload)
 
     cdef object _write_with_caps(self, mk_hdr *h, tuple caps,
@@ -366,6 +370,7 @@ cdef class Ring:
         c.uid = h.h.uid
         c.gid = h.h.gid
         c.flags = h.h.flags
+        c.sender_id = <uint64_t>h.h.deadline
         c.payload = PyBytes_FromStringAndSize(
             self.data + h.pos + HDR_SIZE + 8 * h.h.ncaps, h.h.payload_len)
         c.caps = self.caps(h) if h.h.ncaps else ()

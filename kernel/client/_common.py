@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from capabilities import Rights
 
 from .. import abi
-from ..errors import CallTimeoutError, InvalidCapabilityError, IPCError
+from ..errors import CallTimeoutError, InvalidCapabilityError, IPCError, Status, error_for
 from ._conn import Completion, Connection
 
 
@@ -24,6 +24,7 @@ class Credentials(NamedTuple):
 
 
 MSG_IS_CALL = int(abi.MSG_IS_CALL)
+MSG_FROM_KERNEL = int(abi.MSG_FROM_KERNEL)
 
 
 class CapInfo(NamedTuple):
@@ -100,6 +101,30 @@ class MessageBase:
         return self._caps
 
     @property
+    def sender_id(self) -> int:
+        """The kernel's id of the sending connection: unique for the kernel's lifetime
+        (a pid can be reused, and one process may hold several connections); 0 for the
+        kernel itself."""
+        return self._c.sender_id
+
+    @property
+    def from_kernel(self) -> bool:
+        """True for a message the kernel sent itself (a monitored caller ended: its
+        `badge` is the one given to `monitor`). No process can forge this."""
+        return bool(self._c.arg & MSG_FROM_KERNEL)
+
+    def _monitor_request(self, endpoint: CapBase, badge: int) -> tuple[int, bytes]:
+        """(reply slot, payload) of a CALLER_MONITOR; the message stays answerable."""
+        if not self._reply_slot:
+            raise InvalidCapabilityError(
+                "monitor: this message was sent, not called, or was already answered"
+            )
+        if getattr(endpoint, "kind", None) != "endpoint":
+            raise TypeError(f"monitor needs an endpoint capability, not {endpoint!r}")
+        badge_payload(badge)  # validates the range
+        return self._reply_slot, endpoint.slot.to_bytes(8, "little")
+
+    @property
     def is_call(self) -> bool:
         """True when the sender waits for a reply (it used call, not send)."""
         return self._reply_slot != 0
@@ -172,6 +197,16 @@ def transfer_slots(caps: Sequence[CapBase | CopyOf]) -> tuple[int, ...]:
         else:
             raise TypeError(f"caps items must be capabilities or cap.as_copy(), not {item!r}")
     return tuple(out)
+
+
+def names_slot(conn: Connection) -> int:
+    """This process's name server slot, or a clear error if the kernel runs without one."""
+    slot = conn.welcome.names_slot
+    if not slot:
+        raise error_for(
+            Status.NOT_SUPPORTED, "names", "this kernel runs without a name server (--no-names)"
+        )
+    return slot
 
 
 def spawn_env(conn: Connection, token: str, env: Mapping[str, str] | None) -> dict[str, str]:

@@ -29,6 +29,7 @@ from ._common import (
     badge_payload,
     cap_info,
     inherit_request,
+    names_slot,
     rights_arg,
     spawn_env,
     transfer_slots,
@@ -39,6 +40,8 @@ Data = bytes | bytearray | memoryview
 
 if TYPE_CHECKING:  # typing_extensions is not a runtime dependency
     from typing_extensions import Self
+
+    from .names import AsyncNames
 
 
 class AsyncKernel:
@@ -51,6 +54,7 @@ class AsyncKernel:
         # req_id -> (future, slot of the capability the op used)
         self._futures: dict[int, tuple[asyncio.Future[Completion], int]] = {}
         self.inherited: dict[str, AsyncEndpointCap | AsyncNotificationCap] = {}
+        self._names: AsyncNames | None = None
 
     async def __aenter__(self) -> AsyncKernel:
         await self.open()
@@ -81,6 +85,15 @@ class AsyncKernel:
     @property
     def socket_path(self) -> str:
         return self._open().path
+
+    @property
+    def names(self) -> AsyncNames:
+        """The name server (DESIGN §6): `await k.names.lookup(...)` and so on."""
+        if self._names is None:
+            from .names import AsyncNames
+
+            self._names = AsyncNames(self, names_slot(self._open()))
+        return self._names
 
     def close(self) -> None:
         """Disconnect; pending operations fail with PeerClosedError."""
@@ -222,6 +235,13 @@ class AsyncMessage(MessageBase):
         except IPCError as e:
             self._give_back_reply_slot(slot, e)
             raise
+
+    async def monitor(self, endpoint: AsyncEndpointCap, badge: int) -> None:
+        """When the caller's process ends, the kernel sends a message with `badge`
+        on `endpoint`; see the blocking face's Message.monitor."""
+        slot, payload = self._monitor_request(endpoint, badge)
+        cap = AsyncReplyCap(self._k, slot)
+        await self._k._roundtrip(Op.CALLER_MONITOR, cap, "monitor", arg=badge, payload=payload)
 
 
 class AsyncReplyCap(CapBase):

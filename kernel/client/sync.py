@@ -23,6 +23,7 @@ from ._common import (
     badge_payload,
     cap_info,
     inherit_request,
+    names_slot,
     rights_arg,
     spawn_env,
     transfer_slots,
@@ -33,6 +34,8 @@ Data = bytes | bytearray | memoryview
 
 if TYPE_CHECKING:  # typing_extensions is not a runtime dependency
     from typing_extensions import Self
+
+    from .names import Names
 
 
 class Kernel:
@@ -45,10 +48,20 @@ class Kernel:
         self.inherited: dict[str, EndpointCap | NotificationCap] = {
             name: _CAP_TYPES[ic.kind](self, ic.slot) for name, ic in w.inherited.items()
         }
+        self._names: Names | None = None
 
     @property
     def socket_path(self) -> str:
         return self._conn.path
+
+    @property
+    def names(self) -> Names:
+        """The name server (DESIGN §6): register, lookup, unregister, list, watch."""
+        if self._names is None:
+            from .names import Names
+
+            self._names = Names(self, names_slot(self._conn))
+        return self._names
 
     def __enter__(self) -> Kernel:
         return self
@@ -143,6 +156,19 @@ class Message(MessageBase):
         except IPCError as e:
             self._give_back_reply_slot(slot, e)
             raise
+
+    def monitor(self, endpoint: EndpointCap, badge: int) -> None:
+        """When the process that made this call ends, the kernel sends a message on
+        `endpoint` carrying `badge` (`msg.from_kernel` is True, sender pid 0).
+
+        Call it before replying: holding the reply capability is the authority to
+        watch the caller. Raises PeerClosedError if the caller is already gone.
+        Rights: SEND on `endpoint`.
+        """
+        slot, payload = self._monitor_request(endpoint, badge)
+        self._k._roundtrip(
+            Op.CALLER_MONITOR, ReplyCap(self._k, slot), "monitor", arg=badge, payload=payload
+        )
 
 
 class ReplyCap(CapBase):

@@ -46,8 +46,12 @@ def send_frame(sock: socket.socket, msg: abi.Handshake, fds: list[int] = ()) -> 
     sock.sendmsg([abi.encode_frame(msg)], ancillary)
 
 
-def make_listener(path: str) -> socket.socket:
-    """Bind the kernel socket; refuse to steal a socket another live kernel serves."""
+def make_listener(path: str, mode: int = 0o600) -> socket.socket:
+    """Bind the kernel socket; refuse to steal a socket another live kernel serves.
+
+    `mode` is the socket file's permission: 0o600 (the default) keeps the kernel to
+    its user; 0o666 lets every uid connect (issue #4: several users on one kernel).
+    """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if os.path.exists(path):
@@ -60,9 +64,10 @@ def make_listener(path: str) -> socket.socket:
     # a client that sees the path must never get ECONNREFUSED.
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     staging = f"{path}.{os.getpid()}.tmp"
-    old = os.umask(0o077)  # the socket is private to its user until issue #4's --socket-mode
+    old = os.umask(0o077)  # private from bind() until chmod, so there is no wider window
     try:
         sock.bind(staging)
+        os.chmod(staging, mode)
         sock.listen(128)
         os.rename(staging, path)
     except BaseException:

@@ -27,7 +27,7 @@ from .._core.kcore import KIND_NAMES
 from .._core.ring import Header
 from ..abi import Op
 from ..errors import Status
-from .objects import Endpoint, Notification, OpError
+from .objects import Endpoint, Notification, OpError, Reply
 from .pending import Pending
 from .process import Proc
 from .state import Bundle, KernelState
@@ -131,6 +131,26 @@ def _cancel(k: KernelState, proc: Proc, h: Header) -> None:
         proc.complete(op.op, op.req_id, Status.CANCELLED, payload=b"cancelled by the caller")
 
 
+def _caller_monitor(k: KernelState, proc: Proc, h: Header) -> None:
+    """Watch the process that waits on the reply capability in `slot`: when it ends,
+    the kernel sends a message with badge `arg` on the endpoint whose slot is the
+    8-byte payload (SEND needed). Holding the reply capability is the authority:
+    a server can watch only processes that called it."""
+    reply = k.lookup(proc, h.slot, abi.ObjectKind.REPLY, Rights.SEND).obj
+    assert isinstance(reply, Reply)
+    raw = proc.sq.payload(h)
+    if len(raw) != 8:
+        raise OpError(Status.INVALID_ARGS, "monitor: the endpoint slot must be 8 bytes")
+    ep = k.lookup(proc, int.from_bytes(raw, "little"), abi.ObjectKind.ENDPOINT, Rights.SEND)
+    caller = reply.caller
+    if caller is None:
+        raise OpError(Status.CALLER_GONE, f"monitor: the caller is gone: {reply.gone_reason}")
+    assert isinstance(caller.proc, Proc)
+    assert isinstance(ep.obj, Endpoint)
+    k.monitor(caller.proc, ep.obj, h.arg)
+    proc.complete(h.opcode, h.req_id, Status.OK)
+
+
 # ------------------------------------------------------------------ spawning
 
 
@@ -191,6 +211,7 @@ COLD_HANDLERS: dict[int, Handler] = {
     Op.CANCEL: _cancel,
     Op.INHERIT_CREATE: _inherit_create,
     Op.PROCESS_WAIT: _process_wait,
+    Op.CALLER_MONITOR: _caller_monitor,
 }
 
 

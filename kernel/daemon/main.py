@@ -15,6 +15,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 from .. import abi
@@ -35,15 +37,29 @@ OVERFLOW_RETRY_S = 0.001
 """While completions wait for ring space the kernel re-checks this often, even asleep."""
 
 
+NAMES_RESTARTS = 5
+"""Restarts of a name server that died, within NAMES_RESTART_WINDOW_S, before giving up."""
+NAMES_RESTART_WINDOW_S = 60.0
+NAMES_START_TIMEOUT_S = 10.0
+
+
 class Daemon:
     def __init__(
-        self, path: str, *, idle_exit: float | None = None, spin_us: float = 500.0
+        self,
+        path: str,
+        *,
+        idle_exit: float | None = None,
+        spin_us: float = 500.0,
+        names: bool = True,
+        socket_mode: int = 0o600,
     ) -> None:
         self.path = path
         self.idle_exit = idle_exit
         self.spin_ns = int(spin_us * 1000)
+        self.socket_mode = socket_mode
         self.k = KernelState()
         dispatch.install(self.k)
+        self.names = NameServerProcess(self) if names else None
         self.sleeping = False
         self._next_ident = 1
         self._wake_handle: asyncio.TimerHandle | None = None
@@ -54,27 +70,44 @@ class Daemon:
     # ------------------------------------------------------------ lifecycle
 
     async def serve(self) -> None:
-        self.listener = bootstrap.make_listener(self.path)
+        self.listener = bootstrap.make_listener(self.path, self.socket_mode)
         self.loop.add_reader(self.listener.fileno(), self._accept)
+        if self.names is not None:
+            self.k.enable_names()
+            self.names.start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self._stop.set)
         if self.idle_exit is not None:
             self.loop.call_later(self.idle_exit, self._check_idle)
         log.info("kernel listening on %s (pid %d)", self.path, os.getpid())
+        log.info(
+            "socket mode %#o, %s",
+            self.socket_mode,
+            "name server on" if self.names else "no name server",
+        )
         try:
             await self._stop.wait()
         finally:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        names = self.names.proc if self.names is not None else None
         log.info(
-            "kernel shutting down: failing %d waiting operations",
-            sum(len(p.pending) for p in self.k.procs.values()),
+            "kernel shutting down: failing %d waiting operations (and %d of the name server)",
+            sum(len(p.pending) for p in self.k.procs.values() if p is not names),
+            len(names.pending) if names is not None else 0,
         )
+        if self.names is not None:
+            self.names.stopping = True
         self.k.shutdown()
         self._ring_doorbells()
+        if names is not None:
+            self._disconnect(names, "the kernel stopped its name server")
         for proc in list(self.k.procs.values()):
             self._disconnect(proc, "the kernel shut down")
+        self.k.release_names()
+        if self.names is not None:
+            self.names.reap()
         self.loop.remove_reader(self.listener.fileno())
         self.listener.close()
         try:
@@ -86,11 +119,16 @@ class Daemon:
     def _check_idle(self) -> None:
         assert self.idle_exit is not None
         idle_for = time.monotonic() - self._idle_since
-        if not self.k.procs and idle_for >= self.idle_exit:
+        if not self._clients() and idle_for >= self.idle_exit:
             log.info("no process for %.0f s: exiting", idle_for)
             self._stop.set()
         else:
             self.loop.call_later(max(self.idle_exit - idle_for, 1.0), self._check_idle)
+
+    def _clients(self) -> int:
+        """Connected processes other than the kernel's own name server."""
+        names = self.names.proc if self.names is not None else None
+        return len(self.k.procs) - (names is not None and names.alive)
 
     # ------------------------------------------------------------ processes
 
@@ -105,7 +143,7 @@ class Daemon:
     async def _bootstrap(self, conn: socket.socket) -> None:
         try:
             creds = bootstrap.peer_credentials(conn)
-            if creds[1] not in (os.getuid(), 0):
+            if creds[1] not in (os.getuid(), 0) and not self.socket_mode & 0o077:
                 raise PermissionError(f"uid {creds[1]} may not use this kernel")
             hello = await bootstrap.read_frame(self.loop, conn)
             if not isinstance(hello, abi.Hello) or hello.version != abi.ABI_VERSION:
@@ -118,6 +156,8 @@ class Daemon:
             self._refuse(conn, reason)
             return
         self._next_ident += 1
+        if self.names is not None:
+            self.names.connected(proc, hello.inherit_token)
         self._welcome(proc, self.k.add_proc(proc, hello.inherit_token))
 
     def _welcome(self, proc: Proc, inherited: dict[str, abi.InheritedCap]) -> None:
@@ -131,6 +171,7 @@ class Daemon:
             abi.RING_SIZE,
             abi.MAX_PAYLOAD,
             inherited,
+            proc.names_slot,
         )
         try:
             bootstrap.send_frame(proc.sock, welcome, proc.fds_for_client())
@@ -173,7 +214,9 @@ class Daemon:
         self.k.remove_proc(proc, why)
         proc.close()
         self._ring_doorbells()
-        if not self.k.procs:
+        if self.names is not None:
+            self.names.disconnected(proc)
+        if not self._clients():
             self._idle_since = time.monotonic()
 
     # ------------------------------------------------------------ the pump
@@ -236,10 +279,90 @@ class Daemon:
         return max(0.0, (due - time.monotonic_ns()) / 1e9)
 
 
-def run(path: str, *, idle_exit: float | None = None, spin_us: float = 500.0) -> None:
+class NameServerProcess:
+    """The name server the kernel starts at boot (services/names), restarted if it dies.
+
+    It is an ordinary process: it connects like any other and claims a bundle that
+    holds the name server endpoint with every right. Its entries die with it.
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
+        self.proc: Proc | None = None
+        self.stopping = False
+        self.restarts: list[float] = []
+
+    def start(self) -> None:
+        self.token = self.d.k.names_bundle()
+        env = dict(os.environ, MKIPC_SOCKET=self.d.path, MKIPC_INHERIT=self.token)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "services.names"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            cwd=os.path.dirname(self.d.path),  # not the caller's: see client/_launch.py
+        )
+        log.info("name server started (pid %d)", self.popen.pid)
+        self.d.loop.call_later(NAMES_START_TIMEOUT_S, self._check_started, self.popen)
+
+    def connected(self, proc: Proc, token: str | None) -> None:
+        if token is not None and token == self.token:
+            self.proc = proc
+
+    def disconnected(self, proc: Proc) -> None:
+        if proc is self.proc:
+            self.proc = None
+            self._restart(f"the name server (pid {proc.pid}) disconnected")
+
+    def _check_started(self, popen: subprocess.Popen[bytes]) -> None:
+        if popen is self.popen and self.proc is None and popen.poll() is not None:
+            self._restart(f"the name server exited with code {popen.returncode} at start")
+
+    def _restart(self, why: str) -> None:
+        if self.stopping:
+            return
+        self.reap()
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < NAMES_RESTART_WINDOW_S]
+        if len(self.restarts) >= NAMES_RESTARTS:
+            log.error("%s; restarted %d times in a minute: giving up", why, NAMES_RESTARTS)
+            return
+        self.restarts.append(now)
+        log.warning("%s; restarting it (its entries are gone)", why)
+        self.d.loop.call_later(0.1 * len(self.restarts), self.start)
+
+    def reap(self) -> None:
+        """Drop the old start's bundle and collect its process (SIGKILL if it lingers)."""
+        if self.token is not None and self.token in self.d.k.bundles:
+            self.d.k.drop_bundle(self.token)
+        self.token = None
+        popen, self.popen = self.popen, None
+        if popen is None:
+            return
+        if popen.poll() is None:
+            popen.terminate()  # it left the kernel (or the kernel is stopping): end it
+        try:
+            popen.wait(2.0)
+        except subprocess.TimeoutExpired:
+            log.warning("name server (pid %d) did not exit: killing it", popen.pid)
+            popen.kill()
+            popen.wait()
+
+
+def run(
+    path: str,
+    *,
+    idle_exit: float | None = None,
+    spin_us: float = 500.0,
+    names: bool = True,
+    socket_mode: int = 0o600,
+) -> None:
     import uvloop
 
     async def main() -> None:
-        await Daemon(path, idle_exit=idle_exit, spin_us=spin_us).serve()
+        await Daemon(
+            path, idle_exit=idle_exit, spin_us=spin_us, names=names, socket_mode=socket_mode
+        ).serve()
 
     uvloop.run(main())

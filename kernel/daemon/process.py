@@ -10,7 +10,7 @@ from collections import deque
 from capabilities import CapTable
 
 from .. import abi
-from .._core.kcore import ProcCore
+from .._core.kcore import Endpoint, ProcCore
 from .._core.ring import ring_pair
 
 
@@ -28,6 +28,8 @@ class Proc(ProcCore):
         self.dirty = False
         self.doomed = None
         self.claimed_token: str | None = None
+        self.names_slot = 0
+        self.monitors: list[tuple[Endpoint, int]] = []  # (endpoint, badge) to tell at exit
         self.memfd, self.mm = _make_region()
         self.sq, self.cq = ring_pair(self.mm, abi.RING_SIZE, abi.RING_SIZE)
         self.sq_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

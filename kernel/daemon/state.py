@@ -7,20 +7,24 @@ are compiled in kernel/_core/kcore.pyx; this class extends that core.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 
-from capabilities import Capability, SlotError
-from capabilities.table import descendants, unlink
+from capabilities import DEFAULT_ENDPOINT_RIGHTS, Capability, Rights, SlotError
+from capabilities.table import derive, descendants, unlink
 
 from .. import abi
-from .._core.kcore import KIND_NAMES, Core, KernelObject, OpError, Reply
+from .._core.kcore import KIND_NAMES, Core, Endpoint, KernelObject, OpError, Reply
 from ..errors import Status
 from .pending import AWAIT_REPLY, Pending, Timers
 from .process import Proc
 
 log = logging.getLogger("mkipc.kernel")
+
+MAX_MONITORS = 4096
+"""Exit notices one process can have pending for others (CALLER_MONITOR)."""
 
 _EXPIRED_REASON: dict[int, str] = {
     abi.Op.ENDPOINT_SEND: "no receiver took the message before the deadline",
@@ -32,10 +36,16 @@ _EXPIRED_REASON: dict[int, str] = {
 }
 
 
-class Bundle:
-    """Capabilities a parent hands to a child it spawns (DESIGN §2, inheritance)."""
+NAMES_CLIENT_RIGHTS = Rights.SEND | Rights.GRANT
+"""Every process's capability to the name server: call it, and carry capabilities in
+both directions (register moves one in, lookup's reply carries one back)."""
 
-    def __init__(self, owner: Proc, caps: dict[str, Capability]) -> None:
+
+class Bundle:
+    """Capabilities a parent hands to a child it spawns (DESIGN §2, inheritance).
+    The kernel is the owner (None) of the name server's bundle."""
+
+    def __init__(self, owner: Proc | None, caps: dict[str, Capability]) -> None:
         self.owner = owner
         self.caps = caps
         self.child: Proc | None = None
@@ -58,6 +68,38 @@ class KernelState(Core):
         self.clock = clock
         self.cold = {}
         self.trouble = []
+        self.names_root: Capability | None = None  # the kernel's own, in no table
+
+    # ------------------------------------------------------------ the name server
+
+    def enable_names(self) -> None:
+        """Create the name server's endpoint; every process connecting from now on
+        gets a capability to it in the well-known slot (DESIGN §2, §6)."""
+        ep = Endpoint()
+        ep.refs = 1  # the kernel's reference, dropped at shutdown
+        self.names_root = Capability(ep, DEFAULT_ENDPOINT_RIGHTS)
+
+    def names_bundle(self) -> str:
+        """The inherit token that gives a starting name server the endpoint with every
+        right (receive included)."""
+        root = self.names_root
+        assert root is not None
+        root.obj.refs += 1
+        token = secrets.token_hex(16)
+        self.bundles[token] = Bundle(None, {"names": derive(root, root.rights, 0)})
+        return token
+
+    def drop_kernel_bundles(self) -> None:
+        for token, bundle in list(self.bundles.items()):
+            if bundle.owner is None:
+                self.drop_bundle(token)
+
+    def _give_names_cap(self, proc: Proc) -> int:
+        if self.names_root is None:
+            return 0
+        slot = self.insert_cap(proc, derive(self.names_root, NAMES_CLIENT_RIGHTS, 0))
+        assert slot == abi.NAMES_SLOT, f"the name server's slot is {slot:#x}"
+        return slot
 
     # ------------------------------------------------------------ time
 
@@ -102,6 +144,7 @@ class KernelState(Core):
             raise OpError(Status.INVALID_ARGS, "unknown or already used inherit token")
 
     def add_proc(self, proc: Proc, token: str | None) -> dict[str, abi.InheritedCap]:
+        proc.names_slot = self._give_names_cap(proc)  # first: it has the well-known slot
         inherited = self._claim(proc, token) if token else {}
         self.procs[proc.ident] = proc
         return inherited
@@ -141,6 +184,7 @@ class KernelState(Core):
         for cap in proc.caps.clear():
             unlink(cap)
             self.release(cap.obj)
+        self._fire_monitors(proc)
         for token, bundle in list(self.bundles.items()):
             if bundle.owner is proc:
                 self.drop_bundle(token)
@@ -148,6 +192,19 @@ class KernelState(Core):
                 bundle.child_gone = True
                 self._end_waits(bundle)
         proc.alive = False
+
+    def monitor(self, watched: Proc, ep: Endpoint, token: int) -> None:
+        """When `watched` ends, send a kernel message with badge `token` on `ep`."""
+        if len(watched.monitors) >= MAX_MONITORS:
+            raise OpError(Status.NO_RESOURCES, f"the process already has {MAX_MONITORS} monitors")
+        ep.refs += 1
+        watched.monitors.append((ep, token))
+
+    def _fire_monitors(self, proc: Proc) -> None:
+        for ep, token in proc.monitors:
+            self.kernel_send(ep, token, b"")
+            self.release(ep)
+        proc.monitors.clear()
 
     def revoke(self, cap: Capability) -> int:
         """Delete every capability derived from `cap`, in every process, at once."""
@@ -175,6 +232,13 @@ class KernelState(Core):
                     Status.PEER_CLOSED,
                     payload=(f"the server (pid {server.pid}) died before replying".encode()),
                 )
+
+    def release_names(self) -> None:
+        """At exit, after every process is gone: drop the kernel's own references."""
+        self.drop_kernel_bundles()
+        if self.names_root is not None:
+            self.release(self.names_root.obj)
+            self.names_root = None
 
     def shutdown(self) -> None:
         """Fail every waiting operation with a clear error before the kernel exits."""

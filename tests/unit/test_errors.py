@@ -9,12 +9,14 @@ import pytest
 
 from kernel.errors import (
     AccessDeniedError,
+    AlreadyExistsError,
     CallTimeoutError,
     CancelledCallError,
     InvalidArgumentError,
     InvalidCapabilityError,
     IPCError,
     MessageTooLargeError,
+    NotFoundError,
     PeerClosedError,
     ResourceLimitError,
     Status,
@@ -37,6 +39,8 @@ EXPECTED_CLASS = {
     Status.SHUTDOWN: PeerClosedError,
     Status.ACCESS_DENIED: AccessDeniedError,
     Status.NO_RESOURCES: ResourceLimitError,
+    Status.NOT_FOUND: NotFoundError,
+    Status.ALREADY_EXISTS: AlreadyExistsError,
 }
 
 
