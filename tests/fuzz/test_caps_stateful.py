@@ -45,7 +45,7 @@ from hypothesis.stateful import (
 
 import kernel
 from capabilities import DEFAULT_ENDPOINT_RIGHTS, DEFAULT_NOTIFICATION_RIGHTS
-from kernel import Rights
+from kernel import Rights, abi
 
 pytestmark = pytest.mark.integration
 
@@ -911,7 +911,9 @@ class CapabilityMachine(RuleBasedStateMachine):
             for i in range(0, max(indices) + 4)
         ]
         resolved = set(actor.ask({"op": "probe", "slots": candidates})["ok"])
-        expected = {n.slot for n in mine if n.alive}
+        # Besides the model's capabilities, every process holds exactly one more from
+        # birth: the name server's, in its well-known slot (DESIGN §2).
+        expected = {n.slot for n in mine if n.alive} | {abi.NAMES_SLOT}
         assert resolved == expected, (
             f"proc {ident}: slots {sorted(map(hex, resolved - expected))} resolve unexpectedly, "
             f"{sorted(map(hex, expected - resolved))} do not"

@@ -1,0 +1,411 @@
+"""The name server (DESIGN §6): an ordinary process serving one endpoint.
+
+It keeps `name -> capability` entries with System V style permissions. It never
+hands out a registrant's capability: `lookup` mints a child with the entry's
+rights and a badge no other lookup got. It learns that a registrant ended from
+the kernel (`Message.monitor`: an exit notice on its own endpoint), and then
+drops that process's entries and revokes what lookup handed out for them.
+
+One thread, no polling: it blocks in recv, with a timeout only while a waiting
+lookup or watch has a deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from capabilities import Rights
+from capabilities.policy import READ, WRITE, Perm, denial
+from kernel import (
+    CallTimeoutError,
+    EndpointCap,
+    IPCError,
+    Kernel,
+    Message,
+    NotificationCap,
+    PeerClosedError,
+    Status,
+)
+
+from . import protocol as p
+
+log = logging.getLogger("mkipc.names")
+
+HANDOUT_RIGHTS = {
+    "endpoint": Rights.SEND | Rights.GRANT | Rights.COPY | Rights.TRANSFER,
+    "notification": Rights.SIGNAL | Rights.COPY | Rights.TRANSFER,
+}
+"""What lookup hands out by default: use the object, pass it on; never receive/wait."""
+
+MAX_ENTRIES = 1024
+MAX_WAITERS = 1024
+"""Bounds that keep the name server's own capability table (4096) from filling up."""
+
+Cap = EndpointCap | NotificationCap
+
+
+class Refused(Exception):
+    """A request the name server answers with an Error."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Record:
+    name: str
+    cap: Cap  # the name server's copy of the registrant's capability
+    kind: str
+    perm: Perm
+    rights: int
+    pid: int
+    conn: int  # the registrant's kernel connection id
+    served: int = 0
+    registered_ns: int = field(default_factory=time.monotonic_ns)
+
+    def wire(self) -> p.Entry:
+        u, g, m = self.perm
+        return p.Entry(self.name, self.kind, u, g, m, self.rights, self.pid, self.served,
+                       self.registered_ns)  # fmt: skip
+
+
+@dataclass
+class Waiter:
+    msg: Message
+    req: p.Lookup | p.Watch
+    deadline: int  # -1 forever
+
+
+@dataclass
+class Reply:
+    """What to answer a call with; `caps` move to the caller."""
+
+    msg: Message
+    resp: p.Ok | p.Listing | p.Error
+    caps: list[Cap] = field(default_factory=list)
+
+
+class NameServer:
+    def __init__(self, k: Kernel, ep: EndpointCap) -> None:
+        self.k = k
+        self.ep = ep
+        self.entries: dict[str, Record] = {}
+        self.waiters: dict[str, list[Waiter]] = {}
+        self.monitored: dict[int, int] = {}  # registrant connection id -> exit badge
+        self.exit_badges: dict[int, int] = {}  # exit badge -> connection id
+        self._badges = itertools.count(1)  # client badges, never reused
+        self._exit_badges = itertools.count(1)
+
+    # ------------------------------------------------------------ the loop
+
+    def serve(self) -> None:
+        """Answer requests until the kernel goes away."""
+        pending: Reply | None = None
+        while True:
+            try:
+                msg = self._next(pending)
+            except CallTimeoutError:
+                msg = None
+            except PeerClosedError as e:
+                if e.status == Status.CALLER_GONE and pending is not None:
+                    self._close(pending.caps)  # the caller went away: keep serving
+                    pending = None
+                    continue
+                log.info("name server: %s; exiting", e)
+                return
+            pending = None
+            self._expire_waiters()
+            if msg is not None:
+                pending = self.handle(msg)
+
+    def _next(self, pending: Reply | None) -> Message:
+        timeout = self._recv_timeout()
+        if pending is None:
+            return self.ep.recv(timeout=timeout)
+        data = p.encode(pending.resp)
+        try:
+            return self.ep.reply_recv(pending.msg, data, timeout=timeout, caps=pending.caps)
+        except IPCError as e:
+            if not e.reply_kept:
+                raise
+        # Refused before delivery (e.g. the caller's table is full): say why, plainly.
+        self._close(pending.caps)
+        full = "the reply could not carry the capability: your capability table is full"
+        self._answer(pending.msg, p.Error(Status.NO_RESOURCES, full))
+        return self.ep.recv(timeout=timeout)
+
+    def _recv_timeout(self) -> float | None:
+        deadlines = [w.deadline for ws in self.waiters.values() for w in ws if w.deadline > 0]
+        if not deadlines:
+            return None
+        return max(0.0, (min(deadlines) - time.monotonic_ns()) / 1e9)
+
+    def _answer(
+        self, msg: Message, resp: p.Ok | p.Listing | p.Error, caps: list[Cap] | None = None
+    ) -> None:
+        """Answer a call other than the one in hand (waiters); a gone caller is fine."""
+        caps = caps or []
+        try:
+            msg.reply(p.encode(resp), caps=caps)
+        except IPCError:
+            self._close(caps)
+
+    def _close(self, caps: list[Cap]) -> None:
+        for cap in caps:
+            try:
+                cap.close()
+            except IPCError:
+                pass
+
+    # ------------------------------------------------------------ requests
+
+    def handle(self, msg: Message) -> Reply | None:
+        if msg.from_kernel:
+            self._registrant_gone(msg.badge)
+            return None
+        if not msg.is_call:  # a plain send cannot be answered: drop what it carried
+            self._close(msg.caps)
+            return None
+        try:
+            req = p.decode_request(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            self._close(msg.caps)
+            return Reply(msg, p.Error(Status.INVALID_ARGS, f"malformed request: {e}"))
+        try:
+            return self._dispatch(msg, req)
+        except Refused as r:
+            status, why = r.status, r.message
+        except IPCError as e:  # the kernel refused something on the caller's behalf
+            status, why = e.status, str(e)
+        except Exception:  # a bug here must not end the name server for everyone
+            log.exception("internal error handling %r", req)
+            status, why = Status.INVALID_ARGS, "internal name server error (logged)"
+        self._close(msg.caps)
+        return Reply(msg, p.Error(status, why))
+
+    def _dispatch(self, msg: Message, req: p.Request) -> Reply | None:
+        if not isinstance(req, p.Register) and msg.caps:
+            verb = type(req).__name__.lower()
+            raise Refused(Status.INVALID_ARGS, f"a {verb} request carries no capabilities")
+        if isinstance(req, p.List):
+            return self._list(msg, req)
+        _check_name(req.name)
+        if isinstance(req, p.Register):
+            return self._register(msg, req)
+        if isinstance(req, p.Lookup):
+            return self._lookup(msg, req)
+        if isinstance(req, p.Watch):
+            return self._watch(msg, req)
+        return self._unregister(msg, req)
+
+    def _register(self, msg: Message, req: p.Register) -> Reply:
+        cap = self._registered_cap(msg)
+        info = cap.info()
+        if info.badge:
+            raise Refused(Status.INVALID_ARGS, "register an unbadged capability: "
+                          "lookup gives each client its own badge")  # fmt: skip
+        rights = HANDOUT_RIGHTS[info.kind] if req.rights is None else req.rights
+        if not Rights.COPY & info.rights or rights & ~info.rights:
+            raise Refused(Status.ACCESS_DENIED, f"the capability's rights ({info.rights!r}) "
+                          f"cannot give what lookup hands out ({Rights(rights)!r}) "
+                          "and COPY")  # fmt: skip
+        pid, uid, gid = msg.sender
+        old = self.entries.get(req.name)
+        if old is not None:
+            self._may_take(old, req, uid, gid)
+        if not 0 <= req.mode <= 0o777:
+            raise Refused(Status.INVALID_ARGS, f"mode {req.mode:#o} is not in 0o000..0o777")
+        if old is None and len(self.entries) >= MAX_ENTRIES:
+            raise Refused(Status.NO_RESOURCES, f"the name server holds {MAX_ENTRIES} entries")
+        self._monitor(msg)  # raises if the registrant is already gone
+        if old is not None:
+            self._drop(old, revoke=False, wake=False)  # replaced, never absent
+        rec = Record(req.name, cap, info.kind, Perm(uid, gid, req.mode), rights, pid, msg.sender_id)
+        self.entries[req.name] = rec
+        log.info("registered %r for pid %d uid %d (mode %#o)", req.name, pid, uid, req.mode)
+        self._wake(req.name)
+        return Reply(msg, p.Ok(rec.wire()))
+
+    def _registered_cap(self, msg: Message) -> Cap:
+        caps = msg.caps
+        if len(caps) != 1:
+            n = len(caps)
+            raise Refused(Status.INVALID_ARGS, f"register carries one capability, not {n}")
+        cap = caps[0]
+        if not isinstance(cap, (EndpointCap, NotificationCap)):
+            raise Refused(Status.WRONG_TYPE, f"a {cap.kind} cannot be registered: "
+                          "only endpoints and notifications")  # fmt: skip
+        return cap
+
+    def _may_take(self, old: Record, req: p.Register, uid: int, gid: int) -> None:
+        if not req.replace:
+            raise Refused(Status.ALREADY_EXISTS, f"{req.name!r} is registered by pid {old.pid} "
+                          f"(owner uid {old.perm.uid}); replace=True takes it over")  # fmt: skip
+        why = denial(old.perm, uid, gid, WRITE, f"replacing {req.name!r}")
+        if why:
+            raise Refused(Status.ACCESS_DENIED, why)
+
+    def _monitor(self, msg: Message) -> None:
+        """One exit notice per registrant connection, however many names it holds."""
+        conn = msg.sender_id
+        if conn in self.monitored:
+            return
+        badge = next(self._exit_badges)
+        msg.monitor(self.ep, badge)
+        self.monitored[conn] = badge
+        self.exit_badges[badge] = conn
+
+    def _lookup(self, msg: Message, req: p.Lookup) -> Reply | None:
+        rec = self.entries.get(req.name)
+        if rec is None:
+            if req.deadline == 0:
+                raise Refused(Status.NOT_FOUND, f"no entry named {req.name!r}")
+            self._wait(msg, req)
+            return None
+        return self._hand_out(msg, rec)
+
+    def _hand_out(self, msg: Message, rec: Record) -> Reply:
+        _, uid, gid = msg.sender
+        why = denial(rec.perm, uid, gid, READ, f"looking up {rec.name!r}")
+        if why:
+            raise Refused(Status.ACCESS_DENIED, why)
+        child = rec.cap.mint(Rights(rec.rights), badge=next(self._badges))
+        rec.served += 1
+        return Reply(msg, p.Ok(rec.wire()), [child])
+
+    def _watch(self, msg: Message, req: p.Watch) -> Reply | None:
+        rec = self.entries.get(req.name)
+        if (rec is not None) != req.present:
+            if req.deadline == 0:
+                state = "registered" if rec is not None else "not registered"
+                raise Refused(Status.TIMED_OUT, f"{req.name!r} is {state}")
+            self._wait(msg, req)
+            return None
+        if rec is None:
+            return Reply(msg, p.Ok(None))
+        self._readable(msg, rec)
+        return Reply(msg, p.Ok(rec.wire()))
+
+    def _readable(self, msg: Message, rec: Record) -> None:
+        _, uid, gid = msg.sender
+        why = denial(rec.perm, uid, gid, READ, f"watching {rec.name!r}")
+        if why:
+            raise Refused(Status.ACCESS_DENIED, why)
+
+    def _unregister(self, msg: Message, req: p.Unregister) -> Reply:
+        rec = self.entries.get(req.name)
+        if rec is None:
+            raise Refused(Status.NOT_FOUND, f"no entry named {req.name!r}")
+        _, uid, gid = msg.sender
+        why = denial(rec.perm, uid, gid, WRITE, f"unregistering {req.name!r}")
+        if why:
+            raise Refused(Status.ACCESS_DENIED, why)
+        self._drop(rec, revoke=req.revoke)
+        return Reply(msg, p.Ok(None))
+
+    def _list(self, msg: Message, req: p.List) -> Reply:
+        if len(req.prefix) > p.MAX_NAME:
+            raise Refused(Status.INVALID_ARGS, f"a prefix has at most {p.MAX_NAME} characters")
+        _, uid, gid = msg.sender
+        out = [
+            r.wire()
+            for name, r in sorted(self.entries.items())
+            if name.startswith(req.prefix) and denial(r.perm, uid, gid, READ, "") is None
+        ]
+        return Reply(msg, p.Listing(out))
+
+    # ------------------------------------------------------------ waiting
+
+    def _wait(self, msg: Message, req: p.Lookup | p.Watch) -> None:
+        if sum(len(ws) for ws in self.waiters.values()) >= MAX_WAITERS:
+            raise Refused(Status.NO_RESOURCES, f"{MAX_WAITERS} lookups and watches already wait")
+        self.waiters.setdefault(req.name, []).append(Waiter(msg, req, req.deadline))
+
+    def _wake(self, name: str) -> None:
+        """`name` was registered or dropped: answer whoever waited for that."""
+        ws = self.waiters.pop(name, [])
+        keep = []
+        for w in ws:
+            present = name in self.entries
+            if isinstance(w.req, p.Watch) and w.req.present != present:
+                keep.append(w)
+            elif isinstance(w.req, p.Lookup) and not present:
+                keep.append(w)
+            else:
+                self._answer_waiter(w)
+        if keep:
+            self.waiters[name] = keep
+
+    def _answer_waiter(self, w: Waiter) -> None:
+        try:
+            if isinstance(w.req, p.Lookup):
+                r = self._hand_out(w.msg, self.entries[w.req.name])
+            else:
+                r = self._watched(w)
+        except Refused as e:
+            r = Reply(w.msg, p.Error(e.status, e.message))
+        except IPCError as e:
+            r = Reply(w.msg, p.Error(e.status, str(e)))
+        self._answer(r.msg, r.resp, r.caps)
+
+    def _watched(self, w: Waiter) -> Reply:
+        rec = self.entries.get(w.req.name)
+        if rec is None:
+            return Reply(w.msg, p.Ok(None))
+        self._readable(w.msg, rec)
+        return Reply(w.msg, p.Ok(rec.wire()))
+
+    def _expire_waiters(self) -> None:
+        now = time.monotonic_ns()
+        for name, ws in list(self.waiters.items()):
+            due = [w for w in ws if 0 < w.deadline <= now]
+            if not due:
+                continue
+            rest = [w for w in ws if w not in due]
+            if rest:
+                self.waiters[name] = rest
+            else:
+                del self.waiters[name]
+            for w in due:
+                present = isinstance(w.req, p.Lookup) or w.req.present
+                what = f"{name!r} was not {'' if present else 'un'}registered before the deadline"
+                self._answer(w.msg, p.Error(Status.TIMED_OUT, what))
+
+    # ------------------------------------------------------------ endings
+
+    def _registrant_gone(self, badge: int) -> None:
+        conn = self.exit_badges.pop(badge, None)
+        if conn is None:
+            return
+        del self.monitored[conn]
+        for rec in [r for r in self.entries.values() if r.conn == conn]:
+            log.info("registrant of %r (pid %d) ended: dropping it", rec.name, rec.pid)
+            self._drop(rec, revoke=True)
+
+    def _drop(self, rec: Record, *, revoke: bool, wake: bool = True) -> None:
+        """Forget `rec`; with revoke, delete every capability lookup minted from it."""
+        if self.entries.get(rec.name) is rec:
+            del self.entries[rec.name]
+        try:
+            if revoke:
+                rec.cap.revoke()
+            rec.cap.close()
+        except IPCError as e:  # e.g. registered without MANAGE: nothing to revoke with
+            log.warning("dropping %r: %s", rec.name, e)
+        if wake:
+            self._wake(rec.name)
+
+
+def _check_name(name: str) -> None:
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not 0 < size <= p.MAX_NAME:
+        raise Refused(Status.INVALID_ARGS, f"a name has 1 to {p.MAX_NAME} bytes, not {size}")
+    if not name.isprintable():
+        raise Refused(Status.INVALID_ARGS, f"a name has only printable characters: {name!r}")
