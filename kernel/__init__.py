@@ -16,6 +16,7 @@ from .abi import MAX_PAYLOAD as MAX_PAYLOAD
 from .client._common import CapInfo as CapInfo
 from .client._common import CopyOf as CopyOf
 from .client._common import Credentials as Credentials
+from .client._common import MintOf as MintOf
 from .client._conn import Connection as _Connection
 from .client.aio import AsyncEndpointCap as AsyncEndpointCap
 from .client.aio import AsyncKernel as AsyncKernel
@@ -40,6 +41,11 @@ from .errors import PeerClosedError as PeerClosedError
 from .errors import ResourceLimitError as ResourceLimitError
 from .errors import Status as Status
 from .errors import WouldBlock as WouldBlock
+from .service import AsyncServiceClient as AsyncServiceClient
+from .service import RemoteError as RemoteError
+from .service import RequestContext as RequestContext
+from .service import Service as Service
+from .service import ServiceClient as ServiceClient
 
 
 def connect(socket: str | None = None, *, autostart: bool = True) -> Kernel:

@@ -31,10 +31,20 @@ MAX_PAYLOAD = 256 * 1024
 """Largest message payload in bytes; a larger one raises MessageTooLargeError."""
 
 MAX_TRANSFER = 8
-"""Capabilities one message can carry (their kinds fit 4 bits each in the flags word)."""
+"""Capability words one message can carry (a minted transfer takes two); the kinds
+of what is delivered fit 4 bits each in the flags word."""
 
 TRANSFER_COPY = 1 << 63
 """In a submitted cap list: send a copy of this slot instead of moving it."""
+
+TRANSFER_MINT = 1 << 62
+"""In a submitted cap list: send a child of this slot with the rights in bits 48..58
+of the word and the badge in the next word (two words, one capability). The name
+server hands out badged capabilities this way in the reply itself: no CAP_MINT
+round trip first (Zircon's handle dispositions set rights in transit likewise)."""
+TRANSFER_RIGHTS_SHIFT = 48
+TRANSFER_SAME_RIGHTS = 1 << 59  # in a minted transfer: keep the source's rights
+TRANSFER_SLOT_MASK = (1 << 48) - 1  # slots are 32-bit generation << 16 | 16-bit index
 
 REPLY_KEPT = 1
 """In a failed REPLY / REPLY_RECV completion's `arg`: the reply capability is still held

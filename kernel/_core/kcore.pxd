@@ -45,7 +45,7 @@ cdef class Pending:
     cdef public object queue
     cdef public Reply reply
     cdef public int phase
-    cdef public list transfers      # [(Capability, copy?)] locked until delivery, or None
+    cdef public list transfers      # [(Capability, (rights, badge) or None=move)] locked, or None
     cdef public bint grant          # the sender's endpoint cap had GRANT (replies may carry caps)
     cdef public Capability cap      # the capability the op waits through
     cpdef enqueue(self, object queue)

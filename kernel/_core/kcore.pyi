@@ -56,7 +56,9 @@ class Pending:
     queue: deque[Pending] | None
     reply: Reply | None
     phase: int
-    transfers: list[tuple[Capability, bool]] | None
+    transfers: (
+        list[tuple[Capability, tuple[int, int] | None]] | None
+    )  # (cap, (rights, badge) of a copy or mint; None: moved)
     grant: bool
     cap: Capability | None
     def __init__(

@@ -71,6 +71,11 @@ cdef uint64_t R_GRANT = Rights.GRANT
 cdef uint64_t R_COPY = Rights.COPY
 cdef uint64_t R_TRANSFER = Rights.TRANSFER
 cdef uint64_t TRANSFER_COPY = abi.TRANSFER_COPY
+cdef uint64_t TRANSFER_MINT = abi.TRANSFER_MINT
+cdef uint64_t TRANSFER_SLOT_MASK = abi.TRANSFER_SLOT_MASK
+cdef int TRANSFER_RIGHTS_SHIFT = abi.TRANSFER_RIGHTS_SHIFT
+cdef uint64_t R_ALL = Rights.ALL
+cdef uint64_t TRANSFER_SAME_RIGHTS = abi.TRANSFER_SAME_RIGHTS
 cdef int MAX_TRANSFER = abi.MAX_TRANSFER
 cdef uint64_t R_SEND = Rights.SEND
 cdef uint64_t R_RECEIVE = Rights.RECEIVE
@@ -379,6 +384,32 @@ cdef int _forward(ProcCore dst, ProcCore src, Header h, uint32_t opcode, uint64_
                          moved[0], moved[1])
 
 
+cdef tuple _minted(Capability cap, uint64_t rights, uint64_t badge):
+    """(rights, badge) of a child minted in transit, checked as CAP_MINT checks them."""
+    if rights & ~cap.rights:   # DESIGN §5: a derived capability never gains a right
+        raise OpError(Status.ACCESS_DENIED, f"a minted transfer would add rights slot "
+                      f"{cap.slot:#x} lacks: {Rights(rights & ~cap.rights)!r}")
+    if cap.badge and badge != cap.badge:   # seL4: a badge is set once
+        raise OpError(Status.ACCESS_DENIED,
+                      f"slot {cap.slot:#x} already carries badge {cap.badge}")
+    return (rights, badge)
+
+
+cdef bint _moves(tuple words, uint64_t slot):
+    """Does a message's capability list move `slot` away (not copy or mint it)?"""
+    cdef Py_ssize_t i = 0, n = len(words)
+    cdef uint64_t raw
+    while i < n:
+        raw = words[i]
+        if raw & TRANSFER_MINT:
+            i += 2   # the next word is a badge, not a slot
+            continue
+        if raw == slot:   # a copy has its flag bit set, so it never equals a slot
+            return True
+        i += 1
+    return False
+
+
 cdef bint _intact(Pending tx):
     """Are all capabilities locked in `tx`'s message still held by its sender?"""
     for cap, _ in tx.transfers:
@@ -582,28 +613,43 @@ cdef class Core:
         The capability the message goes through needs GRANT; each carried one
         needs TRANSFER, and COPY too when it is sent as a copy.
         """
-        cdef uint64_t raw, slot
+        cdef uint64_t raw, slot, rights
         cdef bint copy
         cdef Capability cap
+        cdef tuple words = proc.sq.caps(h)
+        cdef Py_ssize_t i = 0, n = len(words)
         if h.h.ncaps > MAX_TRANSFER:
             raise OpError(Status.INVALID_ARGS,
-                          f"a message carries at most {MAX_TRANSFER} capabilities")
+                          f"a message carries at most {MAX_TRANSFER} capability words")
         if used.rights & grant_right != grant_right:
             raise OpError(Status.ACCESS_DENIED, f"the capability in slot {used.slot:#x} lacks "
                           "the GRANT right, so messages through it cannot carry capabilities")
         out = []
         seen = set()
-        for raw in proc.sq.caps(h):
-            copy = (raw & TRANSFER_COPY) != 0
-            slot = raw & ~TRANSFER_COPY
-            cap = self.lookup(proc, slot, 0, R_TRANSFER | (R_COPY if copy else 0))
+        while i < n:
+            raw = words[i]
+            i += 1
+            if raw & TRANSFER_MINT:
+                slot = raw & TRANSFER_SLOT_MASK
+                cap = self.lookup(proc, slot, 0, R_TRANSFER | R_COPY)
+                if i == n:
+                    raise OpError(Status.INVALID_ARGS, "a minted transfer needs its badge word")
+                rights = (cap.rights if raw & TRANSFER_SAME_RIGHTS
+                          else (raw >> TRANSFER_RIGHTS_SHIFT) & R_ALL)
+                derived = _minted(cap, rights, words[i])
+                i += 1
+            else:
+                copy = (raw & TRANSFER_COPY) != 0
+                slot = raw & ~TRANSFER_COPY
+                cap = self.lookup(proc, slot, 0, R_TRANSFER | (R_COPY if copy else 0))
+                derived = (cap.rights, cap.badge) if copy else None
             if id(cap) in seen:
                 raise OpError(Status.INVALID_ARGS, f"slot {slot:#x} appears twice in the message")
-            if cap is used and not copy:
+            if cap is used and derived is None:
                 raise OpError(Status.INVALID_ARGS,
                               "a message cannot move the capability it is sent through")
             seen.add(id(cap))
-            out.append((cap, copy))
+            out.append((cap, derived))
         return out
 
     cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver):
@@ -620,10 +666,10 @@ cdef class Core:
         if receiver.caps.count + len(transfers) > receiver.caps.limit:
             raise OpError(Status.NO_RESOURCES, "the receiver's capability table is full")
         slots = []
-        for cap, copy in transfers:
+        for cap, derived in transfers:
             cap.in_transit = False
-            if copy:
-                slot = self.insert_cap(receiver, derive(cap, cap.rights, cap.badge))
+            if derived is not None:   # a copy or a mint: a child, with its rights and badge
+                slot = self.insert_cap(receiver, derive(cap, derived[0], derived[1]))
             else:
                 sender.caps.take(cap.slot, f"was sent to pid {receiver.pid}")
                 slot = receiver.caps.insert(cap)   # same capability: refs and tree kept
@@ -801,7 +847,7 @@ cdef class Core:
         """
         cdef Capability recv_cap = self.lookup(proc, h.h.slot, KIND_ENDPOINT, R_RECEIVE)
         cdef Capability reply_cap = self._decode_reply(proc, h, h.h.arg)
-        if h.h.ncaps and recv_cap.slot in proc.sq.caps(h):   # a move (a copy has a flag bit)
+        if h.h.ncaps and _moves(proc.sq.caps(h), recv_cap.slot):
             raise OpError(Status.INVALID_ARGS,
                           "reply_recv cannot move away the capability it receives through")
         self._reply(proc, h, reply_cap)

@@ -177,6 +177,15 @@ class CapBase:
         """Mark this capability to be sent as a copy (it stays here) instead of moved."""
         return CopyOf(self)
 
+    def as_mint(self, rights: Rights | None = None, *, badge: int) -> MintOf:
+        """Mark this capability to be sent as a new child with `rights` (default: the
+        same) and `badge`, made by the kernel in transit: mint and send in one step.
+        Needs COPY and TRANSFER; the usual mint rules apply (no new rights, a badge
+        is set once)."""
+        badge_payload(badge)  # validates the range
+        rights_arg(rights)  # likewise
+        return MintOf(self, None if rights is None else int(rights), badge)
+
 
 class CopyOf(NamedTuple):
     """In `caps=[...]`: send a copy of `cap` (needs COPY as well as TRANSFER)."""
@@ -184,19 +193,45 @@ class CopyOf(NamedTuple):
     cap: CapBase
 
 
-def transfer_slots(caps: Sequence[CapBase | CopyOf]) -> tuple[int, ...]:
-    """The slot list a message carries: plain capabilities move, CopyOf ones are copied."""
-    if len(caps) > abi.MAX_TRANSFER:
-        raise ValueError(f"a message carries at most {abi.MAX_TRANSFER} capabilities")
-    out = []
+class MintOf(NamedTuple):
+    """In `caps=[...]`: send a child of `cap` with `rights` (None: the same) and `badge`."""
+
+    cap: CapBase
+    rights: int | None
+    badge: int
+
+
+Transferable = CapBase | CopyOf | MintOf
+
+
+def transfer_slots(caps: Sequence[Transferable]) -> tuple[int, ...]:
+    """The capability words a message carries: plain capabilities move, CopyOf ones are
+    copied, MintOf ones take two words (slot with rights and flag, then the badge)."""
+    out: list[int] = []
     for item in caps:
         if isinstance(item, CopyOf):
             out.append(item.cap.slot | abi.TRANSFER_COPY)
+        elif isinstance(item, MintOf):
+            out += _mint_words(item)
         elif isinstance(item, CapBase):
             out.append(item.slot)
         else:
-            raise TypeError(f"caps items must be capabilities or cap.as_copy(), not {item!r}")
+            raise TypeError(
+                f"caps items must be capabilities, cap.as_copy() or cap.as_mint(), not {item!r}"
+            )
+    if len(out) > abi.MAX_TRANSFER:
+        raise ValueError(
+            f"a message carries at most {abi.MAX_TRANSFER} capability words (a mint takes two)"
+        )
     return tuple(out)
+
+
+def _mint_words(m: MintOf) -> list[int]:
+    if m.rights is None:
+        rights = abi.TRANSFER_SAME_RIGHTS
+    else:
+        rights = m.rights << abi.TRANSFER_RIGHTS_SHIFT
+    return [m.cap.slot | rights | abi.TRANSFER_MINT, m.badge]
 
 
 def names_slot(conn: Connection) -> int:

@@ -22,9 +22,9 @@ from ..errors import CallTimeoutError, IPCError, PeerClosedError, WouldBlock
 from ._common import (
     CapBase,
     CapInfo,
-    CopyOf,
     MessageBase,
     ProcessBase,
+    Transferable,
     argv_list,
     badge_payload,
     cap_info,
@@ -219,7 +219,7 @@ class AsyncKernel:
         return AsyncProcess(self, popen, token)
 
 
-Caps = Sequence[CapBase | CopyOf]
+Caps = Sequence[Transferable]
 
 
 class AsyncMessage(MessageBase):

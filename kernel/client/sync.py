@@ -15,10 +15,10 @@ from ..errors import CallTimeoutError, IPCError, WouldBlock
 from ._common import (
     CapBase,
     CapInfo,
-    CopyOf,
     Credentials,
     MessageBase,
     ProcessBase,
+    Transferable,
     argv_list,
     badge_payload,
     cap_info,
@@ -137,7 +137,7 @@ class Kernel:
         return Process(self, popen, token)
 
 
-Caps = Sequence[CapBase | CopyOf]
+Caps = Sequence[Transferable]
 
 
 class Message(MessageBase):

@@ -27,6 +27,7 @@ from kernel import (
     IPCError,
     Kernel,
     Message,
+    MintOf,
     NotificationCap,
     PeerClosedError,
     Status,
@@ -47,6 +48,10 @@ MAX_WAITERS = 1024
 """Bounds that keep the name server's own capability table (4096) from filling up."""
 
 Cap = EndpointCap | NotificationCap
+Carried = Cap | MintOf
+
+LOOKED_UP = p.Ok()
+"""A lookup's answer is the capability it carries; the entry is for watch and list."""
 
 
 class Refused(Exception):
@@ -89,7 +94,7 @@ class Reply:
 
     msg: Message
     resp: p.Ok | p.Listing | p.Error
-    caps: list[Cap] = field(default_factory=list)
+    caps: list[Carried] = field(default_factory=list)
 
 
 class NameServer:
@@ -148,7 +153,7 @@ class NameServer:
         return max(0.0, (min(deadlines) - time.monotonic_ns()) / 1e9)
 
     def _answer(
-        self, msg: Message, resp: p.Ok | p.Listing | p.Error, caps: list[Cap] | None = None
+        self, msg: Message, resp: p.Ok | p.Listing | p.Error, caps: list[Carried] | None = None
     ) -> None:
         """Answer a call other than the one in hand (waiters); a gone caller is fine."""
         caps = caps or []
@@ -157,8 +162,10 @@ class NameServer:
         except IPCError:
             self._close(caps)
 
-    def _close(self, caps: list[Cap]) -> None:
+    def _close(self, caps: list[Carried]) -> None:
         for cap in caps:
+            if isinstance(cap, MintOf):
+                continue  # never made: the kernel mints it only on delivery
             try:
                 cap.close()
             except IPCError:
@@ -229,7 +236,9 @@ class NameServer:
             self._drop(old, revoke=False, wake=False)  # replaced, never absent
         rec = Record(req.name, cap, info.kind, Perm(uid, gid, req.mode), rights, pid, msg.sender_id)
         self.entries[req.name] = rec
-        log.info("registered %r for pid %d uid %d (mode %#o)", req.name, pid, uid, req.mode)
+        again = old is not None and old.conn == rec.conn  # a re-register is routine: debug
+        level = logging.DEBUG if again else logging.INFO
+        log.log(level, "registered %r for pid %d uid %d (mode %#o)", req.name, pid, uid, req.mode)
         self._wake(req.name)
         return Reply(msg, p.Ok(rec.wire()))
 
@@ -276,9 +285,11 @@ class NameServer:
         why = denial(rec.perm, uid, gid, READ, f"looking up {rec.name!r}")
         if why:
             raise Refused(Status.ACCESS_DENIED, why)
-        child = rec.cap.mint(Rights(rec.rights), badge=next(self._badges))
         rec.served += 1
-        return Reply(msg, p.Ok(rec.wire()), [child])
+        # Minted by the kernel as the reply travels: no CAP_MINT round trip first.
+        return Reply(
+            msg, LOOKED_UP, [rec.cap.as_mint(Rights(rec.rights), badge=next(self._badges))]
+        )
 
     def _watch(self, msg: Message, req: p.Watch) -> Reply | None:
         rec = self.entries.get(req.name)

@@ -210,3 +210,87 @@ async def test_the_asyncio_face_sends_and_receives_capabilities(kernel_daemon):
         (copy,) = msg.caps
         assert isinstance(copy, kernel.AsyncNotificationCap)
         assert (await copy.info()).parent_slot == n.slot
+
+
+# ------------------------------------------------------------ minted in transit (as_mint)
+
+
+def _recv_in_thread(ep, out):
+    import threading
+
+    t = threading.Thread(target=lambda: out.append(ep.recv(timeout=10.0)))
+    t.start()
+    return t
+
+
+def test_a_capability_minted_in_transit_has_its_rights_and_badge_and_derives(kernel_daemon):
+    with kernel.connect(autostart=False) as a:
+        ep, n = a.endpoint(), a.notification()
+        got = []
+        t = _recv_in_thread(ep, got)
+        ep.send(b"mint", timeout=10.0, caps=[n.as_mint(Rights.SIGNAL | Rights.TRANSFER, badge=77)])
+        t.join()
+        (child,) = got[0].caps
+        info = child.info()
+        assert (info.rights, info.badge) == (Rights.SIGNAL | Rights.TRANSFER, 77)
+        assert n.info().badge == 0
+        assert n.info().derived == 1
+        child.signal(4)
+        assert n.poll() == 4
+        assert n.revoke() == 1  # a child of n: revoking n reaches it
+        with pytest.raises(kernel.InvalidCapabilityError):
+            child.signal(1)
+
+
+def test_a_minted_transfer_obeys_the_mint_rules_and_moves_nothing_on_failure(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, n = k.endpoint(), k.notification()
+        narrow = n.copy(rights=Rights.SIGNAL | Rights.COPY | Rights.TRANSFER)
+        with pytest.raises(kernel.AccessDeniedError, match="add rights"):
+            ep.send_nowait(b"x", caps=[narrow.as_mint(Rights.SIGNAL | Rights.WAIT, badge=1)])
+        badged = n.mint(badge=5)
+        with pytest.raises(kernel.AccessDeniedError, match="already carries badge 5"):
+            ep.send_nowait(b"x", caps=[badged.as_mint(badge=6)])
+        no_copy = n.copy(rights=Rights.SIGNAL | Rights.TRANSFER)
+        with pytest.raises(kernel.AccessDeniedError, match="COPY"):
+            ep.send_nowait(b"x", caps=[no_copy.as_mint(badge=1)])
+        with pytest.raises(TimeoutError):  # no receiver: nothing is minted
+            ep.send(b"x", caps=[n.as_mint(badge=9)], timeout=0.05)
+        assert n.info().derived == 3  # narrow, badged, no_copy: no minted child appeared
+        with pytest.raises(ValueError, match="badge"):
+            n.as_mint(badge=-1)
+        with pytest.raises(ValueError, match="at most"):
+            ep.send_nowait(b"x", caps=[n.as_mint(badge=i + 1) for i in range(5)])
+
+
+def test_a_minted_transfer_without_its_badge_word_is_refused(kernel_daemon):
+    from kernel import abi
+    from kernel.abi import Op
+
+    with kernel.connect(autostart=False) as k:
+        ep, n = k.endpoint(), k.notification()
+        word = n.slot | abi.TRANSFER_MINT | abi.TRANSFER_SAME_RIGHTS
+        conn = k._conn
+        req = conn.submit(Op.ENDPOINT_SEND, ep.slot, abi.DEADLINE_NOW, 0, b"x", (word,))
+        c = conn.wait(req)
+        assert c.status == kernel.Status.INVALID_ARGS
+        assert "badge word" in c.reason()
+        assert n.info().derived == 0
+
+
+def test_reply_recv_may_mint_with_a_badge_that_looks_like_its_own_slot(kernel_daemon):
+    """The badge word is not a slot: it must not trip the 'moves its own capability' check."""
+    import threading
+
+    with kernel.connect(autostart=False) as server:
+        ep, n = server.endpoint(), server.notification()
+        # a call from a thread, answered by reply_recv that mints with badge == ep.slot
+        answers = []
+        calls = threading.Thread(target=lambda: answers.append(ep.call(b"q", timeout=10.0)))
+        calls.start()
+        msg = ep.recv(timeout=10.0)
+        with pytest.raises(TimeoutError):
+            ep.reply_recv(msg, b"a", caps=[n.as_mint(badge=ep.slot)], timeout=0.05)
+        calls.join()
+        (minted,) = answers[0].caps
+        assert minted.info().badge == ep.slot
