@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     k.add_argument("--log-level", default="INFO")
 
+    names = sub.add_parser("names", help="list the name server's entries")
+    names.add_argument("prefix", nargs="?", default="", help="only names starting with this")
+    names.add_argument("--socket", default=None, help="the kernel's socket path")
+    names.add_argument("--json", action="store_true", help="one JSON object per entry")
+
     sub.add_parser("demo", help="start or reuse a kernel, call an echo server, show latency")
     sub.add_parser(
         "bench", help="the IPC latency workbench (see `mkipc bench --help`)", add_help=False
@@ -57,9 +62,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "kernel":
         return _kernel(args)
+    if args.command == "names":
+        return _names(args)
     from . import demo
 
     return demo.main()
+
+
+def _names(args: argparse.Namespace) -> int:
+    """`mkipc names`: what the name server holds that this user may read."""
+    import json
+
+    import kernel
+
+    try:
+        k = kernel.connect(args.socket, autostart=False)
+    except kernel.PeerClosedError as err:
+        print(f"mkipc names: {err}", file=sys.stderr)
+        return 1
+    with k:
+        entries = k.names.list(args.prefix)
+    if args.json:
+        for e in entries:
+            print(json.dumps({**e._asdict(), "rights": e.rights.name, "mode": f"{e.mode:#o}"}))
+        return 0
+    rows = [("NAME", "KIND", "OWNER", "MODE", "PID", "SERVED")]
+    rows += [(e.name, e.kind, f"{e.uid}:{e.gid}", f"{e.mode:04o}", str(e.pid), str(e.served))
+             for e in entries]  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if not entries:
+        print("(no entries you may read)")
+    return 0
 
 
 def _octal_mode(text: str) -> int:

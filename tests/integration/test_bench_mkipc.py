@@ -9,6 +9,7 @@ from kernel.bench.mechanisms.mkipc_call import (
     MkipcCallWithCap,
     MkipcNotify,
 )
+from kernel.bench.mechanisms.mkipc_names import MkipcLookup, MkipcRegister
 from kernel.bench.runner import BenchConfig, run_bench
 
 pytestmark = pytest.mark.integration
@@ -16,9 +17,17 @@ pytestmark = pytest.mark.integration
 
 def test_mkipc_rows_run_every_round_trip():
     config = BenchConfig(runs=2, roundtrips=200, warmup=20, max_seconds=60.0)
-    mechanisms = [MkipcCall(), MkipcCallBadged(), MkipcCallWithCap(), MkipcNotify()]
+    mechanisms = [
+        MkipcCall(),
+        MkipcCallBadged(),
+        MkipcCallWithCap(),
+        MkipcNotify(),
+        MkipcLookup(),
+        MkipcRegister(),
+    ]
     result = run_bench(mechanisms, config)
-    for name in ("mkipc.call", "mkipc.call.badged", "mkipc.call+cap", "mkipc.notify"):
+    names = ("mkipc.call", "mkipc.call.badged", "mkipc.call+cap", "mkipc.notify")
+    for name in (*names, "mkipc.names.lookup", "mkipc.names.register"):
         cell = result.cell(name, 64)
         assert cell.note is None or cell.note == "", cell.note
         assert cell.count == 400

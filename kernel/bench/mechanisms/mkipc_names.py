@@ -1,0 +1,69 @@
+"""The name server's paths: lookup and register, through a private kernel's name server.
+
+No peer process: the name server the kernel starts at boot is the other side (its
+CPU time is counted with the daemon's, as a peer of this row).
+
+A lookup hands this process a new capability each time; keeping them all would
+fill its table, so each timed lookup also submits the close of the previous one
+without waiting for it. The kernel handles that close in the same pass as the
+lookup call: the figure is one lookup plus one in-kernel close, one round trip.
+"""
+
+from __future__ import annotations
+
+from kernel.abi import Op
+from kernel.bench.mechanisms import register
+from kernel.bench.mechanisms.mkipc_call import _START_TIMEOUT_S, _MkipcMechanism
+
+NAME = "bench.lookup"
+
+
+class _NamesMechanism(_MkipcMechanism):
+    def _start(self) -> None:
+        self._start_kernel()
+        assert self._k is not None
+        self._names = self._k.names
+        self._ep = self._k.endpoint()
+        self._names.register(NAME, self._ep, mode=0o600, replace=True)
+        self._names.lookup(NAME, timeout=_START_TIMEOUT_S).close()  # warm both sides
+
+    def peer_pids(self) -> list[int]:
+        """The daemon and its name server (the daemon's child, found through /proc)."""
+        pids = super().peer_pids()
+        if not pids:
+            return []
+        try:
+            with open(f"/proc/{pids[0]}/task/{pids[0]}/children") as f:
+                return pids + [int(p) for p in f.read().split()]
+        except OSError:
+            return pids
+
+
+@register
+class MkipcLookup(_NamesMechanism):
+    name = "mkipc.names.lookup"
+
+    def setup(self, payload_size: int) -> None:
+        self._start()
+        self._prev = self._names.lookup(NAME)
+
+    def roundtrip(self) -> None:
+        assert self._k is not None
+        conn = self._k._conn
+        closing = conn.submit(Op.CAP_CLOSE, self._prev.slot)
+        self._prev = self._names.lookup(NAME)
+        if conn.wait(closing).status:
+            raise RuntimeError("closing a looked-up capability failed")
+
+
+@register
+class MkipcRegister(_NamesMechanism):
+    """Register the same endpoint under the same name again (replace=True)."""
+
+    name = "mkipc.names.register"
+
+    def setup(self, payload_size: int) -> None:
+        self._start()
+
+    def roundtrip(self) -> None:
+        self._names.register(NAME, self._ep, mode=0o600, replace=True)
