@@ -7,7 +7,6 @@ deadlines and errors is here, once.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from capabilities import Rights
@@ -15,7 +14,7 @@ from capabilities.policy import check_mode
 from services.names import protocol as p
 
 from ..errors import InvalidCapabilityError, error_for
-from ._common import CapBase, CopyOf
+from ._common import CapBase
 
 CALL_GRACE_S = 5.0
 """How long the name server may take to answer, on top of any waiting a request asks
@@ -66,7 +65,10 @@ def call_timeout(timeout: float | None) -> float | None:
 
 def register_request(
     name: str, cap: CapBase, mode: int, rights: Rights | int | None, replace: bool
-) -> tuple[bytes, Sequence[CapBase | CopyOf]]:
+) -> bytes:
+    """The request; the stub sends it with a fresh copy of `cap`, moved: a message
+    waiting for the name server locks what it carries (even `cap.as_copy()`), and the
+    registrant's own `cap` must stay usable meanwhile (its workers may be receiving)."""
     if not isinstance(cap, CapBase) or cap.kind not in ("endpoint", "notification"):
         raise TypeError(f"register needs an endpoint or notification capability, not {cap!r}")
     if rights is not None and not 0 <= int(rights) <= int(Rights.ALL):
@@ -74,7 +76,7 @@ def register_request(
     req = p.Register(
         check_name(name), check_mode(mode), None if rights is None else int(rights), replace
     )
-    return p.encode(req), [cap.as_copy()]  # a copy: the registrant keeps its own
+    return p.encode(req)
 
 
 def answer(data: bytes, what: str) -> p.Ok | p.Listing:

@@ -6,12 +6,13 @@ Every process holds a capability to the name server in a well-known slot
 
 from __future__ import annotations
 
+import contextlib
 from typing import TypeVar
 
 from capabilities import Rights
 from services.names import protocol as p
 
-from ..errors import InvalidCapabilityError
+from ..errors import InvalidCapabilityError, IPCError
 from . import _names as n
 from .aio import AsyncEndpointCap, AsyncKernel, AsyncMessage, AsyncNotificationCap
 from .sync import EndpointCap, Kernel, Message, NotificationCap
@@ -62,8 +63,16 @@ class Names:
         Raises AlreadyExistsError if the name is taken (replace=True takes it over,
         with write permission), AccessDeniedError, InvalidArgumentError.
         """
-        data, caps = n.register_request(name, cap, mode, rights, replace)
-        resp, _ = self._call(data, f"names.register({name!r})", caps=caps)  # type: ignore[arg-type]
+        data = n.register_request(name, cap, mode, rights, replace)
+        what = f"names.register({name!r})"
+        copy = cap.copy()  # moved to the name server; see _names.register_request
+        try:
+            msg = self.endpoint.call(data, timeout=n.CALL_GRACE_S, caps=[copy])
+        except BaseException:
+            with contextlib.suppress(IPCError):  # not delivered: it is still here
+                copy.close()
+            raise
+        resp = n.answer(msg.data, what)
         assert isinstance(resp, p.Ok)
         assert resp.entry is not None
         return n.entry(resp.entry)
@@ -146,8 +155,16 @@ class AsyncNames:
         replace: bool = False,
     ) -> NameEntry:
         """See Names.register."""
-        data, caps = n.register_request(name, cap, mode, rights, replace)
-        resp, _ = await self._call(data, f"names.register({name!r})", caps=caps)  # type: ignore[arg-type]
+        data = n.register_request(name, cap, mode, rights, replace)
+        what = f"names.register({name!r})"
+        copy = await cap.copy()  # moved to the name server; see _names.register_request
+        try:
+            msg = await self.endpoint.call(data, timeout=n.CALL_GRACE_S, caps=[copy])
+        except BaseException:
+            with contextlib.suppress(IPCError):  # not delivered: it is still here
+                await copy.close()
+            raise
+        resp = n.answer(msg.data, what)
         assert isinstance(resp, p.Ok)
         assert resp.entry is not None
         return n.entry(resp.entry)
