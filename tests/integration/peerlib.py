@@ -22,3 +22,80 @@ def spawned(k: kernel.Kernel, script: str, *args: str, **caps) -> Iterator[kerne
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+class NamesPeer:
+    """peers/names_peer.py as a plain subprocess (it finds the kernel by $MKIPC_SOCKET):
+    send it a command, read its JSON answer; every read is bounded. Use as a context
+    manager: on the way out it is killed by pid and reaped."""
+
+    def __init__(self, *args: str) -> None:
+        import json
+        import queue
+        import subprocess
+        import threading
+
+        self._json = json
+        self.popen = subprocess.Popen(
+            [sys.executable, str(PEERS / "names_peer.py"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.pid = self.popen.pid
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.hello = self.answer()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self._lines.put(line)
+        self._lines.put("")
+
+    def answer(self, timeout: float = 20.0) -> dict:
+        import queue
+
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"names_peer pid {self.pid} did not answer in {timeout} s") from None
+        if not line:
+            raise ConnectionError(f"names_peer pid {self.pid} exited ({self.popen.poll()})")
+        return self._json.loads(line)
+
+    def send(self, op: str, **kw: object) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(self._json.dumps({"op": op, **kw}) + "\n")
+        self.popen.stdin.flush()
+
+    def __call__(self, op: str, **kw: object) -> dict:
+        self.send(op, **kw)
+        return self.answer()
+
+    def ok(self, op: str, **kw: object) -> dict:
+        out = self(op, **kw)
+        assert out.get("ok"), f"{op} {kw}: {out}"
+        return out
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+
+    def close(self) -> None:
+        self.kill()
+        self.popen.wait(timeout=10)
+        self._reader.join(timeout=10)  # EOF once the process is gone
+        for f in (self.popen.stdin, self.popen.stdout):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> NamesPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
