@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pct = idle_cpu_percent(args.idle_cpu)
         print(
-            f"idle kernel daemon: {pct:.2f}% of one core over {args.idle_cpu:g} s "
+            f"idle kernel daemon + name server: {pct:.2f}% of one core over {args.idle_cpu:g} s "
             "(one connected, idle client)"
         )
         return 0

@@ -296,7 +296,10 @@ class NameServerProcess:
 
     def start(self) -> None:
         self.token = self.d.k.names_bundle()
-        env = dict(os.environ, MKIPC_SOCKET=self.d.path, MKIPC_INHERIT=self.token)
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        env = dict(
+            os.environ, MKIPC_SOCKET=self.d.path, MKIPC_INHERIT=self.token, MKIPC_LOG_LEVEL=level
+        )
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "services.names"],
             env=env,

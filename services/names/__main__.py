@@ -7,6 +7,7 @@ from the kernel, and serves until the kernel goes away.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -20,7 +21,7 @@ def main() -> int:
     # kernel, which then disconnects us. SIGINT here would only race that.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
-        level=logging.INFO,
+        level=os.environ.get("MKIPC_LOG_LEVEL", "INFO"),
         stream=sys.stderr,
         format="%(asctime)s mkipc-names[%(process)d] %(levelname)s %(message)s",
     )
