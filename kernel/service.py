@@ -1,0 +1,715 @@
+"""A service in a few lines (issue #4 item 6): a name, typed requests, N workers.
+
+    class Get(msgspec.Struct, tag=True):
+        key: str
+
+    svc = kernel.Service("demo.kv", mode=0o666)
+
+    @svc.handler
+    def get(req: Get, ctx: kernel.RequestContext) -> str | None:   # ctx is optional
+        return store.get(req.key)
+
+    svc.run(workers=4)                  # threads; or `await svc.serve(k, workers=4)`
+
+    kv = kernel.ServiceClient.lookup(k, "demo.kv", timeout=10.0)
+    kv.call(Get("a"), timeout=1.0)      # the handler's return value, or its exception
+
+The handler for a request is chosen by the request's type: the union of the
+handlers' annotated (tagged) Struct types is one msgspec decoder, so a request costs
+one msgpack decode. SIGINT/SIGTERM stop a service cleanly: the name goes first (no
+new lookups), every worker finishes the request in hand, then the endpoint is
+revoked and closed, so calls still queued fail at once instead of timing out.
+
+Wire format, for clients in other languages: a request is the msgpack encoding of a
+tagged struct (a map with the tag field). A reply is one status byte then msgpack:
+0 and the handler's return value, or 1 and a `Failure` array
+[kind, type name, message, args, traceback].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import functools
+import inspect
+import logging
+import operator
+import os
+import secrets
+import signal
+import threading
+import time
+import traceback
+import typing
+from collections.abc import Callable, Iterable
+from types import FrameType, TracebackType
+from typing import Any, NamedTuple, TypeVar, overload
+
+import msgspec
+
+from capabilities import Rights
+
+from .abi import MAX_PAYLOAD
+from .client._common import Credentials, MessageBase
+from .client._conn import Connection
+from .client.aio import AsyncEndpointCap, AsyncKernel, AsyncMessage
+from .client.sync import EndpointCap, Kernel, Message
+from .errors import (
+    CallTimeoutError,
+    InvalidArgumentError,
+    InvalidCapabilityError,
+    IPCError,
+    PeerClosedError,
+    Status,
+)
+
+log = logging.getLogger("mkipc.service")
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OK = 0
+_FAILED = 1
+RAISED = 0
+"""Failure kinds: the handler raised; the request could not be decoded or routed."""
+BAD_REQUEST = 1
+
+SAFE_BUILTINS: frozenset[str] = frozenset(
+    "ArithmeticError AssertionError AttributeError FileExistsError FileNotFoundError "
+    "IndexError IsADirectoryError KeyError LookupError NotADirectoryError "
+    "NotImplementedError OverflowError PermissionError RuntimeError TypeError "
+    "ValueError ZeroDivisionError".split()
+)
+"""Remote exceptions a client re-raises as the same builtin type. Left out on purpose:
+TimeoutError and ConnectionError (they would pass for the call's own failures),
+OSError itself, and anything whose constructor is not `cls(*args)`."""
+
+
+class Failure(msgspec.Struct, array_like=True, frozen=True):
+    """The body of a failed reply."""
+
+    kind: int  # RAISED or BAD_REQUEST
+    type: str  # "KeyError" for builtins, else "module.QualName"
+    message: str  # str(exception)
+    args: list[Any] = []  # the exception's args, when msgpack can carry them
+    traceback: str = ""  # the remote traceback text ("" if the service sends none)
+
+
+class RemoteError(IPCError):
+    """A handler raised an exception that the client does not re-raise as itself.
+
+    `type_name`, `message` and `traceback` describe the remote exception. A builtin
+    that is re-raised as itself (KeyError, ValueError, ...) has one as `__cause__`.
+    """
+
+    def __init__(self, what: str, type_name: str, message: str, tb: str = "") -> None:
+        super().__init__(f"{what}: {type_name}: {message}" if message else f"{what}: {type_name}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = tb
+        if tb and hasattr(self, "add_note"):  # 3.11+: shown under the exception
+            self.add_note("remote traceback:\n" + tb.rstrip())
+
+
+class RequestContext:
+    """Who sent a request. A handler gets one if it takes a second parameter."""
+
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: MessageBase) -> None:
+        self._msg = msg
+
+    @property
+    def badge(self) -> int:
+        """The badge of the caller's capability: unique per lookup, 0 for unbadged."""
+        return self._msg.badge
+
+    @property
+    def sender(self) -> Credentials:
+        """Kernel-verified pid/uid/gid of the caller."""
+        return self._msg.sender
+
+    @property
+    def sender_id(self) -> int:
+        """The kernel's id of the caller's connection (unique for the kernel's life)."""
+        return self._msg.sender_id
+
+    def __repr__(self) -> str:
+        return f"<RequestContext badge={self.badge} sender={self.sender}>"
+
+
+class _Route(NamedTuple):
+    func: Callable[..., Any]
+    with_ctx: bool
+    is_async: bool
+
+
+_encoder = msgspec.msgpack.Encoder()
+_failures = msgspec.msgpack.Decoder(Failure)
+
+
+class Service:
+    """A named endpoint served by handlers. See the module docstring.
+
+    Args:
+        name: registered with the name server while the service runs.
+        handlers: functions (or coroutine functions, for `serve`) whose first
+            parameter is annotated with a tagged msgspec Struct; more can be added
+            with the `@svc.handler` decorator.
+        mode, rights, replace: passed to `names.register`.
+        tracebacks: send the handler's traceback text with an error reply.
+        shutdown_timeout: how long a stop waits for in-flight requests (seconds).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handlers: Iterable[Callable[..., Any]] = (),
+        *,
+        mode: int = 0o660,
+        rights: Rights | None = None,
+        replace: bool = False,
+        tracebacks: bool = True,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.mode = mode
+        self.rights = rights
+        self.replace = replace
+        self.tracebacks = tracebacks
+        self.shutdown_timeout = shutdown_timeout
+        self._routes: dict[type[msgspec.Struct], _Route] = {}
+        self._decoder: msgspec.msgpack.Decoder[Any] | None = None
+        self._stop_requested = False
+        self._wake: Callable[[], None] | None = None
+        for func in handlers:
+            self.handler(func)
+
+    def handler(self, func: F) -> F:
+        """Route requests of `func`'s first parameter's type to it (a decorator)."""
+        req_type, route = _route(func)
+        if req_type in self._routes:
+            raise ValueError(f"{req_type.__name__} already has a handler")
+        self._routes[req_type] = route
+        self._decoder = None
+        return func
+
+    @property
+    def request_types(self) -> list[type[msgspec.Struct]]:
+        return list(self._routes)
+
+    def stop(self) -> None:
+        """Stop serving, as SIGTERM does (thread-safe; run/serve then return)."""
+        self._stop_requested = True
+        if self._wake is not None:
+            self._wake()
+
+    # ------------------------------------------------------------ requests
+
+    def _request_decoder(self) -> msgspec.msgpack.Decoder[Any]:
+        if self._decoder is None:
+            if not self._routes:
+                raise ValueError(f"service {self.name!r} has no handlers")
+            union = functools.reduce(operator.or_, self._routes)
+            self._decoder = msgspec.msgpack.Decoder(union)
+        return self._decoder
+
+    def _decode(self, data: bytes) -> tuple[Any, _Route] | bytes:
+        """The request and its route, or the failure reply for a bad request."""
+        try:
+            req = self._request_decoder().decode(data)
+        except msgspec.MsgspecError as e:
+            tags = ", ".join(repr(t.__struct_config__.tag) for t in self._routes)
+            why = f"malformed or unknown request ({e}); {self.name!r} takes {tags}"
+            return _failure(Failure(BAD_REQUEST, "InvalidArgumentError", why))
+        return req, self._routes[type(req)]
+
+    def _answer(self, msg: Message, buf: bytearray) -> bytes | bytearray:
+        decoded = self._decode(msg.data)
+        if isinstance(decoded, bytes):
+            return decoded
+        req, route = decoded
+        try:
+            result = route.func(req, RequestContext(msg)) if route.with_ctx else route.func(req)
+            return self._ok(result, buf)
+        except Exception as e:
+            return self._raised(e, req)
+
+    async def _aanswer(self, msg: AsyncMessage, buf: bytearray) -> bytes | bytearray:
+        decoded = self._decode(msg.data)
+        if isinstance(decoded, bytes):
+            return decoded
+        req, route = decoded
+        try:
+            result = route.func(req, RequestContext(msg)) if route.with_ctx else route.func(req)
+            if route.is_async:
+                result = await result
+            return self._ok(result, buf)
+        except Exception as e:
+            return self._raised(e, req)
+
+    def _ok(self, result: Any, buf: bytearray) -> bytes | bytearray:
+        _encoder.encode_into(result, buf, 1)  # buf[0] stays _OK; reused per worker
+        if len(buf) > MAX_PAYLOAD:
+            raise ValueError(f"the reply of {len(buf) - 1} bytes exceeds {MAX_PAYLOAD} bytes")
+        return buf
+
+    def _raised(self, e: Exception, req: Any) -> bytes:
+        cls = type(e)
+        name = (
+            cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        )
+        level = logging.DEBUG if name in SAFE_BUILTINS else logging.ERROR
+        log.log(level, "%s: handler for %s raised %s", self.name, type(req).__name__, name,
+                exc_info=e)  # fmt: skip
+        tb = "".join(traceback.format_exception(cls, e, e.__traceback__)) if self.tracebacks else ""
+        message = _text(e)
+        try:
+            return _failure(Failure(RAISED, name, message, list(e.args), tb))
+        except (TypeError, ValueError):  # args msgpack cannot carry
+            return _failure(Failure(RAISED, name, message, [message], tb))
+
+    # ------------------------------------------------------------ blocking face
+
+    def run(self, k: Kernel | None = None, *, workers: int = 1, signals: bool = True) -> None:
+        """Register the name and serve with `workers` threads until stopped.
+
+        Returns after SIGINT/SIGTERM (handlers are installed when `signals` is true and
+        this is the main thread) or `stop()`. Raises PeerClosedError if the kernel went
+        away, AlreadyExistsError if the name is taken (see `replace`).
+        """
+        _check_workers(workers)
+        for route in self._routes.values():
+            if route.is_async:
+                raise TypeError(
+                    f"handler {route.func.__qualname__} is a coroutine function: "
+                    "serve it with `await svc.serve(...)` on an asyncio loop"
+                )
+        self._request_decoder()  # fail here, not on the first request
+        own = k is None
+        if k is None:
+            k = Kernel(Connection())
+        try:
+            ep = k.endpoint()
+            try:
+                k.names.register(
+                    self.name, ep, mode=self.mode, rights=self.rights, replace=self.replace
+                )
+                self._run(k, ep, workers, signals)
+            finally:
+                _retire(ep)
+        finally:
+            self._stop_requested = False
+            if own:
+                k.close()
+
+    def _run(self, k: Kernel, ep: EndpointCap, workers: int, signals: bool) -> None:
+        token = secrets.token_bytes(16)
+        errors: list[BaseException] = []
+        r, w = os.pipe()
+        self._wake = functools.partial(_poke, w)
+        old = _install_signals(lambda signum, frame: self.stop()) if signals else {}
+        threads = [
+            threading.Thread(
+                target=self._thread, args=(ep, token, errors), name=f"{self.name}[{i}]",
+                daemon=True,  # a handler stuck past shutdown_timeout must not hold the exit
+            )
+            for i in range(workers)
+        ]  # fmt: skip
+        try:
+            for t in threads:
+                t.start()
+            if not self._stop_requested:
+                os.read(r, 1)  # a signal, stop() or a worker that ended writes here
+        finally:
+            self._shutdown(k, ep, token, threads, errors)
+            _restore_signals(old)
+            self._wake = None
+            os.close(r)
+            os.close(w)
+        if errors:
+            raise errors[0]
+
+    def _thread(self, ep: EndpointCap, token: bytes, errors: list[BaseException]) -> None:
+        try:
+            self._worker(ep, token)
+        except BaseException as e:
+            errors.append(e)
+            self.stop()
+
+    def _worker(self, ep: EndpointCap, token: bytes) -> None:
+        buf = bytearray(1)  # [_OK]; the rest is each reply's msgpack
+        msg = ep.recv()
+        while True:
+            # DESIGN §6: lookups always mint a badge, so badge 0 is us (or a process
+            # we gave the unbadged capability); the random token tells stop apart.
+            if not msg.badge and msg.data == token:
+                return
+            if not msg.is_call:
+                self._drop(msg)
+                msg = ep.recv()
+                continue
+            out = self._answer(msg, buf)
+            if msg._c.caps:  # the raw completion's slots: cheaper than msg.caps
+                self._drop(msg)
+            try:
+                msg = ep.reply_recv(msg, out)
+            except PeerClosedError as e:
+                if e.status != Status.CALLER_GONE:
+                    raise
+                msg = ep.recv()  # the caller timed out or ended: serve the next
+
+    def _drop(self, msg: Message) -> None:
+        """Close what a request carried: a service takes no capabilities."""
+        for cap in msg.caps:
+            cap.close()
+
+    def _shutdown(
+        self,
+        k: Kernel,
+        ep: EndpointCap,
+        token: bytes,
+        threads: list[threading.Thread],
+        errors: list[BaseException],
+    ) -> None:
+        self._unregister(k)
+        deadline = time.monotonic() + self.shutdown_timeout
+        for _ in range(len(threads) - len(errors)):  # one stop message per live worker
+            try:
+                ep.send(token, timeout=max(0.0, deadline - time.monotonic()))
+            except CallTimeoutError:
+                log.warning("%s: workers still busy after %s s; leaving them",
+                            self.name, self.shutdown_timeout)  # fmt: skip
+                break
+            except IPCError:
+                break  # the kernel is gone; the workers have ended too
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _unregister(self, k: Kernel) -> None:
+        try:
+            if any(e.name == self.name and e.pid == k.pid for e in k.names.list(self.name)):
+                k.names.unregister(self.name)
+        except IPCError as e:
+            log.warning("%s: unregister: %s", self.name, e)
+
+    # ------------------------------------------------------------ asyncio face
+
+    async def serve(
+        self, k: AsyncKernel | None = None, *, workers: int = 1, signals: bool = True
+    ) -> None:
+        """Register the name and serve with `workers` tasks until stopped.
+
+        Handlers may be coroutine functions (awaited) or functions (called on the
+        loop: keep them quick). Stops on SIGINT/SIGTERM (when `signals` is true and
+        the loop runs in the main thread) or `stop()`; cancelling serve() cancels
+        the handlers in flight.
+        """
+        _check_workers(workers)
+        self._request_decoder()
+        own = k is None
+        if k is None:
+            k = await AsyncKernel().open()
+        try:
+            ep = await k.endpoint()
+            try:
+                await k.names.register(
+                    self.name, ep, mode=self.mode, rights=self.rights, replace=self.replace
+                )
+                await self._serve(k, ep, workers, signals)
+            finally:
+                await _aretire(ep)
+        finally:
+            self._stop_requested = False
+            if own:
+                k.close()
+
+    async def _serve(
+        self, k: AsyncKernel, ep: AsyncEndpointCap, workers: int, signals: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        token = secrets.token_bytes(16)
+        stopped = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(stopped.set)
+
+        self._wake = wake
+        installed = _add_loop_signals(loop, self.stop) if signals else []
+        tasks = [asyncio.ensure_future(self._aworker(ep, token)) for _ in range(workers)]
+        waiter = asyncio.ensure_future(stopped.wait())
+        try:
+            if not self._stop_requested:
+                await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            self._wake = None
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self._ashutdown(k, ep, token, tasks)
+        for t in tasks:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+
+    async def _aworker(self, ep: AsyncEndpointCap, token: bytes) -> None:
+        buf = bytearray(1)
+        msg = await ep.recv()
+        while True:
+            if not msg.badge and msg.data == token:  # see _worker
+                return
+            if not msg.is_call:
+                await self._adrop(msg)
+                msg = await ep.recv()
+                continue
+            out = await self._aanswer(msg, buf)
+            if msg._c.caps:
+                await self._adrop(msg)
+            try:
+                msg = await ep.reply_recv(msg, out)
+            except PeerClosedError as e:
+                if e.status != Status.CALLER_GONE:
+                    raise
+                msg = await ep.recv()
+
+    async def _adrop(self, msg: AsyncMessage) -> None:
+        for cap in msg.caps:
+            await cap.close()
+
+    async def _ashutdown(
+        self, k: AsyncKernel, ep: AsyncEndpointCap, token: bytes, tasks: list[asyncio.Task[None]]
+    ) -> None:
+        try:
+            if any(e.name == self.name and e.pid == k.pid for e in await k.names.list(self.name)):
+                await k.names.unregister(self.name)
+        except IPCError as e:
+            log.warning("%s: unregister: %s", self.name, e)
+        deadline = time.monotonic() + self.shutdown_timeout
+        for _ in range(sum(not t.done() for t in tasks)):
+            try:
+                await ep.send(token, timeout=max(0.0, deadline - time.monotonic()))
+            except CallTimeoutError:
+                log.warning("%s: workers still busy after %s s; cancelling them",
+                            self.name, self.shutdown_timeout)  # fmt: skip
+                break
+            except IPCError:
+                break
+        _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        for t in late:
+            t.cancel()
+        if late:
+            await asyncio.wait(late)
+
+
+# ------------------------------------------------------------ clients
+
+
+class ServiceClient:
+    """Calls a Service through an endpoint capability (blocking face; thread-safe)."""
+
+    __slots__ = ("cap", "_what")
+
+    def __init__(self, cap: EndpointCap, *, name: str | None = None) -> None:
+        self.cap = cap
+        self._what = f"service {name!r}" if name else f"service at slot {cap.slot:#x}"
+
+    @classmethod
+    def lookup(cls, k: Kernel, name: str, *, timeout: float | None = 0) -> ServiceClient:
+        """Look `name` up, waiting up to `timeout` seconds for it to be registered."""
+        return cls(k.names.lookup(name, timeout=timeout), name=name)
+
+    @overload
+    def call(self, request: msgspec.Struct, *, timeout: float | None = None) -> Any: ...
+    @overload
+    def call(
+        self, request: msgspec.Struct, *, timeout: float | None = None, type: type[T]
+    ) -> T: ...
+    def call(
+        self, request: msgspec.Struct, *, timeout: float | None = None, type: Any = Any
+    ) -> Any:
+        """Send `request` and return the handler's result (decoded as `type`).
+
+        Raises the handler's exception (a safe builtin as itself, anything else as
+        RemoteError), InvalidArgumentError for a request the service does not take,
+        CallTimeoutError, PeerClosedError (the service ended).
+        """
+        msg = self.cap.call(_encoder.encode(request), timeout=timeout)
+        return _result(msg.data, type, self._what)
+
+    def close(self) -> None:
+        """Close the capability (fine if the service ended and it was revoked)."""
+        try:
+            self.cap.close()
+        except InvalidCapabilityError:
+            pass
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncServiceClient:
+    """Calls a Service from asyncio code; many calls may be in flight."""
+
+    __slots__ = ("cap", "_what")
+
+    def __init__(self, cap: AsyncEndpointCap, *, name: str | None = None) -> None:
+        self.cap = cap
+        self._what = f"service {name!r}" if name else f"service at slot {cap.slot:#x}"
+
+    @classmethod
+    async def lookup(
+        cls, k: AsyncKernel, name: str, *, timeout: float | None = 0
+    ) -> AsyncServiceClient:
+        """See ServiceClient.lookup."""
+        return cls(await k.names.lookup(name, timeout=timeout), name=name)
+
+    @overload
+    async def call(self, request: msgspec.Struct, *, timeout: float | None = None) -> Any: ...
+    @overload
+    async def call(
+        self, request: msgspec.Struct, *, timeout: float | None = None, type: type[T]
+    ) -> T: ...
+    async def call(
+        self, request: msgspec.Struct, *, timeout: float | None = None, type: Any = Any
+    ) -> Any:
+        """See ServiceClient.call."""
+        msg = await self.cap.call(_encoder.encode(request), timeout=timeout)
+        return _result(msg.data, type, self._what)
+
+    async def close(self) -> None:
+        try:
+            await self.cap.close()
+        except InvalidCapabilityError:
+            pass
+
+    async def __aenter__(self) -> AsyncServiceClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+# ------------------------------------------------------------ helpers
+
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {Any: msgspec.msgpack.Decoder()}
+
+
+def _result(data: bytes, type_: Any, what: str) -> Any:
+    """Decode a reply: the value (as `type_`), or raise what the handler raised."""
+    if data[:1] == b"\x00":
+        decoder = _decoders.get(type_)
+        if decoder is None:
+            decoder = _decoders[type_] = msgspec.msgpack.Decoder(type_)
+        return decoder.decode(memoryview(data)[1:])
+    if data[:1] != b"\x01":
+        raise InvalidArgumentError(f"{what}: the reply is not a service reply ({data[:16]!r})")
+    raise _exception(_failures.decode(memoryview(data)[1:]), what)
+
+
+def _exception(f: Failure, what: str) -> Exception:
+    if f.kind == BAD_REQUEST:
+        return InvalidArgumentError(f"{what}: {f.message}", Status.INVALID_ARGS)
+    remote = RemoteError(what, f.type, f.message, f.traceback)
+    if f.type in SAFE_BUILTINS:
+        try:
+            exc: Exception = getattr(builtins, f.type)(*f.args)
+        except Exception:  # args that constructor does not take: keep the RemoteError
+            return remote
+        exc.__cause__ = remote
+        return exc
+    return remote
+
+
+def _failure(f: Failure) -> bytes:
+    return b"\x01" + _encoder.encode(f)
+
+
+def _text(e: BaseException) -> str:
+    try:
+        return str(e)
+    except Exception:
+        return f"<{type(e).__name__}: str() failed>"
+
+
+def _route(func: Callable[..., Any]) -> tuple[type[msgspec.Struct], _Route]:
+    """Check a handler's shape: (request) or (request, ctx), request a tagged Struct."""
+    where = getattr(func, "__qualname__", repr(func))
+    params = list(inspect.signature(func).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required_rest = [p for p in params if p not in positional and p.default is p.empty
+                     and p.kind is p.KEYWORD_ONLY]  # fmt: skip
+    if not 1 <= len(positional) <= 2 or required_rest:
+        raise TypeError(f"handler {where} must take (request) or (request, ctx)")
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception as e:
+        raise TypeError(f"handler {where}: cannot resolve its annotations: {e}") from None
+    req_type = hints.get(positional[0].name)
+    if not (isinstance(req_type, type) and issubclass(req_type, msgspec.Struct)):
+        raise TypeError(f"handler {where}: annotate its first parameter with a msgspec Struct")
+    if req_type.__struct_config__.tag is None:
+        raise TypeError(
+            f"handler {where}: {req_type.__name__} needs a tag to be routed: "
+            f"class {req_type.__name__}(msgspec.Struct, tag=True)"
+        )
+    is_async = inspect.iscoroutinefunction(func)
+    return req_type, _Route(func, len(positional) == 2, is_async)
+
+
+def _check_workers(workers: int) -> None:
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, not {workers!r}")
+
+
+def _poke(fd: int) -> None:
+    try:
+        os.write(fd, b"\0")
+    except OSError:  # closed: the service already stopped
+        pass
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def _install_signals(handler: Callable[[int, FrameType | None], None]) -> dict[int, _Handler]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+
+
+def _restore_signals(old: dict[int, _Handler]) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _add_loop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> list[int]:
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    for sig in _SIGNALS:
+        loop.add_signal_handler(sig, stop)
+    return list(_SIGNALS)
+
+
+def _retire(ep: EndpointCap) -> None:
+    """Revoke what lookups handed out, then close: the endpoint dies, and calls still
+    queued on it fail at once (PeerClosedError) instead of waiting out their timeout."""
+    try:
+        ep.revoke()
+        ep.close()
+    except IPCError as e:
+        log.debug("retire endpoint: %s", e)
+
+
+async def _aretire(ep: AsyncEndpointCap) -> None:
+    try:
+        await ep.revoke()
+        await ep.close()
+    except IPCError as e:
+        log.debug("retire endpoint: %s", e)
