@@ -1,37 +1,27 @@
-"""Echo over an endpoint: the parent spawns a server and hands it the endpoint.
+"""Echo through the name server (blocking face).
 
-    python examples/echo/echo.py
+    python examples/echo/echo.py serve &    # registers "demo.echo"
+    python examples/echo/echo.py            # looks it up (waits up to 10 s) and calls it
 
-Starts a private kernel if none runs (it exits by itself when idle).
+Either may start first. A private kernel starts on demand (it exits once idle).
 """
 
 import sys
 
 import kernel
 
-
-def serve() -> None:
-    k = kernel.connect()
-    ep = k.inherited["echo"]
-    while True:
-        msg = ep.recv()  # msg.data (bytes), msg.badge, msg.sender.pid / .uid / .gid
-        msg.reply(msg.data.upper())
-
-
-if sys.argv[1:] == ["serve"]:
-    serve()
-else:
-    with kernel.connect() as k:
+with kernel.connect() as k:
+    if sys.argv[1:] == ["serve"]:
         ep = k.endpoint()
-        server = k.spawn([sys.executable, __file__, "serve"], caps={"echo": ep})
-        reply = ep.call(b"ping", timeout=5.0)
+        k.names.register("demo.echo", ep, mode=0o666)  # any user may look it up
+        while True:
+            msg = ep.recv()  # msg.data, msg.badge (one per lookup), msg.sender.pid/.uid/.gid
+            msg.reply(msg.data.upper())
+    else:
+        echo = k.names.lookup("demo.echo", timeout=10.0)
+        reply = echo.call(b"ping", timeout=5.0)
         print(f"{reply.data!r} from pid {reply.sender.pid}")
-        n = k.notification()
-        n.signal(0b101)
-        print(f"notification word: {n.wait(timeout=1.0):#b}")
-        server.kill()
-        server.wait(timeout=5.0)  # returns once the kernel has cleaned the process up
         try:
-            ep.call(b"x", timeout=0.2)  # nobody receives any more
-        except TimeoutError as e:  # kernel.CallTimeoutError subclasses it
+            echo.recv(timeout=0)  # lookup hands out SEND, never RECEIVE
+        except PermissionError as e:
             print(f"as expected: {e}")

@@ -1,6 +1,7 @@
-"""The asyncio face: one server task loop, many calls in flight from one client.
+"""Echo through the name server (asyncio face): many calls in flight.
 
-python examples/echo/echo_async.py
+Run `python examples/echo/echo_async.py serve &` (it registers "demo.echo"), then
+`python examples/echo/echo_async.py` (100 concurrent calls). Either may start first.
 """
 
 import asyncio
@@ -13,7 +14,8 @@ import kernel
 
 async def serve() -> None:
     async with kernel.connect_async() as k:
-        ep = k.inherited["echo"]
+        ep = await k.endpoint()
+        await k.names.register("demo.echo", ep, mode=0o666)
         msg = await ep.recv()
         while True:
             msg = await ep.reply_recv(msg, msg.data.upper())
@@ -21,13 +23,10 @@ async def serve() -> None:
 
 async def main() -> None:
     async with kernel.connect_async() as k:
-        ep = await k.endpoint()
-        server = await k.spawn([sys.executable, __file__, "serve"], caps={"echo": ep})
+        echo = await k.names.lookup("demo.echo", timeout=10.0)
         async with asyncio.TaskGroup() as tg:
-            calls = [tg.create_task(ep.call(b"req %d" % i, timeout=5.0)) for i in range(100)]
+            calls = [tg.create_task(echo.call(b"req %d" % i, timeout=5.0)) for i in range(100)]
         print(f"{len(calls)} replies, first {calls[0].result().data!r}")
-        server.kill()
-        await server.wait(timeout=5.0)
 
 
 if __name__ == "__main__":
