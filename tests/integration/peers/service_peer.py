@@ -1,0 +1,128 @@
+"""A kernel.Service with handlers the service tests call.
+
+usage: service_peer.py NAME FACE WORKERS
+  FACE  sync   svc.run(workers=N): threads, plain-function handlers
+        async  await svc.serve(workers=N): tasks, coroutine handlers
+Exits 0 after SIGTERM/SIGINT once it has shut down cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+
+import msgspec
+
+import kernel
+
+
+class Echo(msgspec.Struct, tag="echo"):
+    text: str
+
+
+class Who(msgspec.Struct, tag="who"):
+    pass
+
+
+class Fail(msgspec.Struct, tag="fail"):
+    kind: str
+
+
+class Meet(msgspec.Struct, tag="meet"):
+    """Return once `n` Meet requests are in their handlers at the same time."""
+
+    n: int
+
+
+class Term(msgspec.Struct, tag="term"):
+    """SIGTERM this process, then finish the call."""
+
+
+class Big(msgspec.Struct, tag="big"):
+    size: int
+
+
+class CustomError(Exception):
+    pass
+
+
+ERRORS = {
+    "key": lambda: KeyError("missing"),
+    "value": lambda: ValueError("bad value", 42),
+    "permission": lambda: PermissionError("not yours"),
+    "custom": lambda: CustomError("custom failure"),
+    "timeout": lambda: TimeoutError("remote timeout"),
+    "unencodable": lambda: ValueError(object()),
+}
+
+FACE = sys.argv[2] if __name__ == "__main__" else "sync"
+WORKERS = int(sys.argv[3]) if __name__ == "__main__" else 1
+barrier = threading.Barrier(WORKERS, timeout=20)
+meet_count = 0
+met = asyncio.Event()
+
+
+def who(req: Who, ctx: kernel.RequestContext) -> list[int]:
+    return [ctx.badge, *ctx.sender]
+
+
+def fail(req: Fail) -> None:
+    raise ERRORS[req.kind]()
+
+
+def big(req: Big) -> str:
+    return "x" * req.size
+
+
+def echo(req: Echo) -> str:
+    return req.text
+
+
+def meet(req: Meet) -> int:
+    return barrier.wait()  # BrokenBarrierError after 20 s if workers do not overlap
+
+
+def term(req: Term) -> str:
+    os.kill(os.getpid(), signal.SIGTERM)
+    threading.Event().wait(0.1)  # still in flight while the shutdown starts
+    return "finished"
+
+
+async def aecho(req: Echo) -> str:
+    await asyncio.sleep(0)
+    return req.text
+
+
+async def ameet(req: Meet) -> int:
+    global meet_count
+    meet_count += 1
+    if meet_count == req.n:
+        met.set()
+    await asyncio.wait_for(met.wait(), 20)
+    return meet_count
+
+
+async def aterm(req: Term) -> str:
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0.1)
+    return "finished"
+
+
+def main() -> None:
+    svc = kernel.Service(sys.argv[1], mode=0o666)
+    if FACE == "sync":
+        for f in (who, fail, big, echo, meet, term):
+            svc.handler(f)
+        svc.run(workers=WORKERS)
+    else:
+        for g in (who, fail, big, aecho, ameet, aterm):
+            svc.handler(g)
+        asyncio.run(svc.serve(workers=WORKERS))
+    print("clean exit", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""kernel.Service across processes: typed calls, error replies, workers, shutdown.
+
+The service runs in its own OS process (peers/service_peer.py), served by threads
+("sync": `svc.run`) or asyncio tasks ("async": `await svc.serve`); it is always
+ended by its pid. Clients run in this process, in both faces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from peerlib import PEERS
+from peers.service_peer import Big, Echo, Fail, Meet, Term, Who
+
+import kernel
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+FACES = ["sync", "async"]
+
+
+class Running:
+    """A service process; `log()` is its stderr so far."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc = proc
+        self.log_path = log
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> int:
+        """Send `sig` by pid and return the exit code."""
+        os.kill(self.proc.pid, sig)
+        return self.proc.wait(15)
+
+
+@contextlib.contextmanager
+def service(tmp_path: Path, name: str, face: str, workers: int = 1) -> Iterator[Running]:
+    log = tmp_path / f"{name}.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, str(PEERS / "service_peer.py"), name, face, str(workers)],
+            stdout=f,
+            stderr=f,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield Running(proc, log)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(15)
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_typed_calls_reach_handlers_with_the_callers_badge_and_credentials(
+    kernel_daemon, tmp_path, face
+):
+    with service(tmp_path, "t.calls", face), kernel.connect(autostart=False) as k:
+        a = kernel.ServiceClient.lookup(k, "t.calls", timeout=10.0)
+        b = kernel.ServiceClient.lookup(k, "t.calls", timeout=10.0)
+        assert a.call(Echo("hi"), timeout=5.0) == "hi"
+        badge_a, pid, uid, gid = a.call(Who(), timeout=5.0)
+        assert (pid, uid, gid) == (os.getpid(), os.getuid(), os.getgid())
+        assert a.call(Who(), timeout=5.0, type=tuple[int, int, int, int])[0] == badge_a
+        badge_b = b.call(Who(), timeout=5.0)[0]
+        assert 0 != badge_a != badge_b != 0  # one badge per lookup
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_handler_exceptions_are_re_raised_in_the_client(kernel_daemon, tmp_path, face):
+    with service(tmp_path, "t.errors", face), kernel.connect(autostart=False) as k:
+        svc = kernel.ServiceClient.lookup(k, "t.errors", timeout=10.0)
+        with pytest.raises(KeyError) as key:
+            svc.call(Fail("key"), timeout=5.0)
+        assert key.value.args == ("missing",)
+        cause = key.value.__cause__
+        assert isinstance(cause, kernel.RemoteError)
+        assert "raise ERRORS[req.kind]()" in cause.traceback
+        with pytest.raises(ValueError) as value:
+            svc.call(Fail("value"), timeout=5.0)
+        assert value.value.args == ("bad value", 42)
+        with pytest.raises(PermissionError, match="not yours"):
+            svc.call(Fail("permission"), timeout=5.0)
+        with pytest.raises(kernel.RemoteError) as custom:
+            svc.call(Fail("custom"), timeout=5.0)
+        assert custom.value.type_name == "__main__.CustomError"
+        assert custom.value.message == "custom failure"
+        assert "CustomError: custom failure" in custom.value.traceback
+        # A remote TimeoutError must not pass for this call's own timeout.
+        with pytest.raises(kernel.RemoteError) as timeout:
+            svc.call(Fail("timeout"), timeout=5.0)
+        assert not isinstance(timeout.value, TimeoutError)
+        assert timeout.value.type_name == "TimeoutError"
+        with pytest.raises(ValueError, match="object object"):  # args msgpack cannot carry
+            svc.call(Fail("unencodable"), timeout=5.0)
+        svc.close()
+
+
+class Unknown(msgspec.Struct, tag="unknown"):
+    pass
+
+
+class EchoWithAnInt(msgspec.Struct, tag="echo"):
+    text: int
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_bad_requests_get_clear_errors_and_the_service_keeps_serving(kernel_daemon, tmp_path, face):
+    with service(tmp_path, "t.bad", face) as run, kernel.connect(autostart=False) as k:
+        svc = kernel.ServiceClient.lookup(k, "t.bad", timeout=10.0)
+        with pytest.raises(kernel.InvalidArgumentError, match="'unknown'.*takes.*'echo'"):
+            svc.call(Unknown(), timeout=5.0)
+        with pytest.raises(kernel.InvalidArgumentError, match=r"Expected `str`, got `int`"):
+            svc.call(EchoWithAnInt(5), timeout=5.0)
+        for junk in (b"", b"\xc1", b"\x93\x01\x02\x03", b"\x81\xa4type\xa4echo"):
+            reply = svc.cap.call(junk, timeout=5.0).data
+            assert reply[:1] == b"\x01"
+            failure = msgspec.msgpack.decode(reply[1:])
+            assert failure[1] == "InvalidArgumentError"
+            assert "malformed or unknown request" in failure[2]
+        svc.cap.send(b"a plain send cannot be answered", timeout=5.0)
+        with pytest.raises(ValueError, match="exceeds 262144 bytes"):
+            svc.call(Big(kernel.MAX_PAYLOAD), timeout=5.0)
+        assert svc.call(Echo("still here"), timeout=5.0) == "still here"
+        svc.close()
+        assert "Traceback" not in run.log()  # answered, never logged as a crash
+
+
+@pytest.mark.parametrize("face", FACES)
+async def test_workers_serve_concurrently(kernel_daemon, tmp_path, face):
+    workers = 3
+    with service(tmp_path, "t.workers", face, workers):
+        async with kernel.connect_async(autostart=False) as k:
+            svc = await kernel.AsyncServiceClient.lookup(k, "t.workers", timeout=10.0)
+            # Each Meet returns only once all three are in their handlers at once.
+            results = await asyncio.gather(
+                *(svc.call(Meet(workers), timeout=30.0) for _ in range(workers))
+            )
+            assert len(results) == workers
+            replies = await asyncio.gather(
+                *(svc.call(Echo(str(i)), timeout=10.0, type=str) for i in range(50))
+            )
+            assert replies == [str(i) for i in range(50)]
+            await svc.close()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_sigterm_finishes_the_call_in_flight_unregisters_and_exits_0(kernel_daemon, tmp_path, face):
+    with service(tmp_path, "t.term", face, workers=2) as run, kernel.connect(autostart=False) as k:
+        svc = kernel.ServiceClient.lookup(k, "t.term", timeout=10.0)
+        # The handler sends SIGTERM to its own process and then finishes.
+        assert svc.call(Term(), timeout=10.0) == "finished"
+        assert run.proc.wait(15) == 0, run.log()
+        assert "clean exit" in run.log()
+        assert k.names.list("t.term") == []
+        with pytest.raises(kernel.IPCError):  # revoked at shutdown: fails at once
+            svc.call(Echo("late"), timeout=10.0)
+
+
+@pytest.mark.parametrize(
+    ("face", "sig"), [("sync", signal.SIGINT), ("async", signal.SIGTERM)], ids=["sync", "async"]
+)
+def test_an_idle_service_stops_cleanly_on_a_signal(kernel_daemon, tmp_path, face, sig):
+    with service(tmp_path, "t.idle", face, workers=4) as run, kernel.connect(autostart=False) as k:
+        svc = kernel.ServiceClient.lookup(k, "t.idle", timeout=10.0)
+        assert svc.call(Echo("up"), timeout=5.0) == "up"
+        assert run.signal(sig) == 0, run.log()
+        assert k.names.list("t.idle") == []
+        assert "Traceback" not in run.log()
+        svc.close()
+
+
+def test_stop_from_another_thread_and_run_with_a_given_kernel(kernel_daemon):
+    svc = kernel.Service("t.inproc", [lambda_free_echo])
+    with kernel.connect(autostart=False) as k:
+        t = threading.Thread(target=svc.run, args=(k,), kwargs={"workers": 2})
+        t.start()
+        try:
+            client = kernel.ServiceClient.lookup(k, "t.inproc", timeout=10.0)
+            assert client.call(Echo("in process"), timeout=5.0) == "in process"
+        finally:
+            svc.stop()
+            t.join(15)
+        assert not t.is_alive()
+        assert k.names.list("t.inproc") == []
+        client.close()
+
+
+def lambda_free_echo(req: Echo) -> str:
+    return req.text
+
+
+async def test_serve_in_process_until_stopped(kernel_daemon):
+    async def echo(req: Echo, ctx: kernel.RequestContext) -> list[object]:
+        return [req.text, ctx.sender.pid]
+
+    svc = kernel.Service("t.aserve", [echo])
+    async with kernel.connect_async(autostart=False) as k:
+        task = asyncio.ensure_future(svc.serve(k, workers=2, signals=False))
+        client = await kernel.AsyncServiceClient.lookup(k, "t.aserve", timeout=10.0)
+        assert await client.call(Echo("x"), timeout=5.0) == ["x", os.getpid()]
+        svc.stop()
+        await asyncio.wait_for(task, 15)
+        assert await k.names.list("t.aserve") == []
+        await client.close()
+
+
+# ------------------------------------------------------------ the examples, as a user runs them
+
+
+def readme_script(path: Path) -> str:
+    """The README's ```sh block, as written."""
+    block = re.search(r"```sh\n(.*?)```", path.read_text(), re.S)
+    assert block is not None, f"no sh block in {path}"
+    return block.group(1)
+
+
+def run_script(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_kv_example_runs_as_its_readme_says(kernel_daemon):
+    out = run_script(readme_script(ROOT / "examples/kv/README.md"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n") == ["blue", "colour", "shape", "exit status 1", ""]
+    assert "no such key: colour" in out.stderr
+
+
+def test_kv_client_started_before_the_server_waits_for_it(kernel_daemon):
+    kv = ROOT / "examples/kv"
+    client = subprocess.Popen(
+        [sys.executable, str(kv / "client.py"), "keys"], stdout=subprocess.PIPE, text=True
+    )
+    server = subprocess.Popen([sys.executable, str(kv / "server.py"), "2"])
+    try:
+        out, _ = client.communicate(timeout=30)
+        assert client.returncode == 0
+        assert out == ""  # no keys yet: nothing printed
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        assert server.wait(15) == 0
+        if client.poll() is None:
+            os.kill(client.pid, signal.SIGKILL)
+            client.wait(15)
+
+
+def test_echo_example_runs_as_its_readme_says(kernel_daemon):
+    out = run_script(readme_script(ROOT / "examples/echo/README.md"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("b'PING' from pid ")
+    assert lines[1].startswith("as expected: ")
+    assert "RECEIVE" in lines[1]
+    assert lines[2] == "100 replies, first b'REQ 0'"
