@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 import kernel
-from kernel import service as s
+from kernel import _service_client as w
 
 
 class Get(msgspec.Struct, tag="get"):
@@ -81,7 +81,7 @@ def test_requests_are_routed_by_tag_and_results_round_trip():
     req, route = decoded
     assert (req, route.func, route.with_ctx) == (Get("a"), get, False)
     reply = svc._ok(route.func(req), bytearray(1))
-    assert s._result(bytes(reply), str, "svc") == "A"
+    assert w.result(bytes(reply), str, "svc") == "A"
     _, route = svc._decode(msgspec.msgpack.encode(Put("b", 1)))  # type: ignore[misc]
     assert route.with_ctx
 
@@ -92,7 +92,7 @@ def test_a_bad_request_decodes_to_an_invalid_argument_error_naming_what_is_taken
         reply = svc._decode(data)
         assert isinstance(reply, bytes)
         with pytest.raises(kernel.InvalidArgumentError, match="'t.svc' takes 'get', 'put'"):
-            s._result(reply, object, "svc")
+            w.result(reply, object, "svc")
 
 
 def test_exceptions_round_trip_as_safe_builtins_or_remote_errors():
@@ -102,7 +102,7 @@ def test_exceptions_round_trip_as_safe_builtins_or_remote_errors():
     except KeyError as e:
         reply = svc._raised(e, Get("k"))
     with pytest.raises(KeyError) as info:
-        s._result(reply, object, "svc")
+        w.result(reply, object, "svc")
     assert info.value.args == ("k",)
     assert isinstance(info.value.__cause__, kernel.RemoteError)
     assert "raise KeyError" in info.value.__cause__.traceback
@@ -111,7 +111,7 @@ def test_exceptions_round_trip_as_safe_builtins_or_remote_errors():
         pass
 
     with pytest.raises(kernel.RemoteError, match=r"svc: .*Odd: odd") as remote:
-        s._result(svc._raised(Odd("odd"), Get("k")), object, "svc")
+        w.result(svc._raised(Odd("odd"), Get("k")), object, "svc")
     assert remote.value.type_name.endswith("Odd")
 
 
@@ -122,19 +122,19 @@ def test_tracebacks_can_be_kept_private():
     except ValueError as e:
         reply = svc._raised(e, Get("k"))
     with pytest.raises(ValueError, match="^v$") as info:
-        s._result(reply, object, "svc")
+        w.result(reply, object, "svc")
     cause = info.value.__cause__
     assert isinstance(cause, kernel.RemoteError)
     assert cause.traceback == ""
 
 
 def test_safe_builtins_are_rebuilt_from_their_args():
-    f = s.Failure(s.RAISED, "PermissionError", "[Errno 13] no", [13, "no"], "")
+    f = w.Failure(w.RAISED, "PermissionError", "[Errno 13] no", [13, "no"], "")
     with pytest.raises(PermissionError) as info:
-        s._result(b"\x01" + msgspec.msgpack.encode(f), object, "svc")
+        w.result(b"\x01" + msgspec.msgpack.encode(f), object, "svc")
     assert (info.value.errno, info.value.strerror) == (13, "no")
 
 
 def test_a_reply_that_is_not_a_service_reply_is_refused():
     with pytest.raises(kernel.InvalidArgumentError, match="not a service reply"):
-        s._result(b"hello", object, "svc")
+        w.result(b"hello", object, "svc")

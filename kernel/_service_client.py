@@ -1,0 +1,195 @@
+"""The client side and wire format of kernel.Service (see kernel/service.py).
+
+A request is the msgpack encoding of a tagged struct (a map with the tag field). A
+reply is one status byte then msgpack: 0 and the handler's return value, or 1 and a
+`Failure` array [kind, type name, message, args, traceback].
+"""
+
+from __future__ import annotations
+
+import builtins
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+import msgspec
+
+from .client.aio import AsyncEndpointCap, AsyncKernel
+from .client.sync import EndpointCap, Kernel
+from .errors import InvalidArgumentError, InvalidCapabilityError, IPCError, Status
+
+T = TypeVar("T")
+
+OK = b"\x00"
+FAILED = b"\x01"
+"""The status byte that starts a reply."""
+
+RAISED = 0
+"""Failure kinds: the handler raised; the request could not be decoded or routed."""
+BAD_REQUEST = 1
+
+SAFE_BUILTINS: frozenset[str] = frozenset(
+    "ArithmeticError AssertionError AttributeError FileExistsError FileNotFoundError "
+    "IndexError IsADirectoryError KeyError LookupError NotADirectoryError "
+    "NotImplementedError OverflowError PermissionError RuntimeError TypeError "
+    "ValueError ZeroDivisionError".split()
+)
+"""Remote exceptions a client re-raises as the same builtin type. Left out on purpose:
+TimeoutError and ConnectionError (they would pass for the call's own failures),
+OSError itself, and anything whose constructor is not `cls(*args)`."""
+
+
+class Failure(msgspec.Struct, array_like=True, frozen=True):
+    """The body of a failed reply."""
+
+    kind: int  # RAISED or BAD_REQUEST
+    type: str  # "KeyError" for builtins, else "module.QualName"
+    message: str  # str(exception)
+    args: list[Any] = []  # the exception's args, when msgpack can carry them
+    traceback: str = ""  # the remote traceback text ("" if the service sends none)
+
+
+class RemoteError(IPCError):
+    """A handler raised an exception that the client does not re-raise as itself.
+
+    `type_name`, `message` and `traceback` describe the remote exception. A builtin
+    that is re-raised as itself (KeyError, ValueError, ...) has one as `__cause__`.
+    """
+
+    def __init__(self, what: str, type_name: str, message: str, tb: str = "") -> None:
+        super().__init__(f"{what}: {type_name}: {message}" if message else f"{what}: {type_name}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = tb
+        if tb and hasattr(self, "add_note"):  # 3.11+: shown under the exception
+            self.add_note("remote traceback:\n" + tb.rstrip())
+
+
+_encoder = msgspec.msgpack.Encoder()
+_failures = msgspec.msgpack.Decoder(Failure)
+
+
+class ServiceClient:
+    """Calls a Service through an endpoint capability (blocking face; thread-safe)."""
+
+    __slots__ = ("cap", "_what")
+
+    def __init__(self, cap: EndpointCap, *, name: str | None = None) -> None:
+        self.cap = cap
+        self._what = f"service {name!r}" if name else f"service at slot {cap.slot:#x}"
+
+    @classmethod
+    def lookup(cls, k: Kernel, name: str, *, timeout: float | None = 0) -> ServiceClient:
+        """Look `name` up, waiting up to `timeout` seconds for it to be registered."""
+        return cls(k.names.lookup(name, timeout=timeout), name=name)
+
+    @overload
+    def call(self, request: msgspec.Struct, *, timeout: float | None = None) -> Any: ...
+    @overload
+    def call(
+        self, request: msgspec.Struct, *, timeout: float | None = None, type: type[T]
+    ) -> T: ...
+    def call(
+        self, request: msgspec.Struct, *, timeout: float | None = None, type: Any = Any
+    ) -> Any:
+        """Send `request` and return the handler's result (decoded as `type`).
+
+        Raises the handler's exception (a safe builtin as itself, anything else as
+        RemoteError), InvalidArgumentError for a request the service does not take,
+        CallTimeoutError, PeerClosedError (the service ended).
+        """
+        msg = self.cap.call(_encoder.encode(request), timeout=timeout)
+        return result(msg.data, type, self._what)
+
+    def close(self) -> None:
+        """Close the capability (fine if the service ended and it was revoked)."""
+        try:
+            self.cap.close()
+        except InvalidCapabilityError:
+            pass
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncServiceClient:
+    """Calls a Service from asyncio code; many calls may be in flight."""
+
+    __slots__ = ("cap", "_what")
+
+    def __init__(self, cap: AsyncEndpointCap, *, name: str | None = None) -> None:
+        self.cap = cap
+        self._what = f"service {name!r}" if name else f"service at slot {cap.slot:#x}"
+
+    @classmethod
+    async def lookup(
+        cls, k: AsyncKernel, name: str, *, timeout: float | None = 0
+    ) -> AsyncServiceClient:
+        """See ServiceClient.lookup."""
+        return cls(await k.names.lookup(name, timeout=timeout), name=name)
+
+    @overload
+    async def call(self, request: msgspec.Struct, *, timeout: float | None = None) -> Any: ...
+    @overload
+    async def call(
+        self, request: msgspec.Struct, *, timeout: float | None = None, type: type[T]
+    ) -> T: ...
+    async def call(
+        self, request: msgspec.Struct, *, timeout: float | None = None, type: Any = Any
+    ) -> Any:
+        """See ServiceClient.call."""
+        msg = await self.cap.call(_encoder.encode(request), timeout=timeout)
+        return result(msg.data, type, self._what)
+
+    async def close(self) -> None:
+        try:
+            await self.cap.close()
+        except InvalidCapabilityError:
+            pass
+
+    async def __aenter__(self) -> AsyncServiceClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+# ------------------------------------------------------------ the reply codec
+
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {Any: msgspec.msgpack.Decoder()}
+
+
+def result(data: bytes, type_: Any, what: str) -> Any:
+    """Decode a reply: the value (as `type_`), or raise what the handler raised."""
+    if data[:1] == OK:
+        decoder = _decoders.get(type_)
+        if decoder is None:
+            decoder = _decoders[type_] = msgspec.msgpack.Decoder(type_)
+        return decoder.decode(memoryview(data)[1:])
+    if data[:1] != FAILED:
+        raise InvalidArgumentError(f"{what}: the reply is not a service reply ({data[:16]!r})")
+    raise _exception(_failures.decode(memoryview(data)[1:]), what)
+
+
+def _exception(f: Failure, what: str) -> Exception:
+    if f.kind == BAD_REQUEST:
+        return InvalidArgumentError(f"{what}: {f.message}", Status.INVALID_ARGS)
+    remote = RemoteError(what, f.type, f.message, f.traceback)
+    if f.type in SAFE_BUILTINS:
+        try:
+            exc: Exception = getattr(builtins, f.type)(*f.args)
+        except Exception:  # args that constructor does not take: keep the RemoteError
+            return remote
+        exc.__cause__ = remote
+        return exc
+    return remote
+
+
+def failure(f: Failure) -> bytes:
+    return FAILED + _encoder.encode(f)
