@@ -262,7 +262,8 @@ class NameServer:
             raise Refused(Status.ACCESS_DENIED, why)
 
     def _monitor(self, msg: Message) -> None:
-        """One exit notice per registrant connection, however many names it holds."""
+        """One exit notice per connection (registrant or waiter), however many names it
+        holds or waits for."""
         conn = msg.sender_id
         if conn in self.monitored:
             return
@@ -337,6 +338,7 @@ class NameServer:
     def _wait(self, msg: Message, req: p.Lookup | p.Watch) -> None:
         if sum(len(ws) for ws in self.waiters.values()) >= MAX_WAITERS:
             raise Refused(Status.NO_RESOURCES, f"{MAX_WAITERS} lookups and watches already wait")
+        self._monitor(msg)  # a waiter whose process ends must not hold its place forever
         self.waiters.setdefault(req.name, []).append(Waiter(msg, req, req.deadline))
 
     def _wake(self, name: str) -> None:
@@ -392,10 +394,22 @@ class NameServer:
     # ------------------------------------------------------------ endings
 
     def _registrant_gone(self, badge: int) -> None:
+        """A registrant or a waiting caller ended: drop its waits and its entries."""
         conn = self.exit_badges.pop(badge, None)
         if conn is None:
             return
         del self.monitored[conn]
+        for name, ws in list(self.waiters.items()):
+            rest = [w for w in ws if w.msg.sender_id != conn]
+            if len(rest) == len(ws):
+                continue
+            if rest:
+                self.waiters[name] = rest
+            else:
+                del self.waiters[name]
+            for w in ws:
+                if w.msg.sender_id == conn:  # frees the reply capability
+                    self._answer(w.msg, p.Error(Status.CALLER_GONE, "the caller ended"))
         for rec in [r for r in self.entries.values() if r.conn == conn]:
             log.info("registrant of %r (pid %d) ended: dropping it", rec.name, rec.pid)
             self._drop(rec, revoke=True)
