@@ -667,3 +667,37 @@ def test_a_kernel_without_a_name_server_says_so(tmp_path: Path, monkeypatch):
     assert "name server started" not in log
     assert "kernel exit: 0 live objects, 0 bundles" in log, log
     assert "Traceback" not in log
+
+
+# ------------------------------------------------------------------ waits of dead callers
+
+
+def test_waiting_lookups_of_a_dead_process_do_not_use_up_the_name_servers_waits(kernel_daemon):
+    from services.names.server import MAX_WAITERS
+
+    waiters = subprocess.Popen(
+        [sys.executable, str(PEERS / "names_waiters.py"), str(MAX_WAITERS)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiters.stdout is not None
+        assert waiters.stdout.readline().strip() == "waiting"  # bounded: it exits in 60 s
+        with kernel.connect(autostart=False) as k:
+            with pytest.raises(kernel.ResourceLimitError, match="already wait"):
+                k.names.lookup("svc.mine", timeout=0.1)
+            waiters.kill()
+            waiters.wait(timeout=10)
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    k.names.lookup("svc.mine", timeout=0.01)
+                except kernel.CallTimeoutError:
+                    break  # it waited: the dead process's waits are gone
+                except kernel.ResourceLimitError:
+                    assert time.monotonic() < deadline, "the dead process's waits never went"
+    finally:
+        waiters.kill()
+        waiters.wait(timeout=10)
+        if waiters.stdout is not None:
+            waiters.stdout.close()
