@@ -47,7 +47,9 @@ def _create(obj_type: type, rights: Rights) -> Handler:
 
 
 def _cap_close(k: KernelState, proc: Proc, h: Header) -> None:
-    k.lookup(proc, h.slot, 0, Rights.NONE)
+    cap = k.lookup(proc, h.slot, 0, Rights.NONE)
+    if proc.pending:
+        k.fail_waiting_through(proc, {id(cap)}, "was closed")
     k.remove_cap(proc, h.slot, "was closed")
     proc.complete(h.opcode, h.req_id, Status.OK)
 

@@ -18,7 +18,7 @@ from capabilities.table import derive, descendants, unlink
 from .. import abi
 from .._core.kcore import KIND_NAMES, Core, Endpoint, KernelObject, OpError, Reply
 from ..errors import Status
-from .pending import AWAIT_REPLY, Pending, Timers
+from .pending import AWAIT_REPLY, WAITING, Pending, Timers
 from .process import Proc
 
 log = logging.getLogger("mkipc.kernel")
@@ -209,15 +209,32 @@ class KernelState(Core):
     def revoke(self, cap: Capability) -> int:
         """Delete every capability derived from `cap`, in every process, at once."""
         gone = descendants(cap)
+        tables = {id(d.holder) for d in gone if d.holder is not None}
         for d in gone:
             if d.holder is not None:
                 d.holder.discard(d, "was revoked")
             d.parent = None
             d.children = []
         cap.children = []
+        for proc in [p for p in self.procs.values() if id(p.caps) in tables]:
+            self.fail_waiting_through(proc, set(map(id, gone)), "was revoked")
         for d in gone:
             self.release(d.obj)
         return len(gone)
+
+    def fail_waiting_through(self, proc: Proc, caps: set[int], why: str) -> None:
+        """Fail at once `proc`'s operations that wait through, or carry, a capability
+        (by id) that was just revoked or closed: revoked authority takes no further
+        message, and the caller should not wait out its timeout to learn it. (A wait
+        is always through the waiter's own capability, so only its table matters.)"""
+        for op in list(proc.pending.values()):
+            if op.phase != WAITING:
+                continue  # a delivered call goes on: its reply capability is separate
+            carried = op.transfers is not None and any(id(c) in caps for c, _ in op.transfers)
+            if carried or (op.cap is not None and id(op.cap) in caps):
+                what = "a capability it carried" if carried else "the capability it waited through"
+                op.finish()
+                proc.complete(op.op, op.req_id, Status.BAD_SLOT, payload=f"{what} {why}".encode())
 
     def _fail_unanswered_calls(self, server: Proc) -> None:
         for cap in server.caps:

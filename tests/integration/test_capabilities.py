@@ -4,6 +4,8 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,52 @@ async def test_a_wait_on_a_closed_notification_capability_takes_no_signal(kernel
         with pytest.raises(kernel.InvalidCapabilityError, match="waited through"):
             await waiting
         assert await n.poll() == 1  # the bits stayed for a holder that can take them
+
+
+async def test_revoking_fails_waiting_operations_at_once_not_at_their_timeout(kernel_daemon):
+    """A receive, a queued send and a message carrying a capability, all waiting through
+    or with capabilities that get revoked, fail as the revocation happens: nobody has
+    to come along (or the timeout to pass) for the caller to learn it."""
+    async with kernel.connect_async(autostart=False) as k:
+        a, b, c, n = (
+            await k.endpoint(),
+            await k.endpoint(),
+            await k.endpoint(),
+            await k.notification(),
+        )
+        rx, tx, carried = await a.copy(), await b.copy(), await n.copy()
+        loop = asyncio.get_running_loop()
+        recv = asyncio.ensure_future(rx.recv(timeout=30.0))  # nobody sends on a
+        queued = asyncio.ensure_future(tx.send(b"y", timeout=30.0))  # nobody receives on b
+        send = asyncio.ensure_future(c.send(b"x", caps=[carried], timeout=30.0))  # nor on c
+        await asyncio.sleep(0.1)  # all three wait in the kernel (ordering only; not timed)
+        t0 = loop.time()
+        assert (await a.revoke(), await b.revoke(), await n.revoke()) == (1, 1, 1)
+        for fut in (recv, queued):
+            with pytest.raises(kernel.InvalidCapabilityError, match="waited through was revoked"):
+                await fut
+        with pytest.raises(kernel.InvalidCapabilityError, match="carried was revoked"):
+            await send
+        assert loop.time() - t0 < 5.0  # at once, not at the 30 s timeouts
+
+
+def test_closing_a_capability_fails_the_threads_waiting_through_it(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        rx = ep.copy()
+        errors: list[BaseException] = []
+
+        def receive() -> None:
+            try:
+                rx.recv(timeout=30.0)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        t = threading.Thread(target=receive)
+        t.start()
+        time.sleep(0.1)  # the receive is in the kernel by then (ordering only; not timed)
+        rx.close()
+        t.join(5.0)
+        assert not t.is_alive(), "the receive still waits after its capability was closed"
+        assert isinstance(errors[0], kernel.InvalidCapabilityError)
+        assert "waited through was closed" in str(errors[0])
