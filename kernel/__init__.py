@@ -18,6 +18,7 @@ from .client._common import CopyOf as CopyOf
 from .client._common import Credentials as Credentials
 from .client._common import MintOf as MintOf
 from .client._conn import Connection as _Connection
+from .client._names import NameEntry as NameEntry
 from .client.aio import AsyncEndpointCap as AsyncEndpointCap
 from .client.aio import AsyncKernel as AsyncKernel
 from .client.aio import AsyncMessage as AsyncMessage
@@ -31,12 +32,14 @@ from .client.sync import NotificationCap as NotificationCap
 from .client.sync import Process as Process
 from .client.sync import ReplyCap as ReplyCap
 from .errors import AccessDeniedError as AccessDeniedError
+from .errors import AlreadyExistsError as AlreadyExistsError
 from .errors import CallTimeoutError as CallTimeoutError
 from .errors import CancelledCallError as CancelledCallError
 from .errors import InvalidArgumentError as InvalidArgumentError
 from .errors import InvalidCapabilityError as InvalidCapabilityError
 from .errors import IPCError as IPCError
 from .errors import MessageTooLargeError as MessageTooLargeError
+from .errors import NotFoundError as NotFoundError
 from .errors import PeerClosedError as PeerClosedError
 from .errors import ResourceLimitError as ResourceLimitError
 from .errors import Status as Status

@@ -24,6 +24,9 @@ from ..abi import Op
 from ..errors import IPCError, MessageTooLargeError, PeerClosedError, Status, error_for
 from . import _launch
 
+CLOSE_WAIT_S = 2.0
+"""How long close() waits for a thread polling the rings to notice and leave them."""
+
 SPIN_MIN_NS = 5_000
 SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SPIN_US", "100")) * 1000)
 """Adaptive spin before sleeping: grows while replies come within it, shrinks when not."""
@@ -159,6 +162,8 @@ class Connection:
             c = self.results.pop(req_id, None)
             if c is not None:
                 return c
+            if self.lost is not None:
+                self.check_open()
             if self._poll_lock.acquire(blocking=False):
                 try:
                     return self._poll_for(req_id)
@@ -175,6 +180,8 @@ class Connection:
             if c is None:
                 if req_id in results:  # filed by the previous poller
                     return results.pop(req_id)
+                if self.lost is not None:
+                    self.check_open()  # closed meanwhile: leave the ring to close()
                 self._block()
             elif c.req_id == req_id:
                 return c
@@ -214,7 +221,9 @@ class Connection:
         poller = select.poll()
         poller.register(self.cq_efd, select.POLLIN)
         poller.register(self.sock, select.POLLIN)
-        for fd, _ in poller.poll():
+        ready = poller.poll()
+        self.check_open()  # close() woke us: the socket may be closed by now
+        for fd, _ in ready:
             if fd == self.cq_efd:
                 self.clear_doorbell()
             else:
@@ -246,15 +255,27 @@ class Connection:
     # ------------------------------------------------------------ teardown
 
     def close(self) -> None:
+        """Disconnect. Threads still waiting get PeerClosedError; the rings are unmapped
+        only once no thread polls them (one spinning on an unmapped ring would crash)."""
         if self.lost == "closed":
             return
         self.lost = "closed"
-        self.sock.close()  # EOF: the kernel frees everything this process held
-        self.sq.close()
-        self.cq.close()
-        self.mm.close()
-        os.close(self.sq_efd)
-        os.close(self.cq_efd)
+        os.eventfd_write(self.cq_efd, 1)  # a poller asleep on the ring wakes and sees `lost`
+        with self._submit_lock:
+            polling_done = self._poll_lock.acquire(timeout=CLOSE_WAIT_S)
+        try:
+            self.sock.close()  # EOF: the kernel frees everything this process held
+            if not polling_done:  # e.g. close() from a signal handler of the poller itself
+                return  # leave the mapping to the garbage collector rather than crash
+            self.sq.close()
+            self.cq.close()
+            self.mm.close()
+            os.close(self.sq_efd)
+            os.close(self.cq_efd)
+        finally:
+            if polling_done:
+                self._poll_lock.release()
+            self._wake_sleepers()
 
 
 # ------------------------------------------------------------ bootstrap
