@@ -48,7 +48,10 @@ def _create(obj_type: type, rights: Rights) -> Handler:
 
 def _cap_close(k: KernelState, proc: Proc, h: Header) -> None:
     cap = k.lookup(proc, h.slot, 0, Rights.NONE)
-    if proc.pending:
+    if proc.pending and cap.obj.refs > 1:
+        # The object lives on through other capabilities: what waited through this one
+        # fails now. (Closing the last one destroys it, which fails its waiters with
+        # PEER_CLOSED, "destroyed": the object, not only this authority, is gone.)
         k.fail_waiting_through(proc, {id(cap)}, "was closed")
     k.remove_cap(proc, h.slot, "was closed")
     proc.complete(h.opcode, h.req_id, Status.OK)

@@ -148,7 +148,7 @@ def test_bad_requests_get_errors_and_the_connection_keeps_working(kernel_daemon)
             (
                 dict(op=Op.ENDPOINT_SEND, slot=ep.slot, deadline=0, caps=(n.slot,) * 9),
                 kernel.InvalidArgumentError,
-                "at most 8 capabilities",
+                "at most 8 capability words",
             ),
             (
                 dict(op=Op.ENDPOINT_REPLY, slot=ep.slot),
