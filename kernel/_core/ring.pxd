@@ -98,6 +98,7 @@ cdef class Ring:
     cdef uint64_t head     # consumer's private copy (valid when we consume)
     cdef Py_buffer buf
     cdef bint has_buf
+    cdef public bint crowded   # the last spin() found more runnable processes than cores
 
     cdef Header next_record(self)
     cdef int consume_record(self, Header h) except -1

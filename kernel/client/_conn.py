@@ -27,6 +27,10 @@ from . import _launch
 CLOSE_WAIT_S = 2.0
 """How long close() waits for a thread polling the rings to notice and leave them."""
 
+CROWDED_NS = 60_000
+"""A sched_yield() in the spin that takes this long means more runnable processes than
+cores (a cross-core wakeup is ~26 µs here, a same-core hand-off ~5 µs): stop spinning."""
+
 SPIN_MIN_NS = 5_000
 SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SPIN_US", "100")) * 1000)
 """Adaptive spin before sleeping: grows while replies come within it, shrinks when not."""
@@ -204,11 +208,23 @@ class Connection:
                 self._sleepers -= 1
 
     def _block(self) -> None:
-        """Spin (adaptively, bounded), then sleep on the completion eventfd."""
-        if self.cq.spin(self._spin_ns):
+        """Spin (adaptively, bounded), then sleep on the completion eventfd.
+
+        The spin grows while answers come within it and shrinks when not. A crowded
+        machine (a sched_yield that let others run for CROWDED_NS) counts as a miss
+        even if the answer came meanwhile: it came because we stepped aside, and
+        spinning on would steal the CPU of whoever must answer the next call.
+        """
+        cq = self.cq
+        found = cq.spin(self._spin_ns, 0, CROWDED_NS)
+        if cq.crowded:
+            self._spin_ns = SPIN_MIN_NS
+        elif found:
             self._spin_ns = min(SPIN_MAX_NS, self._spin_ns * 2)
+        else:
+            self._spin_ns = max(SPIN_MIN_NS, self._spin_ns // 2)
+        if found:
             return
-        self._spin_ns = max(SPIN_MIN_NS, self._spin_ns // 2)
         if not self.cq.prepare_sleep():
             return
         try:

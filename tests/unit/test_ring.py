@@ -692,6 +692,32 @@ def test_spin_releases_the_gil_and_sees_a_record_published_by_another_thread(reg
         timer.join()
 
 
+def test_spin_stops_and_says_crowded_when_another_process_holds_its_core(region):
+    """A sched_yield() that lets a CPU hog on our core run for a time slice ends the
+    spin at once (crowded) instead of spinning out the 10 s budget."""
+    _, cons = region.pair()
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    before = os.sched_getaffinity(0)
+    hog_code = (
+        f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\n"
+        "end = time.monotonic() + 20\nwhile time.monotonic() < end: pass"
+    )
+    hog = subprocess.Popen([sys.executable, "-c", hog_code])
+    try:
+        os.sched_setaffinity(0, {cpu})
+        time.sleep(0.2)  # the hog is running on our core by now
+        t0 = time.monotonic()
+        assert cons.spin(10_000_000_000, 0, 20_000) is False
+        assert cons.crowded is True
+        assert time.monotonic() - t0 < 5.0
+        assert cons.spin(1_000_000) is False  # without crowded_ns: the old contract
+        assert cons.crowded is False
+    finally:
+        os.sched_setaffinity(0, before)
+        hog.kill()
+        hog.wait()
+
+
 # ------------------------------------------------------------------ forward
 
 
