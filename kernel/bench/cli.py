@@ -133,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--out", type=Path, metavar="DIR", help="write results.json, CSV files and plots here")
     add(
+        "--pace",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="idle this many ms between round trips (untimed), e.g. 10: every call then "
+        "starts with every process asleep",
+    )
+    add(
         "--idle-cpu",
         type=float,
         metavar="S",
@@ -181,6 +189,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         warmup=_given(args.warmup, warmup),
         max_seconds=_given(args.max_seconds, max_seconds),
         placement=placement,
+        pace_s=args.pace / 1000.0,
     )
 
 

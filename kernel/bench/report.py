@@ -194,6 +194,7 @@ def _footer(result: BenchResult) -> Iterator[str]:
     yield (
         f"{cfg.runs} runs x {cfg.roundtrips} round trips (interleaved), warm-up {cfg.warmup}; "
         f"placement {result.placement.get('mode')}; {result.elapsed_s:.1f} s"
+        + (f"; paced: {cfg.pace_s * 1000:g} ms idle between round trips" if cfg.pace_s else "")
     )
     yield (
         f"{env.get('cpu_model')}, {env.get('usable_cpus')} CPUs; kernel {env.get('kernel')}; "

@@ -64,6 +64,9 @@ class BenchConfig:
     warmup: int = 1_000  # untimed round trips per mechanism and payload, before run 1
     max_seconds: float = 600.0  # global time bound
     placement: Placement = "unpinned"
+    # Seconds of idleness between round trips (untimed): 0.01 is issue #5's "one call per
+    # 10 ms", where every round trip starts with all processes asleep and cache-cold.
+    pace_s: float = 0.0
     # A run may take this much longer than its warm-up predicts before the watchdog aborts it.
     stall_seconds: float = 10.0
 
@@ -74,6 +77,8 @@ class BenchConfig:
             raise ValueError("`runs` and `roundtrips` must be >= 1 and `warmup` >= 0")
         if self.max_seconds <= 0 or self.stall_seconds <= 0:
             raise ValueError("`max_seconds` and `stall_seconds` must be positive")
+        if not 0.0 <= self.pace_s <= 1.0:
+            raise ValueError("`pace_s` must be between 0 and 1 second")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"`placement` must be one of {', '.join(PLACEMENTS)}")
 
@@ -235,7 +240,9 @@ class _Session:
         with _Watchdog(budget, mechanism.abort, f"{mechanism.name}: warm-up"):
             start = time.perf_counter_ns()
             count = _operations(mechanism, self.config.warmup)
-            samples = _time_roundtrips(mechanism.roundtrip, count, self.deadline_ns)
+            samples = _time_roundtrips(
+                mechanism.roundtrip, count, self.deadline_ns, self.config.pace_s
+            )
             elapsed_s = (time.perf_counter_ns() - start) / 1e9
         self._op_estimate_s[mechanism.name] = elapsed_s / max(1, len(samples))
         self.pinning.apply(mechanism.peer_pids())  # threads the peers started while warming up
@@ -255,7 +262,9 @@ class _Session:
         label = f"{mechanism.name}: run {index + 1}"
         with _Watchdog(self._run_budget_s(mechanism.name, count), mechanism.abort, label):
             peers0, cpu0, wall0 = peers_cpu_ns(pids), time.process_time_ns(), time.perf_counter_ns()
-            samples = _time_roundtrips(mechanism.roundtrip, count, self.deadline_ns)
+            samples = _time_roundtrips(
+                mechanism.roundtrip, count, self.deadline_ns, self.config.pace_s
+            )
             wall1, cpu1, peers1 = time.perf_counter_ns(), time.process_time_ns(), peers_cpu_ns(pids)
         peers = None if peers0 is None or peers1 is None else peers1 - peers0
         return RunRecord(index, LatencySamples(samples), wall1 - wall0, cpu1 - cpu0, peers)
@@ -284,8 +293,11 @@ def _operations(mechanism: Mechanism, roundtrips: int) -> int:
     return max(_MIN_BURSTS, roundtrips // mechanism.batch)
 
 
-def _time_roundtrips(roundtrip: Callable[[], None], count: int, deadline_ns: int) -> array[int]:
-    """Time up to ``count`` round trips, each alone; stop early once past ``deadline_ns``."""
+def _time_roundtrips(
+    roundtrip: Callable[[], None], count: int, deadline_ns: int, pace_s: float = 0.0
+) -> array[int]:
+    """Time up to ``count`` round trips, each alone; stop early once past ``deadline_ns``.
+    With ``pace_s``, sleep that long (untimed) after each one."""
     clock = time.perf_counter_ns
     out = array("q")
     append = out.append
@@ -296,6 +308,8 @@ def _time_roundtrips(roundtrip: Callable[[], None], count: int, deadline_ns: int
         append(t1 - t0)
         if t1 > deadline_ns:
             break
+        if pace_s:
+            time.sleep(pace_s)
     return out
 
 

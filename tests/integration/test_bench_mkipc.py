@@ -46,3 +46,18 @@ def test_an_idle_kernel_sleeps_instead_of_polling():
     # that had been busy once polled at 100% of a core forever. A sleeping daemon
     # uses ~0%; 10% leaves room for clock-tick rounding over one second.
     assert idle_cpu_percent(1.0) < 10.0
+
+
+def test_paced_runs_idle_between_round_trips_and_say_so():
+    from kernel.bench.mechanisms.os_pipe import OsPipe
+    from kernel.bench.report import format_table
+
+    config = BenchConfig(runs=1, roundtrips=20, warmup=2, max_seconds=60.0, pace_s=0.01)
+    result = run_bench([OsPipe(), MkipcCall()], config)
+    for name in ("os.pipe", "mkipc.call"):
+        cell = result.cell(name, 64)
+        assert cell.count == 20, cell.note
+        assert cell.runs[0].wall_ns >= 20 * 10_000_000  # the idle time really passed
+    assert "paced: 10 ms idle between round trips" in format_table(result)
+    with pytest.raises(ValueError, match="pace_s"):
+        BenchConfig(pace_s=2.0)
