@@ -43,3 +43,16 @@ def test_mkipc_send_above_the_maximum_payload_is_a_skipped_row() -> None:
     assert cell is not None
     assert cell.count == 0
     assert "at most" in (cell.note or "")
+
+
+def test_the_asyncio_row_makes_every_call_of_every_burst() -> None:
+    from kernel.bench.mechanisms.mkipc_async import BURST, MkipcAsyncInFlight
+
+    config = BenchConfig(payload_sizes=(64,), runs=2, roundtrips=BURST * 12, warmup=BURST)
+    mechanism = MkipcAsyncInFlight()
+    cell = run_bench([mechanism], config).cell(mechanism.name, 64)
+    assert cell is not None
+    assert cell.note is None, cell.note
+    assert cell.batch == BURST
+    assert [len(run.samples) for run in cell.runs] == [12, 12]
+    assert mechanism.peer_pids() == []  # torn down: kernel, name server and echo ended

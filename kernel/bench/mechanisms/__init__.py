@@ -64,6 +64,7 @@ MECHANISM_MODULES: list[str] = [
     # one-way throughput rows (Mechanism.batch > 1)
     "kernel.bench.mechanisms.oneway_os",
     "kernel.bench.mechanisms.mkipc_send",
+    "kernel.bench.mechanisms.mkipc_async",
 ]
 
 _PEER_STOP_GRACE_S = 2.0  # how long teardown waits for a peer to exit before SIGKILL
