@@ -41,6 +41,7 @@ NAMES_RESTARTS = 5
 """Restarts of a name server that died, within NAMES_RESTART_WINDOW_S, before giving up."""
 NAMES_RESTART_WINDOW_S = 60.0
 NAMES_START_TIMEOUT_S = 10.0
+NAMES_START_POLL_S = 0.1  # how often a starting name server is checked until it connects
 
 
 class Daemon:
@@ -307,7 +308,7 @@ class NameServerProcess:
             cwd=os.path.dirname(self.d.path),  # not the caller's: see client/_launch.py
         )
         log.info("name server started (pid %d)", self.popen.pid)
-        self.d.loop.call_later(NAMES_START_TIMEOUT_S, self._check_started, self.popen)
+        self._check_started(self.popen, time.monotonic() + NAMES_START_TIMEOUT_S)
 
     def connected(self, proc: Proc, token: str | None) -> None:
         if token is not None and token == self.token:
@@ -318,9 +319,16 @@ class NameServerProcess:
             self.proc = None
             self._restart(f"the name server (pid {proc.pid}) disconnected")
 
-    def _check_started(self, popen: subprocess.Popen[bytes]) -> None:
-        if popen is self.popen and self.proc is None and popen.poll() is not None:
+    def _check_started(self, popen: subprocess.Popen[bytes], deadline: float) -> None:
+        """Until it connects: notice at once if it exited, and end it if it hangs."""
+        if popen is not self.popen or self.proc is not None or self.stopping:
+            return
+        if popen.poll() is not None:
             self._restart(f"the name server exited with code {popen.returncode} at start")
+        elif time.monotonic() > deadline:
+            self._restart(f"the name server (pid {popen.pid}) did not connect in time")
+        else:
+            self.d.loop.call_later(NAMES_START_POLL_S, self._check_started, popen, deadline)
 
     def _restart(self, why: str) -> None:
         if self.stopping:
