@@ -112,3 +112,4 @@ cdef class Core:
     cdef _signal(self, ProcCore proc, Header h, Capability cap)
     cdef _wait(self, ProcCore proc, Header h, Capability cap)
     cdef _poll(self, ProcCore proc, Header h, Capability cap)
+    cdef _close(self, ProcCore proc, Header h, Capability cap)

@@ -41,6 +41,7 @@ cdef enum:
     OP_SIGNAL = 20
     OP_WAIT = 21
     OP_POLL = 22
+    OP_CLOSE = 32
     OP_CANCEL = 42
     KIND_ENDPOINT = 1
     KIND_NOTIFICATION = 2
@@ -92,7 +93,7 @@ assert (OP_SIGNAL, OP_WAIT, OP_POLL) == (
     abi.Op.NOTIFICATION_SIGNAL, abi.Op.NOTIFICATION_WAIT, abi.Op.NOTIFICATION_POLL)
 assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY) == tuple(abi.ObjectKind)
 assert (MSG_IS_CALL, MSG_FROM_KERNEL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL)
-assert OP_CANCEL == abi.Op.CANCEL
+assert (OP_CANCEL, OP_CLOSE) == (abi.Op.CANCEL, abi.Op.CAP_CLOSE)
 assert all(getattr(Status, n[3:]) == v for n, v in (
     ("ST_OK", ST_OK), ("ST_INVALID_ARGS", ST_INVALID_ARGS), ("ST_BAD_SLOT", ST_BAD_SLOT),
     ("ST_WRONG_TYPE", ST_WRONG_TYPE), ("ST_TOO_LARGE", ST_TOO_LARGE),
@@ -570,6 +571,8 @@ cdef class Core:
                 self._wait(proc, h, self.lookup(proc, h.h.slot, KIND_NOTIFICATION, R_WAIT))
             elif op == OP_POLL:
                 self._poll(proc, h, self.lookup(proc, h.h.slot, KIND_NOTIFICATION, R_WAIT))
+            elif op == OP_CLOSE:
+                self._close(proc, h, self.lookup(proc, h.h.slot, 0, 0))
             else:
                 fn = self.cold.get(op)
                 if fn is None:
@@ -852,6 +855,20 @@ cdef class Core:
                           "reply_recv cannot move away the capability it receives through")
         self._reply(proc, h, reply_cap)
         self._recv(proc, h, recv_cap)
+
+    # -------------------------------------------------------------- capabilities
+
+    cdef _close(self, ProcCore proc, Header h, Capability cap):
+        """CAP_CLOSE, compiled: every looked-up capability and unanswered reply ends here.
+
+        While the object lives on through other capabilities, what waited through this
+        one fails now. Closing the last one destroys the object, which fails its
+        waiters with PEER_CLOSED, "destroyed": the object, not only this authority, is
+        gone."""
+        if proc.pending and (<KernelObject>cap.obj).refs > 1:
+            (<object>self).fail_waiting_through(proc, {id(cap)}, "was closed")   # Python
+        self.remove_cap(proc, h.h.slot, "was closed")
+        proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
 
     # -------------------------------------------------------------- notifications
 

@@ -1,4 +1,4 @@
-"""The cold operations: object creation, close, cancel, spawning.
+"""The cold operations: object creation, derivation, cancel, spawning.
 
 The per-message operations (endpoints, notifications) and the drain loop are
 compiled in kernel/_core/kcore.pyx; `install()` registers these handlers there.
@@ -44,17 +44,6 @@ def _create(obj_type: type, rights: Rights) -> Handler:
         proc.complete(h.opcode, h.req_id, Status.OK, arg=slot)
 
     return handler
-
-
-def _cap_close(k: KernelState, proc: Proc, h: Header) -> None:
-    cap = k.lookup(proc, h.slot, 0, Rights.NONE)
-    if proc.pending and cap.obj.refs > 1:
-        # The object lives on through other capabilities: what waited through this one
-        # fails now. (Closing the last one destroys it, which fails its waiters with
-        # PEER_CLOSED, "destroyed": the object, not only this authority, is gone.)
-        k.fail_waiting_through(proc, {id(cap)}, "was closed")
-    k.remove_cap(proc, h.slot, "was closed")
-    proc.complete(h.opcode, h.req_id, Status.OK)
 
 
 def _derived_rights(cap: Capability, requested: int, verb: str) -> int:
@@ -208,7 +197,6 @@ def _process_wait(k: KernelState, proc: Proc, h: Header) -> None:
 COLD_HANDLERS: dict[int, Handler] = {
     Op.ENDPOINT_CREATE: _create(Endpoint, DEFAULT_ENDPOINT_RIGHTS),
     Op.NOTIFICATION_CREATE: _create(Notification, DEFAULT_NOTIFICATION_RIGHTS),
-    Op.CAP_CLOSE: _cap_close,
     Op.CAP_COPY: _cap_copy,
     Op.CAP_MINT: _cap_mint,
     Op.CAP_REVOKE: _cap_revoke,
