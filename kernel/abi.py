@@ -81,6 +81,7 @@ class Op(enum.IntEnum):
     PROCESS_WAIT = 41
     CANCEL = 42
     CALLER_MONITOR = 43
+    CALL_MONITOR = 44
 
 
 class ObjectKind(enum.IntEnum):

@@ -28,6 +28,7 @@ cdef class Notification(KernelObject):
 cdef class Reply(KernelObject):
     cdef public Pending caller      # None once the call is over
     cdef public str gone_reason
+    cdef public tuple watch         # (Endpoint, badge) told if the call ends unanswered
     cpdef abandon(self, str reason)
 
 

@@ -40,6 +40,7 @@ class Notification(KernelObject):
 class Reply(KernelObject):
     caller: Pending | None
     gone_reason: str
+    watch: tuple[Endpoint, int] | None
     def __init__(self) -> None: ...
     def abandon(self, reason: str) -> None: ...
 

@@ -466,9 +466,15 @@ cdef class Core:
             obj.destroy()
 
     cpdef abandon(self, Pending op, str why):
-        """End `op` without a completion; a delivered call's reply learns `why`."""
-        if op.phase == AWAIT_REPLY and op.reply is not None:
-            op.reply.abandon(why)
+        """End `op` without a completion; a delivered call's reply learns `why`, and a
+        server that asked (CALL_MONITOR) gets a kernel message that it ended."""
+        cdef Reply reply = op.reply
+        cdef tuple watch
+        if op.phase == AWAIT_REPLY and reply is not None:
+            reply.abandon(why)
+            watch, reply.watch = reply.watch, None
+            if watch is not None and (<Endpoint>watch[0]).refs > 0:
+                self.kernel_send(watch[0], watch[1], why.encode())
         op.finish()
 
     cdef void _arm(self, Pending op) except *:

@@ -243,6 +243,13 @@ class AsyncMessage(MessageBase):
         cap = AsyncReplyCap(self._k, slot)
         await self._k._roundtrip(Op.CALLER_MONITOR, cap, "monitor", arg=badge, payload=payload)
 
+    async def monitor_call(self, endpoint: AsyncEndpointCap, badge: int) -> None:
+        """If this call ends unanswered, the kernel sends a message with `badge` on
+        `endpoint`; see the blocking face's Message.monitor_call."""
+        slot, payload = self._monitor_request(endpoint, badge)
+        cap = AsyncReplyCap(self._k, slot)
+        await self._k._roundtrip(Op.CALL_MONITOR, cap, "monitor_call", arg=badge, payload=payload)
+
 
 class AsyncReplyCap(CapBase):
     """The one-shot right to answer one call; see the blocking face's ReplyCap."""

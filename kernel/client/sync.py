@@ -170,6 +170,17 @@ class Message(MessageBase):
             Op.CALLER_MONITOR, ReplyCap(self._k, slot), "monitor", arg=badge, payload=payload
         )
 
+    def monitor_call(self, endpoint: EndpointCap, badge: int) -> None:
+        """If this call ends without an answer (the caller timed out, cancelled or
+        died), the kernel sends a message on `endpoint` carrying `badge` and the reason
+        as its data (`msg.from_kernel` is True). For a server that holds calls to
+        answer later: it learns when one no longer needs an answer. Rights: SEND on
+        `endpoint`; one watch per call."""
+        slot, payload = self._monitor_request(endpoint, badge)
+        self._k._roundtrip(
+            Op.CALL_MONITOR, ReplyCap(self._k, slot), "monitor_call", arg=badge, payload=payload
+        )
+
 
 class ReplyCap(CapBase):
     """The one-shot right to answer one call (`msg.reply_cap`). It can be handed to a

@@ -125,23 +125,40 @@ def _cancel(k: KernelState, proc: Proc, h: Header) -> None:
         proc.complete(op.op, op.req_id, Status.CANCELLED, payload=b"cancelled by the caller")
 
 
-def _caller_monitor(k: KernelState, proc: Proc, h: Header) -> None:
-    """Watch the process that waits on the reply capability in `slot`: when it ends,
-    the kernel sends a message with badge `arg` on the endpoint whose slot is the
-    8-byte payload (SEND needed). Holding the reply capability is the authority:
-    a server can watch only processes that called it."""
+def _monitor_target(
+    k: KernelState, proc: Proc, h: Header, verb: str
+) -> tuple[Reply, Pending, Endpoint]:
+    """The call behind the reply capability in `slot`, and the endpoint in the 8-byte
+    payload (SEND needed) that the kernel's message will go to."""
     reply = k.lookup(proc, h.slot, abi.ObjectKind.REPLY, Rights.SEND).obj
     assert isinstance(reply, Reply)
     raw = proc.sq.payload(h)
     if len(raw) != 8:
-        raise OpError(Status.INVALID_ARGS, "monitor: the endpoint slot must be 8 bytes")
+        raise OpError(Status.INVALID_ARGS, f"{verb}: the endpoint slot must be 8 bytes")
     ep = k.lookup(proc, int.from_bytes(raw, "little"), abi.ObjectKind.ENDPOINT, Rights.SEND)
     caller = reply.caller
     if caller is None:
-        raise OpError(Status.CALLER_GONE, f"monitor: the caller is gone: {reply.gone_reason}")
-    assert isinstance(caller.proc, Proc)
+        raise OpError(Status.CALLER_GONE, f"{verb}: the caller is gone: {reply.gone_reason}")
     assert isinstance(ep.obj, Endpoint)
-    k.monitor(caller.proc, ep.obj, h.arg)
+    return reply, caller, ep.obj
+
+
+def _caller_monitor(k: KernelState, proc: Proc, h: Header) -> None:
+    """Watch the process that waits on the reply capability in `slot`: when it ends,
+    the kernel sends a message with badge `arg` on the endpoint. Holding the reply
+    capability is the authority: a server can watch only processes that called it."""
+    _, caller, ep = _monitor_target(k, proc, h, "monitor")
+    assert isinstance(caller.proc, Proc)
+    k.monitor(caller.proc, ep, h.arg)
+    proc.complete(h.opcode, h.req_id, Status.OK)
+
+
+def _call_monitor(k: KernelState, proc: Proc, h: Header) -> None:
+    """Watch the call itself: if it ends unanswered (the caller timed out, cancelled
+    or died), the kernel sends a message with badge `arg` (its reason as payload) on
+    the endpoint. One watch per call; a later one replaces it."""
+    reply, _, ep = _monitor_target(k, proc, h, "monitor_call")
+    reply.watch = (ep, h.arg)
     proc.complete(h.opcode, h.req_id, Status.OK)
 
 
@@ -205,6 +222,7 @@ COLD_HANDLERS: dict[int, Handler] = {
     Op.INHERIT_CREATE: _inherit_create,
     Op.PROCESS_WAIT: _process_wait,
     Op.CALLER_MONITOR: _caller_monitor,
+    Op.CALL_MONITOR: _call_monitor,
 }
 
 

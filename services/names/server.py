@@ -86,6 +86,7 @@ class Waiter:
     msg: Message
     req: p.Lookup | p.Watch
     deadline: int  # -1 forever
+    badge: int  # of the kernel's message if the call ends unanswered (CALL_MONITOR)
 
 
 @dataclass(slots=True)
@@ -106,6 +107,7 @@ class NameServer:
         self.waiters: dict[str, list[Waiter]] = {}
         self.monitored: dict[int, int] = {}  # registrant connection id -> exit badge
         self.exit_badges: dict[int, int] = {}  # exit badge -> connection id
+        self.waiting_calls: dict[int, Waiter] = {}  # call-monitor badge -> waiter
         self._badges = itertools.count(1)  # client badges, never reused
         self._exit_badges = itertools.count(1)
 
@@ -150,7 +152,7 @@ class NameServer:
         return self.ep.recv(timeout=timeout)
 
     def _recv_timeout(self) -> float | None:
-        deadlines = [w.deadline for ws in self.waiters.values() for w in ws if w.deadline > 0]
+        deadlines = [w.deadline for w in self.waiting_calls.values() if w.deadline > 0]
         if not deadlines:
             return None
         return max(0.0, (min(deadlines) - time.monotonic_ns()) / 1e9)
@@ -181,7 +183,7 @@ class NameServer:
 
     def handle(self, msg: Message) -> Reply | None:
         if msg.from_kernel:
-            self._registrant_gone(msg.badge)
+            self._notice(msg.badge)
             return None
         if not msg.is_call:  # a plain send cannot be answered: drop what it carried
             self._close(msg.caps)
@@ -268,8 +270,7 @@ class NameServer:
             raise Refused(Status.ACCESS_DENIED, why)
 
     def _monitor(self, msg: Message) -> None:
-        """One exit notice per connection (registrant or waiter), however many names it
-        holds or waits for."""
+        """One exit notice per registrant connection, however many names it holds."""
         conn = msg.sender_id
         if conn in self.monitored:
             return
@@ -341,10 +342,15 @@ class NameServer:
     # ------------------------------------------------------------ waiting
 
     def _wait(self, msg: Message, req: p.Lookup | p.Watch) -> None:
-        if sum(len(ws) for ws in self.waiters.values()) >= MAX_WAITERS:
+        """Keep the call until the name appears, its deadline passes, or the kernel
+        says the caller gave up (timed out, cancelled, died): no place is held for a
+        call that no longer needs an answer."""
+        if len(self.waiting_calls) >= MAX_WAITERS:
             raise Refused(Status.NO_RESOURCES, f"{MAX_WAITERS} lookups and watches already wait")
-        self._monitor(msg)  # a waiter whose process ends must not hold its place forever
-        self.waiters.setdefault(req.name, []).append(Waiter(msg, req, req.deadline))
+        w = Waiter(msg, req, req.deadline, next(self._exit_badges))
+        msg.monitor_call(self.ep, w.badge)
+        self.waiting_calls[w.badge] = w
+        self.waiters.setdefault(req.name, []).append(w)
 
     def _wake(self, name: str) -> None:
         """`name` was registered or dropped: answer whoever waited for that."""
@@ -362,6 +368,7 @@ class NameServer:
             self.waiters[name] = keep
 
     def _answer_waiter(self, w: Waiter) -> None:
+        self.waiting_calls.pop(w.badge, None)
         try:
             if isinstance(w.req, p.Lookup):
                 r = self._hand_out(w.msg, self.entries[w.req.name])
@@ -392,29 +399,32 @@ class NameServer:
             else:
                 del self.waiters[name]
             for w in due:
+                self.waiting_calls.pop(w.badge, None)
                 present = isinstance(w.req, p.Lookup) or w.req.present
                 what = f"{name!r} was not {'' if present else 'un'}registered before the deadline"
                 self._answer(w.msg, p.Error(Status.TIMED_OUT, what))
 
     # ------------------------------------------------------------ endings
 
+    def _notice(self, badge: int) -> None:
+        """A kernel message: a waiting call was given up, or a registrant ended."""
+        w = self.waiting_calls.pop(badge, None)
+        if w is None:
+            self._registrant_gone(badge)
+            return
+        ws = [x for x in self.waiters.get(w.req.name, []) if x is not w]
+        if ws:
+            self.waiters[w.req.name] = ws
+        else:
+            self.waiters.pop(w.req.name, None)
+        self._answer(w.msg, p.Error(Status.CALLER_GONE, "given up"))  # frees the reply cap
+
     def _registrant_gone(self, badge: int) -> None:
-        """A registrant or a waiting caller ended: drop its waits and its entries."""
+        """A registrant ended: drop its entries and revoke what lookup handed out."""
         conn = self.exit_badges.pop(badge, None)
         if conn is None:
             return
         del self.monitored[conn]
-        for name, ws in list(self.waiters.items()):
-            rest = [w for w in ws if w.msg.sender_id != conn]
-            if len(rest) == len(ws):
-                continue
-            if rest:
-                self.waiters[name] = rest
-            else:
-                del self.waiters[name]
-            for w in ws:
-                if w.msg.sender_id == conn:  # frees the reply capability
-                    self._answer(w.msg, p.Error(Status.CALLER_GONE, "the caller ended"))
         for rec in [r for r in self.entries.values() if r.conn == conn]:
             log.info("registrant of %r (pid %d) ended: dropping it", rec.name, rec.pid)
             self._drop(rec, revoke=True)

@@ -188,3 +188,73 @@ def test_monitors_of_one_process_are_bounded(kernel_daemon):
         for expected in range(1, 4):  # some read; the kernel drops the rest with the endpoint
             assert notices.recv(timeout=5).badge == expected
         notices.close()
+
+
+# ------------------------------------------------------------ CALL_MONITOR
+
+
+def _threaded_call(ep: kernel.EndpointCap, timeout: float) -> tuple[threading.Thread, list]:
+    out: list = []
+
+    def call() -> None:
+        try:
+            out.append(ep.call(b"q", timeout=timeout))
+        except BaseException as e:  # reported by the test
+            out.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    return t, out
+
+
+def test_monitor_call_tells_when_the_caller_times_out_and_not_when_answered(kernel_daemon):
+    with kernel.connect(autostart=False) as server, kernel.connect(autostart=False) as client:
+        ep, notices = server.endpoint(), server.endpoint()
+        server.names.register("svc", ep)
+        theirs = client.names.lookup("svc")
+        t, out = _threaded_call(theirs, 0.3)
+        msg = ep.recv(timeout=10)
+        msg.monitor_call(notices, 77)
+        notice = notices.recv(timeout=10)  # the caller's 0.3 s ran out
+        t.join(10)
+        assert isinstance(out[0], kernel.CallTimeoutError)
+        assert (notice.from_kernel, notice.badge, notice.sender.pid) == (True, 77, 0)
+        assert b"timed out" in notice.data
+        t, out = _threaded_call(theirs, 10.0)
+        msg = ep.recv(timeout=10)
+        msg.monitor_call(notices, 78)
+        msg.reply(b"a")
+        t.join(10)
+        assert out[0].data == b"a"
+        with pytest.raises(kernel.CallTimeoutError):
+            notices.recv(timeout=0.2)  # an answered call sends no notice
+
+
+async def test_monitor_call_tells_when_the_caller_cancels(kernel_daemon):
+    import asyncio
+
+    async with kernel.connect_async(autostart=False) as server:
+        async with kernel.connect_async(autostart=False) as client:
+            ep, notices = await server.endpoint(), await server.endpoint()
+            await server.names.register("svc", ep)
+            theirs = await client.names.lookup("svc")
+            calling = asyncio.ensure_future(theirs.call(b"q", timeout=30))
+            msg = await ep.recv(timeout=10)
+            await msg.monitor_call(notices, 5)
+            calling.cancel()
+            notice = await notices.recv(timeout=10)
+            assert (notice.from_kernel, notice.badge) == (True, 5)
+            assert b"cancelled" in notice.data
+            with pytest.raises(kernel.PeerClosedError):
+                await msg.reply(b"too late")
+
+
+def test_monitor_call_on_an_answered_or_sent_message_is_refused(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, notices = k.endpoint(), k.endpoint()
+        t, out = _threaded_call(ep, 10.0)
+        msg = ep.recv(timeout=10)
+        msg.reply(b"done")
+        t.join(10)
+        with pytest.raises(kernel.InvalidCapabilityError, match="already answered"):
+            msg.monitor_call(notices, 1)

@@ -701,3 +701,32 @@ def test_waiting_lookups_of_a_dead_process_do_not_use_up_the_name_servers_waits(
         waiters.wait(timeout=10)
         if waiters.stdout is not None:
             waiters.stdout.close()
+
+
+async def test_cancelled_waiting_lookups_of_a_live_process_give_their_places_back(kernel_daemon):
+    """The name server asks the kernel to tell it when a waiting call is given up
+    (CALL_MONITOR); a client that cancels its waits, and lives on, frees their places."""
+    import asyncio
+
+    from services.names.server import MAX_WAITERS
+
+    async with kernel.connect_async(autostart=False) as k:
+        waits = [
+            asyncio.ensure_future(k.names.lookup("svc.never", timeout=None))
+            for _ in range(MAX_WAITERS)
+        ]
+        deadline, refusal = time.monotonic() + 30, ""
+        while not refusal:  # until all of them wait in the name server: then it refuses more
+            assert time.monotonic() < deadline, "the waits never filled the name server"
+            try:
+                await k.names.lookup("svc.mine", timeout=0.01)
+            except kernel.CallTimeoutError:
+                continue
+            except kernel.ResourceLimitError as e:
+                refusal = str(e)
+        assert "already wait" in refusal
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        with pytest.raises(kernel.CallTimeoutError):  # it could wait: the places are free
+            await k.names.lookup("svc.mine", timeout=0.05)
