@@ -730,3 +730,40 @@ async def test_cancelled_waiting_lookups_of_a_live_process_give_their_places_bac
         await asyncio.gather(*waits, return_exceptions=True)
         with pytest.raises(kernel.CallTimeoutError):  # it could wait: the places are free
             await k.names.lookup("svc.mine", timeout=0.05)
+
+
+def test_an_entry_registered_without_manage_still_goes_whole_when_its_registrant_dies(
+    kernel_daemon,
+):
+    """Revoking the handed-out capabilities needs MANAGE; without it the name server
+    still drops the entry and closes its own copy (nothing of it stays behind)."""
+    code = (
+        "import sys, kernel\n"
+        "with kernel.connect(autostart=False) as k:\n"
+        "    k.names.register('no.manage', k.inherited['ep'])\n"
+        "    print('registered', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        no_manage = ep.copy(rights=kernel.Rights.ALL & ~kernel.Rights.MANAGE & ep.info().rights)
+        child = k.spawn(
+            [sys.executable, "-c", code],
+            caps={"ep": no_manage},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.popen.stdout.readline().strip() == "registered"
+            k.names.lookup("no.manage").close()
+            child.kill()
+            child.wait(timeout=10)
+            k.names.watch("no.manage", present=False, timeout=5.0)
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+            child.popen.stdin.close()
+            child.popen.stdout.close()
+        no_manage.close()
+        assert ep.info().object_caps == 1  # only ours: the name server's copy is gone too
