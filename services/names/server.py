@@ -108,8 +108,13 @@ class NameServer:
         self.monitored: dict[int, int] = {}  # registrant connection id -> exit badge
         self.exit_badges: dict[int, int] = {}  # exit badge -> connection id
         self.waiting_calls: dict[int, Waiter] = {}  # call-monitor badge -> waiter
-        self._badges = itertools.count(1)  # client badges, never reused
-        self._exit_badges = itertools.count(1)
+        # Badges never repeat, not even across a restart of the name server: a client
+        # badge must stay unique to one lookup, and a monitor set by the previous
+        # instance may still fire into this one. Counting up from the start time (ns)
+        # does both, since no instance issues a badge per nanosecond.
+        start = time.monotonic_ns()
+        self._badges = itertools.count(start)  # client badges
+        self._exit_badges = itertools.count(start)  # monitor badges (exit, given-up call)
 
     # ------------------------------------------------------------ the loop
 

@@ -74,3 +74,36 @@ def test_the_kernel_gives_up_on_a_name_server_that_keeps_dying(kernel_daemon):
         with pytest.raises(kernel.CallTimeoutError):  # nobody serves names now: a clear timeout
             k.names.endpoint.call(b"", timeout=0.2)
         assert k.endpoint().info().kind == "endpoint"  # everything else still works
+
+
+def test_a_monitor_from_before_a_restart_does_not_drop_a_later_registrant(kernel_daemon):
+    """The previous name server's exit monitors stay with the processes it watched and
+    may fire into its successor; badges never repeat, so they drop nothing by mistake."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kernel\n"
+        "with kernel.connect(autostart=False) as k:\n"
+        "    k.names.register('early', k.endpoint())\n"
+        "    print('registered', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    with kernel.connect(autostart=False) as k:
+        early = k.spawn(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert early.popen.stdout.readline().strip() == "registered"
+            os.kill(name_server_pid(kernel_daemon.pid), signal.SIGKILL)
+            wait_for(lambda: "restarting it" in kernel_daemon.log())
+            k.names.register("late", k.endpoint())  # the new name server monitors us
+            early.kill()  # its monitor, set by the old name server, fires now
+            early.wait(timeout=10)
+            k.names.register("probe", k.endpoint())  # a round trip after that notice
+            assert [e.name for e in k.names.list()] == ["late", "probe"]
+        finally:
+            early.kill()
+            early.wait(timeout=10)
+            early.popen.stdin.close()
+            early.popen.stdout.close()
