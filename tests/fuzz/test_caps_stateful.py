@@ -744,11 +744,20 @@ class CapabilityMachine(RuleBasedStateMachine):
             node = self.pick(data, "meanwhile", prefer=above if meanwhile == "revoke" else near)
             self.do_revoke(node) if meanwhile == "revoke" else self.do_close(node)
         gone = not any(n.alive and n.obj is ep.obj for n in self.nodes)
-        broken = any(not n.alive for n in self.locked)
+        broken = any(not n.alive for n in self.locked) or not ep.alive
         event(f"queued send: then {then}, gone {gone}, broken {broken}")
         if gone:  # the endpoint's last capability went: its waiting senders fail
             res = self.take(sender, "tx", cancel=True)
             self.verdict("queued send to a destroyed endpoint", res, "closed", "destroyed")
+        elif broken:  # revoked (or closed) in transit: the send fails at once, delivers nothing
+            res = self.take(sender, "tx")
+            self.verdict("queued send, revoked in transit", res, "invalid", "was ")
+            if then == "deliver" and rx is not None and self.expect("recv", rx) == "ok":
+                receiver = self.procs[rx.proc]
+                recv = {"op": "post", "tag": "rx", "what": "recv", "slot": rx.slot, "timeout": 0}
+                self.posted(receiver, recv)
+                got = self.take(receiver, "rx")
+                self.verdict("receive after a revoke in transit", got, "timeout")
         elif then == "deliver":
             assert rx is not None
             receiver = self.procs[rx.proc]
@@ -756,7 +765,7 @@ class CapabilityMachine(RuleBasedStateMachine):
             recv = {"op": "post", "tag": "rx", "what": "recv", "slot": rx.slot, "timeout": 0}
             self.posted(receiver, recv)
             got = self.take(receiver, "rx")
-            if can_recv == "ok" and not broken:
+            if can_recv == "ok":
                 self.verdict("receive a queued message", got, "ok")
                 self.locked = set()
                 msg = got["ok"]
@@ -766,10 +775,6 @@ class CapabilityMachine(RuleBasedStateMachine):
                 grant = bool(ep.rights & Rights.GRANT)
                 self.deliver("queued send", items, ep.proc, rx.proc, msg, grant)
                 self.verdict("queued send", self.take(sender, "tx"), "ok")
-            elif can_recv == "ok":  # the broken message fails its sender, reaches nobody
-                self.verdict("receive after a revoke in transit", got, "timeout")
-                res = self.take(sender, "tx")
-                self.verdict("queued send, revoked in transit", res, "invalid", "revoked before")
             else:
                 self.verdict("receive", got, can_recv)
                 self.verdict("cancelled send", self.take(sender, "tx", cancel=True), "cancelled")
