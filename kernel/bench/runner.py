@@ -240,9 +240,7 @@ class _Session:
         with _Watchdog(budget, mechanism.abort, f"{mechanism.name}: warm-up"):
             start = time.perf_counter_ns()
             count = _operations(mechanism, self.config.warmup)
-            samples = _time_roundtrips(
-                mechanism.roundtrip, count, self.deadline_ns, self.config.pace_s
-            )
+            samples = _timed(mechanism, count, self.deadline_ns, self.config.pace_s)
             elapsed_s = (time.perf_counter_ns() - start) / 1e9
         self._op_estimate_s[mechanism.name] = elapsed_s / max(1, len(samples))
         self.pinning.apply(mechanism.peer_pids())  # threads the peers started while warming up
@@ -262,9 +260,7 @@ class _Session:
         label = f"{mechanism.name}: run {index + 1}"
         with _Watchdog(self._run_budget_s(mechanism.name, count), mechanism.abort, label):
             peers0, cpu0, wall0 = peers_cpu_ns(pids), time.process_time_ns(), time.perf_counter_ns()
-            samples = _time_roundtrips(
-                mechanism.roundtrip, count, self.deadline_ns, self.config.pace_s
-            )
+            samples = _timed(mechanism, count, self.deadline_ns, self.config.pace_s)
             wall1, cpu1, peers1 = time.perf_counter_ns(), time.process_time_ns(), peers_cpu_ns(pids)
         peers = None if peers0 is None or peers1 is None else peers1 - peers0
         return RunRecord(index, LatencySamples(samples), wall1 - wall0, cpu1 - cpu0, peers)
@@ -291,6 +287,15 @@ def _operations(mechanism: Mechanism, roundtrips: int) -> int:
     if mechanism.batch <= 1 or roundtrips == 0:
         return roundtrips
     return max(_MIN_BURSTS, roundtrips // mechanism.batch)
+
+
+def _timed(mechanism: Mechanism, count: int, deadline_ns: int, pace_s: float) -> array[int]:
+    own = mechanism.time_roundtrips(count, deadline_ns, pace_s)
+    return (
+        own
+        if own is not None
+        else _time_roundtrips(mechanism.roundtrip, count, deadline_ns, pace_s)
+    )
 
 
 def _time_roundtrips(

@@ -9,6 +9,7 @@ from kernel.bench.mechanisms.mkipc_call import (
     MkipcCallWithCap,
     MkipcNotify,
 )
+from kernel.bench.mechanisms.mkipc_async import MkipcAsyncCall
 from kernel.bench.mechanisms.mkipc_names import MkipcLookup, MkipcRegister
 from kernel.bench.runner import BenchConfig, run_bench
 
@@ -24,10 +25,11 @@ def test_mkipc_rows_run_every_round_trip():
         MkipcNotify(),
         MkipcLookup(),
         MkipcRegister(),
+        MkipcAsyncCall(),
     ]
     result = run_bench(mechanisms, config)
     names = ("mkipc.call", "mkipc.call.badged", "mkipc.call+cap", "mkipc.notify")
-    for name in (*names, "mkipc.names.lookup", "mkipc.names.register"):
+    for name in (*names, "mkipc.names.lookup", "mkipc.names.register", "mkipc.call.async"):
         cell = result.cell(name, 64)
         assert cell.note is None or cell.note == "", cell.note
         assert cell.count == 400

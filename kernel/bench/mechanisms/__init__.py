@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -105,6 +106,13 @@ class Mechanism(abc.ABC):
     @abc.abstractmethod
     def roundtrip(self) -> None:
         """Send ``payload_size`` bytes and wait for the echo of the same size."""
+
+    def time_roundtrips(self, count: int, deadline_ns: int, pace_s: float) -> array[int] | None:
+        """Time ``count`` operations where they run, or None to let the runner time
+        ``roundtrip()`` calls (the default). A mechanism whose operations run inside an
+        event loop times each await there: timing a whole run_until_complete() per
+        operation would measure the loop's start and stop, not the call."""
+        return None
 
     @abc.abstractmethod
     def peer_pids(self) -> list[int]:

@@ -1,16 +1,21 @@
-"""mkipc's asyncio face: calls with 64 in flight from one client (issue #5's goal).
+"""mkipc's asyncio face: one call at a time (latency), and 64 in flight (throughput).
 
-A timed operation is a burst of 1024 calls made by 64 tasks on a uvloop loop, each
-awaiting its calls one after another, so 64 are in flight at any time; the row is
-a throughput row (calls per second). The echo server is the blocking face's
-reply_recv loop. The asyncio connection finds the endpoint through the name
-server, as an application would.
+- ``mkipc.call.async``: each call is awaited alone and timed inside the uvloop loop
+  (``time_roundtrips``), so the figure is the call, not a loop start per call.
+- ``mkipc.call.async64``: a timed operation is a burst of 1024 calls made by 64 tasks,
+  each awaiting its calls one after another, so 64 are in flight at any time
+  (issue #5's goal: 300k calls/s); a throughput row (calls per second).
+
+The echo server is the blocking face's reply_recv loop. The asyncio connection finds
+the endpoint through the name server, as an application would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from array import array
 
 import kernel
 from kernel.bench.mechanisms import make_payload, register
@@ -26,10 +31,8 @@ BURST = 1024
 _NAME = "bench.async.echo"
 
 
-@register
-class MkipcAsyncInFlight(MkipcCall):
-    name = "mkipc.call.async64"
-    batch = BURST  # a throughput row: calls per second
+class _AsyncMechanism(MkipcCall):
+    """A private kernel and echo server (MkipcCall), called from a uvloop loop."""
 
     def setup(self, payload_size: int) -> None:
         super().setup(payload_size)  # the private kernel and the echo server
@@ -48,6 +51,44 @@ class MkipcAsyncInFlight(MkipcCall):
         self._aep = await ak.names.lookup(_NAME, timeout=_START_TIMEOUT_S)
         return ak
 
+    def teardown(self) -> None:
+        loop = self.__dict__.pop("_loop", None)
+        if loop is not None:
+            self._ak.close()
+            loop.close()
+        super().teardown()
+
+
+@register
+class MkipcAsyncCall(_AsyncMechanism):
+    name = "mkipc.call.async"
+
+    def roundtrip(self) -> None:  # one call; the runner times calls with time_roundtrips
+        self._loop.run_until_complete(self._aep.call(self._payload))
+
+    def time_roundtrips(self, count: int, deadline_ns: int, pace_s: float) -> array[int]:
+        return self._loop.run_until_complete(self._timed(count, deadline_ns, pace_s))
+
+    async def _timed(self, count: int, deadline_ns: int, pace_s: float) -> array[int]:
+        clock, call, payload = time.perf_counter_ns, self._aep.call, self._payload
+        out = array("q")
+        for _ in range(count):
+            t0 = clock()
+            await call(payload)
+            t1 = clock()
+            out.append(t1 - t0)
+            if t1 > deadline_ns:
+                break
+            if pace_s:
+                await asyncio.sleep(pace_s)
+        return out
+
+
+@register
+class MkipcAsyncInFlight(_AsyncMechanism):
+    name = "mkipc.call.async64"
+    batch = BURST  # a throughput row: calls per second
+
     def roundtrip(self) -> None:
         self._loop.run_until_complete(self._burst())
 
@@ -59,13 +100,6 @@ class MkipcAsyncInFlight(MkipcCall):
                 await call(payload)
 
         await asyncio.gather(*(task() for _ in range(IN_FLIGHT)))
-
-    def teardown(self) -> None:
-        loop = self.__dict__.pop("_loop", None)
-        if loop is not None:
-            self._ak.close()
-            loop.close()
-        super().teardown()
 
 
 if __name__ == "__main__":
