@@ -3,13 +3,13 @@
 import pytest
 
 from kernel.bench.idle import idle_cpu_percent
+from kernel.bench.mechanisms.mkipc_async import MkipcAsyncCall
 from kernel.bench.mechanisms.mkipc_call import (
     MkipcCall,
     MkipcCallBadged,
     MkipcCallWithCap,
     MkipcNotify,
 )
-from kernel.bench.mechanisms.mkipc_async import MkipcAsyncCall
 from kernel.bench.mechanisms.mkipc_names import MkipcLookup, MkipcRegister
 from kernel.bench.runner import BenchConfig, run_bench
 
