@@ -236,6 +236,7 @@ def _cell_runs(cell: Cell) -> dict[str, Any]:
                 "wall_ns": run.wall_ns,
                 "cpu_self_ns": run.cpu_self_ns,
                 "cpu_peers_ns": run.cpu_peers_ns,
+                "peer_cpus": {str(pid): list(v) for pid, v in run.peer_cpus.items()},
                 "summary": asdict(run.samples.summary()) if len(run.samples) else None,
             }
             for run in cell.runs

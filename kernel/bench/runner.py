@@ -92,6 +92,9 @@ class RunRecord:
     wall_ns: int
     cpu_self_ns: int
     cpu_peers_ns: int | None  # None when the peers' CPU time could not be read
+    # Where each peer (echo server, kernel daemon, name server) ran: pid -> (the CPU it
+    # was last on when the run ended, how often the scheduler moved it during the run).
+    peer_cpus: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -259,11 +262,13 @@ class _Session:
         count = _operations(mechanism, self.config.roundtrips)
         label = f"{mechanism.name}: run {index + 1}"
         with _Watchdog(self._run_budget_s(mechanism.name, count), mechanism.abort, label):
+            moves0 = {pid: _migrations(pid) for pid in pids}
             peers0, cpu0, wall0 = peers_cpu_ns(pids), time.process_time_ns(), time.perf_counter_ns()
             samples = _timed(mechanism, count, self.deadline_ns, self.config.pace_s)
             wall1, cpu1, peers1 = time.perf_counter_ns(), time.process_time_ns(), peers_cpu_ns(pids)
         peers = None if peers0 is None or peers1 is None else peers1 - peers0
-        return RunRecord(index, LatencySamples(samples), wall1 - wall0, cpu1 - cpu0, peers)
+        where = {pid: (_last_cpu(pid), _migrations(pid) - moves0[pid]) for pid in pids}
+        return RunRecord(index, LatencySamples(samples), wall1 - wall0, cpu1 - cpu0, peers, where)
 
     def _run_budget_s(self, name: str, count: int) -> float:
         """How long a run of ``count`` operations may take before the watchdog calls it stalled."""
@@ -379,6 +384,20 @@ def process_cpu_ns(pid: int) -> int | None:
 def _task_cpu_ns(pid: int, tid: str) -> int:
     with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as schedstat:
         return int(schedstat.read().split()[0])
+
+
+def _last_cpu(pid: int) -> int:
+    """The CPU `pid` last ran on (/proc/<pid>/stat field 39); -1 if it is gone."""
+    text = _read_text(f"/proc/{pid}/stat")
+    return int(text.rsplit(")", 1)[1].split()[36]) if text else -1
+
+
+def _migrations(pid: int) -> int:
+    """How often the scheduler has moved `pid` between CPUs (/proc/<pid>/sched)."""
+    for line in (_read_text(f"/proc/{pid}/sched") or "").splitlines():
+        if line.startswith("se.nr_migrations"):
+            return int(line.split(":")[1])
+    return 0
 
 
 def peers_cpu_ns(pids: Sequence[int]) -> int | None:

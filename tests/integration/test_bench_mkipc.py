@@ -34,6 +34,9 @@ def test_mkipc_rows_run_every_round_trip():
         assert cell.note is None or cell.note == "", cell.note
         assert cell.count == 400
         assert all(r.cpu_peers_ns > 0 for r in cell.runs)  # the daemon's CPU is counted
+        for run in cell.runs:  # where the peers (the daemon among them) ran is recorded
+            assert run.peer_cpus, name
+            assert all(cpu >= 0 and moves >= 0 for cpu, moves in run.peer_cpus.values())
 
 
 def test_payload_above_the_maximum_is_a_skipped_row_not_a_failure():
