@@ -105,14 +105,14 @@ class Connection:
         payload: Any = b"",
         caps: tuple[int, ...] = (),
     ) -> int:
-        if self.lost is not None:
-            self.check_open()
         req_id = next(self._ids)
-        with self._submit_lock:
+        with self._submit_lock:  # close() takes it too: the ring and eventfd stay open here
+            if self.lost is not None:
+                self.check_open()
             while not (pushed := self.sq.push(op, req_id, slot, deadline, arg, payload, caps)):
                 self._wait_for_space()
-        if pushed == 2:  # the kernel sleeps: ring its doorbell
-            os.eventfd_write(self.sq_efd, 1)
+            if pushed == 2:  # the kernel sleeps: ring its doorbell
+                os.eventfd_write(self.sq_efd, 1)
         return req_id
 
     def _wait_for_space(self) -> None:
