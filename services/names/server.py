@@ -12,6 +12,7 @@ lookup or watch has a deadline.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import time
@@ -46,6 +47,8 @@ HANDOUT_RIGHTS = {
 MAX_ENTRIES = 1024
 MAX_WAITERS = 1024
 """Bounds that keep the name server's own capability table (4096) from filling up."""
+MAX_WAITERS_PER_UID = 256
+"""So that one user's waiting lookups cannot take every place from the others."""
 
 Cap = EndpointCap | NotificationCap
 Carried = Cap | MintOf
@@ -87,6 +90,7 @@ class Waiter:
     req: p.Lookup | p.Watch
     deadline: int  # -1 forever
     badge: int  # of the kernel's message if the call ends unanswered (CALL_MONITOR)
+    uid: int
 
 
 @dataclass(slots=True)
@@ -108,6 +112,7 @@ class NameServer:
         self.monitored: dict[int, int] = {}  # registrant connection id -> exit badge
         self.exit_badges: dict[int, int] = {}  # exit badge -> connection id
         self.waiting_calls: dict[int, Waiter] = {}  # call-monitor badge -> waiter
+        self.waits_by_uid: collections.Counter[int] = collections.Counter()
         # Badges never repeat, not even across a restart of the name server: a client
         # badge must stay unique to one lookup, and a monitor set by the previous
         # instance may still fire into this one. Counting up from the start time (ns)
@@ -350,12 +355,24 @@ class NameServer:
         """Keep the call until the name appears, its deadline passes, or the kernel
         says the caller gave up (timed out, cancelled, died): no place is held for a
         call that no longer needs an answer."""
+        uid = msg.sender.uid
         if len(self.waiting_calls) >= MAX_WAITERS:
-            raise Refused(Status.NO_RESOURCES, f"{MAX_WAITERS} lookups and watches already wait")
-        w = Waiter(msg, req, req.deadline, next(self._exit_badges))
+            raise Refused(Status.NO_RESOURCES, f"{MAX_WAITERS} lookups and watches already waiting")
+        if self.waits_by_uid[uid] >= MAX_WAITERS_PER_UID:
+            raise Refused(Status.NO_RESOURCES, f"uid {uid} already has "
+                          f"{MAX_WAITERS_PER_UID} lookups and watches waiting")  # fmt: skip
+        w = Waiter(msg, req, req.deadline, next(self._exit_badges), uid)
         msg.monitor_call(self.ep, w.badge)
         self.waiting_calls[w.badge] = w
+        self.waits_by_uid[uid] += 1
         self.waiters.setdefault(req.name, []).append(w)
+
+    def _forget(self, w: Waiter) -> None:
+        """`w` is answered, expired or given up: its place is free again."""
+        if self.waiting_calls.pop(w.badge, None) is not None:
+            self.waits_by_uid[w.uid] -= 1
+            if not self.waits_by_uid[w.uid]:
+                del self.waits_by_uid[w.uid]
 
     def _wake(self, name: str) -> None:
         """`name` was registered or dropped: answer whoever waited for that."""
@@ -373,7 +390,7 @@ class NameServer:
             self.waiters[name] = keep
 
     def _answer_waiter(self, w: Waiter) -> None:
-        self.waiting_calls.pop(w.badge, None)
+        self._forget(w)
         try:
             if isinstance(w.req, p.Lookup):
                 r = self._hand_out(w.msg, self.entries[w.req.name])
@@ -404,7 +421,7 @@ class NameServer:
             else:
                 del self.waiters[name]
             for w in due:
-                self.waiting_calls.pop(w.badge, None)
+                self._forget(w)
                 present = isinstance(w.req, p.Lookup) or w.req.present
                 what = f"{name!r} was not {'' if present else 'un'}registered before the deadline"
                 self._answer(w.msg, p.Error(Status.TIMED_OUT, what))
@@ -413,10 +430,11 @@ class NameServer:
 
     def _notice(self, badge: int) -> None:
         """A kernel message: a waiting call was given up, or a registrant ended."""
-        w = self.waiting_calls.pop(badge, None)
+        w = self.waiting_calls.get(badge)
         if w is None:
             self._registrant_gone(badge)
             return
+        self._forget(w)
         ws = [x for x in self.waiters.get(w.req.name, []) if x is not w]
         if ws:
             self.waiters[w.req.name] = ws

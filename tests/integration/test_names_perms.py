@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import KernelDaemon
-from peerlib import NamesPeer
+from peerlib import PEERS, NamesPeer
 
 pytestmark = [
     pytest.mark.integration,
@@ -177,3 +177,31 @@ def test_the_default_socket_mode_refuses_other_uids_at_connect(monkeypatch):
             root.ok("register", name="fine", mode=0o666)
     finally:
         _stop(daemon, short)
+
+
+def test_one_uid_cannot_take_every_waiting_place(peers):
+    """Waiting lookups hold places in the name server; one uid may hold at most
+    MAX_WAITERS_PER_UID of them, so another uid can still wait."""
+    import subprocess
+    import sys
+
+    from services.names.server import MAX_WAITERS_PER_UID
+
+    waiters = subprocess.Popen(  # root's: uid 0 fills its share
+        [sys.executable, str(PEERS / "names_waiters.py"), str(MAX_WAITERS_PER_UID)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiters.stdout is not None
+        assert waiters.stdout.readline().strip() == "waiting"
+        refused = peers["root"]("lookup", name="svc.nothing", timeout=0.05)
+        assert refused["type"] == "ResourceLimitError", refused
+        assert f"uid 0 already has {MAX_WAITERS_PER_UID}" in refused["msg"]
+        waited = peers["other"]("lookup", name="svc.nothing", timeout=0.05)
+        assert waited["type"] == "CallTimeoutError", waited  # it could wait, and timed out
+    finally:
+        waiters.kill()
+        waiters.wait(timeout=10)
+        if waiters.stdout is not None:
+            waiters.stdout.close()
