@@ -90,8 +90,8 @@ class Connection:
         self._ids = itertools.count(1)
         self._submit_lock = threading.Lock()
         self._poll_lock = threading.Lock()
-        self._cond = threading.Condition()
-        self._sleepers = 0  # threads waiting on _cond for a result another thread files
+        self._sleeping: dict[int, threading.Event] = {}  # req_id -> its waiting thread's
+        self._events = threading.local()  # one reusable Event per thread
         self._spin_ns = SPIN_MAX_NS // 2
 
     # ------------------------------------------------------------ submit
@@ -173,8 +173,8 @@ class Connection:
                     return self._poll_for(req_id)
                 finally:
                     self._poll_lock.release()
-                    if self._sleepers:
-                        self._wake_sleepers()  # one of them takes over polling
+                    if self._sleeping:
+                        self._wake_one()  # somebody must poll for the sleepers
             self._sleep_for_result(req_id)
 
     def _poll_for(self, req_id: int) -> Completion:
@@ -191,21 +191,31 @@ class Connection:
                 return c
             else:
                 results[c.req_id] = c
-                if self._sleepers:
-                    self._wake_sleepers()
+                ev = self._sleeping.get(c.req_id)
+                if ev is not None:
+                    ev.set()  # wake exactly the thread this completion belongs to
 
-    def _wake_sleepers(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+    def _wake_one(self) -> None:
+        for ev in list(self._sleeping.values())[:1]:
+            ev.set()
+
+    def _wake_all(self) -> None:
+        for ev in list(self._sleeping.values()):
+            ev.set()
 
     def _sleep_for_result(self, req_id: int) -> None:
-        with self._cond:
-            self._sleepers += 1
-            try:
-                if req_id not in self.results and self._poll_lock.locked():
-                    self._cond.wait(0.05)  # bounded: a missed notify costs 50 ms, not a hang
-            finally:
-                self._sleepers -= 1
+        """Sleep until the poller files `req_id` or hands polling over. The thread's
+        Event is registered before the re-check, so a filing cannot slip between."""
+        ev = getattr(self._events, "ev", None)
+        if ev is None:
+            ev = self._events.ev = threading.Event()
+        ev.clear()
+        self._sleeping[req_id] = ev
+        try:
+            if req_id not in self.results and self._poll_lock.locked():
+                ev.wait(0.05)  # bounded: a missed wake costs 50 ms, not a hang
+        finally:
+            del self._sleeping[req_id]
 
     def _block(self) -> None:
         """Spin (adaptively, bounded), then sleep on the completion eventfd.
@@ -291,7 +301,7 @@ class Connection:
         finally:
             if polling_done:
                 self._poll_lock.release()
-            self._wake_sleepers()
+            self._wake_all()
 
 
 # ------------------------------------------------------------ bootstrap
