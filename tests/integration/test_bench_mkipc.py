@@ -11,6 +11,7 @@ from kernel.bench.mechanisms.mkipc_call import (
     MkipcNotify,
 )
 from kernel.bench.mechanisms.mkipc_names import MkipcLookup, MkipcRegister
+from kernel.bench.mechanisms.mkipc_service import MkipcService, MkipcService4
 from kernel.bench.runner import BenchConfig, run_bench
 
 pytestmark = pytest.mark.integration
@@ -26,10 +27,14 @@ def test_mkipc_rows_run_every_round_trip():
         MkipcLookup(),
         MkipcRegister(),
         MkipcAsyncCall(),
+        MkipcService(),
+        MkipcService4(),
     ]
     result = run_bench(mechanisms, config)
     names = ("mkipc.call", "mkipc.call.badged", "mkipc.call+cap", "mkipc.notify")
-    for name in (*names, "mkipc.names.lookup", "mkipc.names.register", "mkipc.call.async"):
+    more = ("mkipc.names.lookup", "mkipc.names.register", "mkipc.call.async")
+    services = ("mkipc.service", "mkipc.service.4workers")
+    for name in (*names, *more, *services):
         cell = result.cell(name, 64)
         assert cell.note is None or cell.note == "", cell.note
         assert cell.count == 400
