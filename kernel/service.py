@@ -50,8 +50,8 @@ from ._service_client import BAD_REQUEST, RAISED, SAFE_BUILTINS, Failure, failur
 from ._service_client import AsyncServiceClient as AsyncServiceClient
 from ._service_client import RemoteError as RemoteError
 from ._service_client import ServiceClient as ServiceClient
-from .abi import MAX_PAYLOAD
-from .client._common import Credentials, MessageBase
+from .abi import MAX_PAYLOAD, Op
+from .client._common import Credentials, MessageBase, inherit_request
 from .client._conn import Connection
 from .client.aio import AsyncEndpointCap, AsyncKernel, AsyncMessage
 from .client.sync import EndpointCap, Kernel, Message
@@ -257,12 +257,14 @@ class Service:
         r, w = os.pipe()
         self._wake = functools.partial(_poke, w)
         old = _install_signals(lambda signum, frame: self.stop()) if signals else {}
+        own = _worker_connections(k, ep, workers) if workers > 1 else []
+        eps = [wep for _, wep, _ in own] or [ep]
         threads = [
             threading.Thread(
-                target=self._thread, args=(ep, token, errors), name=f"{self.name}[{i}]",
+                target=self._thread, args=(wep, token, errors), name=f"{self.name}[{i}]",
                 daemon=True,  # a handler stuck past shutdown_timeout must not hold the exit
             )
-            for i in range(workers)
+            for i, wep in enumerate(eps)
         ]  # fmt: skip
         try:
             for t in threads:
@@ -271,6 +273,7 @@ class Service:
                 os.read(r, 1)  # a signal, stop() or a worker that ended writes here
         finally:
             self._shutdown(k, ep, token, threads, errors)
+            _close_worker_connections(k, own)
             _restore_signals(old)
             self._wake = None
             os.close(r)
@@ -516,6 +519,43 @@ def _add_loop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None])
     for sig in _SIGNALS:
         loop.add_signal_handler(sig, stop)
     return list(_SIGNALS)
+
+
+def _worker_connections(
+    k: Kernel, ep: EndpointCap, n: int
+) -> list[tuple[Kernel, EndpointCap, str]]:
+    """One connection, with its own rings, per worker thread: a completion then wakes
+    the thread it belongs to directly, not a poller that wakes it in turn (threads
+    sharing one connection paid two wakeups per request: 33 µs against 12 µs p50).
+    Each gets a copy of the endpoint through an in-process inheritance bundle."""
+    out: list[tuple[Kernel, EndpointCap, str]] = []
+    try:
+        for _ in range(n):
+            slots, names = inherit_request({"ep": ep})
+            c = k._roundtrip(Op.INHERIT_CREATE, None, "service worker", payload=names, caps=slots)
+            token = c.payload.decode()
+            wk = Kernel(Connection(k.socket_path, autostart=False, inherit=token))
+            wep = wk.inherited["ep"]
+            assert isinstance(wep, EndpointCap)
+            out.append((wk, wep, token))
+    except BaseException:
+        _close_worker_connections(k, out)
+        raise
+    return out
+
+
+def _close_worker_connections(k: Kernel, conns: list[tuple[Kernel, EndpointCap, str]]) -> None:
+    """Close them, then let the kernel drop their bundles (PROCESS_WAIT returns once
+    it has cleaned the connection up)."""
+    for wk, _, token in conns:
+        wk.close()
+        try:
+            k._roundtrip(
+                Op.PROCESS_WAIT, None, "service worker clean-up", timeout=5.0,
+                payload=token.encode(),
+            )  # fmt: skip
+        except IPCError as e:
+            log.warning("service worker clean-up: %s", e)
 
 
 def _retire(ep: EndpointCap) -> None:

@@ -71,9 +71,13 @@ def failure(c: Completion, cap: Any, verb: str) -> IPCError:
 class Connection:
     """One process's connection: bootstrap socket, mapped rings, eventfds."""
 
-    def __init__(self, path: str | None = None, *, autostart: bool = True) -> None:
+    def __init__(
+        self, path: str | None = None, *, autostart: bool = True, inherit: str | None = None
+    ) -> None:
         self.path = path or _launch.default_socket_path()
-        token = os.environ.pop("MKIPC_INHERIT", None)  # one-shot: not for grandchildren
+        # The capabilities a parent set aside for us: from spawn (one-shot: not for
+        # grandchildren), or an explicit token (a service's worker connections).
+        token = inherit if inherit is not None else os.environ.pop("MKIPC_INHERIT", None)
         self.sock, welcome, fds = _connect(self.path, token, autostart)
         self.welcome = welcome
         memfd, self.sq_efd, self.cq_efd = fds

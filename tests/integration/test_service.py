@@ -202,6 +202,30 @@ def test_stop_from_another_thread_and_run_with_a_given_kernel(kernel_daemon):
         client.close()
 
 
+def test_each_worker_thread_has_its_own_connection_and_leaves_nothing(kernel_daemon):
+    """Worker threads sharing one connection woke each other for every request; with
+    workers > 1 each gets its own connection (its endpoint by an in-process bundle),
+    all closed and their bundles dropped when the service stops."""
+    svc = kernel.Service("t.conns", [lambda_free_echo])
+    with kernel.connect(autostart=False) as k:
+        t = threading.Thread(target=svc.run, args=(k,), kwargs={"workers": 3})
+        t.start()
+        try:
+            client = kernel.ServiceClient.lookup(k, "t.conns", timeout=10.0)
+            for i in range(30):
+                assert client.call(Echo(f"n{i}"), timeout=5.0) == f"n{i}"
+        finally:
+            svc.stop()
+            t.join(15)
+        assert not t.is_alive()
+        client.close()
+        log = kernel_daemon.log()
+        mine = re.findall(rf"connected: pid {os.getpid()} .*inherited \['ep'\]", log)
+        assert len(mine) == 3, log
+        ep = k.endpoint()  # the kernel still serves this connection normally
+        assert ep.info().object_caps == 1
+
+
 def lambda_free_echo(req: Echo) -> str:
     return req.text
 
