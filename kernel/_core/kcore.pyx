@@ -271,12 +271,22 @@ cdef Pending _pop(object queue):
     return op
 
 
-cdef Pending _pop_live(object queue):
-    """The oldest op in `queue` whose process still holds the capability it waits
-    through. One whose capability was revoked, closed or moved away meanwhile fails
-    instead of being served: revoked authority takes no further message."""
+cdef Pending _pop_newest(object queue):
+    """The newest op in `queue`, taken out of it."""
+    if not queue:
+        return None
+    cdef Pending op = queue.pop()
+    op.queue = None
+    return op
+
+
+cdef Pending _pop_live(object queue, bint newest=False):
+    """The oldest (or newest) op in `queue` whose process still holds the capability
+    it waits through. One whose capability was revoked, closed or moved away
+    meanwhile fails instead of being served: revoked authority takes no further
+    message."""
     cdef Pending op
-    while (op := _pop(queue)) is not None:
+    while (op := (_pop_newest(queue) if newest else _pop(queue))) is not None:
         if op.cap is None or op.cap.holder is op.proc.caps:
             return op
         op.finish()
@@ -711,7 +721,9 @@ cdef class Core:
         cdef list transfers = self._decode_transfers(proc, h, cap, R_GRANT) if h.h.ncaps else None
         cdef Endpoint ep = <Endpoint>cap.obj
         cdef Pending op = _new_pending(proc, h)
-        cdef Pending rx = _pop_live(ep.receivers)
+        # Newest receiver first: the one that just finished is likely still spinning,
+        # the oldest likely asleep (docs/architecture.md). Senders stay FIFO: order.
+        cdef Pending rx = _pop_live(ep.receivers, True)
         cdef uint64_t slot = 0
         cdef tuple moved = None
         op.is_call = is_call
@@ -724,7 +736,7 @@ cdef class Core:
                 if is_call:
                     slot = self._install_reply(rx.proc, op, op.grant)
             except OpError:
-                ep.receivers.appendleft(rx)
+                ep.receivers.append(rx)   # back where it was: the newest end
                 rx.queue = ep.receivers
                 raise
             if transfers is not None:
@@ -808,7 +820,7 @@ cdef class Core:
         """Send a message from the kernel itself on `ep` (e.g. a monitored process
         exited): the receiver sees MSG_FROM_KERNEL, sender pid 0 and `badge`. It waits
         for a receiver like any send, without a deadline."""
-        cdef Pending rx = _pop_live(ep.receivers)
+        cdef Pending rx = _pop_live(ep.receivers, True)
         cdef Pending tx
         if rx is not None:
             rx.finish()

@@ -278,3 +278,32 @@ def test_closing_the_last_cap_fails_a_receiver_blocked_on_it(kernel_daemon):
         assert len(errors) == 1
         assert isinstance(errors[0], kernel.PeerClosedError), errors
         assert "destroyed" in str(errors[0])
+
+
+async def test_the_newest_waiting_receiver_gets_the_message_and_senders_keep_order(
+    kernel_daemon,
+):
+    """Receivers are served newest first (the one most likely still running, so no
+    wakeup); waiting senders oldest first (message order)."""
+    import asyncio
+
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        receivers = []
+        for _ in range(3):
+            receivers.append(asyncio.ensure_future(ep.recv(timeout=10)))
+            await asyncio.sleep(0.02)  # each receive is in the kernel before the next
+        await ep.send(b"one", timeout=5)
+        done, _ = await asyncio.wait(receivers, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {receivers[2]}
+        assert receivers[2].result().data == b"one"
+        for r in receivers[:2]:
+            r.cancel()
+        await asyncio.gather(*receivers[:2], return_exceptions=True)
+        sends = []
+        for i in range(3):
+            sends.append(asyncio.ensure_future(ep.send(b"m%d" % i, timeout=10)))
+            await asyncio.sleep(0.02)
+        got = [(await ep.recv(timeout=5)).data for _ in range(3)]
+        assert got == [b"m0", b"m1", b"m2"]
+        await asyncio.gather(*sends)
