@@ -244,7 +244,7 @@ class NameServer:
         pid, uid, gid = msg.sender
         old = self.entries.get(req.name)
         if old is not None:
-            self._may_take(old, req, uid, gid)
+            self._may_take(old, req, msg)
         if not 0 <= req.mode <= 0o777:
             raise Refused(Status.INVALID_ARGS, f"mode {req.mode:#o} is not in 0o000..0o777")
         if old is None and len(self.entries) >= MAX_ENTRIES:
@@ -271,13 +271,11 @@ class NameServer:
                           "only endpoints and notifications")  # fmt: skip
         return cap
 
-    def _may_take(self, old: Record, req: p.Register, uid: int, gid: int) -> None:
+    def _may_take(self, old: Record, req: p.Register, msg: Message) -> None:
         if not req.replace:
             raise Refused(Status.ALREADY_EXISTS, f"{req.name!r} is registered by pid {old.pid} "
                           f"(owner uid {old.perm.uid}); replace=True takes it over")  # fmt: skip
-        why = denial(old.perm, uid, gid, WRITE, f"replacing {req.name!r}")
-        if why:
-            raise Refused(Status.ACCESS_DENIED, why)
+        _require(old.perm, msg, WRITE, f"replacing {req.name!r}")
 
     def _monitor(self, msg: Message) -> None:
         """One exit notice per registrant connection, however many names it holds."""
@@ -300,10 +298,7 @@ class NameServer:
 
     def _hand_out(self, msg: Message, rec: Record) -> Reply:
         """The hot path (issue #4 asks lookup p50 ≤ 15 µs): no work beyond the check."""
-        _, uid, gid = msg.sender
-        if not allowed(rec.perm, uid, gid, READ):
-            why = denial(rec.perm, uid, gid, READ, f"looking up {rec.name!r}")
-            raise Refused(Status.ACCESS_DENIED, why or "denied")
+        _require(rec.perm, msg, READ, f"looking up {rec.name!r}")
         rec.served += 1
         # Minted by the kernel as the reply travels: no CAP_MINT round trip first.
         return Reply(msg, LOOKED_UP, [MintOf(rec.cap, rec.rights, next(self._badges))])
@@ -318,23 +313,14 @@ class NameServer:
             return None
         if rec is None:
             return Reply(msg, p.Ok(None))
-        self._readable(msg, rec)
+        _require(rec.perm, msg, READ, f"watching {rec.name!r}")
         return Reply(msg, p.Ok(rec.wire()))
-
-    def _readable(self, msg: Message, rec: Record) -> None:
-        _, uid, gid = msg.sender
-        why = denial(rec.perm, uid, gid, READ, f"watching {rec.name!r}")
-        if why:
-            raise Refused(Status.ACCESS_DENIED, why)
 
     def _unregister(self, msg: Message, req: p.Unregister) -> Reply:
         rec = self.entries.get(req.name)
         if rec is None:
             raise Refused(Status.NOT_FOUND, f"no entry named {req.name!r}")
-        _, uid, gid = msg.sender
-        why = denial(rec.perm, uid, gid, WRITE, f"unregistering {req.name!r}")
-        if why:
-            raise Refused(Status.ACCESS_DENIED, why)
+        _require(rec.perm, msg, WRITE, f"unregistering {req.name!r}")
         self._drop(rec, revoke=req.revoke)
         return Reply(msg, p.Ok(None))
 
@@ -406,7 +392,7 @@ class NameServer:
         rec = self.entries.get(w.req.name)
         if rec is None:
             return Reply(w.msg, p.Ok(None))
-        self._readable(w.msg, rec)
+        _require(rec.perm, w.msg, READ, f"watching {rec.name!r}")
         return Reply(w.msg, p.Ok(rec.wire()))
 
     def _expire_waiters(self) -> None:
@@ -467,6 +453,14 @@ class NameServer:
             log.warning("dropping %r: %s", rec.name, e)
         if wake:
             self._wake(rec.name)
+
+
+def _require(perm: Perm, msg: Message, want: int, what: str) -> None:
+    """Refuse with ACCESS_DENIED, naming the missing permission, unless the caller's
+    kernel-verified uid/gid may do `want` (READ or WRITE) on an entry with `perm`."""
+    _, uid, gid = msg.sender
+    if not allowed(perm, uid, gid, want):
+        raise Refused(Status.ACCESS_DENIED, denial(perm, uid, gid, want, what) or what)
 
 
 def _check_name(name: str) -> None:
