@@ -262,20 +262,11 @@ cdef Pending _new_pending(ProcCore proc, Header h):
     return op
 
 
-cdef Pending _pop(object queue):
-    """The oldest op in `queue`, taken out of it."""
+cdef Pending _pop(object queue, bint newest=False):
+    """The oldest (or newest) op in `queue`, taken out of it."""
     if not queue:
         return None
-    cdef Pending op = queue.popleft()
-    op.queue = None
-    return op
-
-
-cdef Pending _pop_newest(object queue):
-    """The newest op in `queue`, taken out of it."""
-    if not queue:
-        return None
-    cdef Pending op = queue.pop()
+    cdef Pending op = queue.pop() if newest else queue.popleft()
     op.queue = None
     return op
 
@@ -286,7 +277,7 @@ cdef Pending _pop_live(object queue, bint newest=False):
     meanwhile fails instead of being served: revoked authority takes no further
     message."""
     cdef Pending op
-    while (op := (_pop_newest(queue) if newest else _pop(queue))) is not None:
+    while (op := _pop(queue, newest)) is not None:
         if op.cap is None or op.cap.holder is op.proc.caps:
             return op
         op.finish()
