@@ -15,15 +15,6 @@ def cpu_seconds(pid: int) -> float:
         return int(f.read().split()[0]) / 1e9
 
 
-def children(pid: int) -> list[int]:
-    """The daemon's child processes: its name server."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
 def idle_cpu_percent(seconds: float = 10.0) -> float:
     """Percent of one core a private daemon and its name server use over `seconds`
     with one idle client connected.
@@ -41,7 +32,7 @@ def idle_cpu_percent(seconds: float = 10.0) -> float:
                 n.poll()
                 k.names.lookup("idle.probe").close()
             time.sleep(0.5)
-            pids = [daemon.proc.pid, *children(daemon.proc.pid)]
+            pids = [daemon.proc.pid, *daemon.children()]  # the kernel and its name server
             cpu0, t0 = sum(map(cpu_seconds, pids)), time.monotonic()
             time.sleep(seconds)
             cpu1, t1 = sum(map(cpu_seconds, pids)), time.monotonic()

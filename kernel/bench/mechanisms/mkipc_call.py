@@ -48,6 +48,15 @@ class PrivateKernel:
                 raise RuntimeError("the mkipc kernel did not start")
             time.sleep(0.005)
 
+    def children(self) -> list[int]:
+        """The daemon's child processes: its name server (/proc; [] once it is gone)."""
+        pid = self.proc.pid
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

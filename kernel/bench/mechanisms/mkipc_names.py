@@ -28,15 +28,10 @@ class _NamesMechanism(_MkipcMechanism):
         self._names.lookup(NAME, timeout=_START_TIMEOUT_S).close()  # warm both sides
 
     def peer_pids(self) -> list[int]:
-        """The daemon and its name server (the daemon's child, found through /proc)."""
-        pids = super().peer_pids()
-        if not pids:
-            return []
-        try:
-            with open(f"/proc/{pids[0]}/task/{pids[0]}/children") as f:
-                return pids + [int(p) for p in f.read().split()]
-        except OSError:
-            return pids
+        """The daemon and its name server (the daemon's child)."""
+        if self._kernel is None:
+            return super().peer_pids()
+        return super().peer_pids() + self._kernel.children()
 
 
 @register
