@@ -50,8 +50,8 @@ from ._service_client import BAD_REQUEST, RAISED, SAFE_BUILTINS, Failure, failur
 from ._service_client import AsyncServiceClient as AsyncServiceClient
 from ._service_client import RemoteError as RemoteError
 from ._service_client import ServiceClient as ServiceClient
-from .abi import MAX_PAYLOAD, Op
-from .client._common import Credentials, MessageBase, inherit_request
+from .abi import MAX_PAYLOAD
+from .client._common import Credentials, MessageBase
 from .client._conn import Connection
 from .client.aio import AsyncEndpointCap, AsyncKernel, AsyncMessage
 from .client.sync import EndpointCap, Kernel, Message
@@ -531,9 +531,7 @@ def _worker_connections(
     out: list[tuple[Kernel, EndpointCap, str]] = []
     try:
         for _ in range(n):
-            slots, names = inherit_request({"ep": ep})
-            c = k._roundtrip(Op.INHERIT_CREATE, None, "service worker", payload=names, caps=slots)
-            token = c.payload.decode()
+            token = k._bundle({"ep": ep}, "service worker")
             wk = Kernel(Connection(k.socket_path, autostart=False, inherit=token))
             wep = wk.inherited["ep"]
             assert isinstance(wep, EndpointCap)
@@ -550,10 +548,7 @@ def _close_worker_connections(k: Kernel, conns: list[tuple[Kernel, EndpointCap, 
     for wk, _, token in conns:
         wk.close()
         try:
-            k._roundtrip(
-                Op.PROCESS_WAIT, None, "service worker clean-up", timeout=5.0,
-                payload=token.encode(),
-            )  # fmt: skip
+            k._drop_bundle(token, "service worker clean-up", timeout=5.0)
         except IPCError as e:
             log.warning("service worker clean-up: %s", e)
 

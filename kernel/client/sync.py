@@ -123,18 +123,27 @@ class Kernel:
 
         The child receives copies (same rights and badge) once it connects.
         """
-        slots, names = inherit_request(caps)
-        c = self._roundtrip(Op.INHERIT_CREATE, None, "spawn", payload=names, caps=slots)
-        token = c.payload.decode()
+        token = self._bundle(caps, "spawn")
         try:
             popen = subprocess.Popen(
                 argv_list(argv), env=spawn_env(self._conn, token, env), **popen_kwargs
             )
         except BaseException:
-            # No child will claim the bundle: waiting on it drops it and its references.
-            self._roundtrip(Op.PROCESS_WAIT, None, "spawn clean-up", payload=token.encode())
+            self._drop_bundle(token, "spawn clean-up")  # no child will claim it
             raise
         return Process(self, popen, token)
+
+    def _bundle(self, caps: Mapping[str, CapBase] | None, what: str) -> str:
+        """Set copies of `caps` aside for a connection that claims the returned token
+        (a spawned child, or a service's worker connection)."""
+        slots, names = inherit_request(caps)
+        c = self._roundtrip(Op.INHERIT_CREATE, None, what, payload=names, caps=slots)
+        return c.payload.decode()
+
+    def _drop_bundle(self, token: str, what: str, timeout: float | None = None) -> None:
+        """Wait until the claimant is gone (or never came), then drop the bundle and
+        its references."""
+        self._roundtrip(Op.PROCESS_WAIT, None, what, timeout=timeout, payload=token.encode())
 
 
 Caps = Sequence[Transferable]
