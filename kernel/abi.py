@@ -21,6 +21,7 @@ HDR_SIZE = 72
 CONTROL_SIZE = 4096
 OFF_SQ_TAIL, OFF_SQ_HEAD, OFF_SQ_WAITING = 64, 128, 192
 OFF_CQ_TAIL, OFF_CQ_HEAD, OFF_CQ_WAITING = 256, 320, 384
+OFF_SESSIONS, MAX_SESSIONS = 2048, 256
 MAX_CAPS_PER_RECORD = 64
 RING_MAGIC = b"MKIPCRNG"
 
@@ -64,6 +65,9 @@ class Op(enum.IntEnum):
     ENDPOINT_RECV = 12
     ENDPOINT_REPLY = 13
     ENDPOINT_REPLY_RECV = 14
+    ENDPOINT_SESSION_OPEN = 15
+    ENDPOINT_SESSION_ACCEPT = 16
+    SESSION_CLOSE = 17
     # notifications 20-29
     NOTIFICATION_SIGNAL = 20
     NOTIFICATION_WAIT = 21
@@ -95,6 +99,14 @@ MSG_IS_CALL = 1
 MSG_FROM_KERNEL = 2
 """The kernel itself sent the message (e.g. a CALLER_MONITOR exit notice); its
 sender pid is 0. Only the kernel writes `arg`, so no process can forge this."""
+MSG_SESSION_OFFER = 4
+"""With MSG_FROM_KERNEL: a caller asks for a direct session (ENDPOINT_SESSION_OPEN);
+the payload is a SessionOffer, the badge that of the caller's capability."""
+
+SESSION_RING_SIZE = 1 << 20
+"""Bytes of data in each direction of a direct session (memfd pages are lazy)."""
+SESSION_OPEN, SESSION_FREE = 1, 0
+"""Values of a session state word (ring.pxd); an ended session holds its Status (< 0)."""
 
 NAMES_SLOT = 0x10001
 """The well-known slot of every process's capability to the name server (DESIGN §2):
@@ -163,7 +175,37 @@ class Refused(msgspec.Struct, tag=True):
     reason: str
 
 
-Handshake = Hello | Welcome | Refused
+class SessionFds(msgspec.Struct, tag=True):
+    """After the handshake, the kernel's only frames: the descriptors of session `sid`
+    (its memfd, the caller's doorbell, the server's doorbell), sent with SCM_RIGHTS
+    just before the completion that opens or accepts it."""
+
+    sid: int
+
+
+class SessionOffer(msgspec.Struct, frozen=True, array_like=True):
+    """Payload of a MSG_SESSION_OFFER: who asks (kernel-verified) for session `sid`."""
+
+    sid: int
+    pid: int
+    uid: int
+    gid: int
+    sender_id: int
+
+
+class SessionGrant(msgspec.Struct, frozen=True, array_like=True):
+    """Payload of a successful ENDPOINT_SESSION_OPEN / _ACCEPT (arg: the state word's
+    index): the session, its ring size, and the kernel-verified peer."""
+
+    sid: int
+    ring_size: int
+    pid: int
+    uid: int
+    gid: int
+    sender_id: int
+
+
+Handshake = Hello | Welcome | Refused | SessionFds
 HANDSHAKE_MAX = 64 * 1024
 
 _encoder = msgspec.msgpack.Encoder()
@@ -181,6 +223,22 @@ def decode_frame(body: bytes) -> Handshake:
 
 
 _names_decoder = msgspec.msgpack.Decoder(list[str])
+_offer_decoder = msgspec.msgpack.Decoder(SessionOffer)
+_grant_decoder = msgspec.msgpack.Decoder(SessionGrant)
+
+
+def encode_struct(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_offer(data: bytes) -> SessionOffer:
+    offer: SessionOffer = _offer_decoder.decode(data)
+    return offer
+
+
+def decode_grant(data: bytes) -> SessionGrant:
+    grant: SessionGrant = _grant_decoder.decode(data)
+    return grant
 
 
 def encode_names(names: list[str]) -> bytes:

@@ -49,6 +49,7 @@ cdef class Pending:
     cdef public list transfers      # [(Capability, (rights, badge) or None=move)] locked, or None
     cdef public bint grant          # the sender's endpoint cap had GRANT (replies may carry caps)
     cdef public Capability cap      # the capability the op waits through
+    cdef public uint64_t msg_flags  # a kernel message's extra flags (MSG_SESSION_OFFER)
     cpdef enqueue(self, object queue)
     cpdef dequeue(self)
     cpdef finish(self)
@@ -105,7 +106,7 @@ cdef class Core:
     cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver)
     cdef _send(self, ProcCore proc, Header h, bint is_call)
     cdef _deliver_stored(self, Pending rx, Pending tx)
-    cpdef kernel_send(self, Endpoint ep, uint64_t badge, bytes payload)
+    cpdef kernel_send(self, Endpoint ep, uint64_t badge, bytes payload, uint64_t flags=*)
     cdef _recv(self, ProcCore proc, Header h, Capability cap)
     cdef Capability _decode_reply(self, ProcCore proc, Header h, uint64_t reply_slot)
     cdef _reply(self, ProcCore proc, Header h, Capability cap)

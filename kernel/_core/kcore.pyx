@@ -369,7 +369,8 @@ cdef ProcCore _KERNEL = _new_kernel_sender()
 
 
 cdef inline uint64_t _msg_flags(Pending tx):
-    return (MSG_IS_CALL if tx.is_call else 0) | (MSG_FROM_KERNEL if tx.proc is _KERNEL else 0)
+    return ((MSG_IS_CALL if tx.is_call else 0) | (MSG_FROM_KERNEL if tx.proc is _KERNEL else 0)
+            | tx.msg_flags)
 
 
 cdef int _forward(ProcCore dst, ProcCore src, Header h, uint32_t opcode, uint64_t req_id,
@@ -807,15 +808,17 @@ cdef class Core:
             rx.enqueue(ep.receivers)
             self._arm(rx)
 
-    cpdef kernel_send(self, Endpoint ep, uint64_t badge, bytes payload):
+    cpdef kernel_send(self, Endpoint ep, uint64_t badge, bytes payload, uint64_t flags=0):
         """Send a message from the kernel itself on `ep` (e.g. a monitored process
         exited): the receiver sees MSG_FROM_KERNEL, sender pid 0 and `badge`. It waits
-        for a receiver like any send, without a deadline."""
+        for a receiver like any send, without a deadline. `flags` adds to its `arg`
+        (MSG_SESSION_OFFER)."""
         cdef Pending rx = _pop_live(ep.receivers, True)
         cdef Pending tx
         if rx is not None:
             rx.finish()
-            rx.proc.post(rx.op, rx.req_id, ST_OK, 0, MSG_FROM_KERNEL, PyBytes_AS_STRING(payload),
+            rx.proc.post(rx.op, rx.req_id, ST_OK, 0, MSG_FROM_KERNEL | flags,
+                         PyBytes_AS_STRING(payload),
                          PyBytes_GET_SIZE(payload), badge, _KERNEL)
             return
         tx = Pending.__new__(Pending)
@@ -824,6 +827,7 @@ cdef class Core:
         tx.deadline = -1
         tx.payload = payload
         tx.badge = badge
+        tx.msg_flags = flags
         tx.phase = WAITING
         tx.queue = ep.senders   # not in any process's pending table: nobody can cancel it
         ep.senders.append(tx)

@@ -17,6 +17,8 @@
 #   256     8     CQ tail     producer = kernel
 #   320     8     CQ head     consumer = process
 #   384     4     CQ waiting  set by the process before it sleeps
+#   2048    2048  session states: MAX_SESSIONS int64 words, written by the kernel
+#                 only (SessionStates): 0 free, 1 open, < 0 the Status it ended with
 #   4096    ...   SQ data, then CQ data
 #
 # Head and tail are free-running byte counters (they never wrap in practice:
@@ -62,6 +64,8 @@ cdef enum:
     OFF_CQ_TAIL = 256
     OFF_CQ_HEAD = 320
     OFF_CQ_WAITING = 384
+    OFF_SESSIONS = 2048
+    MAX_SESSIONS = 256
     OP_PAD = 0
     MAX_CAPS_PER_RECORD = 64
 
@@ -109,3 +113,11 @@ cdef class Ring:
     cdef char *_reserve(self, uint64_t need) except? NULL
     cdef object _write_with_caps(self, mk_hdr *h, tuple caps,
                                  const unsigned char[::1] payload)
+
+
+cdef class SessionStates:
+    """The session state words of one region (see the byte map above)."""
+    cdef int64_t *words
+    cdef Py_buffer buf
+    cdef bint has_buf
+    cdef int64_t *_word(self, Py_ssize_t index) except NULL

@@ -462,3 +462,47 @@ def ring_pair(region, uint64_t sq_size, uint64_t cq_size):
     return (Ring(region, CONTROL_SIZE, sq_size, OFF_SQ_TAIL, OFF_SQ_HEAD, OFF_SQ_WAITING),
             Ring(region, CONTROL_SIZE + sq_size, cq_size,
                  OFF_CQ_TAIL, OFF_CQ_HEAD, OFF_CQ_WAITING))
+
+
+cdef class SessionStates:
+    """The kernel-written state word of each direct session of one process.
+
+    They sit in the control page of the process's own region (ring.pxd), which no
+    other process maps: a session's peer cannot forge the kernel's word that the
+    session ended (revoked, closed, or the peer died)."""
+
+    def __cinit__(self):
+        self.has_buf = False
+
+    def __init__(self, region):
+        PyObject_GetBuffer(region, &self.buf, PyBUF_WRITABLE)
+        self.has_buf = True
+        if self.buf.len < OFF_SESSIONS + 8 * MAX_SESSIONS:
+            self.close()
+            raise ValueError("region too small for the session table")
+        self.words = <int64_t *>(<char *>self.buf.buf + OFF_SESSIONS)
+
+    def __dealloc__(self):
+        if self.has_buf:
+            PyBuffer_Release(&self.buf)
+
+    def close(self):
+        self.words = NULL
+        if self.has_buf:
+            PyBuffer_Release(&self.buf)
+            self.has_buf = False
+
+    cdef int64_t *_word(self, Py_ssize_t index) except NULL:
+        if self.words == NULL:
+            raise ValueError("the session table is closed")
+        if not 0 <= index < MAX_SESSIONS:
+            raise IndexError(f"session index {index} is out of range")
+        return self.words + index
+
+    def get(self, Py_ssize_t index):
+        # SYNC POINT: acquire; pairs with the kernel's release in set().
+        return <int64_t>mk_load_acquire_u64(<uint64_t *>self._word(index))
+
+    def set(self, Py_ssize_t index, int64_t value):
+        # SYNC POINT: release, then the kernel writes the session's eventfds.
+        mk_store_release_u64(<uint64_t *>self._word(index), <uint64_t>value)

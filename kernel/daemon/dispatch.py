@@ -30,6 +30,7 @@ from ..errors import Status
 from .objects import Endpoint, Notification, OpError, Reply
 from .pending import Pending
 from .process import Proc
+from .sessions import HANDLERS as SESSION_HANDLERS
 from .state import Bundle, KernelState
 
 Handler = Callable[[KernelState, Proc, Header], None]
@@ -123,6 +124,8 @@ def _cancel(k: KernelState, proc: Proc, h: Header) -> None:
     if op is not None:
         k.abandon(op, "its caller cancelled the call")
         proc.complete(op.op, op.req_id, Status.CANCELLED, payload=b"cancelled by the caller")
+        if op.op == Op.ENDPOINT_SESSION_OPEN:
+            k.sessions.opening_ended(op)
 
 
 def _monitor_target(
@@ -228,3 +231,4 @@ COLD_HANDLERS: dict[int, Handler] = {
 
 def install(k: KernelState) -> None:
     k.cold.update(COLD_HANDLERS)
+    k.cold.update(SESSION_HANDLERS)

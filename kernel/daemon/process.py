@@ -6,12 +6,13 @@ import mmap
 import os
 import socket
 from collections import deque
+from typing import Any
 
 from capabilities import CapTable
 
 from .. import abi
 from .._core.kcore import Endpoint, ProcCore
-from .._core.ring import ring_pair
+from .._core.ring import SessionStates, ring_pair
 
 
 class Proc(ProcCore):
@@ -32,6 +33,8 @@ class Proc(ProcCore):
         self.monitors: list[tuple[Endpoint, int]] = []  # (endpoint, badge) to tell at exit
         self.memfd, self.mm = _make_region()
         self.sq, self.cq = ring_pair(self.mm, abi.RING_SIZE, abi.RING_SIZE)
+        self.session_states = SessionStates(self.mm)  # only the kernel writes them
+        self.sessions: dict[int, Any] = {}  # state word index -> daemon.sessions.Session
         self.sq_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.cq_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
@@ -54,6 +57,7 @@ class Proc(ProcCore):
         self.alive = False
         self.sq.close()
         self.cq.close()
+        self.session_states.close()
         self.mm.close()
         for fd in (self.memfd, self.sq_efd, self.cq_efd):
             os.close(fd)

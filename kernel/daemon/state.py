@@ -20,6 +20,7 @@ from .._core.kcore import KIND_NAMES, Core, Endpoint, KernelObject, OpError, Rep
 from ..errors import Status
 from .pending import AWAIT_REPLY, WAITING, Pending, Timers
 from .process import Proc
+from .sessions import SessionTable
 
 log = logging.getLogger("mkipc.kernel")
 
@@ -33,6 +34,7 @@ _EXPIRED_REASON: dict[int, str] = {
     abi.Op.ENDPOINT_REPLY_RECV: "no message arrived before the deadline",
     abi.Op.NOTIFICATION_WAIT: "no signal arrived before the deadline",
     abi.Op.PROCESS_WAIT: "the process had not ended before the deadline",
+    abi.Op.ENDPOINT_SESSION_OPEN: "no server accepted the session before the deadline",
 }
 
 
@@ -69,6 +71,7 @@ class KernelState(Core):
         self.cold = {}
         self.trouble = []
         self.names_root: Capability | None = None  # the kernel's own, in no table
+        self.sessions = SessionTable(self)
 
     # ------------------------------------------------------------ the name server
 
@@ -119,6 +122,8 @@ class KernelState(Core):
             reason = _EXPIRED_REASON.get(op.op, "the deadline passed")
         self.abandon(op, "its caller timed out")
         op.proc.complete(op.op, op.req_id, Status.TIMED_OUT, payload=reason.encode())
+        if op.op == abi.Op.ENDPOINT_SESSION_OPEN:
+            self.sessions.opening_ended(op)
 
     # ------------------------------------------------------------ capabilities
 
@@ -181,6 +186,7 @@ class KernelState(Core):
         for op in list(proc.pending.values()):
             self.abandon(op, "its caller died")
         self._fail_unanswered_calls(proc)
+        self.sessions.process_gone(proc)
         for cap in proc.caps.clear():
             unlink(cap)
             self.release(cap.obj)

@@ -84,6 +84,8 @@ def mk_hdr_fields(pxd_text) -> list[tuple[str, str]]:
         "OFF_CQ_TAIL",
         "OFF_CQ_HEAD",
         "OFF_CQ_WAITING",
+        "OFF_SESSIONS",
+        "MAX_SESSIONS",
         "MAX_CAPS_PER_RECORD",
     ],
 )
