@@ -25,6 +25,10 @@ from .client.aio import AsyncMessage as AsyncMessage
 from .client.aio import AsyncNotificationCap as AsyncNotificationCap
 from .client.aio import AsyncProcess as AsyncProcess
 from .client.aio import AsyncReplyCap as AsyncReplyCap
+from .client.session import Session as Session
+from .client.session import SessionMessage as SessionMessage
+from .client.session import SessionReply as SessionReply
+from .client.session import SessionServer as SessionServer
 from .client.sync import EndpointCap as EndpointCap
 from .client.sync import Kernel as Kernel
 from .client.sync import Message as Message

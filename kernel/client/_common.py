@@ -25,6 +25,7 @@ class Credentials(NamedTuple):
 
 MSG_IS_CALL = int(abi.MSG_IS_CALL)
 MSG_FROM_KERNEL = int(abi.MSG_FROM_KERNEL)
+MSG_SESSION_OFFER = int(abi.MSG_SESSION_OFFER) | MSG_FROM_KERNEL
 
 
 class CapInfo(NamedTuple):
@@ -112,6 +113,13 @@ class MessageBase:
         """True for a message the kernel sent itself (a monitored caller ended: its
         `badge` is the one given to `monitor`). No process can forge this."""
         return bool(self._c.arg & MSG_FROM_KERNEL)
+
+    @property
+    def session_offer(self) -> bool:
+        """True for the kernel's message that a caller asks for a direct session
+        (`ep.session()`): accept it with `ep.accept_session(msg)`. `badge` is the
+        caller's capability's, `sender_id` the caller's; `data` is the kernel's."""
+        return self._c.arg & MSG_SESSION_OFFER == MSG_SESSION_OFFER
 
     def _monitor_request(self, endpoint: CapBase, badge: int) -> tuple[int, bytes]:
         """(reply slot, payload) of a CALLER_MONITOR; the message stays answerable."""

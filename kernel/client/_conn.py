@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import abi
 from .._core.ring import Completion as Completion
-from .._core.ring import ring_pair
+from .._core.ring import SessionStates, ring_pair
 from ..abi import Op
 from ..errors import IPCError, MessageTooLargeError, PeerClosedError, Status, error_for
 from . import _launch
@@ -86,6 +86,9 @@ class Connection:
         finally:
             os.close(memfd)
         self.sq, self.cq = ring_pair(self.mm, welcome.sq_size, welcome.cq_size)
+        self.session_states = SessionStates(self.mm)  # the kernel's word on each session
+        self._session_fds: dict[int, list[int]] = {}  # sid -> fds read for another thread
+        self._sock_lock = threading.Lock()
         self.results: dict[int, Completion] = {}
         self.abandoned: dict[int, int] = {}  # withdrawn req_id -> its cap slot
         self.msg_stash: dict[int, deque[Completion]] = {}  # slot -> orphaned messages
@@ -156,10 +159,35 @@ class Connection:
     def _orphan(self, c: Completion, slot: int) -> None:
         if c.status != Status.OK:
             return
-        if c.opcode in (Op.ENDPOINT_RECV, Op.ENDPOINT_REPLY_RECV):
+        if c.opcode in (Op.ENDPOINT_SESSION_OPEN, Op.ENDPOINT_SESSION_ACCEPT):
+            self._drop_session(c)
+        elif c.opcode in (Op.ENDPOINT_RECV, Op.ENDPOINT_REPLY_RECV):
             self.msg_stash.setdefault(slot, deque()).append(c)
         elif c.opcode == Op.NOTIFICATION_WAIT and c.arg:
             self.bits_stash[slot] = self.bits_stash.get(slot, 0) | c.arg
+
+    # ------------------------------------------------------------ session descriptors
+
+    def session_fds(self, sid: int) -> list[int]:
+        """The descriptors of session `sid`: the kernel sent them on the bootstrap socket
+        just before the completion that granted it, so they are there to read."""
+        with self._sock_lock:
+            while sid not in self._session_fds:
+                frame, fds = _recv_frame(self.sock)
+                if not isinstance(frame, abi.SessionFds) or len(fds) != 3:
+                    for fd in fds:
+                        os.close(fd)
+                    self.lost = f"the kernel sent an unexpected frame: {frame!r}"
+                    self.check_open()
+                assert isinstance(frame, abi.SessionFds)
+                self._session_fds[frame.sid] = fds
+            return self._session_fds.pop(sid)
+
+    def _drop_session(self, c: Completion) -> None:
+        """A session granted to a waiter that gave up: close it, waiting for nothing."""
+        for fd in self.session_fds(abi.decode_grant(c.payload).sid):
+            os.close(fd)
+        self.abandoned[self.submit(Op.SESSION_CLOSE, arg=c.arg)] = 0
 
     # ------------------------------------------------------------ blocking wait (sync face)
 
@@ -266,9 +294,10 @@ class Connection:
             pass
 
     def check_socket(self) -> None:
-        """Called when the bootstrap socket is readable: the kernel went away."""
+        """Called when the bootstrap socket is readable: the kernel went away, or a
+        session's descriptors wait there for their reader (peek: never eat a frame)."""
         try:
-            data = self.sock.recv(1, socket.MSG_DONTWAIT)
+            data = self.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
         except BlockingIOError:
             return
         except OSError as e:
@@ -299,9 +328,13 @@ class Connection:
                 return  # leave the mapping to the garbage collector rather than crash
             self.sq.close()
             self.cq.close()
+            self.session_states.close()
             self.mm.close()
             os.close(self.sq_efd)
             os.close(self.cq_efd)
+            for fds in self._session_fds.values():
+                for fd in fds:
+                    os.close(fd)
         finally:
             if polling_done:
                 self._poll_lock.release()

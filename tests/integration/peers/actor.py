@@ -11,6 +11,7 @@ usage: actor.py ACT DELAY [ARG]
                 back on "back"
   wait          wait on "n"; send the bits (decimal) back on "back"
   sendmany ARG  send b"0" .. b"ARG-1" on "ep", each with a 20 s timeout
+  session       open a session on "ep", call it once, then exit without closing it
   hang          connect, then sleep for a minute (a child that outlives its wait)
   objects ARG   create ARG endpoints and ARG notifications, signal bit 1 on "n", then
                 sleep for a minute (killed by the test, its objects must go with it)
@@ -58,6 +59,9 @@ def main() -> int:
         elif act == "sendmany":
             for i in range(int(arg)):
                 caps["ep"].send(str(i).encode(), timeout=LIMIT)
+        elif act == "session":
+            caps["ep"].session(timeout=LIMIT).call(b"bye", timeout=LIMIT)
+            os._exit(0)  # no close, no disconnect: the kernel must notice the death
         elif act == "hang":
             time.sleep(60)
         elif act == "objects":

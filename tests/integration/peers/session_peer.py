@@ -1,0 +1,81 @@
+"""A server of direct sessions for tests/integration/test_session.py.
+
+usage: session_peer.py MODE   (inherits `ep` to serve and `report` to tell the test)
+  echo    accept every offer; serve each session in a thread: calls are echoed,
+          one-way sends counted; a call b"count" answers "<sends>:<crc32 of them>"
+  hold    like echo, but the first call is answered only after 1 s, with b"late"
+  keep    accept every offer and keep the session open, serving nothing
+Every session's end is reported as JSON {"event": "ended", "error": ..., "seen": [...]}
+where `seen` lists (badge, pid, uid, sender_id) of what arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import zlib
+
+import kernel
+
+
+def report(rep: kernel.EndpointCap, **what: object) -> None:
+    rep.send(json.dumps(what).encode(), timeout=30)
+
+
+def serve(s: kernel.SessionServer, rep: kernel.EndpointCap, hold: bool) -> None:
+    sends, crc, seen = 0, 0, set()
+    try:
+        while True:
+            m = s.recv()
+            seen.add((m.badge, m.sender.pid, m.sender.uid, m.sender_id))
+            if not m.is_call:
+                sends += 1
+                crc = zlib.crc32(m.data, crc)
+            elif m.data == b"count":
+                m.reply(f"{sends}:{crc}".encode())
+            elif hold:
+                hold = False
+                time.sleep(1.0)
+                m.reply(b"late")
+            else:
+                m.reply(m.data)
+    except kernel.IPCError as e:
+        report(rep, event="ended", error=type(e).__name__, text=str(e), seen=sorted(seen))
+    finally:
+        s.close()
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    k = kernel.connect()
+    ep, rep = k.inherited["ep"], k.inherited["report"]
+    kept, threads = [], []
+    report(rep, event="ready")
+    while True:
+        try:
+            offer = ep.recv()
+        except kernel.IPCError:  # e.g. its capability was revoked: let sessions finish
+            for t in threads:
+                t.join(30)
+            return
+        if not offer.session_offer:
+            if offer.is_call:
+                offer.reply(b"kernel path: " + offer.data)
+            continue
+        try:
+            s = ep.accept_session(offer)
+        except kernel.IPCError as e:
+            report(rep, event="accept failed", error=type(e).__name__, text=str(e))
+            continue
+        if mode == "keep":
+            kept.append(s)
+            report(rep, event="accepted", n=len(kept))
+            continue
+        threads.append(threading.Thread(target=serve, args=(s, rep, mode == "hold"), daemon=True))
+        threads[-1].start()
+
+
+if __name__ == "__main__":
+    main()

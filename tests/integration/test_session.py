@@ -1,0 +1,232 @@
+"""Direct sessions (`ep.session()` / `ep.accept_session(offer)`).
+
+The server is a real process (peers/session_peer.py) serving over rings only it and
+this test process map; the kernel only opens, accepts and ends them. Each outcome a
+caller or a server can meet has a test: revocation, close, death of either side,
+timeouts, a hostile peer writing the ring, and the quotas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+
+import pytest
+from peerlib import spawned
+
+import kernel
+from capabilities import Rights
+from kernel import abi
+
+pytestmark = pytest.mark.integration
+
+
+def _event(rep: kernel.EndpointCap, timeout: float = 20) -> dict:
+    return json.loads(rep.recv(timeout=timeout).data)
+
+
+def _server(k: kernel.Kernel, mode: str = "echo"):
+    ep, rep = k.endpoint(), k.endpoint()
+    peer = spawned(k, "session_peer.py", mode, ep=ep, report=rep)
+    return ep, rep, peer
+
+
+def test_calls_and_sends_reach_the_server_process_with_the_kernels_badge(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k)
+        with peer as server:
+            assert _event(rep)["event"] == "ready"
+            client = ep.mint(Rights.SEND, badge=0xB0B)
+            with client.session(timeout=10) as s:
+                assert s.peer.pid == server.pid
+                reply = s.call(b"hello", timeout=10)
+                assert reply.data == b"hello"
+                assert reply.sender.pid == server.pid
+                sent = [os.urandom(n % 300) for n in range(2000)]
+                for data in sent:
+                    s.send(data)
+                crc = 0
+                for data in sent:
+                    crc = zlib.crc32(data, crc)
+                assert s.call(b"count", timeout=10).data == f"2000:{crc}".encode()
+                big = os.urandom(abi.MAX_PAYLOAD)
+                assert s.call(big, timeout=10).data == big
+            end = _event(rep)
+            assert end["event"] == "ended"
+            assert end["error"] == "PeerClosedError"
+            assert end["seen"] == [[0xB0B, os.getpid(), os.getuid(), end["seen"][0][3]]]
+            assert ep.call(b"still", timeout=10).data == b"kernel path: still"
+
+
+def test_a_forged_badge_or_pid_in_the_ring_is_not_believed(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k)
+        with peer:
+            _event(rep)
+            with ep.mint(Rights.SEND, badge=7).session(timeout=10) as s:
+                out = s._end.out  # write a record by hand, every header field forged
+                assert out.complete(int(abi.Op.ENDPOINT_SEND), 1, 0, badge=666, pid=1, uid=0)
+                os.eventfd_write(s._end.peer_efd, 1)
+                s.call(b"sync", timeout=10)
+            seen = _event(rep)["seen"]
+            assert {tuple(x[:3]) for x in seen} == {(7, os.getpid(), os.getuid())}
+
+
+def test_a_malformed_record_ends_only_that_session(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k)
+        with peer:
+            _event(rep)
+            good = ep.session(timeout=10)
+            bad = ep.session(timeout=10)
+            mm = bad._end.mm
+            mm[abi.CONTROL_SIZE : abi.CONTROL_SIZE + 16] = b"\xff" * 16  # size 0xffffffff
+            mm[abi.OFF_SQ_TAIL : abi.OFF_SQ_TAIL + 8] = (16).to_bytes(8, "little")
+            os.eventfd_write(bad._end.peer_efd, 1)
+            end = _event(rep)
+            assert end["error"] == "PeerClosedError"
+            assert "ring format" in end["text"]
+            with pytest.raises(kernel.PeerClosedError):
+                bad.call(b"x", timeout=10)  # the server closed it: the kernel's word
+            assert good.call(b"fine", timeout=10).data == b"fine"
+            good.close()
+            bad.close()
+            _event(rep)
+
+
+def test_revoking_the_callers_authority_ends_the_session_on_both_sides(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k)
+        with peer:
+            _event(rep)
+            parent = ep.copy(Rights.SEND | Rights.COPY | Rights.MANAGE)
+            s = parent.copy(Rights.SEND).session(timeout=10)
+            assert s.call(b"before", timeout=10).data == b"before"
+            parent.revoke()
+            # Written after the revoke, bypassing the library's check: never delivered.
+            s._end.out.push(int(abi.Op.ENDPOINT_SEND), 99, 0, 0, 0, b"after")
+            os.eventfd_write(s._end.peer_efd, 1)
+            with pytest.raises(kernel.InvalidCapabilityError, match="revoked"):
+                s.call(b"after", timeout=10)
+            end = _event(rep)
+            assert end["error"] == "InvalidCapabilityError"
+            assert end["seen"]
+            assert all(x[0] == 0 for x in end["seen"])
+            s.close()
+
+
+def test_revoking_the_servers_authority_ends_the_session(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        root = k.endpoint()
+        served = root.copy()  # the server receives through a child: revoke reaches it
+        rep = k.endpoint()
+        with spawned(k, "session_peer.py", "echo", ep=served, report=rep):
+            _event(rep)
+            with root.session(timeout=10) as s:
+                assert s.call(b"x", timeout=10).data == b"x"
+                root.revoke()
+                with pytest.raises(kernel.InvalidCapabilityError):
+                    s.call(b"y", timeout=10)
+            assert _event(rep)["error"] == "InvalidCapabilityError"
+
+
+def test_the_caller_learns_at_once_that_the_server_died_mid_call(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k, "hold")
+        with peer as server:
+            _event(rep)
+            s = ep.session(timeout=10)
+            import threading
+
+            threading.Timer(0.3, server.kill).start()
+            t0 = time.monotonic()
+            with pytest.raises(kernel.PeerClosedError):
+                s.call(b"never answered", timeout=20)
+            assert time.monotonic() - t0 < 5
+            s.close()
+
+
+def test_the_server_learns_that_the_caller_died(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k)
+        with peer, spawned(k, "actor.py", "session", "0", ep=ep) as caller:
+            _event(rep)
+            caller.wait(timeout=20)
+            end = _event(rep)
+            assert end["error"] == "PeerClosedError"
+            assert end["seen"][0][1] == caller.pid
+
+
+def test_a_late_reply_never_reaches_the_next_call(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k, "hold")
+        with peer:
+            _event(rep)
+            with ep.session(timeout=10) as s:
+                with pytest.raises(kernel.CallTimeoutError):
+                    s.call(b"first", timeout=0.2)
+                assert s.call(b"second", timeout=10).data == b"second"
+
+
+def test_an_offer_nobody_accepts_times_out_and_a_late_accept_is_refused(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, _rep = k.endpoint(), k.endpoint()
+        with pytest.raises(kernel.CallTimeoutError, match="no server accepted"):
+            ep.session(timeout=0.2)
+        offer = ep.recv(timeout=5)
+        assert offer.session_offer
+        assert offer.from_kernel
+        with pytest.raises(kernel.PeerClosedError, match="gave up"):
+            ep.accept_session(offer)
+        with pytest.raises(TypeError):
+            ep.accept_session(b"not an offer")  # type: ignore[arg-type]
+
+
+def test_rights_are_checked_when_opening_and_accepting(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        with pytest.raises(kernel.AccessDeniedError):
+            ep.copy(Rights.RECEIVE).session(timeout=1)
+        import threading
+
+        opened: list[object] = []
+        t = threading.Thread(target=lambda: opened.append(_try_open(ep)))
+        t.start()
+        offer = ep.recv(timeout=5)
+        with pytest.raises(kernel.AccessDeniedError):
+            ep.copy(Rights.SEND).accept_session(offer)
+        server = ep.accept_session(offer)
+        t.join(10)
+        assert isinstance(opened[0], kernel.Session)
+        opened[0].close()
+        with pytest.raises(kernel.PeerClosedError):
+            server.recv(timeout=5)
+        server.close()
+
+
+def _try_open(ep: kernel.EndpointCap) -> object:
+    try:
+        return ep.session(timeout=10)
+    except kernel.IPCError as e:
+        return e
+
+
+def test_sessions_per_process_are_bounded(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k, "keep")
+        with peer:
+            _event(rep)
+            sessions = []
+            for n in range(abi.MAX_SESSIONS):
+                sessions.append(ep.session(timeout=10))
+                assert _event(rep)["n"] == n + 1
+            with pytest.raises(kernel.ResourceLimitError, match="the process has"):
+                ep.session(timeout=10)  # this process's table is full
+            sessions.pop().close()
+            with pytest.raises(kernel.ResourceLimitError, match="the server has"):
+                ep.session(timeout=10)  # the server still holds its end of the closed one
+            assert _event(rep)["event"] == "accept failed"
+            for s in sessions:
+                s.close()
