@@ -25,6 +25,8 @@ from .client.aio import AsyncMessage as AsyncMessage
 from .client.aio import AsyncNotificationCap as AsyncNotificationCap
 from .client.aio import AsyncProcess as AsyncProcess
 from .client.aio import AsyncReplyCap as AsyncReplyCap
+from .client.aio_session import AsyncSession as AsyncSession
+from .client.aio_session import AsyncSessionServer as AsyncSessionServer
 from .client.session import Session as Session
 from .client.session import SessionMessage as SessionMessage
 from .client.session import SessionReply as SessionReply

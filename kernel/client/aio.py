@@ -41,6 +41,7 @@ Data = bytes | bytearray | memoryview
 if TYPE_CHECKING:  # typing_extensions is not a runtime dependency
     from typing_extensions import Self
 
+    from .aio_session import AsyncSession, AsyncSessionServer
     from .names import AsyncNames
 
 
@@ -327,6 +328,19 @@ class AsyncEndpointCap(_AsyncCap):
             caps=transfer_slots(caps),
         )
         return AsyncMessage(c, self._k)
+
+    async def session(self, *, timeout: float | None = None) -> AsyncSession:
+        """Open a direct session to a server of this endpoint (see the blocking
+        `EndpointCap.session`); many calls may be in flight on it. Rights: SEND."""
+        from .aio_session import open_session
+
+        return await open_session(self._k, self, timeout)
+
+    async def accept_session(self, offer: AsyncMessage) -> AsyncSessionServer:
+        """Accept the session a received `offer` asks for. Rights: RECEIVE."""
+        from .aio_session import accept_session
+
+        return await accept_session(self._k, self, offer)
 
     async def recv(self, *, timeout: float | None = None) -> AsyncMessage:
         stash = self._k._open().msg_stash.get(self.slot)

@@ -1,0 +1,255 @@
+"""Direct sessions, asyncio face: `await ep.session()`, many calls in flight.
+
+The event loop watches this side's session doorbell. While the loop has nothing
+to take from the ring, the ring's waiting flag stays set, so the peer rings the
+doorbell exactly when a record lands (as aio.py does with the kernel's ring);
+replies that land together are taken in one pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .. import abi
+from ..abi import Op
+from ..errors import CallTimeoutError
+from ._conn import CROWDED_NS, as_payload, deadline_from
+from ._session import (
+    _CALL,
+    _REPLY,
+    _SEND,
+    SPACE_WAIT_S,
+    SPIN_MIN_NS,
+    YIELD_AFTER_NS,
+    SessionEnd,
+    SessionMessage,
+    SessionReply,
+)
+
+SPIN_ASYNC_NS = 30_000
+"""Longest poll for a lone call's reply that blocks the event loop."""
+
+if TYPE_CHECKING:
+    from .._core.ring import Completion
+    from .aio import AsyncKernel
+
+Data = bytes | bytearray | memoryview
+
+
+class _AsyncSide:
+    """Doorbell handling shared by both roles."""
+
+    def __init__(self, k: AsyncKernel, end: SessionEnd) -> None:
+        self._k = k
+        self._end = end
+        self._loop = k._loop
+        self._failure: Exception | None = None
+        self._loop.add_reader(end.my_efd, self._on_doorbell)
+        self._arm()
+
+    @property
+    def peer(self) -> Any:
+        return self._end.peer
+
+    @property
+    def closed(self) -> bool:
+        return self._end.closed
+
+    def _arm(self) -> None:
+        if not self._end.inbox.prepare_sleep():  # something landed meanwhile
+            self._loop.call_soon(self._on_doorbell)
+
+    def _on_doorbell(self) -> None:
+        end = self._end
+        if end.closed:
+            return
+        try:
+            os.eventfd_read(end.my_efd)
+        except BlockingIOError:
+            pass
+        try:
+            while True:
+                end.inbox.end_sleep()
+                while (c := end.take()) is not None:
+                    self._landed(c)
+                end.check()
+                if end.inbox.prepare_sleep():
+                    return
+        except Exception as e:  # the session ended or the peer broke the ring
+            self._failure = e
+            self._fail(e)
+
+    def _landed(self, c: Completion) -> None:
+        raise NotImplementedError
+
+    def _fail(self, e: Exception) -> None:
+        raise NotImplementedError
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        self._end.check()
+
+    async def _put(self, op: int, req_id: int, payload: Any, deadline: int) -> None:
+        end = self._end
+        while not (pushed := end.out.push(op, req_id, 0, 0, 0, payload)):
+            self._check()
+            if 0 <= deadline < time.monotonic_ns():
+                raise CallTimeoutError(f"session {end.sid}: the peer does not drain the ring")
+            os.eventfd_write(end.peer_efd, 1)
+            await asyncio.sleep(SPACE_WAIT_S)
+        if pushed == 2:
+            os.eventfd_write(end.peer_efd, 1)
+
+    async def close(self) -> None:
+        """End the session for both sides and free its resources. Idempotent."""
+        end = self._end
+        if end.closed:
+            return
+        self._loop.remove_reader(end.my_efd)
+        self._fail(_closed(end.sid))
+        try:
+            if end.conn.lost is None:
+                await self._k._roundtrip(Op.SESSION_CLOSE, None, "session close", arg=end.index)
+        finally:
+            end.release()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _closed(sid: int) -> Exception:
+    from ..errors import PeerClosedError
+
+    return PeerClosedError(f"session {sid}: closed")
+
+
+class AsyncSession(_AsyncSide):
+    """The calling side of a direct session, for asyncio: any number of calls may be
+    in flight; each is answered by request id, so a late reply never reaches a later
+    call."""
+
+    def __init__(self, k: AsyncKernel, end: SessionEnd) -> None:
+        self._futures: dict[int, asyncio.Future[Completion]] = {}
+        self._next_id = 1
+        self._spin_ns = SPIN_ASYNC_NS
+        super().__init__(k, end)
+
+    def _landed(self, c: Completion) -> None:
+        fut = self._futures.pop(c.req_id, None)
+        if fut is not None and c.opcode == _REPLY and not fut.done():
+            fut.set_result(c)
+
+    def _fail(self, e: Exception) -> None:
+        futures, self._futures = self._futures, {}
+        for fut in futures.values():
+            if not fut.done():
+                fut.set_exception(e)
+
+    async def call(self, data: Data, *, timeout: float | None = None) -> SessionReply:
+        """Send `data` and wait for its reply; the timeout covers both. Cancelling the
+        task drops the call (its reply, if it comes, is discarded)."""
+        payload = as_payload(data)
+        deadline = deadline_from(timeout)
+        self._check()
+        req_id, self._next_id = self._next_id, self._next_id + 1
+        fut: asyncio.Future[Completion] = self._loop.create_future()
+        self._futures[req_id] = fut
+        try:
+            await self._put(_CALL, req_id, payload, deadline)
+            if len(self._futures) == 1:
+                # After whatever is ready now: other tasks about to call make it moot.
+                self._loop.call_soon(self._spin_for, fut)
+            if deadline < 0:
+                c = await fut
+            else:
+                left = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+                try:
+                    c = await asyncio.wait_for(fut, left)
+                except TimeoutError:
+                    raise CallTimeoutError(
+                        f"session {self._end.sid}: no answer before the deadline"
+                    ) from None
+        finally:
+            self._futures.pop(req_id, None)
+        return SessionReply(c.payload, self._end.peer)
+
+    def _spin_for(self, fut: asyncio.Future[Completion]) -> None:
+        """The only call in flight: poll briefly for its reply before the loop sleeps.
+        A reply within the spin costs ~3 µs; waking a sleeping loop ~25 µs. Bounded
+        (SPIN_ASYNC_NS) so other tasks of the loop wait at most that long."""
+        end = self._end
+        if fut.done() or len(self._futures) != 1 or end.closed:
+            return
+        if end.inbox.spin(self._spin_ns, YIELD_AFTER_NS, CROWDED_NS):
+            self._spin_ns = min(SPIN_ASYNC_NS, self._spin_ns * 2)
+            self._on_doorbell()
+        else:
+            self._spin_ns = max(SPIN_MIN_NS, self._spin_ns // 2)
+
+    async def send(self, data: Data, *, timeout: float | None = None) -> None:
+        """One-way: queue `data` for the server; waits only while the ring is full."""
+        payload = as_payload(data)
+        self._check()
+        await self._put(_SEND, 0, payload, deadline_from(timeout))
+
+
+class AsyncSessionServer(_AsyncSide):
+    """The serving side of a direct session, for asyncio."""
+
+    def __init__(self, k: AsyncKernel, end: SessionEnd, badge: int) -> None:
+        self.badge = badge
+        self._ready: asyncio.Future[None] | None = None
+        self._inbox: deque[Completion] = deque()
+        super().__init__(k, end)
+
+    def _landed(self, c: Completion) -> None:
+        self._inbox.append(c)
+        self._wake(None)
+
+    def _fail(self, e: Exception) -> None:
+        self._wake(e)
+
+    def _wake(self, e: Exception | None) -> None:
+        fut, self._ready = self._ready, None
+        if fut is not None and not fut.done():
+            if e is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(e)
+
+    async def recv(self, *, timeout: float | None = None) -> SessionMessage:
+        """Wait for the next request; PeerClosedError once the session ended."""
+        while not self._inbox:
+            self._check()
+            self._ready = self._loop.create_future()
+            try:
+                await asyncio.wait_for(self._ready, timeout)
+            except TimeoutError:
+                raise CallTimeoutError(
+                    f"session {self._end.sid}: no request before the deadline"
+                ) from None
+        return SessionMessage(self._inbox.popleft(), self._end, self.badge)
+
+
+async def open_session(k: AsyncKernel, ep: Any, timeout: float | None) -> AsyncSession:
+    c = await k._roundtrip(Op.ENDPOINT_SESSION_OPEN, ep, "session", timeout=timeout)
+    return AsyncSession(k, SessionEnd(k._open(), c, server=False))
+
+
+async def accept_session(k: AsyncKernel, ep: Any, offer: Any) -> AsyncSessionServer:
+    if not getattr(offer, "session_offer", False):
+        raise TypeError(f"accept_session needs a session offer message, not {offer!r}")
+    sid = abi.decode_offer(offer.data).sid
+    c = await k._roundtrip(Op.ENDPOINT_SESSION_ACCEPT, ep, "accept_session", arg=sid)
+    return AsyncSessionServer(k, SessionEnd(k._open(), c, server=True), offer.badge)

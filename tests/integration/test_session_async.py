@@ -1,0 +1,111 @@
+"""Direct sessions in the asyncio face, under both loops (conftest): many calls in
+flight on one session, an asyncio server, timeouts, cancellation and revocation.
+The peers are real processes (peers/session_peer.py, peers/actor.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import pytest
+from peerlib import PEERS
+
+import kernel
+from capabilities import Rights
+
+pytestmark = pytest.mark.integration
+
+
+async def _peer(k: kernel.AsyncKernel, mode: str, **caps: object) -> kernel.AsyncProcess:
+    return await k.spawn([sys.executable, str(PEERS / "session_peer.py"), mode], caps=caps)
+
+
+async def _event(rep: kernel.AsyncEndpointCap) -> dict:
+    return json.loads((await rep.recv(timeout=20)).data)
+
+
+async def _stop(proc: kernel.AsyncProcess) -> None:
+    proc.kill()
+    await proc.wait(timeout=10)
+
+
+async def test_many_calls_in_flight_each_get_their_own_reply(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep, rep = await k.endpoint(), await k.endpoint()
+        server = await _peer(k, "echo", ep=ep, report=rep)
+        try:
+            await _event(rep)
+            async with await ep.session(timeout=10) as s:
+                assert s.peer.pid == server.pid
+
+                async def caller(n: int) -> None:
+                    for i in range(50):
+                        data = f"{n}.{i}".encode()
+                        assert (await s.call(data, timeout=10)).data == data
+
+                await asyncio.gather(*(caller(n) for n in range(64)))
+                for i in range(500):
+                    await s.send(b"%d" % i)
+                assert (await s.call(b"count", timeout=10)).data.startswith(b"500:")
+            assert (await _event(rep))["error"] == "PeerClosedError"
+        finally:
+            await _stop(server)
+
+
+async def test_an_asyncio_server_serves_a_session_until_the_caller_dies(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        caller = await k.spawn(
+            [sys.executable, str(PEERS / "actor.py"), "session", "0"], caps={"ep": ep}
+        )
+        try:
+            offer = await ep.recv(timeout=20)
+            assert offer.session_offer
+            srv = await ep.accept_session(offer)
+            msg = await srv.recv(timeout=20)
+            assert (msg.data, msg.is_call, msg.sender.pid) == (b"bye", True, caller.pid)
+            msg.reply(b"ok")
+            with pytest.raises(kernel.PeerClosedError):
+                await srv.recv(timeout=20)  # it exits without closing: the kernel says so
+            with pytest.raises(kernel.CallTimeoutError):
+                await (await k.endpoint()).recv(timeout=0)  # the connection still works
+            await srv.close()
+        finally:
+            await _stop(caller)
+
+
+async def test_timeout_and_cancel_leave_the_session_usable(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep, rep = await k.endpoint(), await k.endpoint()
+        server = await _peer(k, "hold", ep=ep, report=rep)
+        try:
+            await _event(rep)
+            async with await ep.session(timeout=10) as s:
+                with pytest.raises(kernel.CallTimeoutError):
+                    await s.call(b"held", timeout=0.2)
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(s.call(b"cancelled"), 0.05)
+                assert (await s.call(b"after", timeout=10)).data == b"after"
+        finally:
+            await _stop(server)
+
+
+async def test_revocation_fails_the_calls_in_flight(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep, rep = await k.endpoint(), await k.endpoint()
+        server = await _peer(k, "hold", ep=ep, report=rep)
+        try:
+            await _event(rep)
+            parent = await ep.copy(Rights.SEND | Rights.COPY | Rights.MANAGE)
+            s = await (await parent.copy(Rights.SEND)).session(timeout=10)
+            pending = asyncio.ensure_future(s.call(b"held", timeout=20))
+            await asyncio.sleep(0.1)
+            await parent.revoke()
+            with pytest.raises(kernel.InvalidCapabilityError, match="revoked"):
+                await pending
+            with pytest.raises(kernel.InvalidCapabilityError):
+                await s.call(b"again", timeout=10)
+            await s.close()
+        finally:
+            await _stop(server)
