@@ -12,6 +12,7 @@ from kernel.bench.mechanisms.mkipc_call import (
 )
 from kernel.bench.mechanisms.mkipc_names import MkipcLookup, MkipcRegister
 from kernel.bench.mechanisms.mkipc_service import MkipcService, MkipcService4
+from kernel.bench.mechanisms.mkipc_session import MkipcSessionCall
 from kernel.bench.runner import BenchConfig, run_bench
 
 pytestmark = pytest.mark.integration
@@ -29,11 +30,12 @@ def test_mkipc_rows_run_every_round_trip():
         MkipcAsyncCall(),
         MkipcService(),
         MkipcService4(),
+        MkipcSessionCall(),
     ]
     result = run_bench(mechanisms, config)
     names = ("mkipc.call", "mkipc.call.badged", "mkipc.call+cap", "mkipc.notify")
     more = ("mkipc.names.lookup", "mkipc.names.register", "mkipc.call.async")
-    services = ("mkipc.service", "mkipc.service.4workers")
+    services = ("mkipc.service", "mkipc.service.4workers", "mkipc.session.call")
     for name in (*names, *more, *services):
         cell = result.cell(name, 64)
         assert cell.note is None or cell.note == "", cell.note
@@ -46,9 +48,26 @@ def test_mkipc_rows_run_every_round_trip():
 
 def test_payload_above_the_maximum_is_a_skipped_row_not_a_failure():
     config = BenchConfig(payload_sizes=(512 * 1024,), runs=1, roundtrips=10, warmup=0)
-    cell = run_bench([MkipcCall()], config).cell("mkipc.call", 512 * 1024)
-    assert cell.count == 0
-    assert "at most" in (cell.note or "")
+    result = run_bench([MkipcCall(), MkipcSessionCall()], config)
+    for name in ("mkipc.call", "mkipc.session.call"):
+        cell = result.cell(name, 512 * 1024)
+        assert cell.count == 0
+        assert "at most" in (cell.note or "")
+
+
+def test_a_session_call_echoes_every_payload_size_up_to_the_maximum():
+    from kernel import MAX_PAYLOAD
+    from kernel.bench.report import format_table
+
+    config = BenchConfig(payload_sizes=(1, MAX_PAYLOAD), runs=1, roundtrips=30, warmup=2)
+    mechanism = MkipcSessionCall()
+    result = run_bench([mechanism], config)
+    for size in config.payload_sizes:
+        cell = result.cell("mkipc.session.call", size)
+        assert cell.note is None, cell.note
+        assert cell.count == 30
+    assert mechanism.peer_pids() == []  # torn down: kernel and server ended
+    assert "mkipc.session.call" in format_table(result)
 
 
 def test_an_idle_kernel_sleeps_instead_of_polling():

@@ -4,11 +4,15 @@ themselves (a wrong count fails the row). No timing assertions."""
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 from kernel.bench.mechanisms.mkipc_send import MkipcSend
+from kernel.bench.mechanisms.mkipc_session import MkipcSessionSend
 from kernel.bench.mechanisms.oneway_os import OneWayPipe, OneWaySocketpair, burst_size
 from kernel.bench.report import write_outputs
 from kernel.bench.runner import BenchConfig, run_bench
@@ -18,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def test_one_way_rows_send_every_burst_and_write_throughput_csv(tmp_path: Path) -> None:
     config = BenchConfig(payload_sizes=(64,), runs=2, roundtrips=2560, warmup=256)
-    mechanisms = [OneWayPipe(), OneWaySocketpair(), MkipcSend()]
+    mechanisms = [OneWayPipe(), OneWaySocketpair(), MkipcSend(), MkipcSessionSend()]
 
     result = run_bench(mechanisms, config)
 
@@ -34,15 +38,59 @@ def test_one_way_rows_send_every_burst_and_write_throughput_csv(tmp_path: Path) 
     with (tmp_path / "throughput.csv").open(newline="", encoding="utf-8") as file:
         table = list(csv.DictReader(file))
     assert [row["mechanism"] for row in table] == [m.name for m in mechanisms]
-    assert [int(row["messages"]) for row in table] == [bursts * config.runs * 256] * 3
+    assert [int(row["messages"]) for row in table] == [bursts * config.runs * 256] * 4
 
 
 def test_mkipc_send_above_the_maximum_payload_is_a_skipped_row() -> None:
     config = BenchConfig(payload_sizes=(512 * 1024,), runs=1, roundtrips=10, warmup=0)
-    cell = run_bench([MkipcSend()], config).cell("mkipc.send", 512 * 1024)
+    result = run_bench([MkipcSend(), MkipcSessionSend()], config)
+    for name in ("mkipc.send", "mkipc.session.send"):
+        cell = result.cell(name, 512 * 1024)
+        assert cell is not None
+        assert cell.count == 0
+        assert "at most" in (cell.note or "")
+
+
+def test_session_sends_fill_the_ring_and_every_burst_is_counted() -> None:
+    # 64 KiB: a burst of burst_size() messages (4 MiB) is four times the session's 1 MiB
+    # ring, so the sender waits for room while the server drains.
+    config = BenchConfig(payload_sizes=(64 * 1024,), runs=1, roundtrips=640, warmup=64)
+    cell = run_bench([MkipcSessionSend()], config).cell("mkipc.session.send", 64 * 1024)
     assert cell is not None
-    assert cell.count == 0
-    assert "at most" in (cell.note or "")
+    assert cell.note is None, cell.note
+    assert cell.batch == burst_size(64 * 1024) == 64
+    assert [len(run.samples) for run in cell.runs] == [10]
+
+
+def test_a_session_send_stuck_on_a_full_ring_is_aborted() -> None:
+    # What the runner's watchdog does when a row stalls: abort() from another thread must
+    # end a burst that waits for room the server (stopped here) will never make.
+    mechanism = MkipcSessionSend()
+    mechanism.setup(64 * 1024)
+    try:
+        mechanism.roundtrip()
+        server = mechanism._peer  # the session's server process (our child)
+        assert server is not None
+        os.kill(server.pid, signal.SIGSTOP)  # it drains nothing more; SIGKILL still ends it
+        failed: list[BaseException] = []
+
+        def burst() -> None:
+            try:
+                mechanism.roundtrip()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                failed.append(exc)
+
+        sender = threading.Thread(target=burst, daemon=True)
+        sender.start()
+        sender.join(0.3)
+        assert sender.is_alive()  # the ring is full
+        mechanism.abort()
+        sender.join(10)
+        assert not sender.is_alive()
+        assert isinstance(failed[0], ConnectionError)  # PeerClosedError or PeerLostError
+    finally:
+        mechanism.teardown()
+    assert mechanism.peer_pids() == []
 
 
 def test_the_asyncio_row_makes_every_call_of_every_burst() -> None:

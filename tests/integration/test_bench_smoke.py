@@ -202,6 +202,27 @@ def test_cli_prints_the_table_and_writes_files(
     assert (tmp_path / "results.json").is_file()
 
 
+def test_cli_runs_the_session_rows_alone_and_prints_both_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = "mkipc.session.call,mkipc.session.send"
+    argv = ["--mechanisms", names, "--runs", "1", "--roundtrips", "300", "--warmup", "20"]
+
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+
+    latency, _, oneway = capsys.readouterr().out.partition("one-way")
+    assert "mkipc.session.call" in latency
+    assert "mkipc.session.send" in oneway
+    with (tmp_path / "samples.csv").open(newline="", encoding="utf-8") as file:
+        samples = [row["mechanism"] for row in csv.DictReader(file)]
+    assert samples.count("mkipc.session.call") == 300
+    assert samples.count("mkipc.session.send") == 10  # bursts: at least 10 per run
+    with (tmp_path / "throughput.csv").open(newline="", encoding="utf-8") as file:
+        (sends,) = list(csv.DictReader(file))
+    assert (sends["mechanism"], sends["messages"]) == ("mkipc.session.send", "2560")
+    assert bench_children() == []
+
+
 def test_cli_rejects_an_unknown_mechanism(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--mechanisms", "carrier-pigeon"])

@@ -66,6 +66,8 @@ MECHANISM_MODULES: list[str] = [
     # one-way throughput rows (Mechanism.batch > 1)
     "kernel.bench.mechanisms.oneway_os",
     "kernel.bench.mechanisms.mkipc_send",
+    # mkipc.session.call and mkipc.session.send: calls and sends over a direct session
+    "kernel.bench.mechanisms.mkipc_session",
     "kernel.bench.mechanisms.mkipc_async",
 ]
 
