@@ -4,8 +4,10 @@ For each client count N (1 … 32) the sweep starts N client processes against o
 each warm up and report ready, then releases them together (a "go" file) and times every call.
 Each client writes its samples and its first and last clock reading (CLOCK_MONOTONIC, shared by
 all processes) to a file; the aggregate rate is all calls over the span from the first start to
-the last end. Services: a single-threaded AF_UNIX stream echo server (``os.unix``) and mkipc
-call/reply with one echo server on one endpoint (``mkipc.call``).
+the last end. Services: a single-threaded AF_UNIX stream echo server (``os.unix``), mkipc
+call/reply with one echo server on one endpoint (``mkipc.call``), and mkipc direct sessions
+(``mkipc.session``): each client opens its own session to one server process, which serves
+every session in a thread of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kernel.bench.mechanisms import (
 )
 from kernel.bench.mechanisms._served import ServedMechanism, announce, exit_on_eof
 from kernel.bench.mechanisms.mkipc_call import MkipcCall
+from kernel.bench.mechanisms.mkipc_session import SessionService
 from kernel.bench.stats import LatencySamples
 
 __all__ = ["CLIENT_COUNTS", "SERVICES", "ClientsPoint", "run_clients_sweep"]
@@ -86,15 +89,31 @@ def _start_unix(size: int, lifetime_s: float) -> tuple[Callable[[], None], Calla
 
 
 def _start_mkipc(size: int, lifetime_s: float) -> tuple[Callable[[], None], Callable[..., _Client]]:
-    service = MkipcCall()
+    return _start_kernel_service(MkipcCall(), "mkipc", size, lifetime_s)
+
+
+def _start_session(
+    size: int, lifetime_s: float
+) -> tuple[Callable[[], None], Callable[..., _Client]]:
+    return _start_kernel_service(SessionService(), "session", size, lifetime_s)
+
+
+def _start_kernel_service(
+    service: MkipcCall | SessionService, kind: str, size: int, lifetime_s: float
+) -> tuple[Callable[[], None], Callable[..., _Client]]:
+    """Start ``service`` (a private kernel and its server); clients inherit its ``ep``."""
     service.peer_lifetime_s = lifetime_s
-    service.setup(size)
-    k = service._k
+    try:
+        service.setup(size)
+    except BaseException:
+        service.teardown()  # the kernel and server it started, by their pids
+        raise
+    k, ep = service._k, service._ep
     assert k is not None
 
     def spawn(argv: list[str]) -> _Client:
         boot = [sys.executable, "-m", __name__, str(os.getpid()), str(lifetime_s)]
-        proc = k.spawn([*boot, "client", "mkipc", "-", *argv], caps={"ep": service._ep})
+        proc = k.spawn([*boot, "client", kind, "-", *argv], caps={"ep": ep})
         return _KernelClient(proc)
 
     return service.teardown, spawn
@@ -114,6 +133,7 @@ class _KernelClient:
 SERVICES: dict[str, Callable[[int, float], tuple[Callable[[], None], Callable[..., _Client]]]] = {
     "os.unix": _start_unix,
     "mkipc.call": _start_mkipc,
+    "mkipc.session": _start_session,
 }
 
 
@@ -220,7 +240,7 @@ def _serve_unix(control_fd: int, ready_fd: int, path: str, size: int) -> None:
 
 def _client(kind: str, address: str, argv: list[str]) -> None:
     folder, index, count, size = Path(argv[0]), argv[1], int(argv[2]), int(argv[3])
-    call = _connect_unix(address, size) if kind == "unix" else _connect_mkipc()
+    call = _connect_unix(address, size) if kind == "unix" else _connect_mkipc(kind)
     payload = make_payload(size)
     for _ in range(_WARMUP_CALLS):
         call(payload)
@@ -253,12 +273,21 @@ def _connect_unix(path: str, size: int) -> Callable[[bytes], None]:
     return call
 
 
-def _connect_mkipc() -> Callable[[bytes], None]:
+def _connect_mkipc(kind: str) -> Callable[[bytes], None]:
+    """``mkipc``: calls through the kernel; ``session``: over this client's own session
+    (opened here; it ends with this process, which ends the server's thread for it)."""
     import kernel
 
     k = kernel.connect(autostart=False)
     ep = k.inherited["ep"]
     assert isinstance(ep, kernel.EndpointCap)
+    if kind == "session":
+        session = ep.session(timeout=_WAIT_S)
+
+        def call_session(payload: bytes) -> None:
+            session.call(payload)
+
+        return call_session
 
     def call(payload: bytes) -> None:
         ep.call(payload)

@@ -33,10 +33,12 @@ def children() -> set[int]:
 def test_every_client_of_every_point_makes_its_calls(tmp_path: Path) -> None:
     before = children()
 
-    points = run_clients_sweep(["os.unix", "mkipc.call"], [1, 3], 64, 150, tmp_path / "work")
+    services = ["os.unix", "mkipc.call", "mkipc.session"]
+    points = run_clients_sweep(services, [1, 3], 64, 150, tmp_path / "work")
 
     assert [(p.mechanism, p.clients) for p in points] == [
         ("os.unix", 1), ("os.unix", 3), ("mkipc.call", 1), ("mkipc.call", 3),
+        ("mkipc.session", 1), ("mkipc.session", 3),  # a session per client, a thread each
     ]  # fmt: skip
     for point in points:
         assert point.note is None, point.note
@@ -45,8 +47,10 @@ def test_every_client_of_every_point_makes_its_calls(tmp_path: Path) -> None:
     assert children() - before == set()
     paths = write_clients(points, tmp_path / "out")
     with paths[0].open(newline="", encoding="utf-8") as file:
-        assert [int(row["calls"]) for row in csv.DictReader(file)] == [150, 150, 150, 150]
-    assert "mkipc.call" in format_clients(points)
+        assert [int(row["calls"]) for row in csv.DictReader(file)] == [150] * 6
+    table = format_clients(points)
+    assert "mkipc.call" in table
+    assert "mkipc.session" in table
 
 
 def test_sweep_arguments() -> None:
