@@ -34,11 +34,12 @@ def extension(name: str) -> Extension:
 
 
 # One extension per hot path (STYLE §3): the ring, the capability table, the
-# kernel's per-message core.
+# kernel's per-message core, and a direct session's per-message path.
 extensions = [
     extension("kernel._core.ring"),
     extension("capabilities._table"),
     extension("kernel._core.kcore"),
+    extension("kernel._core.port"),
 ]
 
 setup(

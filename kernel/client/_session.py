@@ -14,16 +14,24 @@ from __future__ import annotations
 import mmap
 import os
 import select
-import threading
 import time
 from typing import Any
 
 from .. import abi
+from .._core.port import CLOSED, FULL, NOT_A_CALL, TOO_LARGE, SessionPort, set_error_hook
+from .._core.port import SessionMessage as SessionMessage
 from .._core.ring import Completion, RingCorruptError, ring_pair
 from ..abi import Op
-from ..errors import CallTimeoutError, IPCError, PeerClosedError, Status, error_for
+from ..errors import (
+    CallTimeoutError,
+    IPCError,
+    MessageTooLargeError,
+    PeerClosedError,
+    Status,
+    error_for,
+)
 from ._common import Credentials
-from ._conn import CROWDED_NS, Connection, as_payload
+from ._conn import CROWDED_NS, Connection
 
 SPIN_MIN_NS = 2_000
 SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SESSION_SPIN_US", "200")) * 1000)
@@ -45,20 +53,21 @@ _ENDED: dict[int, str] = {
 
 
 class SessionEnd:
-    """One side of a session: mapped rings, doorbells, the kernel's state word.
-    Non-blocking steps and the wait; both faces and both roles build on it."""
+    """One side of a session: mapped rings, doorbells, the compiled port that checks
+    the kernel's state word on every message. The waits and errors live here; both
+    faces and both roles build on it."""
 
-    def __init__(self, conn: Connection, grant: Completion, *, server: bool) -> None:
+    def __init__(
+        self, conn: Connection, grant: Completion, *, server: bool, badge: int = 0
+    ) -> None:
         info = abi.decode_grant(grant.payload)
         self.conn = conn
         self.sid = info.sid
         self.index = grant.arg
         self.peer = Credentials(info.pid, info.uid, info.gid)
-        self.peer_id = info.sender_id
         memfd, caller_efd, server_efd = conn.session_fds(info.sid)
         try:
-            size = abi.CONTROL_SIZE + 2 * info.ring_size
-            self.mm = mmap.mmap(memfd, size)
+            self.mm = mmap.mmap(memfd, abi.CONTROL_SIZE + 2 * info.ring_size)
         except BaseException:
             for fd in (caller_efd, server_efd):
                 os.close(fd)
@@ -70,6 +79,10 @@ class SessionEnd:
         self.my_efd, self.peer_efd = (
             (server_efd, caller_efd) if server else (caller_efd, server_efd)
         )
+        self.port = SessionPort(
+            info.sid, self.out, self.inbox, conn.session_states, self.index, self.peer_efd,
+            abi.MAX_PAYLOAD, badge, self.peer, info.sender_id,
+        )  # fmt: skip
         self.broken: str | None = None  # the peer broke the ring format
         self.closed = False
         self._spin_ns = SPIN_MAX_NS // 2
@@ -82,25 +95,35 @@ class SessionEnd:
             raise PeerClosedError(f"session {self.sid}: closed")
         if self.broken is not None:
             raise PeerClosedError(f"session {self.sid}: {self.broken}")
-        state = self.conn.session_states.get(self.index)
+        state = self.port.state()
         if state != _OPEN:
-            why = _ENDED.get(state, f"it ended ({state})")
-            raise error_for(state, f"session {self.sid}", why)
+            raise ended_error(self.sid, state)
+
+    def corrupt(self, e: Exception) -> PeerClosedError:
+        self.broken = f"the peer broke the ring format ({e}); the session is closed"
+        return PeerClosedError(f"session {self.sid}: {self.broken}")
 
     # ------------------------------------------------------------ produce
 
-    def put(self, op: int, req_id: int, payload: Any, deadline: int) -> None:
-        """Write one record; wait for space (the peer drains) until `deadline`."""
-        while True:
-            pushed = self.out.push(op, req_id, 0, 0, 0, payload)
-            if pushed:
-                if pushed == 2:  # the peer sleeps: ring its doorbell
-                    os.eventfd_write(self.peer_efd, 1)
-                return
-            self._wait_for_space(deadline)
+    def send(self, op: int, req_id: int, data: Any, deadline: int) -> None:
+        """Write one record, waiting for space (the peer drains) until `deadline`."""
+        while code := self._write(op, req_id, data):
+            if code != FULL:
+                raise ended_error(self.sid, code)
+            self.wait_for_space(deadline)
 
-    def _wait_for_space(self, deadline: int) -> None:
+    def _write(self, op: int, req_id: int, data: Any) -> int:
+        try:
+            return int(self.port.send(op, req_id, data))
+        except OverflowError:
+            raise too_large(len(data)) from None
+        except ValueError:  # released: this side closed it
+            self.check()
+            raise
+
+    def wait_for_space(self, deadline: int) -> None:
         self.check()
+        self.conn.check_socket()  # a dead kernel never writes the word: ask its socket
         if 0 <= deadline < time.monotonic_ns():
             raise CallTimeoutError(f"session {self.sid}: the peer does not drain the ring")
         os.eventfd_write(self.peer_efd, 1)  # it may have gone to sleep with work queued
@@ -108,12 +131,25 @@ class SessionEnd:
 
     # ------------------------------------------------------------ consume
 
-    def take(self) -> Completion | None:
+    def take_reply(self, req_id: int) -> bytes | None:
         try:
-            return self.inbox.take()
+            data: bytes | None = self.port.take_reply(req_id)
         except RingCorruptError as e:
-            self.broken = f"the peer broke the ring format ({e}); the session is closed"
-            raise PeerClosedError(f"session {self.sid}: {self.broken}") from None
+            raise self.corrupt(e) from None
+        return data
+
+    def take_many(self, out: list[Any], max_n: int) -> int:
+        """Move up to `max_n` received messages into `out`; raise if it ended."""
+        try:
+            n = int(self.port.recv_many(out, max_n))
+        except RingCorruptError as e:
+            raise self.corrupt(e) from None
+        except ValueError:  # released: this side closed it
+            self.check()
+            raise
+        if n < 0:
+            raise ended_error(self.sid, n)
+        return n
 
     def wait(self, deadline: int) -> None:
         """Spin (adaptively, bounded), then sleep on the doorbell until a record is
@@ -176,45 +212,35 @@ def deadline_passed(deadline: int) -> bool:
     return 0 <= deadline <= time.monotonic_ns()
 
 
-class SessionMessage:
-    """A request that arrived over a session. `badge` and `sender` are the kernel's
-    (fixed when the session was opened), never what the caller wrote in the ring."""
+def ended_error(sid: int, state: int) -> IPCError:
+    why = _ENDED.get(state, f"it ended ({state})")
+    return error_for(state, f"session {sid}", why)
 
-    __slots__ = ("data", "badge", "sender", "sender_id", "is_call", "_req_id", "_end")
 
-    def __init__(self, c: Completion, end: SessionEnd, badge: int) -> None:
-        self.data: bytes = c.payload
-        self.badge = badge
-        self.sender = end.peer
-        self.sender_id = end.peer_id
-        self.is_call = c.opcode == _CALL
-        self._req_id = c.req_id if self.is_call else 0
-        self._end = end
+def too_large(n: int) -> MessageTooLargeError:
+    return MessageTooLargeError(
+        f"message of {n} bytes exceeds the maximum of {abi.MAX_PAYLOAD} bytes"
+    )
 
-    from_kernel = False
 
-    def reply(self, data: Any) -> None:
-        """Answer the call over the session. Raises PeerClosedError if the session
-        ended, or if the caller does not drain its ring (it waits for one reply at a
-        time, so a full ring means it misbehaves)."""
-        payload = as_payload(data)
-        req_id, self._req_id = self._req_id, 0
-        if not req_id:
-            raise IPCError(
-                "reply: this message was sent, not called, or was already answered",
-                Status.BAD_SLOT,
-            )
-        end = self._end
-        end.check()
-        pushed = end.out.push(_REPLY, req_id, 0, 0, 0, payload)
-        if not pushed:
-            raise PeerClosedError(f"session {end.sid}: the caller does not drain its ring")
-        if pushed == 2:
-            os.eventfd_write(end.peer_efd, 1)
+def _port_error(port: SessionPort, code: int, verb: str) -> IPCError:
+    """The compiled port's codes as exceptions (port.set_error_hook)."""
+    sid = port.sid
+    if code == FULL:
+        return PeerClosedError(f"session {sid}: {verb}: the caller does not drain its ring")
+    if code == NOT_A_CALL:
+        return IPCError(
+            f"session {sid}: {verb}: this message was sent, not called, or was already answered",
+            Status.BAD_SLOT,
+        )
+    if code == TOO_LARGE:
+        return too_large(abi.MAX_PAYLOAD + 1)
+    if code == CLOSED:
+        return PeerClosedError(f"session {sid}: closed")
+    return ended_error(sid, code)
 
-    def __repr__(self) -> str:
-        kind = "call" if self.is_call else "message"
-        return f"<session {kind} of {len(self.data)} bytes from pid {self.sender.pid}>"
+
+set_error_hook(_port_error)
 
 
 class SessionReply:
@@ -228,26 +254,3 @@ class SessionReply:
 
     def __repr__(self) -> str:
         return f"<session reply of {len(self.data)} bytes from pid {self.sender.pid}>"
-
-
-class CallerSide:
-    """Request bookkeeping of the calling side (one call at a time: a lock)."""
-
-    def __init__(self, end: SessionEnd) -> None:
-        self.end = end
-        self.lock = threading.Lock()
-        self.next_id = 1
-
-    def start(self, op: int, payload: Any, deadline: int) -> int:
-        req_id, self.next_id = self.next_id, self.next_id + 1
-        self.end.put(op, req_id, payload, deadline)
-        return req_id
-
-    def answer(self, req_id: int) -> SessionReply | None:
-        """The reply to `req_id` if it is there; stale replies (to calls that timed out)
-        are dropped: a late answer never reaches a later call."""
-        end = self.end
-        while (c := end.take()) is not None:
-            if c.req_id == req_id and c.opcode == _REPLY:
-                return SessionReply(c.payload, end.peer)
-        return None

@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import abi
+from .._core.port import FULL
+from .._core.ring import RingCorruptError
 from ..abi import Op
 from ..errors import CallTimeoutError
 from ._conn import CROWDED_NS, as_payload, deadline_from
@@ -29,7 +31,9 @@ from ._session import (
     SessionEnd,
     SessionMessage,
     SessionReply,
+    ended_error,
 )
+from .session import RECV_BATCH
 
 SPIN_ASYNC_NS = 30_000
 """Longest poll for a lone call's reply that blocks the event loop."""
@@ -75,8 +79,7 @@ class _AsyncSide:
         try:
             while True:
                 end.inbox.end_sleep()
-                while (c := end.take()) is not None:
-                    self._landed(c)
+                self._take()
                 end.check()
                 if end.inbox.prepare_sleep():
                     return
@@ -84,7 +87,8 @@ class _AsyncSide:
             self._failure = e
             self._fail(e)
 
-    def _landed(self, c: Completion) -> None:
+    def _take(self) -> None:
+        """Take what landed (raises if the session ended or the ring is broken)."""
         raise NotImplementedError
 
     def _fail(self, e: Exception) -> None:
@@ -95,16 +99,17 @@ class _AsyncSide:
             raise self._failure
         self._end.check()
 
-    async def _put(self, op: int, req_id: int, payload: Any, deadline: int) -> None:
+    async def _put(self, op: int, req_id: int, data: Any, deadline: int) -> None:
         end = self._end
-        while not (pushed := end.out.push(op, req_id, 0, 0, 0, payload)):
+        while code := end._write(op, req_id, data):
+            if code != FULL:
+                raise ended_error(end.sid, code)
             self._check()
+            end.conn.check_socket()  # a dead kernel never writes the word: ask its socket
             if 0 <= deadline < time.monotonic_ns():
                 raise CallTimeoutError(f"session {end.sid}: the peer does not drain the ring")
             os.eventfd_write(end.peer_efd, 1)
             await asyncio.sleep(SPACE_WAIT_S)
-        if pushed == 2:
-            os.eventfd_write(end.peer_efd, 1)
 
     async def close(self) -> None:
         """End the session for both sides and free its resources. Idempotent."""
@@ -145,10 +150,15 @@ class AsyncSession(_AsyncSide):
         self._spin_ns = SPIN_ASYNC_NS
         super().__init__(k, end)
 
-    def _landed(self, c: Completion) -> None:
-        fut = self._futures.pop(c.req_id, None)
-        if fut is not None and c.opcode == _REPLY and not fut.done():
-            fut.set_result(c)
+    def _take(self) -> None:
+        end = self._end
+        try:
+            while (c := end.inbox.take()) is not None:
+                fut = self._futures.pop(c.req_id, None)
+                if fut is not None and c.opcode == _REPLY and not fut.done():
+                    fut.set_result(c)
+        except RingCorruptError as e:
+            raise end.corrupt(e) from None
 
     def _fail(self, e: Exception) -> None:
         futures, self._futures = self._futures, {}
@@ -207,15 +217,21 @@ class AsyncSession(_AsyncSide):
 class AsyncSessionServer(_AsyncSide):
     """The serving side of a direct session, for asyncio."""
 
-    def __init__(self, k: AsyncKernel, end: SessionEnd, badge: int) -> None:
-        self.badge = badge
+    def __init__(self, k: AsyncKernel, end: SessionEnd) -> None:
         self._ready: asyncio.Future[None] | None = None
-        self._inbox: deque[Completion] = deque()
+        self._inbox: deque[SessionMessage] = deque()
         super().__init__(k, end)
 
-    def _landed(self, c: Completion) -> None:
-        self._inbox.append(c)
-        self._wake(None)
+    @property
+    def badge(self) -> int:
+        """The badge of the caller's capability, fixed by the kernel at open."""
+        return int(self._end.port.badge)
+
+    def _take(self) -> None:
+        batch: list[SessionMessage] = []
+        if self._end.take_many(batch, RECV_BATCH):
+            self._inbox.extend(batch)
+            self._wake(None)
 
     def _fail(self, e: Exception) -> None:
         self._wake(e)
@@ -239,7 +255,7 @@ class AsyncSessionServer(_AsyncSide):
                 raise CallTimeoutError(
                     f"session {self._end.sid}: no request before the deadline"
                 ) from None
-        return SessionMessage(self._inbox.popleft(), self._end, self.badge)
+        return self._inbox.popleft()
 
 
 async def open_session(k: AsyncKernel, ep: Any, timeout: float | None) -> AsyncSession:
@@ -252,4 +268,4 @@ async def accept_session(k: AsyncKernel, ep: Any, offer: Any) -> AsyncSessionSer
         raise TypeError(f"accept_session needs a session offer message, not {offer!r}")
     sid = abi.decode_offer(offer.data).sid
     c = await k._roundtrip(Op.ENDPOINT_SESSION_ACCEPT, ep, "accept_session", arg=sid)
-    return AsyncSessionServer(k, SessionEnd(k._open(), c, server=True), offer.badge)
+    return AsyncSessionServer(k, SessionEnd(k._open(), c, server=True, badge=offer.badge))

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import abi
 from ..abi import Op
-from ._conn import as_payload, deadline_from
+from ._conn import deadline_from
 from ._session import (
     _CALL,
     _SEND,
-    CallerSide,
     SessionEnd,
     SessionMessage,
     SessionReply,
     deadline_passed,
+    ended_error,
+    too_large,
 )
+
+RECV_BATCH = 256
+"""Requests one compiled step takes off the ring at most."""
 
 if TYPE_CHECKING:
     from .sync import Kernel
@@ -70,11 +77,13 @@ class _Base:
 class Session(_Base):
     """The calling side of a direct session (`ep.session()`): calls and one-way sends
     go straight to the server that accepted it, not through the kernel. Thread-safe:
-    one call at a time."""
+    calls take turns; sends need no turn (each is one compiled step under the GIL)."""
 
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         super().__init__(k, end)
-        self._side = CallerSide(end)
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._send = end.port.send
 
     def call(self, data: Data, *, timeout: float | None = None) -> SessionReply:
         """Send `data` and wait for the reply; the timeout covers both.
@@ -83,48 +92,90 @@ class Session(_Base):
         call), PeerClosedError when the server closed the session or died, and
         InvalidCapabilityError when the capability it was opened through was revoked.
         """
-        payload = as_payload(data)
         deadline = deadline_from(timeout)
-        side = self._side
-        end = side.end
-        with side.lock:
-            end.check()
-            req_id = side.start(_CALL, payload, deadline)
-            while (reply := side.answer(req_id)) is None:
+        end = self._end
+        with self._lock:
+            req_id = self._next_id
+            self._next_id = req_id + 1
+            end.send(_CALL, req_id, data, deadline)
+            while (reply := end.take_reply(req_id)) is None:
                 if deadline_passed(deadline):
                     end.check()
                     raise _timeout(end.sid)
                 end.wait(deadline)
-            return reply
+            return SessionReply(reply, end.peer)
 
     def send(self, data: Data, *, timeout: float | None = None) -> None:
         """One-way: queue `data` for the server and return at once. Blocks only while
         the ring is full (the server is behind), until `timeout`."""
-        payload = as_payload(data)
-        with self._side.lock:
-            self._side.end.check()
-            self._side.start(_SEND, payload, deadline_from(timeout))
+        try:
+            if not self._send(_SEND, 0, data):
+                return
+        except (OverflowError, ValueError):
+            pass  # the slow path names it
+        self._end.send(_SEND, 0, data, deadline_from(timeout))
+
+    def send_many(self, data: Sequence[Data], *, timeout: float | None = None) -> None:
+        """One-way, a batch: queue every item of `data` in order, ringing the server's
+        doorbell once per ring-full rather than per message. Blocks only while the
+        ring is full, until `timeout`."""
+        items = data if isinstance(data, list) else list(data)
+        end, deadline, done = self._end, deadline_from(timeout), 0
+        while done < len(items):
+            try:
+                n = end.port.send_many(items, done)
+            except OverflowError:
+                raise too_large(max(map(len, items))) from None
+            except ValueError:
+                end.check()
+                raise
+            if n < 0:
+                raise ended_error(end.sid, n)
+            done += n
+            if not n:
+                end.wait_for_space(deadline)
 
 
 class SessionServer(_Base):
     """The serving side of a direct session (`ep.accept_session(offer)`)."""
 
-    def __init__(self, k: Kernel, end: SessionEnd, badge: int) -> None:
+    def __init__(self, k: Kernel, end: SessionEnd) -> None:
         super().__init__(k, end)
-        self.badge = badge
+        self._ready: deque[SessionMessage] = deque()
+
+    @property
+    def badge(self) -> int:
+        """The badge of the caller's capability, fixed by the kernel at open."""
+        return int(self._end.port.badge)
 
     def recv(self, *, timeout: float | None = None) -> SessionMessage:
         """Wait for the next request. Raises PeerClosedError once the caller closed the
         session or died, CallTimeoutError after `timeout`."""
-        deadline = deadline_from(timeout)
+        if not self._ready:
+            self._fill(deadline_from(timeout))
+        return self._ready.popleft()
+
+    def recv_many(
+        self, max_n: int = RECV_BATCH, *, timeout: float | None = None
+    ) -> list[SessionMessage]:
+        """Wait for requests; return every one waiting, up to `max_n` (at least one).
+        One compiled step takes the whole batch: for high message rates."""
+        if max_n < 1:
+            raise ValueError("max_n must be at least 1")
+        if not self._ready:
+            self._fill(deadline_from(timeout))
+        ready = self._ready
+        return [ready.popleft() for _ in range(min(max_n, len(ready)))]
+
+    def _fill(self, deadline: int) -> None:
         end = self._end
-        end.check()
-        while (c := end.take()) is None:
+        batch: list[SessionMessage] = []
+        while not end.take_many(batch, RECV_BATCH):
             if deadline_passed(deadline):
                 end.check()
                 raise _timeout(end.sid)
             end.wait(deadline)
-        return SessionMessage(c, end, self.badge)
+        self._ready.extend(batch)
 
 
 def _timeout(sid: int) -> Exception:
@@ -143,7 +194,7 @@ def accept_session(k: Kernel, ep: Any, offer: Any) -> SessionServer:
         raise TypeError(f"accept_session needs a session offer message, not {offer!r}")
     sid = abi.decode_offer(offer.data).sid
     c = k._roundtrip(Op.ENDPOINT_SESSION_ACCEPT, ep, "accept_session", arg=sid)
-    return SessionServer(k, SessionEnd(k._conn, c, server=True), offer.badge)
+    return SessionServer(k, SessionEnd(k._conn, c, server=True, badge=offer.badge))
 
 
 __all__ = ["Session", "SessionServer", "SessionMessage", "SessionReply"]

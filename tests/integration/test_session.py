@@ -12,6 +12,7 @@ import json
 import os
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 from peerlib import spawned
@@ -230,3 +231,91 @@ def test_sessions_per_process_are_bounded(kernel_daemon):
             assert _event(rep)["event"] == "accept failed"
             for s in sessions:
                 s.close()
+
+
+def test_a_burst_arrives_whole_and_in_order_and_replies_are_checked(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        with spawned(k, "actor.py", "burst", "0", "20000", ep=ep) as caller:
+            srv = ep.accept_session(ep.recv(timeout=20))
+            got: list[kernel.SessionMessage] = []
+            while not got or not got[-1].is_call:
+                batch = srv.recv_many(timeout=20)
+                assert 1 <= len(batch) <= 256
+                got += batch
+            done = got.pop()
+            assert [m.data for m in got] == [b"%d" % i for i in range(20000)]
+            assert {(m.badge, m.sender.pid, m.is_call) for m in got} == {(0, caller.pid, False)}
+            with pytest.raises(kernel.IPCError, match="sent, not called"):
+                got[0].reply(b"no")
+            with pytest.raises(kernel.MessageTooLargeError):
+                done.reply(b"x" * (abi.MAX_PAYLOAD + 1))
+            done.reply(b"ok")  # still answerable after the refused one
+            with pytest.raises(kernel.IPCError, match="already answered"):
+                done.reply(b"twice")
+            assert caller.wait(timeout=20) == 0
+            with pytest.raises(kernel.PeerClosedError):
+                srv.recv(timeout=20)
+            srv.close()
+            with pytest.raises(kernel.PeerClosedError, match="closed"):
+                srv.recv(timeout=1)
+
+
+def test_a_send_waiting_for_room_fails_when_the_kernel_dies(tmp_path):
+    # Not the fixture's kernel: this one is SIGKILLed, which the fixture would report.
+    import subprocess
+    import sys
+    import threading
+
+    sock_dir = Path(f"/tmp/mks-{os.getpid()}-{time.monotonic_ns()}")
+    sock_dir.mkdir(mode=0o700)
+    path = str(sock_dir / "k.sock")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "kernel", "kernel", "--socket", path, "--no-names"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path):
+            assert daemon.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        with kernel.connect(path, autostart=False) as k:
+            ep = k.endpoint()
+            opened: list[object] = []
+            t = threading.Thread(target=lambda: opened.append(_try_open(ep)))
+            t.start()
+            server = ep.accept_session(ep.recv(timeout=10))  # never receives: the ring fills
+            t.join(10)
+            s = opened[0]
+            assert isinstance(s, kernel.Session)
+            outcome: list[BaseException] = []
+
+            def fill() -> None:
+                try:
+                    for _ in range(100):  # 6.4 MiB: more than the ring holds
+                        s.send(b"x" * 65536)
+                except BaseException as e:
+                    outcome.append(e)
+
+            sender = threading.Thread(target=fill, daemon=True)
+            sender.start()
+            time.sleep(0.3)
+            assert sender.is_alive()  # waiting for room
+            crashed = time.monotonic()
+            daemon.kill()
+            daemon.wait(10)
+            sender.join(5)
+            assert not sender.is_alive()
+            assert isinstance(outcome[0], kernel.PeerClosedError)
+            assert time.monotonic() - crashed < 2.0
+            s.close()
+            server.close()
+    finally:
+        daemon.kill()
+        daemon.wait(10)
+        for f in sock_dir.iterdir():
+            f.unlink()
+        sock_dir.rmdir()

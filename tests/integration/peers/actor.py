@@ -12,6 +12,7 @@ usage: actor.py ACT DELAY [ARG]
   wait          wait on "n"; send the bits (decimal) back on "back"
   sendmany ARG  send b"0" .. b"ARG-1" on "ep", each with a 20 s timeout
   session       open a session on "ep", call it once, then exit without closing it
+  burst ARG     open a session on "ep", send_many b"0" .. b"ARG-1", then call b"done"
   hang          connect, then sleep for a minute (a child that outlives its wait)
   objects ARG   create ARG endpoints and ARG notifications, signal bit 1 on "n", then
                 sleep for a minute (killed by the test, its objects must go with it)
@@ -62,6 +63,10 @@ def main() -> int:
         elif act == "session":
             caps["ep"].session(timeout=LIMIT).call(b"bye", timeout=LIMIT)
             os._exit(0)  # no close, no disconnect: the kernel must notice the death
+        elif act == "burst":
+            with caps["ep"].session(timeout=LIMIT) as s:
+                s.send_many([b"%d" % i for i in range(int(arg))], timeout=LIMIT)
+                s.call(b"done", timeout=LIMIT)
         elif act == "hang":
             time.sleep(60)
         elif act == "objects":

@@ -1,0 +1,74 @@
+"""The compiled session port (kernel/_core/port.pyx) on rings in this process: its
+codes, the kernel's state word, and a hostile peer's record."""
+
+from __future__ import annotations
+
+import mmap
+
+import pytest
+
+from kernel import abi
+from kernel._core.port import FULL, OK, SessionPort
+from kernel._core.ring import RingCorruptError, SessionStates, ring_pair
+
+RING = 4096
+
+
+@pytest.fixture
+def ports():
+    shared = mmap.mmap(-1, abi.CONTROL_SIZE + 2 * RING)  # the session's rings
+    mine = mmap.mmap(-1, abi.CONTROL_SIZE)  # this process's region: the state words
+    states = SessionStates(mine)
+    states.set(3, abi.SESSION_OPEN)
+    requests, replies = ring_pair(shared, RING, RING)
+    caller = SessionPort(1, requests, replies, states, 3, -1, 1000, 0, "server", 9)
+    server = SessionPort(1, replies, requests, states, 3, -1, 1000, 77, "caller", 8)
+    yield caller, server, states, shared
+    for ring in (requests, replies):
+        ring.close()
+    states.close()
+
+
+def test_send_then_recv_many_carries_data_and_the_kernels_badge(ports):
+    caller, server, _, _ = ports
+    assert caller.send(abi.Op.ENDPOINT_SEND, 0, b"one") == OK
+    assert caller.send(abi.Op.ENDPOINT_CALL, 5, memoryview(b"two")) == OK
+    out: list = []
+    assert server.recv_many(out, 10) == 2
+    assert [(m.data, m.is_call, m.badge, m.sender, m.sender_id) for m in out] == [
+        (b"one", False, 77, "caller", 8),
+        (b"two", True, 77, "caller", 8),
+    ]
+    out[1].reply(b"answer")
+    assert caller.take_reply(4) is None  # another call's reply is dropped, not kept
+    assert server.send(abi.Op.ENDPOINT_REPLY, 5, b"x") == OK
+    assert caller.take_reply(5) == b"x"
+
+
+def test_a_full_ring_and_an_oversized_payload_are_reported(ports):
+    caller, _, _, _ = ports
+    while (code := caller.send(abi.Op.ENDPOINT_SEND, 0, b"x" * 100)) == OK:
+        pass
+    assert code == FULL
+    with pytest.raises(OverflowError):
+        caller.send(abi.Op.ENDPOINT_SEND, 0, b"x" * 1001)
+    assert caller.send_many([b"y"], 0) == 0
+
+
+def test_nothing_moves_once_the_kernel_says_it_ended(ports):
+    caller, server, states, _ = ports
+    assert caller.send(abi.Op.ENDPOINT_SEND, 0, b"before") == OK
+    states.set(3, -11)  # revoked (BAD_SLOT)
+    assert caller.send(abi.Op.ENDPOINT_SEND, 0, b"after") == -11
+    assert caller.send_many([b"after"], 0) == -11
+    assert server.recv_many([], 10) == -11  # not even what was written before
+    states.set(3, abi.SESSION_FREE)
+    assert server.state() == -22  # freed under it: closed
+
+
+def test_a_malformed_record_raises_instead_of_reading_past_it(ports):
+    _, server, _, shared = ports
+    shared[abi.CONTROL_SIZE : abi.CONTROL_SIZE + 8] = b"\xff" * 8
+    shared[abi.OFF_SQ_TAIL : abi.OFF_SQ_TAIL + 8] = (8).to_bytes(8, "little")
+    with pytest.raises(RingCorruptError):
+        server.recv_many([], 10)
