@@ -173,7 +173,7 @@ class Connection:
         just before the completion that granted it, so they are there to read."""
         with self._sock_lock:
             while sid not in self._session_fds:
-                frame, fds = _recv_frame(self.sock)
+                frame, fds = _read_frame_shared(self.sock)
                 if not isinstance(frame, abi.SessionFds) or len(fds) != 3:
                     for fd in fds:
                         os.close(fd)
@@ -402,3 +402,49 @@ def _recv_frame(sock: socket.socket) -> tuple[abi.Handshake, list[int]]:
         buf += data
     sock.settimeout(None)
     return abi.decode_frame(buf[4:]), fds
+
+
+FRAME_WAIT_S = 10.0
+"""How long a session's descriptors may take to arrive (they are sent before the
+completion that announces them, so they are normally there already)."""
+
+
+def _read_frame_shared(sock: socket.socket) -> tuple[abi.Handshake, list[int]]:
+    """One frame, exactly, from the bootstrap socket after the handshake.
+
+    Other threads peek at this socket meanwhile (check_socket), so its blocking mode
+    must never change: a socket with a timeout makes their MSG_DONTWAIT peek wait
+    for data and then fail with TimeoutError, which reads as a lost kernel. So: poll,
+    then non-blocking reads; the length first (the descriptors ride on its bytes),
+    then exactly the body, so a following frame stays where it is."""
+    deadline = time.monotonic() + FRAME_WAIT_S
+    fds: list[int] = []
+    head = _read_exact(sock, 4, deadline, fds)
+    size = int.from_bytes(head, "little")
+    if not 0 < size <= abi.HANDSHAKE_MAX:
+        raise PeerClosedError(f"the kernel sent a frame of {size} bytes")
+    return abi.decode_frame(_read_exact(sock, size, deadline, fds)), fds
+
+
+def _read_exact(sock: socket.socket, n: int, deadline: float, fds: list[int]) -> bytes:
+    buf = b""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PeerClosedError("the kernel's session frame did not arrive in time")
+        poller.poll(max(1, int(left * 1000)))
+        try:
+            data, anc, _, _ = sock.recvmsg(
+                n - len(buf), socket.CMSG_LEN(3 * 4), socket.MSG_DONTWAIT
+            )
+        except BlockingIOError:
+            continue
+        if not data:
+            raise PeerClosedError("the kernel closed the connection")
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", raw[: len(raw) - len(raw) % 4]))
+        buf += data
+    return buf

@@ -84,14 +84,15 @@ class SessionEnd:
             abi.MAX_PAYLOAD, badge, self.peer, info.sender_id,
         )  # fmt: skip
         self.broken: str | None = None  # the peer broke the ring format
-        self.closed = False
+        self.closing = False  # this side asked the kernel to end it
+        self.closed = False  # unmapped
         self._spin_ns = SPIN_MAX_NS // 2
 
     # ------------------------------------------------------------ state
 
     def check(self) -> None:
         """Raise if the session ended (the kernel's word) or this side closed it."""
-        if self.closed:
+        if self.closed or self.closing:
             raise PeerClosedError(f"session {self.sid}: closed")
         if self.broken is not None:
             raise PeerClosedError(f"session {self.sid}: {self.broken}")

@@ -114,8 +114,9 @@ class _AsyncSide:
     async def close(self) -> None:
         """End the session for both sides and free its resources. Idempotent."""
         end = self._end
-        if end.closed:
+        if end.closed or end.closing:
             return
+        end.closing = True
         self._loop.remove_reader(end.my_efd)
         self._fail(_closed(end.sid))
         try:
@@ -137,6 +138,12 @@ def _closed(sid: int) -> Exception:
     from ..errors import PeerClosedError
 
     return PeerClosedError(f"session {sid}: closed")
+
+
+def _shut_down(sid: int) -> Exception:
+    from ..errors import PeerClosedError
+
+    return PeerClosedError(f"session {sid}: shut down")
 
 
 class AsyncSession(_AsyncSide):
@@ -220,6 +227,7 @@ class AsyncSessionServer(_AsyncSide):
     def __init__(self, k: AsyncKernel, end: SessionEnd) -> None:
         self._ready: asyncio.Future[None] | None = None
         self._inbox: deque[SessionMessage] = deque()
+        self._draining = False
         super().__init__(k, end)
 
     @property
@@ -244,9 +252,17 @@ class AsyncSessionServer(_AsyncSide):
             else:
                 fut.set_exception(e)
 
+    def shutdown(self) -> None:
+        """Stop receiving: a task waiting in recv() raises PeerClosedError now, and so
+        does every later recv(); requests already received can still be answered."""
+        self._draining = True
+        self._wake(_shut_down(self._end.sid))
+
     async def recv(self, *, timeout: float | None = None) -> SessionMessage:
         """Wait for the next request; PeerClosedError once the session ended."""
         while not self._inbox:
+            if self._draining:
+                raise _shut_down(self._end.sid)
             self._check()
             self._ready = self._loop.create_future()
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import abi
 from ..abi import Op
+from ..errors import PeerClosedError
 from ._conn import deadline_from
 from ._session import (
     _CALL,
@@ -35,6 +37,9 @@ class _Base:
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         self._k = k
         self._end = end
+        # Held while a thread waits on the rings (it may spin without the GIL): close()
+        # from another thread ends the session first, then unmaps once that thread left.
+        self._lock = threading.Lock()
 
     @property
     def peer(self) -> Any:
@@ -49,13 +54,15 @@ class _Base:
         """End the session for both sides (the peer's next operation raises
         PeerClosedError) and free its resources. Idempotent."""
         end = self._end
-        if end.closed:
+        if end.closed or end.closing:
             return
+        end.closing = True  # check() raises from now on, whatever the word says
         try:
-            if end.conn.lost is None:
+            if end.conn.lost is None:  # the kernel ends it: a waiting thread wakes and leaves
                 self._k._roundtrip(Op.SESSION_CLOSE, None, "session close", arg=end.index)
         finally:
-            end.release()
+            with self._lock:
+                end.release()
 
     def __enter__(self) -> Any:
         return self
@@ -81,7 +88,6 @@ class Session(_Base):
 
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         super().__init__(k, end)
-        self._lock = threading.Lock()
         self._next_id = 1
         self._send = end.port.send
 
@@ -122,7 +128,7 @@ class Session(_Base):
         items = data if isinstance(data, list) else list(data)
         end, deadline, done = self._end, deadline_from(timeout), 0
         while done < len(items):
-            try:
+            try:  # no lock: each step is one compiled call under the GIL
                 n = end.port.send_many(items, done)
             except OverflowError:
                 raise too_large(max(map(len, items))) from None
@@ -142,6 +148,15 @@ class SessionServer(_Base):
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         super().__init__(k, end)
         self._ready: deque[SessionMessage] = deque()
+        self._draining = False
+
+    def shutdown(self) -> None:
+        """Stop receiving: a thread waiting in recv() raises PeerClosedError now, and so
+        does every later recv(); requests already received can still be answered.
+        Then close() it. (A server's graceful stop; thread-safe.)"""
+        self._draining = True
+        if not self._end.closed:
+            os.eventfd_write(self._end.my_efd, 1)  # wake a sleeping recv()
 
     @property
     def badge(self) -> int:
@@ -152,7 +167,8 @@ class SessionServer(_Base):
         """Wait for the next request. Raises PeerClosedError once the caller closed the
         session or died, CallTimeoutError after `timeout`."""
         if not self._ready:
-            self._fill(deadline_from(timeout))
+            with self._lock:
+                self._fill(deadline_from(timeout))
         return self._ready.popleft()
 
     def recv_many(
@@ -163,7 +179,8 @@ class SessionServer(_Base):
         if max_n < 1:
             raise ValueError("max_n must be at least 1")
         if not self._ready:
-            self._fill(deadline_from(timeout))
+            with self._lock:
+                self._fill(deadline_from(timeout))
         ready = self._ready
         return [ready.popleft() for _ in range(min(max_n, len(ready)))]
 
@@ -171,6 +188,8 @@ class SessionServer(_Base):
         end = self._end
         batch: list[SessionMessage] = []
         while not end.take_many(batch, RECV_BATCH):
+            if self._draining:
+                raise PeerClosedError(f"session {end.sid}: shut down")
             if deadline_passed(deadline):
                 end.check()
                 raise _timeout(end.sid)

@@ -319,3 +319,26 @@ def test_a_send_waiting_for_room_fails_when_the_kernel_dies(tmp_path):
         for f in sock_dir.iterdir():
             f.unlink()
         sock_dir.rmdir()
+
+
+def test_sessions_opened_while_others_sleep_all_keep_working(kernel_daemon):
+    """Each accept reads descriptors from the server's bootstrap socket while its idle
+    sessions' threads sleep polling that socket (a dead kernel shows there). Reading
+    once switched the socket to timeout mode, and a concurrent peek then failed as a
+    lost kernel (found by the bench's --clients test, about one run in eight)."""
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k)
+        with peer:
+            _event(rep)
+            sessions = []
+            for round_ in range(3):
+                for _ in range(8):
+                    sessions.append(ep.session(timeout=10))
+                    time.sleep(0.002)  # let the earlier ones go to sleep on the socket
+                for n, s in enumerate(sessions):
+                    data = b"%d.%d" % (round_, n)
+                    assert s.call(data, timeout=10).data == data
+            for s in sessions:
+                s.close()
+            for _ in sessions:
+                assert _event(rep)["error"] == "PeerClosedError"
