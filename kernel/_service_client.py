@@ -8,14 +8,19 @@ reply is one status byte then msgpack: 0 and the handler's return value, or 1 an
 from __future__ import annotations
 
 import builtins
+import threading
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 
 from .client.aio import AsyncEndpointCap, AsyncKernel
 from .client.sync import EndpointCap, Kernel
-from .errors import InvalidArgumentError, InvalidCapabilityError, IPCError, Status
+from .errors import InvalidArgumentError, InvalidCapabilityError, IPCError, PeerClosedError, Status
+
+if TYPE_CHECKING:
+    from .client.aio_session import AsyncSession
+    from .client.session import Session
 
 T = TypeVar("T")
 
@@ -69,13 +74,24 @@ _failures = msgspec.msgpack.Decoder(Failure)
 
 
 class ServiceClient:
-    """Calls a Service through an endpoint capability (blocking face; thread-safe)."""
+    """Calls a Service through an endpoint capability (blocking face; thread-safe).
 
-    __slots__ = ("cap", "_what")
+    By default the first call opens a direct session to the service (`cap.session`):
+    calls then go over rings shared with the service alone, about a third of the
+    cost of a call through the kernel. A session carries one call at a time, so a
+    call made while another is on it goes through the kernel instead, where the
+    service's other workers take it: concurrency is as without sessions.
+    `session=False` keeps every call on the kernel's path."""
 
-    def __init__(self, cap: EndpointCap, *, name: str | None = None) -> None:
+    __slots__ = ("cap", "_what", "_use_session", "_session", "_lock", "_busy")
+
+    def __init__(self, cap: EndpointCap, *, name: str | None = None, session: bool = True) -> None:
         self.cap = cap
         self._what = f"service {name!r}" if name else f"service at slot {cap.slot:#x}"
+        self._use_session = session
+        self._session: Session | None = None
+        self._lock = threading.Lock()  # opening the session
+        self._busy = threading.Lock()  # a call is on the session
 
     @classmethod
     def lookup(cls, k: Kernel, name: str, *, timeout: float | None = 0) -> ServiceClient:
@@ -97,14 +113,30 @@ class ServiceClient:
         RemoteError), InvalidArgumentError for a request the service does not take,
         CallTimeoutError, PeerClosedError (the service ended).
         """
-        msg = self.cap.call(_encoder.encode(request), timeout=timeout)
-        return result(msg.data, type, self._what)
+        data = _encoder.encode(request)
+        if not self._use_session or not self._busy.acquire(blocking=False):
+            return result(self.cap.call(data, timeout=timeout).data, type, self._what)
+        try:
+            session = self._session or self._open(timeout)
+            reply = session.call(data, timeout=timeout).data
+        finally:
+            self._busy.release()
+        return result(reply, type, self._what)
+
+    def _open(self, timeout: float | None) -> Session:
+        with self._lock:
+            if self._session is None:
+                self._session = self.cap.session(timeout=timeout)
+            return self._session
 
     def close(self) -> None:
-        """Close the capability (fine if the service ended and it was revoked)."""
+        """Close the session and the capability (fine if the service ended)."""
+        session, self._session = self._session, None
         try:
+            if session is not None:
+                session.close()
             self.cap.close()
-        except InvalidCapabilityError:
+        except (InvalidCapabilityError, PeerClosedError):
             pass
 
     def __enter__(self) -> ServiceClient:
@@ -119,11 +151,16 @@ class ServiceClient:
 class AsyncServiceClient:
     """Calls a Service from asyncio code; many calls may be in flight."""
 
-    __slots__ = ("cap", "_what")
+    __slots__ = ("cap", "_what", "_use_session", "_session", "_busy")
 
-    def __init__(self, cap: AsyncEndpointCap, *, name: str | None = None) -> None:
+    def __init__(
+        self, cap: AsyncEndpointCap, *, name: str | None = None, session: bool = True
+    ) -> None:
         self.cap = cap
         self._what = f"service {name!r}" if name else f"service at slot {cap.slot:#x}"
+        self._use_session = session
+        self._session: AsyncSession | None = None
+        self._busy = False  # a call is on the session (the others go through the kernel)
 
     @classmethod
     async def lookup(
@@ -141,14 +178,30 @@ class AsyncServiceClient:
     async def call(
         self, request: msgspec.Struct, *, timeout: float | None = None, type: Any = Any
     ) -> Any:
-        """See ServiceClient.call."""
-        msg = await self.cap.call(_encoder.encode(request), timeout=timeout)
-        return result(msg.data, type, self._what)
+        """See ServiceClient.call: one call at a time on the session, the calls made
+        meanwhile through the kernel (to the service's other workers)."""
+        data = _encoder.encode(request)
+        if not self._use_session or self._busy:
+            return result((await self.cap.call(data, timeout=timeout)).data, type, self._what)
+        self._busy = True
+        try:
+            session = self._session or await self._open(timeout)
+            reply = (await session.call(data, timeout=timeout)).data
+        finally:
+            self._busy = False
+        return result(reply, type, self._what)
+
+    async def _open(self, timeout: float | None) -> AsyncSession:
+        self._session = await self.cap.session(timeout=timeout)
+        return self._session
 
     async def close(self) -> None:
+        session, self._session = self._session, None
         try:
+            if session is not None:
+                await session.close()
             await self.cap.close()
-        except InvalidCapabilityError:
+        except (InvalidCapabilityError, PeerClosedError):
             pass
 
     async def __aenter__(self) -> AsyncServiceClient:

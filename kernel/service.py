@@ -50,6 +50,7 @@ from ._service_client import BAD_REQUEST, RAISED, SAFE_BUILTINS, Failure, failur
 from ._service_client import AsyncServiceClient as AsyncServiceClient
 from ._service_client import RemoteError as RemoteError
 from ._service_client import ServiceClient as ServiceClient
+from ._service_sessions import AsyncSessionPool, SessionPool
 from .abi import MAX_PAYLOAD
 from .client._common import Credentials, MessageBase
 from .client._conn import Connection
@@ -257,6 +258,7 @@ class Service:
         r, w = os.pipe()
         self._wake = functools.partial(_poke, w)
         old = _install_signals(lambda signum, frame: self.stop()) if signals else {}
+        self._sessions = SessionPool(self.name, self._answer)
         own = _worker_connections(k, ep, workers) if workers > 1 else []
         eps = [wep for _, wep, _ in own] or [ep]
         threads = [
@@ -296,6 +298,10 @@ class Service:
             # we gave the unbadged capability); the random token tells stop apart.
             if not msg.badge and msg.data == token:
                 return
+            if msg.session_offer:  # a client wants its own rings: serve it on them
+                self._sessions.accept(ep, msg)
+                msg = ep.recv()
+                continue
             if not msg.is_call:
                 self._drop(msg)
                 msg = ep.recv()
@@ -336,6 +342,7 @@ class Service:
                 break  # the kernel is gone; the workers have ended too
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        self._sessions.close(deadline)
 
     def _unregister(self, k: Kernel) -> None:
         try:
@@ -386,6 +393,7 @@ class Service:
             loop.call_soon_threadsafe(stopped.set)
 
         self._wake = wake
+        self._asessions = AsyncSessionPool(self.name, self._aanswer)
         installed = _add_loop_signals(loop, self.stop) if signals else []
         tasks = [asyncio.ensure_future(self._aworker(ep, token)) for _ in range(workers)]
         waiter = asyncio.ensure_future(stopped.wait())
@@ -408,6 +416,10 @@ class Service:
         while True:
             if not msg.badge and msg.data == token:  # see _worker
                 return
+            if msg.session_offer:
+                await self._asessions.accept(ep, msg)
+                msg = await ep.recv()
+                continue
             if not msg.is_call:
                 await self._adrop(msg)
                 msg = await ep.recv()
@@ -449,6 +461,7 @@ class Service:
             t.cancel()
         if late:
             await asyncio.wait(late)
+        await self._asessions.close(deadline)
 
 
 # ------------------------------------------------------------ helpers
