@@ -12,7 +12,7 @@ from kernel.bench.mechanisms.mkipc_call import (
 )
 from kernel.bench.mechanisms.mkipc_names import MkipcLookup, MkipcRegister
 from kernel.bench.mechanisms.mkipc_service import MkipcService, MkipcService4
-from kernel.bench.mechanisms.mkipc_session import MkipcSessionCall
+from kernel.bench.mechanisms.mkipc_session import MkipcSessionAsyncCall, MkipcSessionCall
 from kernel.bench.runner import BenchConfig, run_bench
 
 pytestmark = pytest.mark.integration
@@ -31,11 +31,13 @@ def test_mkipc_rows_run_every_round_trip():
         MkipcService(),
         MkipcService4(),
         MkipcSessionCall(),
+        MkipcSessionAsyncCall(),
     ]
     result = run_bench(mechanisms, config)
     names = ("mkipc.call", "mkipc.call.badged", "mkipc.call+cap", "mkipc.notify")
     more = ("mkipc.names.lookup", "mkipc.names.register", "mkipc.call.async")
     services = ("mkipc.service", "mkipc.service.4workers", "mkipc.session.call")
+    services += ("mkipc.session.async",)
     for name in (*names, *more, *services):
         cell = result.cell(name, 64)
         assert cell.note is None or cell.note == "", cell.note

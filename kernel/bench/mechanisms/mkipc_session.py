@@ -6,6 +6,8 @@ by inheritance. This process opens a session with ``ep.session()``; the server a
 offer and serves the session in its main thread until this process closes it, then exits.
 
 - ``mkipc.session.call``: ``Session.call`` round trips, echoed with the same payload.
+- ``mkipc.session.async`` / ``mkipc.session.async64``: the asyncio face, one call at a
+  time (timed inside the loop) and 64 calls in flight from 64 tasks (calls per second).
 - ``mkipc.session.send``: a burst of N ``Session.send`` (queued on the ring; the sender waits
   only while the ring is full), then one empty call that the server answers with the number
   of one-way messages it took since the last such call (8 bytes); a burst whose count differs
@@ -18,19 +20,28 @@ clients sweep (kernel/bench/clients.py), where each client process opens its own
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+from array import array
 
 import kernel
 from kernel.bench.mechanisms import PeerLostError, make_payload, register
+from kernel.bench.mechanisms.mkipc_async import BURST, IN_FLIGHT
 from kernel.bench.mechanisms.mkipc_call import _START_TIMEOUT_S, _MkipcMechanism, serve_role
 from kernel.bench.mechanisms.oneway_os import MAX_BATCH, burst_size
 
-__all__ = ["MkipcSessionCall", "MkipcSessionSend", "SessionService"]
+__all__ = [
+    "MkipcSessionAsyncCall",
+    "MkipcSessionAsyncInFlight",
+    "MkipcSessionCall",
+    "MkipcSessionSend",
+    "SessionService",
+]
 
 _ABORT_GRACE_S = 0.5  # abort(): time for the kernel to see the server's death
 
@@ -119,6 +130,90 @@ class MkipcSessionSend(_SessionMechanism):
         received = int.from_bytes(self._call(b"").data, "little")
         if received != self.batch:
             raise PeerLostError(f"the receiver counted {received} of {self.batch} messages")
+
+
+class _AsyncSessionMechanism(_SessionMechanism):
+    """The session opened from a uvloop loop (the asyncio face), through the name server
+    as an application would find it."""
+
+    _NAME = "bench.session.async"
+
+    def setup(self, payload_size: int) -> None:
+        import uvloop
+
+        _check_size(payload_size)
+        self._payload = make_payload(payload_size)
+        ep = self._start_server()
+        assert self._k is not None
+        self._k.names.register(self._NAME, ep, mode=0o600)
+        self._loop = uvloop.new_event_loop()
+        self._aclient = self._loop.run_until_complete(self._aopen())
+
+    async def _aopen(self) -> kernel.AsyncSession:
+        assert self._kernel is not None
+        self._ak = kernel.connect_async(self._kernel.path, autostart=False)
+        await self._ak.open()
+        aep = await self._ak.names.lookup(self._NAME, timeout=_START_TIMEOUT_S)
+        s = await aep.session(timeout=_START_TIMEOUT_S)
+        await s.call(self._payload, timeout=_START_TIMEOUT_S)  # the server answers
+        return s
+
+    def teardown(self) -> None:
+        loop = self.__dict__.pop("_loop", None)
+        if loop is not None:
+            with contextlib.suppress(kernel.IPCError, OSError):
+                loop.run_until_complete(self._aclient.close())
+            self._ak.close()
+            loop.close()
+        super().teardown()
+
+
+@register
+class MkipcSessionAsyncCall(_AsyncSessionMechanism):
+    """One call at a time from asyncio, timed inside the loop (as mkipc.call.async)."""
+
+    name = "mkipc.session.async"
+
+    def roundtrip(self) -> None:
+        self._loop.run_until_complete(self._aclient.call(self._payload))
+
+    def time_roundtrips(self, count: int, deadline_ns: int, pace_s: float) -> array[int]:
+        return self._loop.run_until_complete(self._timed(count, deadline_ns, pace_s))
+
+    async def _timed(self, count: int, deadline_ns: int, pace_s: float) -> array[int]:
+        clock, call, payload = time.perf_counter_ns, self._aclient.call, self._payload
+        out = array("q")
+        for _ in range(count):
+            t0 = clock()
+            await call(payload)
+            t1 = clock()
+            out.append(t1 - t0)
+            if t1 > deadline_ns:
+                break
+            if pace_s:
+                await asyncio.sleep(pace_s)
+        return out
+
+
+@register
+class MkipcSessionAsyncInFlight(_AsyncSessionMechanism):
+    """64 calls in flight on one session from 64 tasks (issue #5's 300k calls/s goal),
+    as mkipc.call.async64 does through the kernel; a throughput row."""
+
+    name = "mkipc.session.async64"
+    batch = BURST
+
+    def roundtrip(self) -> None:
+        self._loop.run_until_complete(self._burst())
+
+    async def _burst(self) -> None:
+        call, payload = self._aclient.call, self._payload
+
+        async def task() -> None:
+            for _ in range(BURST // IN_FLIGHT):
+                await call(payload)
+
+        await asyncio.gather(*(task() for _ in range(IN_FLIGHT)))
 
 
 class SessionService(_SessionMechanism):
