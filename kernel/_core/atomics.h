@@ -21,6 +21,9 @@ static inline uint32_t mk_load_u32(const volatile uint32_t *p) {
 static inline void mk_store_u32(volatile uint32_t *p, uint32_t v) {
     __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
 }
+static inline uint32_t mk_exchange_u32(volatile uint32_t *p, uint32_t v) {
+    return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
+}
 static inline void mk_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 static inline void mk_cpu_relax(void) {

@@ -35,6 +35,7 @@ cdef extern from "atomics.h":
     void mk_store_release_u64(uint64_t *p, uint64_t v) nogil
     uint32_t mk_load_u32(const uint32_t *p) nogil
     void mk_store_u32(uint32_t *p, uint32_t v) nogil
+    uint32_t mk_exchange_u32(uint32_t *p, uint32_t v) nogil
     void mk_fence() nogil
     void mk_cpu_relax() nogil
     void mk_yield() nogil
