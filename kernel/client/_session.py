@@ -38,9 +38,12 @@ SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SESSION_SPIN_US", "200")) * 1000)
 """Adaptive busy-poll before sleeping on the doorbell. A wake across cores costs
 ~26 µs here; a reply that comes within the spin costs ~1 µs. Only the two peers
 spin: the kernel is not on the path."""
-YIELD_AFTER_NS = 20_000
-"""Poll without yielding this long first: with no third process on our core
-sched_yield() is a wasted syscall per poll."""
+YIELD_AFTER_NS = int(float(os.environ.get("MKIPC_SESSION_YIELD_US", "1")) * 1000)
+"""Poll this long before each sched_yield(). When the peer shares our core it runs
+only once we yield: polling 20 µs first put ~1-10% of calls at 12-50 µs whenever
+the scheduler paired them on one core (p99 3-52 µs across runs); yielding after
+1 µs keeps p50 at ~2.0 µs with p99 3.4-12.9 µs, and 0 gives p50 2.6 µs with p99
+3.5-7.5 µs (mkipc bench, 3 invocations each)."""
 SPACE_WAIT_S = 50e-6
 
 _CALL, _SEND, _REPLY = int(Op.ENDPOINT_CALL), int(Op.ENDPOINT_SEND), int(Op.ENDPOINT_REPLY)
