@@ -122,6 +122,21 @@ class Connection:
                 os.eventfd_write(self.sq_efd, 1)
         return req_id
 
+    def submit_unwaited(self, op: int, arg: int) -> bool:
+        """Submit `op` if that can be done at once, and drop its completion unread
+        (for finalizers: they must not wait, nor take a lock their thread may hold)."""
+        if self.lost is not None or not self._submit_lock.acquire(blocking=False):
+            return False
+        try:
+            req_id = next(self._ids)
+            self.abandoned[req_id] = 0
+            pushed = self.sq.push(op, req_id, 0, abi.DEADLINE_FOREVER, arg, b"")
+            if pushed == 2:
+                os.eventfd_write(self.sq_efd, 1)
+            return bool(pushed)
+        finally:
+            self._submit_lock.release()
+
     def _wait_for_space(self) -> None:
         """The submission ring is full: nudge the kernel, and notice if it is gone."""
         os.eventfd_write(self.sq_efd, 1)  # the kernel may sleep; it frees space as it drains

@@ -73,12 +73,17 @@ class _Base:
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_end", None) or self._end.closed:
+        """Dropped without close(): end it without waiting for the kernel's answer.
+        (A finalizer may run on any thread, even one inside the connection's own
+        locks, so it never blocks on them; if one is busy the kernel ends the
+        session when the connection closes.) Nothing else can reach it now."""
+        end = getattr(self, "_end", None)
+        if end is None or end.closed:
             return
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - a finalizer must not raise; the kernel ends it at exit
-            pass
+        if not end.closing:
+            end.closing = True
+            end.conn.submit_unwaited(Op.SESSION_CLOSE, arg=end.index)
+        end.release()
 
 
 class Session(_Base):

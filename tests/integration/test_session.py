@@ -342,3 +342,19 @@ def test_sessions_opened_while_others_sleep_all_keep_working(kernel_daemon):
                 s.close()
             for _ in sessions:
                 assert _event(rep)["error"] == "PeerClosedError"
+
+
+def test_a_session_dropped_without_close_is_ended_for_the_server(kernel_daemon):
+    import gc
+
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k)
+        with peer:
+            _event(rep)
+            s = ep.session(timeout=10)
+            assert s.call(b"x", timeout=10).data == b"x"
+            del s
+            gc.collect()
+            assert _event(rep)["error"] == "PeerClosedError"  # without waiting for exit
+            with ep.session(timeout=10) as again:  # its state word was freed for reuse
+                assert again.call(b"y", timeout=10).data == b"y"
