@@ -245,6 +245,40 @@ async def test_serve_in_process_until_stopped(kernel_daemon):
         await client.close()
 
 
+@pytest.mark.parametrize("face", FACES)
+def test_a_client_calls_over_a_session_and_the_kernel_path_gives_the_same_answers(
+    kernel_daemon, tmp_path, face
+):
+    with service(tmp_path, "t.session", face, workers=2), kernel.connect(autostart=False) as k:
+        fast = kernel.ServiceClient.lookup(k, "t.session", timeout=10.0)
+        plain = kernel.ServiceClient(fast.cap.copy(), name="t.session", session=False)
+        assert fast.call(Echo("hi"), timeout=5.0) == "hi"
+        assert fast._session is not None  # the call went over a direct session
+        assert fast._session.peer.pid != k.pid
+        assert fast.call(Who(), timeout=5.0) == plain.call(Who(), timeout=5.0)  # same badge
+        assert plain._session is None
+        with pytest.raises(KeyError):
+            fast.call(Fail("key"), timeout=5.0)
+        with pytest.raises(kernel.InvalidArgumentError, match=r"Expected `str`, got `int`"):
+            fast.call(Echo(1), timeout=5.0)  # type: ignore[arg-type]
+        fast.close()
+        plain.close()
+
+
+async def test_an_async_client_keeps_one_call_on_its_session_and_the_rest_on_workers(
+    kernel_daemon, tmp_path
+):
+    with service(tmp_path, "t.asession", "async", workers=2):
+        async with kernel.connect_async(autostart=False) as k:
+            svc = await kernel.AsyncServiceClient.lookup(k, "t.asession", timeout=10.0)
+            replies = await asyncio.gather(
+                *(svc.call(Echo(str(i)), timeout=10.0, type=str) for i in range(200))
+            )
+            assert replies == [str(i) for i in range(200)]
+            assert svc._session is not None
+            await svc.close()
+
+
 # ------------------------------------------------------------ the examples, as a user runs them
 
 
@@ -296,35 +330,13 @@ def test_echo_example_runs_as_its_readme_says(kernel_daemon):
     assert lines[2] == "100 replies, first b'REQ 0'"
 
 
-@pytest.mark.parametrize("face", FACES)
-def test_a_client_calls_over_a_session_and_the_kernel_path_gives_the_same_answers(
-    kernel_daemon, tmp_path, face
-):
-    with service(tmp_path, "t.session", face, workers=2), kernel.connect(autostart=False) as k:
-        fast = kernel.ServiceClient.lookup(k, "t.session", timeout=10.0)
-        plain = kernel.ServiceClient(fast.cap.copy(), name="t.session", session=False)
-        assert fast.call(Echo("hi"), timeout=5.0) == "hi"
-        assert fast._session is not None  # the call went over a direct session
-        assert fast._session.peer.pid != k.pid
-        assert fast.call(Who(), timeout=5.0) == plain.call(Who(), timeout=5.0)  # same badge
-        assert plain._session is None
-        with pytest.raises(KeyError):
-            fast.call(Fail("key"), timeout=5.0)
-        with pytest.raises(kernel.InvalidArgumentError, match=r"Expected `str`, got `int`"):
-            fast.call(Echo(1), timeout=5.0)  # type: ignore[arg-type]
-        fast.close()
-        plain.close()
-
-
-async def test_an_async_client_keeps_one_call_on_its_session_and_the_rest_on_workers(
-    kernel_daemon, tmp_path
-):
-    with service(tmp_path, "t.asession", "async", workers=2):
-        async with kernel.connect_async(autostart=False) as k:
-            svc = await kernel.AsyncServiceClient.lookup(k, "t.asession", timeout=10.0)
-            replies = await asyncio.gather(
-                *(svc.call(Echo(str(i)), timeout=10.0, type=str) for i in range(200))
-            )
-            assert replies == [str(i) for i in range(200)]
-            assert svc._session is not None
-            await svc.close()
+def test_session_example_runs_as_its_readme_says(kernel_daemon):
+    out = run_script(readme_script(ROOT / "examples/session/README.md"))
+    assert out.returncode == 0, out.stderr
+    timing, revoked = out.stdout.splitlines()
+    assert re.fullmatch(
+        r"5000 calls of 64 B, p50: through the kernel [\d.]+ us, over the session [\d.]+ us",
+        timing,
+    )
+    assert revoked.startswith("after the revoke: session ")
+    assert revoked.endswith("was revoked")
