@@ -16,7 +16,14 @@ import msgspec
 
 from .client.aio import AsyncEndpointCap, AsyncKernel
 from .client.sync import EndpointCap, Kernel
-from .errors import InvalidArgumentError, InvalidCapabilityError, IPCError, PeerClosedError, Status
+from .errors import (
+    InvalidArgumentError,
+    InvalidCapabilityError,
+    IPCError,
+    PeerClosedError,
+    ResourceLimitError,
+    Status,
+)
 
 if TYPE_CHECKING:
     from .client.aio_session import AsyncSession
@@ -118,15 +125,23 @@ class ServiceClient:
             return result(self.cap.call(data, timeout=timeout).data, type, self._what)
         try:
             session = self._session or self._open(timeout)
-            reply = session.call(data, timeout=timeout).data
+            if session is None:
+                reply = self.cap.call(data, timeout=timeout).data
+            else:
+                reply = session.call(data, timeout=timeout).data
         finally:
             self._busy.release()
         return result(reply, type, self._what)
 
-    def _open(self, timeout: float | None) -> Session:
+    def _open(self, timeout: float | None) -> Session | None:
+        """The session, opened on first use; None if the service declined one (it
+        holds too many): this client then stays on the kernel path."""
         with self._lock:
-            if self._session is None:
-                self._session = self.cap.session(timeout=timeout)
+            if self._session is None and self._use_session:
+                try:
+                    self._session = self.cap.session(timeout=timeout)
+                except ResourceLimitError:
+                    self._use_session = False
             return self._session
 
     def close(self) -> None:
@@ -186,13 +201,20 @@ class AsyncServiceClient:
         self._busy = True
         try:
             session = self._session or await self._open(timeout)
-            reply = (await session.call(data, timeout=timeout)).data
+            if session is None:
+                reply = (await self.cap.call(data, timeout=timeout)).data
+            else:
+                reply = (await session.call(data, timeout=timeout)).data
         finally:
             self._busy = False
         return result(reply, type, self._what)
 
-    async def _open(self, timeout: float | None) -> AsyncSession:
-        self._session = await self.cap.session(timeout=timeout)
+    async def _open(self, timeout: float | None) -> AsyncSession | None:
+        """See ServiceClient._open."""
+        try:
+            self._session = await self.cap.session(timeout=timeout)
+        except ResourceLimitError:
+            self._use_session = False
         return self._session
 
     async def close(self) -> None:

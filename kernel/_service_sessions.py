@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import abi
 from .client.aio import AsyncEndpointCap
 from .client.aio_session import AsyncSessionServer
 from .client.session import SessionServer
@@ -20,6 +21,24 @@ from .client.sync import EndpointCap
 from .errors import IPCError
 
 log = logging.getLogger("mkipc.service")
+
+MAX_SESSIONS_PER_CALLER = 4
+"""Sessions one caller connection may hold with a service; more are declined (the
+caller then goes through the kernel). A session costs the service a thread or a
+task and a state word of its 256: one client must not take them all."""
+MAX_SESSIONS = 128
+"""Sessions a service holds at once, all callers together; more are declined."""
+
+
+def _refusal(live_callers: list[int], offer: Any) -> str | None:
+    """Why an offer is declined, or None to accept it."""
+    caller = abi.decode_offer(offer.data).sender_id
+    if live_callers.count(caller) >= MAX_SESSIONS_PER_CALLER:
+        return f"at most {MAX_SESSIONS_PER_CALLER} sessions per caller connection"
+    if len(live_callers) >= MAX_SESSIONS:
+        return f"the service holds {MAX_SESSIONS} sessions"
+    return None
+
 
 Answer = Callable[[Any, bytearray], "bytes | bytearray"]
 AsyncAnswer = Callable[[Any, bytearray], Awaitable["bytes | bytearray"]]
@@ -36,7 +55,12 @@ class SessionPool:
         self._closing = False
 
     def accept(self, ep: EndpointCap, offer: Any) -> None:
+        with self._lock:
+            why = _refusal([srv.peer_id for srv in self._live], offer)
         try:
+            if why is not None:
+                ep.decline_session(offer, why)
+                return
             srv = ep.accept_session(offer)
         except IPCError as e:  # e.g. the caller gave up meanwhile: serve the next
             log.debug("%s: session not accepted: %s", self.name, e)
@@ -99,7 +123,11 @@ class AsyncSessionPool:
         self._closing = False
 
     async def accept(self, ep: AsyncEndpointCap, offer: Any) -> None:
+        why = _refusal([srv.peer_id for srv in self._live], offer)
         try:
+            if why is not None:
+                await ep.decline_session(offer, why)
+                return
             srv = await ep.accept_session(offer)
         except IPCError as e:
             log.debug("%s: session not accepted: %s", self.name, e)

@@ -342,6 +342,12 @@ class AsyncEndpointCap(_AsyncCap):
 
         return await accept_session(self._k, self, offer)
 
+    async def decline_session(self, offer: AsyncMessage, reason: str = "") -> None:
+        """Refuse the session `offer` asks for (see EndpointCap.decline_session)."""
+        from .aio_session import decline_session
+
+        await decline_session(self._k, self, offer, reason)
+
     async def recv(self, *, timeout: float | None = None) -> AsyncMessage:
         stash = self._k._open().msg_stash.get(self.slot)
         if stash:

@@ -15,7 +15,6 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .. import abi
 from .._core.port import FULL
 from .._core.ring import RingCorruptError
 from ..abi import Op
@@ -33,7 +32,7 @@ from ._session import (
     SessionReply,
     ended_error,
 )
-from .session import RECV_BATCH
+from .session import RECV_BATCH, _offered_sid
 
 SPIN_ASYNC_NS = 30_000
 """Longest poll for a lone call's reply that blocks the event loop."""
@@ -59,6 +58,11 @@ class _AsyncSide:
     @property
     def peer(self) -> Any:
         return self._end.peer
+
+    @property
+    def peer_id(self) -> int:
+        """The kernel's id of the other side's connection (as `msg.sender_id`)."""
+        return int(self._end.port.sender_id)
 
     @property
     def closed(self) -> bool:
@@ -279,9 +283,14 @@ async def open_session(k: AsyncKernel, ep: Any, timeout: float | None) -> AsyncS
     return AsyncSession(k, SessionEnd(k._open(), c, server=False))
 
 
+async def decline_session(k: AsyncKernel, ep: Any, offer: Any, reason: str) -> None:
+    sid = _offered_sid(offer, "decline_session")
+    await k._roundtrip(
+        Op.ENDPOINT_SESSION_DECLINE, ep, "decline_session", arg=sid, payload=reason.encode()
+    )
+
+
 async def accept_session(k: AsyncKernel, ep: Any, offer: Any) -> AsyncSessionServer:
-    if not getattr(offer, "session_offer", False):
-        raise TypeError(f"accept_session needs a session offer message, not {offer!r}")
-    sid = abi.decode_offer(offer.data).sid
+    sid = _offered_sid(offer, "accept_session")
     c = await k._roundtrip(Op.ENDPOINT_SESSION_ACCEPT, ep, "accept_session", arg=sid)
     return AsyncSessionServer(k, SessionEnd(k._open(), c, server=True, badge=offer.badge))

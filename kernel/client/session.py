@@ -47,6 +47,11 @@ class _Base:
         return self._end.peer
 
     @property
+    def peer_id(self) -> int:
+        """The kernel's id of the other side's connection (as `msg.sender_id`)."""
+        return int(self._end.port.sender_id)
+
+    @property
     def closed(self) -> bool:
         return self._end.closed
 
@@ -213,10 +218,21 @@ def open_session(k: Kernel, ep: Any, timeout: float | None) -> Session:
     return Session(k, SessionEnd(k._conn, c, server=False))
 
 
-def accept_session(k: Kernel, ep: Any, offer: Any) -> SessionServer:
+def decline_session(k: Kernel, ep: Any, offer: Any, reason: str) -> None:
+    sid = _offered_sid(offer, "decline_session")
+    k._roundtrip(
+        Op.ENDPOINT_SESSION_DECLINE, ep, "decline_session", arg=sid, payload=reason.encode()
+    )
+
+
+def _offered_sid(offer: Any, verb: str) -> int:
     if not getattr(offer, "session_offer", False):
-        raise TypeError(f"accept_session needs a session offer message, not {offer!r}")
-    sid = abi.decode_offer(offer.data).sid
+        raise TypeError(f"{verb} needs a session offer message, not {offer!r}")
+    return abi.decode_offer(offer.data).sid
+
+
+def accept_session(k: Kernel, ep: Any, offer: Any) -> SessionServer:
+    sid = _offered_sid(offer, "accept_session")
     c = k._roundtrip(Op.ENDPOINT_SESSION_ACCEPT, ep, "accept_session", arg=sid)
     return SessionServer(k, SessionEnd(k._conn, c, server=True, badge=offer.badge))
 

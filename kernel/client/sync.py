@@ -308,6 +308,14 @@ class EndpointCap(_Cap):
 
         return accept_session(self._k, self, offer)
 
+    def decline_session(self, offer: Message, reason: str = "") -> None:
+        """Refuse the session `offer` asks for: the caller's `session()` raises
+        ResourceLimitError with `reason` (it can still call through the kernel).
+        Rights: RECEIVE."""
+        from .session import decline_session
+
+        decline_session(self._k, self, offer, reason)
+
     def recv(self, *, timeout: float | None = None) -> Message:
         """Wait for a message. Rights: RECEIVE."""
         stash = self._k._conn.msg_stash.get(self.slot)

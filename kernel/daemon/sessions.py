@@ -100,21 +100,36 @@ class SessionTable:
     def _opening(self, proc: Proc) -> int:
         return sum(1 for s in self.by_sid.values() if s.client is proc and s.opening)
 
-    def accept(self, server: Proc, req_id: int, sid: int, cap: Capability) -> None:
+    def _offered(self, sid: int, cap: Capability, verb: str) -> Session:
+        """The session `sid` waiting to be accepted on `cap`'s endpoint."""
         sess = self.by_sid.get(sid)
         if sess is None or sess.server is not None:
             if not 0 < sid < self.last_sid + 1:
-                raise OpError(Status.NOT_FOUND, f"session accept: there is no session {sid}")
+                raise OpError(Status.NOT_FOUND, f"session {verb}: there is no session {sid}")
             raise OpError(
                 Status.CALLER_GONE,
-                f"session accept: session {sid} no longer waits "
-                "(its caller gave up, or it was accepted already)",
+                f"session {verb}: session {sid} no longer waits "
+                "(its caller gave up, or it was answered already)",
             )
         if sess.ep is not cap.obj:
-            raise OpError(Status.INVALID_ARGS, "session accept: offered on another endpoint")
+            raise OpError(Status.INVALID_ARGS, f"session {verb}: offered on another endpoint")
         if not sess.opening:  # the caller timed out, cancelled or died
             self._forget(sess)
-            raise OpError(Status.CALLER_GONE, "session accept: the caller gave up")
+            raise OpError(Status.CALLER_GONE, f"session {verb}: the caller gave up")
+        return sess
+
+    def decline(self, sid: int, cap: Capability, why: str) -> None:
+        """The server will not take it: the caller's open fails (NO_RESOURCES) with the
+        server's reason, and it may use the endpoint through the kernel instead."""
+        sess = self._offered(sid, cap, "decline")
+        op = sess.opening[0]
+        op.finish()
+        reason = f"the server declined the session: {why}"
+        op.proc.complete(op.op, op.req_id, Status.NO_RESOURCES, payload=reason.encode())
+        self._forget(sess)
+
+    def accept(self, server: Proc, req_id: int, sid: int, cap: Capability) -> None:
+        sess = self._offered(sid, cap, "accept")
         client = sess.client
         if len(server.sessions) >= abi.MAX_SESSIONS:
             self._refuse(sess, f"the server has {abi.MAX_SESSIONS} sessions")
@@ -252,6 +267,21 @@ def session_accept(k: KernelState, proc: Proc, h: Header) -> None:
     k.sessions.accept(proc, h.req_id, h.arg, cap)
 
 
+MAX_DECLINE_REASON = 1024
+
+
+def session_decline(k: KernelState, proc: Proc, h: Header) -> None:
+    """ENDPOINT_SESSION_DECLINE: refuse session `arg` (payload: the reason, UTF-8).
+    Rights: RECEIVE."""
+    cap = k.lookup(proc, h.slot, abi.ObjectKind.ENDPOINT, Rights.RECEIVE)
+    raw = proc.sq.payload(h)
+    if len(raw) > MAX_DECLINE_REASON:
+        raise OpError(Status.INVALID_ARGS, f"session decline: a reason takes at most "
+                      f"{MAX_DECLINE_REASON} bytes")  # fmt: skip
+    k.sessions.decline(h.arg, cap, raw.decode("utf-8", "replace"))
+    proc.complete(h.opcode, h.req_id, Status.OK)
+
+
 def session_close(k: KernelState, proc: Proc, h: Header) -> None:
     """SESSION_CLOSE: end the session whose state word is `arg`, and free the word."""
     k.sessions.leave(proc, h.arg)
@@ -261,5 +291,6 @@ def session_close(k: KernelState, proc: Proc, h: Header) -> None:
 HANDLERS: dict[int, Callable[[KernelState, Proc, Header], None]] = {
     Op.ENDPOINT_SESSION_OPEN: session_open,
     Op.ENDPOINT_SESSION_ACCEPT: session_accept,
+    Op.ENDPOINT_SESSION_DECLINE: session_decline,
     Op.SESSION_CLOSE: session_close,
 }

@@ -279,6 +279,28 @@ async def test_an_async_client_keeps_one_call_on_its_session_and_the_rest_on_wor
             await svc.close()
 
 
+def test_a_service_declines_a_fifth_session_from_one_caller_which_then_uses_the_kernel(
+    kernel_daemon, tmp_path
+):
+    from kernel._service_sessions import MAX_SESSIONS_PER_CALLER
+
+    with service(tmp_path, "t.limit", "sync"), kernel.connect(autostart=False) as k:
+        svc = kernel.ServiceClient.lookup(k, "t.limit", timeout=10.0)
+        held = [svc.cap.session(timeout=10.0) for _ in range(MAX_SESSIONS_PER_CALLER)]
+        with pytest.raises(kernel.ResourceLimitError, match="per caller connection"):
+            svc.cap.session(timeout=10.0)
+        assert svc.call(Echo("still served"), timeout=5.0) == "still served"
+        assert svc._session is None  # declined: this client stays on the kernel path
+        for s in held:
+            s.close()
+        with kernel.connect(autostart=False) as other:  # another caller is not limited
+            other_svc = kernel.ServiceClient.lookup(other, "t.limit", timeout=10.0)
+            assert other_svc.call(Echo("x"), timeout=5.0) == "x"
+            assert other_svc._session is not None
+            other_svc.close()
+        svc.close()
+
+
 # ------------------------------------------------------------ the examples, as a user runs them
 
 

@@ -358,3 +358,22 @@ def test_a_session_dropped_without_close_is_ended_for_the_server(kernel_daemon):
             assert _event(rep)["error"] == "PeerClosedError"  # without waiting for exit
             with ep.session(timeout=10) as again:  # its state word was freed for reuse
                 assert again.call(b"y", timeout=10).data == b"y"
+
+
+def test_a_declined_offer_fails_the_open_with_the_servers_reason(kernel_daemon):
+    import threading
+
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        opened: list[object] = []
+        t = threading.Thread(target=lambda: opened.append(_try_open(ep)))
+        t.start()
+        offer = ep.recv(timeout=5)
+        with pytest.raises(kernel.AccessDeniedError):
+            ep.copy(Rights.SEND).decline_session(offer, "no")  # RECEIVE needed
+        ep.decline_session(offer, "too busy")
+        t.join(10)
+        assert isinstance(opened[0], kernel.ResourceLimitError)
+        assert "the server declined the session: too busy" in str(opened[0])
+        with pytest.raises(kernel.PeerClosedError, match="no longer waits"):
+            ep.accept_session(offer)  # answered already
