@@ -87,7 +87,9 @@ class Connection:
             os.close(memfd)
         self.sq, self.cq = ring_pair(self.mm, welcome.sq_size, welcome.cq_size)
         self.session_states = SessionStates(self.mm)  # the kernel's word on each session
-        self._session_fds: dict[int, list[int]] = {}  # sid -> fds read for another thread
+        # sid -> descriptor triples read but not yet claimed; a list because a session
+        # with both ends in this connection comes as two frames with one sid
+        self._session_fds: dict[int, list[list[int]]] = {}
         self._sock_lock = threading.Lock()
         self.results: dict[int, Completion] = {}
         self.abandoned: dict[int, int] = {}  # withdrawn req_id -> its cap slot
@@ -187,16 +189,13 @@ class Connection:
         """The descriptors of session `sid`: the kernel sent them on the bootstrap socket
         just before the completion that granted it, so they are there to read."""
         with self._sock_lock:
-            while sid not in self._session_fds:
-                frame, fds = _read_frame_shared(self.sock)
-                if not isinstance(frame, abi.SessionFds) or len(fds) != 3:
-                    for fd in fds:
-                        os.close(fd)
-                    self.lost = f"the kernel sent an unexpected frame: {frame!r}"
-                    self.check_open()
-                assert isinstance(frame, abi.SessionFds)
-                self._session_fds[frame.sid] = fds
-            return self._session_fds.pop(sid)
+            while not self._session_fds.get(sid):
+                self._file_frame()
+            triples = self._session_fds[sid]
+            fds = triples.pop(0)
+            if not triples:
+                del self._session_fds[sid]
+            return fds
 
     def _drop_session(self, c: Completion) -> None:
         """A session granted to a waiter that gave up: close it, waiting for nothing."""
@@ -310,7 +309,7 @@ class Connection:
 
     def check_socket(self) -> None:
         """Called when the bootstrap socket is readable: the kernel went away, or a
-        session's descriptors wait there for their reader (peek: never eat a frame)."""
+        session's descriptors wait there (peek first: never eat part of a frame)."""
         try:
             data = self.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
         except BlockingIOError:
@@ -321,6 +320,34 @@ class Connection:
         if not data:
             self.lost = self.lost or "the kernel closed the connection (it exited or shut down)"
         self.check_open()
+        self._stash_frames()
+
+    def _stash_frames(self) -> None:
+        """File the session frames waiting on the socket under their sid. A frame whose
+        completion never comes (the open failed after the kernel sent it, or its waiter
+        gave up) would otherwise keep the socket readable, and every poll() on it would
+        return at once: a busy loop. Skipped if another thread is reading it now."""
+        if not self._sock_lock.acquire(blocking=False):
+            return
+        try:
+            while select.select([self.sock], [], [], 0)[0]:
+                self._file_frame()
+        except PeerClosedError as e:  # it ended mid-frame: the kernel is gone
+            self.lost = self.lost or str(e)
+            raise
+        finally:
+            self._sock_lock.release()
+
+    def _file_frame(self) -> None:
+        """Read one frame (under _sock_lock) and file its descriptors by sid."""
+        frame, fds = _read_frame_shared(self.sock)
+        if not isinstance(frame, abi.SessionFds) or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            self.lost = f"the kernel sent an unexpected frame: {frame!r}"
+            self.check_open()
+        assert isinstance(frame, abi.SessionFds)
+        self._session_fds.setdefault(frame.sid, []).append(fds)
 
     def check_open(self) -> None:
         if self.lost is not None:
@@ -347,9 +374,10 @@ class Connection:
             self.mm.close()
             os.close(self.sq_efd)
             os.close(self.cq_efd)
-            for fds in self._session_fds.values():
-                for fd in fds:
-                    os.close(fd)
+            for triples in self._session_fds.values():
+                for fds in triples:
+                    for fd in fds:
+                        os.close(fd)
         finally:
             if polling_done:
                 self._poll_lock.release()

@@ -377,3 +377,35 @@ def test_a_declined_offer_fails_the_open_with_the_servers_reason(kernel_daemon):
         assert "the server declined the session: too busy" in str(opened[0])
         with pytest.raises(kernel.PeerClosedError, match="no longer waits"):
             ep.accept_session(offer)  # answered already
+
+
+def test_a_stray_session_frame_is_filed_not_left_to_wake_every_poll(kernel_daemon):
+    """Descriptors the kernel sent for an open that then failed (or whose waiter gave
+    up) must not stay on the socket: it would stay readable, and every sleep on it
+    would return at once."""
+    import array
+    import select
+    import socket
+
+    with kernel.connect(autostart=False) as k:
+        conn = k._conn
+        real, (ours, theirs) = conn.sock, socket.socketpair()
+        fds = [os.eventfd(0) for _ in range(3)]
+        try:
+            conn.sock = ours
+            theirs.sendmsg(
+                [abi.encode_frame(abi.SessionFds(77))],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+            )
+            conn.check_socket()  # what a sleeper does when the socket stirs
+            assert not select.select([ours], [], [], 0)[0]  # nothing left to wake anyone
+            (filed,) = conn._session_fds.pop(77)
+            assert len(filed) == 3
+            for fd in filed:
+                os.close(fd)
+        finally:
+            conn.sock = real
+            for fd in fds:
+                os.close(fd)
+            ours.close()
+            theirs.close()
