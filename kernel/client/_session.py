@@ -95,6 +95,8 @@ class SessionEnd:
 
     def check(self) -> None:
         """Raise if the session ended (the kernel's word) or this side closed it."""
+        if self.conn.lost is not None:  # closed or lost: the kernel ended every session
+            raise PeerClosedError(f"session {self.sid}: {self.conn.lost}")
         if self.closed or self.closing:
             raise PeerClosedError(f"session {self.sid}: closed")
         if self.broken is not None:
@@ -104,7 +106,7 @@ class SessionEnd:
             raise ended_error(self.sid, state)
 
     def corrupt(self, e: Exception) -> PeerClosedError:
-        self.broken = f"the peer broke the ring format ({e}); the session is closed"
+        self.broken = f"the peer broke the ring format ({e}); the session is unusable"
         return PeerClosedError(f"session {self.sid}: {self.broken}")
 
     # ------------------------------------------------------------ produce

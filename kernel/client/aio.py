@@ -56,6 +56,7 @@ class AsyncKernel:
         self._futures: dict[int, tuple[asyncio.Future[Completion], int]] = {}
         self.inherited: dict[str, AsyncEndpointCap | AsyncNotificationCap] = {}
         self._names: AsyncNames | None = None
+        self._sessions: set[Any] = set()  # open sessions (aio_session._AsyncSide)
 
     async def __aenter__(self) -> AsyncKernel:
         await self.open()
@@ -104,6 +105,8 @@ class AsyncKernel:
         self._loop.remove_reader(conn.cq_efd)
         self._loop.remove_reader(conn.sock.fileno())
         self._fail_all(PeerClosedError("the connection was closed"))
+        for side in list(self._sessions):  # the kernel ends them with the connection
+            side._abandon(PeerClosedError("the connection was closed"))
         conn.close()
 
     def _open(self) -> Connection:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .._core.port import FULL
 from .._core.ring import RingCorruptError
 from ..abi import Op
-from ..errors import CallTimeoutError
+from ..errors import CallTimeoutError, PeerClosedError
 from ._conn import CROWDED_NS, as_payload, deadline_from
 from ._session import (
     _CALL,
@@ -53,6 +53,7 @@ class _AsyncSide:
         self._loop = k._loop
         self._failure: Exception | None = None
         self._loop.add_reader(end.my_efd, self._on_doorbell)
+        k._sessions.add(self)
         self._arm()
 
     @property
@@ -122,12 +123,27 @@ class _AsyncSide:
             return
         end.closing = True
         self._loop.remove_reader(end.my_efd)
+        self._k._sessions.discard(self)
         self._fail(_closed(end.sid))
         try:
             if end.conn.lost is None:
                 await self._k._roundtrip(Op.SESSION_CLOSE, None, "session close", arg=end.index)
+        except PeerClosedError:
+            pass  # the kernel is gone, and every session with it
         finally:
             end.release()
+
+    def _abandon(self, e: Exception) -> None:
+        """The connection closes under it: fail its waiters, unmap (no kernel call)."""
+        end = self._end
+        if end.closed:
+            return
+        end.closing = True
+        self._loop.remove_reader(end.my_efd)
+        self._k._sessions.discard(self)
+        self._failure = e
+        self._fail(e)
+        end.release()
 
     async def __aenter__(self) -> Any:
         return self
@@ -139,14 +155,10 @@ class _AsyncSide:
 
 
 def _closed(sid: int) -> Exception:
-    from ..errors import PeerClosedError
-
     return PeerClosedError(f"session {sid}: closed")
 
 
 def _shut_down(sid: int) -> Exception:
-    from ..errors import PeerClosedError
-
     return PeerClosedError(f"session {sid}: shut down")
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import abi
 from ..abi import Op
-from ..errors import PeerClosedError
+from ..errors import CallTimeoutError, PeerClosedError
 from ._conn import deadline_from
 from ._session import (
     _CALL,
@@ -59,15 +59,17 @@ class _Base:
         """End the session for both sides (the peer's next operation raises
         PeerClosedError) and free its resources. Idempotent."""
         end = self._end
-        if end.closed or end.closing:
+        if end.closed:
             return
-        end.closing = True  # check() raises from now on, whatever the word says
-        try:
-            if end.conn.lost is None:  # the kernel ends it: a waiting thread wakes and leaves
-                self._k._roundtrip(Op.SESSION_CLOSE, None, "session close", arg=end.index)
-        finally:
-            with self._lock:
-                end.release()
+        if not end.closing:
+            end.closing = True  # check() raises from now on, whatever the word says
+            try:  # the kernel ends it: a waiting thread wakes and leaves
+                if end.conn.lost is None:
+                    self._k._roundtrip(Op.SESSION_CLOSE, None, "session close", arg=end.index)
+            except PeerClosedError:
+                pass  # the kernel is gone, and every session with it
+        with self._lock:
+            end.release()
 
     def __enter__(self) -> Any:
         return self
@@ -117,7 +119,7 @@ class Session(_Base):
             while (reply := end.take_reply(req_id)) is None:
                 if deadline_passed(deadline):
                     end.check()
-                    raise _timeout(end.sid)
+                    raise CallTimeoutError(f"session {end.sid}: no answer before the deadline")
                 end.wait(deadline)
             return SessionReply(reply, end.peer)
 
@@ -165,8 +167,10 @@ class SessionServer(_Base):
         does every later recv(); requests already received can still be answered.
         Then close() it. (A server's graceful stop; thread-safe.)"""
         self._draining = True
-        if not self._end.closed:
+        try:
             os.eventfd_write(self._end.my_efd, 1)  # wake a sleeping recv()
+        except OSError:
+            pass  # closed meanwhile: nobody waits
 
     @property
     def badge(self) -> int:
@@ -202,15 +206,9 @@ class SessionServer(_Base):
                 raise PeerClosedError(f"session {end.sid}: shut down")
             if deadline_passed(deadline):
                 end.check()
-                raise _timeout(end.sid)
+                raise CallTimeoutError(f"session {end.sid}: no request before the deadline")
             end.wait(deadline)
         self._ready.extend(batch)
-
-
-def _timeout(sid: int) -> Exception:
-    from ..errors import CallTimeoutError
-
-    return CallTimeoutError(f"session {sid}: no answer before the deadline")
 
 
 def open_session(k: Kernel, ep: Any, timeout: float | None) -> Session:

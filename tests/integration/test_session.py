@@ -409,3 +409,20 @@ def test_a_stray_session_frame_is_filed_not_left_to_wake_every_poll(kernel_daemo
                 os.close(fd)
             ours.close()
             theirs.close()
+
+
+def test_after_the_connection_closes_a_session_raises_peer_closed(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k)
+        with peer:
+            _event(rep)
+            k.names.register("t.close", ep.copy())
+            with kernel.connect(autostart=False) as caller:
+                s = caller.names.lookup("t.close", timeout=5).session(timeout=10)
+                assert s.call(b"x", timeout=10).data == b"x"
+            with pytest.raises(kernel.PeerClosedError, match="closed"):
+                s.call(b"y", timeout=10)
+            with pytest.raises(kernel.PeerClosedError):
+                s.send(b"z")
+            s.close()  # no error: the kernel ended it with the connection
+            assert _event(rep)["error"] == "PeerClosedError"

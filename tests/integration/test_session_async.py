@@ -109,3 +109,25 @@ async def test_revocation_fails_the_calls_in_flight(kernel_daemon):
             await s.close()
         finally:
             await _stop(server)
+
+
+async def test_closing_the_connection_fails_calls_in_flight_and_frees_the_session(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep, rep = await k.endpoint(), await k.endpoint()
+        server = await _peer(k, "hold", ep=ep, report=rep)
+        try:
+            await _event(rep)
+            await k.names.register("t.aclose", await ep.copy())
+            ak = await kernel.connect_async(autostart=False).open()
+            try:
+                s = await (await ak.names.lookup("t.aclose", timeout=5)).session(timeout=10)
+                pending = asyncio.ensure_future(s.call(b"held", timeout=20))
+                await asyncio.sleep(0.1)
+            finally:
+                ak.close()
+            with pytest.raises(kernel.PeerClosedError, match="connection was closed"):
+                await pending
+            assert s.closed
+            assert (await _event(rep))["error"] == "PeerClosedError"  # the server is told
+        finally:
+            await _stop(server)
