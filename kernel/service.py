@@ -20,6 +20,10 @@ one msgpack decode. SIGINT/SIGTERM stop a service cleanly: the name goes first (
 new lookups), every worker finishes the request in hand, then the endpoint is
 revoked and closed, so calls still queued fail at once instead of timing out.
 
+A client's calls go over a direct session when they can (kernel/_service_sessions.py:
+accepted here, opened by ServiceClient on its first call): about a third of the cost
+of a call through the kernel. A stop answers what the session handlers hold too.
+
 The clients and the wire format (for clients in other languages) are in
 kernel/_service_client.py.
 """
