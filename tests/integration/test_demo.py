@@ -16,6 +16,7 @@ def test_demo_prints_latency_beside_os_pipe_and_leaves_no_server_behind(kernel_d
     )
     assert out.returncode == 0, out.stderr
     assert "answered b'hello, kernel'" in out.stdout
+    assert re.search(r"mkipc session call\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+x", out.stdout)
     assert re.search(r"mkipc call/reply\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+x", out.stdout)
     assert re.search(r"os\.pipe ping-pong\s+\d+\.\d+\s+\d+\.\d+\s+1\.00x", out.stdout)
     server_pid = int(re.search(r"echo server pid (\d+)", out.stdout).group(1))
