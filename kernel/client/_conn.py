@@ -329,8 +329,10 @@ class Connection:
         return at once: a busy loop. Skipped if another thread is reading it now."""
         if not self._sock_lock.acquire(blocking=False):
             return
+        ready = select.poll()  # not select(): a busy process may have fds above 1023
+        ready.register(self.sock, select.POLLIN)
         try:
-            while select.select([self.sock], [], [], 0)[0]:
+            while ready.poll(0):
                 self._file_frame()
         except PeerClosedError as e:  # it ended mid-frame: the kernel is gone
             self.lost = self.lost or str(e)
