@@ -20,7 +20,6 @@ clients sweep (kernel/bench/clients.py), where each client process opens its own
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -31,7 +30,7 @@ from array import array
 
 import kernel
 from kernel.bench.mechanisms import PeerLostError, make_payload, register
-from kernel.bench.mechanisms.mkipc_async import BURST, IN_FLIGHT
+from kernel.bench.mechanisms.mkipc_async import BURST, burst_in_flight, timed_calls
 from kernel.bench.mechanisms.mkipc_call import _START_TIMEOUT_S, _MkipcMechanism, serve_role
 from kernel.bench.mechanisms.oneway_os import MAX_BATCH, burst_size
 
@@ -178,21 +177,8 @@ class MkipcSessionAsyncCall(_AsyncSessionMechanism):
         self._loop.run_until_complete(self._aclient.call(self._payload))
 
     def time_roundtrips(self, count: int, deadline_ns: int, pace_s: float) -> array[int]:
-        return self._loop.run_until_complete(self._timed(count, deadline_ns, pace_s))
-
-    async def _timed(self, count: int, deadline_ns: int, pace_s: float) -> array[int]:
-        clock, call, payload = time.perf_counter_ns, self._aclient.call, self._payload
-        out = array("q")
-        for _ in range(count):
-            t0 = clock()
-            await call(payload)
-            t1 = clock()
-            out.append(t1 - t0)
-            if t1 > deadline_ns:
-                break
-            if pace_s:
-                await asyncio.sleep(pace_s)
-        return out
+        timed = timed_calls(self._aclient.call, self._payload, count, deadline_ns, pace_s)
+        return self._loop.run_until_complete(timed)
 
 
 @register
@@ -204,16 +190,7 @@ class MkipcSessionAsyncInFlight(_AsyncSessionMechanism):
     batch = BURST
 
     def roundtrip(self) -> None:
-        self._loop.run_until_complete(self._burst())
-
-    async def _burst(self) -> None:
-        call, payload = self._aclient.call, self._payload
-
-        async def task() -> None:
-            for _ in range(BURST // IN_FLIGHT):
-                await call(payload)
-
-        await asyncio.gather(*(task() for _ in range(IN_FLIGHT)))
+        self._loop.run_until_complete(burst_in_flight(self._aclient.call, self._payload))
 
 
 class SessionService(_SessionMechanism):
