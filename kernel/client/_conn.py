@@ -36,6 +36,17 @@ SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SPIN_US", "100")) * 1000)
 """Adaptive spin before sleeping: grows while replies come within it, shrinks when not."""
 
 
+def next_spin(spin_ns: int, found: bool, crowded: bool, lo: int, hi: int) -> int:
+    """The adaptive spin budget after a spin: it grows (to `hi`) while answers come
+    within it and shrinks (to `lo`) when not. A crowded machine (a sched_yield that
+    let others run for CROWDED_NS) drops it to `lo` even if the answer came
+    meanwhile: it came because we stepped aside, and spinning on would steal the CPU
+    of whoever must answer the next call."""
+    if crowded:
+        return lo
+    return min(hi, spin_ns * 2) if found else max(lo, spin_ns // 2)
+
+
 def deadline_from(timeout: float | None) -> int:
     """Turn a timeout into the absolute deadline the kernel enforces (STYLE §5)."""
     if timeout is None:
@@ -264,21 +275,10 @@ class Connection:
             del self._sleeping[req_id]
 
     def _block(self) -> None:
-        """Spin (adaptively, bounded), then sleep on the completion eventfd.
-
-        The spin grows while answers come within it and shrinks when not. A crowded
-        machine (a sched_yield that let others run for CROWDED_NS) counts as a miss
-        even if the answer came meanwhile: it came because we stepped aside, and
-        spinning on would steal the CPU of whoever must answer the next call.
-        """
+        """Spin (adaptively, bounded: next_spin), then sleep on the completion eventfd."""
         cq = self.cq
         found = cq.spin(self._spin_ns, 0, CROWDED_NS)
-        if cq.crowded:
-            self._spin_ns = SPIN_MIN_NS
-        elif found:
-            self._spin_ns = min(SPIN_MAX_NS, self._spin_ns * 2)
-        else:
-            self._spin_ns = max(SPIN_MIN_NS, self._spin_ns // 2)
+        self._spin_ns = next_spin(self._spin_ns, found, cq.crowded, SPIN_MIN_NS, SPIN_MAX_NS)
         if found:
             return
         if not self.cq.prepare_sleep():
@@ -441,9 +441,7 @@ def _recv_frame(sock: socket.socket) -> tuple[abi.Handshake, list[int]]:
         data, anc, _, _ = sock.recvmsg(65536, socket.CMSG_LEN(3 * 4))
         if not data:
             raise PeerClosedError("the kernel closed the connection during the handshake")
-        for level, kind, raw in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.extend(array.array("i", raw[: len(raw) - len(raw) % 4]))
+        fds += _passed_fds(anc)
         buf += data
     sock.settimeout(None)
     return abi.decode_frame(buf[4:]), fds
@@ -488,8 +486,15 @@ def _read_exact(sock: socket.socket, n: int, deadline: float, fds: list[int]) ->
             continue
         if not data:
             raise PeerClosedError("the kernel closed the connection")
-        for level, kind, raw in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.extend(array.array("i", raw[: len(raw) - len(raw) % 4]))
+        fds += _passed_fds(anc)
         buf += data
     return buf
+
+
+def _passed_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors an SCM_RIGHTS message carried (recvmsg's ancillary data)."""
+    out: list[int] = []
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            out.extend(array.array("i", raw[: len(raw) - len(raw) % 4]))
+    return out

@@ -31,7 +31,7 @@ from ..errors import (
     error_for,
 )
 from ._common import Credentials
-from ._conn import CROWDED_NS, Connection
+from ._conn import CROWDED_NS, Connection, next_spin
 
 SPIN_MIN_NS = 2_000
 SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SESSION_SPIN_US", "200")) * 1000)
@@ -128,12 +128,17 @@ class SessionEnd:
             raise
 
     def wait_for_space(self, deadline: int) -> None:
+        self.before_space_wait(deadline)
+        time.sleep(SPACE_WAIT_S)
+
+    def before_space_wait(self, deadline: int) -> None:
+        """The ring is full: raise if the session, the kernel or the deadline is over,
+        and nudge the peer. The faces then wait SPACE_WAIT_S, each its own way."""
         self.check()
         self.conn.check_socket()  # a dead kernel never writes the word: ask its socket
         if 0 <= deadline < time.monotonic_ns():
             raise CallTimeoutError(f"session {self.sid}: the peer does not drain the ring")
         os.eventfd_write(self.peer_efd, 1)  # it may have gone to sleep with work queued
-        time.sleep(SPACE_WAIT_S)
 
     # ------------------------------------------------------------ consume
 
@@ -162,12 +167,7 @@ class SessionEnd:
         there, the session ends, or `deadline` (CallTimeoutError)."""
         ring = self.inbox
         found = ring.spin(self._spin_ns, YIELD_AFTER_NS, CROWDED_NS)
-        if ring.crowded:
-            self._spin_ns = SPIN_MIN_NS
-        elif found:
-            self._spin_ns = min(SPIN_MAX_NS, self._spin_ns * 2)
-        else:
-            self._spin_ns = max(SPIN_MIN_NS, self._spin_ns // 2)
+        self._spin_ns = next_spin(self._spin_ns, found, ring.crowded, SPIN_MIN_NS, SPIN_MAX_NS)
         if found:
             return
         self.check()

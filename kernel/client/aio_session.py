@@ -19,7 +19,7 @@ from .._core.port import FULL
 from .._core.ring import RingCorruptError
 from ..abi import Op
 from ..errors import CallTimeoutError, PeerClosedError
-from ._conn import CROWDED_NS, as_payload, deadline_from
+from ._conn import CROWDED_NS, as_payload, deadline_from, next_spin
 from ._session import (
     _CALL,
     _REPLY,
@@ -110,10 +110,7 @@ class _AsyncSide:
             if code != FULL:
                 raise ended_error(end.sid, code)
             self._check()
-            end.conn.check_socket()  # a dead kernel never writes the word: ask its socket
-            if 0 <= deadline < time.monotonic_ns():
-                raise CallTimeoutError(f"session {end.sid}: the peer does not drain the ring")
-            os.eventfd_write(end.peer_efd, 1)
+            end.before_space_wait(deadline)
             await asyncio.sleep(SPACE_WAIT_S)
 
     async def close(self) -> None:
@@ -224,11 +221,13 @@ class AsyncSession(_AsyncSide):
         end = self._end
         if fut.done() or len(self._futures) != 1 or end.closed:
             return
-        if end.inbox.spin(self._spin_ns, YIELD_AFTER_NS, CROWDED_NS):
-            self._spin_ns = min(SPIN_ASYNC_NS, self._spin_ns * 2)
+        ring = end.inbox
+        found = ring.spin(self._spin_ns, YIELD_AFTER_NS, CROWDED_NS)
+        self._spin_ns = next_spin(
+            self._spin_ns, found, crowded=False, lo=SPIN_MIN_NS, hi=SPIN_ASYNC_NS
+        )
+        if found:
             self._on_doorbell()
-        else:
-            self._spin_ns = max(SPIN_MIN_NS, self._spin_ns // 2)
 
     async def send(self, data: Data, *, timeout: float | None = None) -> None:
         """One-way: queue `data` for the server; waits only while the ring is full."""
