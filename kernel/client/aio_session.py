@@ -19,7 +19,7 @@ from .._core.port import FULL
 from .._core.ring import RingCorruptError
 from ..abi import Op
 from ..errors import CallTimeoutError, PeerClosedError
-from ._conn import CROWDED_NS, as_payload, deadline_from, next_spin
+from ._conn import CROWDED_NS, deadline_from, next_spin
 from ._session import (
     _CALL,
     _REPLY,
@@ -189,14 +189,13 @@ class AsyncSession(_AsyncSide):
     async def call(self, data: Data, *, timeout: float | None = None) -> SessionReply:
         """Send `data` and wait for its reply; the timeout covers both. Cancelling the
         task drops the call (its reply, if it comes, is discarded)."""
-        payload = as_payload(data)
         deadline = deadline_from(timeout)
         self._check()
         req_id, self._next_id = self._next_id, self._next_id + 1
         fut: asyncio.Future[Completion] = self._loop.create_future()
         self._futures[req_id] = fut
         try:
-            await self._put(_CALL, req_id, payload, deadline)
+            await self._put(_CALL, req_id, data, deadline)  # the port validates it
             if len(self._futures) == 1:
                 # After whatever is ready now: other tasks about to call make it moot.
                 self._loop.call_soon(self._spin_for, fut)
@@ -231,9 +230,8 @@ class AsyncSession(_AsyncSide):
 
     async def send(self, data: Data, *, timeout: float | None = None) -> None:
         """One-way: queue `data` for the server; waits only while the ring is full."""
-        payload = as_payload(data)
         self._check()
-        await self._put(_SEND, 0, payload, deadline_from(timeout))
+        await self._put(_SEND, 0, data, deadline_from(timeout))  # the port validates it
 
 
 class AsyncSessionServer(_AsyncSide):
