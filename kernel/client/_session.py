@@ -214,6 +214,26 @@ class SessionEnd:
         os.close(self.peer_efd)
 
 
+class SessionView:
+    """What both faces' session objects show of their side (`_end`)."""
+
+    _end: SessionEnd
+
+    @property
+    def peer(self) -> Credentials:
+        """The other side's pid/uid/gid, as the kernel verified them."""
+        return self._end.peer
+
+    @property
+    def peer_id(self) -> int:
+        """The kernel's id of the other side's connection (as `msg.sender_id`)."""
+        return int(self._end.port.sender_id)
+
+    @property
+    def closed(self) -> bool:
+        return self._end.closed
+
+
 def deadline_passed(deadline: int) -> bool:
     return 0 <= deadline <= time.monotonic_ns()
 

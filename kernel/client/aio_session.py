@@ -30,6 +30,7 @@ from ._session import (
     SessionEnd,
     SessionMessage,
     SessionReply,
+    SessionView,
     ended_error,
 )
 from .session import RECV_BATCH, _offered_sid
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 Data = bytes | bytearray | memoryview
 
 
-class _AsyncSide:
+class _AsyncSide(SessionView):
     """Doorbell handling shared by both roles."""
 
     def __init__(self, k: AsyncKernel, end: SessionEnd) -> None:
@@ -55,19 +56,6 @@ class _AsyncSide:
         self._loop.add_reader(end.my_efd, self._on_doorbell)
         k._sessions.add(self)
         self._arm()
-
-    @property
-    def peer(self) -> Any:
-        return self._end.peer
-
-    @property
-    def peer_id(self) -> int:
-        """The kernel's id of the other side's connection (as `msg.sender_id`)."""
-        return int(self._end.port.sender_id)
-
-    @property
-    def closed(self) -> bool:
-        return self._end.closed
 
     def _arm(self) -> None:
         if not self._end.inbox.prepare_sleep():  # something landed meanwhile

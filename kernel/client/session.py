@@ -19,6 +19,7 @@ from ._session import (
     SessionEnd,
     SessionMessage,
     SessionReply,
+    SessionView,
     deadline_passed,
     ended_error,
     too_large,
@@ -33,27 +34,13 @@ if TYPE_CHECKING:
 Data = bytes | bytearray | memoryview
 
 
-class _Base:
+class _Base(SessionView):
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         self._k = k
         self._end = end
         # Held while a thread waits on the rings (it may spin without the GIL): close()
         # from another thread ends the session first, then unmaps once that thread left.
         self._lock = threading.Lock()
-
-    @property
-    def peer(self) -> Any:
-        """The other side's pid/uid/gid, as the kernel verified them."""
-        return self._end.peer
-
-    @property
-    def peer_id(self) -> int:
-        """The kernel's id of the other side's connection (as `msg.sender_id`)."""
-        return int(self._end.port.sender_id)
-
-    @property
-    def closed(self) -> bool:
-        return self._end.closed
 
     def close(self) -> None:
         """End the session for both sides (the peer's next operation raises
