@@ -11,6 +11,9 @@ FULL: int
 NOT_A_CALL: int
 TOO_LARGE: int
 CLOSED: int
+READY: int
+SOCKET: int
+TIMEOUT: int
 
 @disjoint_base
 class SessionPort:
@@ -26,6 +29,11 @@ class SessionPort:
         badge: int,
         sender: Any,
         sender_id: int,
+        my_efd: int = -1,
+        sock_fd: int = -1,
+    ) -> None: ...
+    def set_spin(
+        self, spin_min: int, spin_max: int, yield_after_ns: int, crowded_ns: int
     ) -> None: ...
     @property
     def sid(self) -> int: ...
@@ -40,6 +48,9 @@ class SessionPort:
     def send_many(self, payloads: list[Any], start: int) -> int: ...
     def recv_many(self, out: list[Any], max_n: int) -> int: ...
     def take_reply(self, req_id: int) -> bytes | None: ...
+    def call(self, req_id: int, payload: Buffer, deadline: int) -> bytes | int: ...
+    def recv_wait(self, out: list[Any], max_n: int, deadline: int) -> int: ...
+    def wait(self, deadline: int) -> int: ...
 
 @disjoint_base
 class SessionMessage:  # made only by SessionPort.recv_many()

@@ -14,11 +14,22 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from cpython.bytes cimport PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint16_t, uint64_t
 from libc.string cimport memset
-from posix.unistd cimport write
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport read, write
 
 from kernel._core.ring cimport (
-    HDR_SIZE, Header, Ring, SessionStates, mk_exchange_u32, mk_hdr, mk_load_acquire_u64,
+    HDR_SIZE, Header, Ring, SessionStates, mk_cpu_relax, mk_exchange_u32, mk_fence, mk_hdr,
+    mk_load_acquire_u64, mk_store_u32, mk_yield,
 )
+
+cdef extern from "<poll.h>" nogil:
+    ctypedef unsigned long nfds_t
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, nfds_t nfds, int timeout)
+    enum: POLLIN
 
 cdef enum:
     OP_SEND = 10
@@ -30,6 +41,16 @@ cdef enum:
 OK, FULL = 0, 1
 """Return codes of the write methods; a negative code is the Status the session
 ended with (the kernel's word)."""
+
+READY, SOCKET, TIMEOUT = 0, 5, 6
+"""Return codes of wait(): a record may be there; the kernel's socket is readable
+(it went away, or a frame waits: the client library looks); the deadline passed."""
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef class SessionPort:
@@ -46,15 +67,31 @@ cdef class SessionPort:
     cdef readonly object sender       # the peer's Credentials, as the kernel verified them
     cdef readonly uint64_t sender_id
     cdef readonly uint64_t sid
+    cdef int my_efd                   # our doorbell, and the kernel's socket: wait() polls both
+    cdef int sock_fd
+    cdef int64_t spin_ns, spin_min, spin_max, yield_after_ns, crowded_ns
 
     def __init__(self, uint64_t sid, Ring out, Ring inbox, SessionStates states,
                  Py_ssize_t index, int peer_efd, Py_ssize_t max_payload, uint64_t badge,
-                 sender, uint64_t sender_id):
+                 sender, uint64_t sender_id, int my_efd=-1, int sock_fd=-1):
         self.sid = sid
         self.out, self.inbox, self.states, self.index = out, inbox, states, index
         self.peer_efd, self.max_payload = peer_efd, max_payload
         self.badge, self.sender, self.sender_id = badge, sender, sender_id
+        self.my_efd, self.sock_fd = my_efd, sock_fd
+        self.set_spin(2000, 200000, 1000, 0)
         states._word(index)   # validates the index
+
+    def set_spin(self, int64_t spin_min, int64_t spin_max, int64_t yield_after_ns,
+                 int64_t crowded_ns):
+        """wait()'s busy-poll before it sleeps (kernel/client/_session.py has the
+        figures): adaptive between the bounds, sched_yield() after `yield_after_ns`,
+        and the minimum once a yield took `crowded_ns` (0: never)."""
+        if not 0 <= spin_min <= spin_max or yield_after_ns < 0 or crowded_ns < 0:
+            raise ValueError("spin bounds must satisfy 0 <= min <= max, others >= 0")
+        self.spin_min, self.spin_max = spin_min, spin_max
+        self.yield_after_ns, self.crowded_ns = yield_after_ns, crowded_ns
+        self.spin_ns = spin_max // 2
 
     cdef inline int64_t _state(self) except? -1:
         # SYNC POINT: acquire; the kernel releases the word, then writes our doorbell.
@@ -140,6 +177,9 @@ cdef class SessionPort:
         """The payload of the reply to `req_id` if it is there, else None. Other
         records (replies to calls that timed out) are dropped: a late answer never
         reaches a later call."""
+        return self._take_reply(req_id)
+
+    cdef object _take_reply(self, uint64_t req_id):
         cdef Header h
         cdef object data
         while True:
@@ -152,6 +192,130 @@ cdef class SessionPort:
             self.inbox.consume_record(h)
             if data is not None:
                 return data
+
+    # ------------------------------------------------------------ waiting
+    #
+    # After 10 ms of idleness every instruction runs cache-cold (on this VM a
+    # Python-level wait cost ~15 µs between the doorbell and the handler), so
+    # the whole wait is here: spin, announce the sleep, poll, clear.
+
+    def call(self, uint64_t req_id, payload, int64_t deadline):
+        """Write a call and wait for its reply: the reply's bytes, or a code for
+        the client library's slow path: FULL (nothing written), SOCKET or TIMEOUT
+        (written, no reply yet), or the ended Status (< 0)."""
+        cdef int64_t code = self._state()
+        if code != ST_OPEN:
+            return code
+        if not self._put(OP_CALL, req_id, payload):
+            return FULL
+        self._doorbell()
+        while True:
+            data = self._take_reply(req_id)
+            if data is not None:
+                return data
+            code = self._wait(deadline)
+            if code != READY:
+                return code
+
+    def recv_wait(self, list out, Py_ssize_t max_n, int64_t deadline):
+        """recv_many(), waiting (once) for a record if none is there. Returns how
+        many were taken; 0 when the wait ended without one (woken, the deadline,
+        or the kernel's socket: the caller looks); or the ended Status (< 0)."""
+        cdef int64_t code = self.recv_many(out, max_n)
+        if code != 0:
+            return code
+        code = self._wait(deadline)
+        if code < 0:
+            return code
+        return self.recv_many(out, max_n) if code == READY else 0
+
+    def wait(self, int64_t deadline):
+        """Wait until a record may be there: READY, SOCKET, TIMEOUT or the ended
+        Status (< 0). Spins first (set_spin), then sleeps on the doorbell."""
+        return self._wait(deadline)
+
+    cdef int64_t _wait(self, int64_t deadline) except? -1000:
+        cdef Ring ring = self.inbox
+        cdef int64_t st
+        ring._check_open()
+        if self._spin():
+            return READY
+        st = self._state()
+        if st != ST_OPEN:
+            return st
+        mk_store_u32(ring.waiting_p, 1)
+        mk_fence()   # SYNC POINT: pairs with the exchange in the peer's _doorbell()
+        if mk_load_acquire_u64(ring.tail_p) != ring.head:
+            mk_store_u32(ring.waiting_p, 0)
+            return READY
+        try:
+            st = self._state()   # the kernel writes the doorbell after the word: no lost end
+            return self._sleep(deadline) if st == ST_OPEN else st
+        finally:
+            mk_store_u32(ring.waiting_p, 0)
+
+    cdef int64_t _sleep(self, int64_t deadline) except? -1000:
+        cdef pollfd fds[2]
+        cdef int ms = -1, rc
+        cdef int64_t left
+        cdef uint64_t count
+        if deadline >= 0:
+            left = deadline - _now_ns()
+            if left <= 0:
+                return TIMEOUT
+            ms = <int>min(left // 1000000 + 1, 2**30)
+        fds[0].fd, fds[0].events, fds[0].revents = self.my_efd, POLLIN, 0
+        fds[1].fd, fds[1].events, fds[1].revents = self.sock_fd, POLLIN, 0
+        with nogil:
+            rc = poll(fds, 2, ms)
+        if rc == 0:
+            return TIMEOUT
+        if rc > 0 and fds[0].revents:
+            read(self.my_efd, &count, 8)   # non-blocking: another thread may have read it
+        if rc > 0 and fds[1].revents:
+            return SOCKET
+        return READY   # the doorbell, or a signal (EINTR): the caller looks again
+
+    cdef bint _spin(self):
+        """Busy-poll the inbox for up to spin_ns, adapting it as
+        kernel/client/_conn.py next_spin() says (grow on success, halve on a miss,
+        the minimum on a crowded machine). The GIL is released meanwhile."""
+        cdef Ring ring = self.inbox
+        cdef int64_t budget = self.spin_ns, yield_after = self.yield_after_ns
+        cdef int64_t crowded_ns = self.crowded_ns, start, now, after
+        cdef uint64_t i = 0, head = ring.head
+        cdef const uint64_t *tail_p = ring.tail_p
+        cdef bint found = False, crowded = False
+        with nogil:
+            start = _now_ns()
+            now = start
+            while True:
+                if mk_load_acquire_u64(tail_p) != head:
+                    found = True
+                    break
+                i += 1
+                if (i & 31) == 0:
+                    now = _now_ns()
+                    if now - start >= budget:
+                        break
+                if now - start >= yield_after:
+                    mk_yield()
+                    if crowded_ns > 0:
+                        after = _now_ns()
+                        if after - now >= crowded_ns:
+                            crowded = True
+                            found = mk_load_acquire_u64(tail_p) != head
+                            break
+                        now = after
+                else:
+                    mk_cpu_relax()
+        if crowded:
+            self.spin_ns = self.spin_min
+        elif found:
+            self.spin_ns = min(self.spin_max, budget * 2)
+        else:
+            self.spin_ns = max(self.spin_min, budget // 2)
+        return found
 
 
 cdef inline bytes _payload(Ring ring, Header h):

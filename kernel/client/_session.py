@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import mmap
 import os
-import select
 import time
 from typing import Any
 
 from .. import abi
-from .._core.port import CLOSED, FULL, NOT_A_CALL, TOO_LARGE, SessionPort, set_error_hook
+from .._core.port import (
+    CLOSED,
+    FULL,
+    NOT_A_CALL,
+    SOCKET,
+    TOO_LARGE,
+    SessionPort,
+    set_error_hook,
+)
 from .._core.port import SessionMessage as SessionMessage
 from .._core.ring import Completion, RingCorruptError, ring_pair
 from ..abi import Op
@@ -31,7 +38,7 @@ from ..errors import (
     error_for,
 )
 from ._common import Credentials
-from ._conn import CROWDED_NS, Connection, next_spin
+from ._conn import CROWDED_NS, Connection
 
 SPIN_MIN_NS = 2_000
 SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SESSION_SPIN_US", "200")) * 1000)
@@ -84,12 +91,12 @@ class SessionEnd:
         )
         self.port = SessionPort(
             info.sid, self.out, self.inbox, conn.session_states, self.index, self.peer_efd,
-            abi.MAX_PAYLOAD, badge, self.peer, info.sender_id,
+            abi.MAX_PAYLOAD, badge, self.peer, info.sender_id, self.my_efd, conn.sock.fileno(),
         )  # fmt: skip
+        self.port.set_spin(min(SPIN_MIN_NS, SPIN_MAX_NS), SPIN_MAX_NS, YIELD_AFTER_NS, CROWDED_NS)
         self.broken: str | None = None  # the peer broke the ring format
         self.closing = False  # this side asked the kernel to end it
         self.closed = False  # unmapped
-        self._spin_ns = SPIN_MAX_NS // 2
 
     # ------------------------------------------------------------ state
 
@@ -149,10 +156,16 @@ class SessionEnd:
             raise self.corrupt(e) from None
         return data
 
-    def take_many(self, out: list[Any], max_n: int) -> int:
-        """Move up to `max_n` received messages into `out`; raise if it ended."""
+    def take_many(self, out: list[Any], max_n: int, wait_until: int | None = None) -> int:
+        """Move up to `max_n` received messages into `out`; raise if it ended. With
+        `wait_until` (a deadline), wait once for a message when none is there: 0
+        then means the wait ended without one (woken, the deadline, or the kernel's
+        socket is readable)."""
         try:
-            n = int(self.port.recv_many(out, max_n))
+            if wait_until is None:
+                n = int(self.port.recv_many(out, max_n))
+            else:
+                n = int(self.port.recv_wait(out, max_n, wait_until))
         except RingCorruptError as e:
             raise self.corrupt(e) from None
         except ValueError:  # released: this side closed it
@@ -163,41 +176,22 @@ class SessionEnd:
         return n
 
     def wait(self, deadline: int) -> None:
-        """Spin (adaptively, bounded), then sleep on the doorbell until a record is
-        there, the session ends, or `deadline` (CallTimeoutError)."""
-        ring = self.inbox
-        found = ring.spin(self._spin_ns, YIELD_AFTER_NS, CROWDED_NS)
-        self._spin_ns = next_spin(self._spin_ns, found, ring.crowded, SPIN_MIN_NS, SPIN_MAX_NS)
-        if found:
-            return
-        self.check()
-        if not ring.prepare_sleep():
-            return
+        """Spin (adaptively, bounded), then sleep on the doorbell until a record may
+        be there, the session ends, or `deadline` (the caller's loop raises then)."""
         try:
-            self.check()  # the kernel writes the doorbell after the word: no lost end
-            self._sleep(deadline)
-        finally:
-            ring.end_sleep()
+            code = int(self.port.wait(deadline))
+        except ValueError:  # released: this side closed it
+            self.check()
+            raise
+        self.after_wait(code)
 
-    def _sleep(self, deadline: int) -> None:
-        if deadline < 0:
-            ms = -1
-        else:
-            left = deadline - time.monotonic_ns()
-            if left <= 0:
-                raise CallTimeoutError(f"session {self.sid}: the deadline passed")
-            ms = max(1, -(-left // 1_000_000))
-        poller = select.poll()
-        poller.register(self.my_efd, select.POLLIN)
-        poller.register(self.conn.sock, select.POLLIN)  # the kernel's end: nobody can revoke
-        for fd, _ in poller.poll(ms):
-            if fd == self.my_efd:
-                try:
-                    os.eventfd_read(self.my_efd)
-                except BlockingIOError:
-                    pass
-            else:
-                self.conn.check_socket()
+    def after_wait(self, code: int) -> None:
+        """Act on a compiled wait's code (SessionPort.wait, .call, .recv_wait)."""
+        if code == SOCKET:
+            self.conn.check_socket()  # a dead kernel never writes the word: ask its socket
+        elif code < 0:
+            self.check()  # this side's own close, or a lost connection, says it better
+            raise ended_error(self.sid, code)
 
     # ------------------------------------------------------------ teardown
 

@@ -10,6 +10,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import abi
+from .._core.port import FULL
+from .._core.ring import RingCorruptError
 from ..abi import Op
 from ..errors import CallTimeoutError, PeerClosedError
 from ._conn import deadline_from
@@ -89,6 +91,7 @@ class Session(_Base):
         super().__init__(k, end)
         self._next_id = 1
         self._send = end.port.send
+        self._call = end.port.call
 
     def call(self, data: Data, *, timeout: float | None = None) -> SessionReply:
         """Send `data` and wait for the reply; the timeout covers both.
@@ -102,7 +105,21 @@ class Session(_Base):
         with self._lock:
             req_id = self._next_id
             self._next_id = req_id + 1
-            end.send(_CALL, req_id, data, deadline)
+            try:  # one compiled step: write, wait, take the reply
+                first = self._call(req_id, data, deadline)
+            except OverflowError:
+                first = FULL  # nothing written: the slow path names it
+            except ValueError:  # released: this side closed it
+                end.check()
+                raise
+            except RingCorruptError as e:  # never resend: the call may have gone out
+                raise end.corrupt(e) from None
+            if isinstance(first, bytes):
+                return SessionReply(first, end.peer)
+            if first == FULL:  # not written: wait for room (or raise)
+                end.send(_CALL, req_id, data, deadline)
+            else:
+                end.after_wait(int(first))
             while (reply := end.take_reply(req_id)) is None:
                 if deadline_passed(deadline):
                     end.check()
@@ -188,13 +205,15 @@ class SessionServer(_Base):
     def _fill(self, deadline: int) -> None:
         end = self._end
         batch: list[SessionMessage] = []
-        while not end.take_many(batch, RECV_BATCH):
+        # Shut down: no more waiting (shutdown()'s doorbell may be spent), but what
+        # already arrived is still taken.
+        while not end.take_many(batch, RECV_BATCH, None if self._draining else deadline):
             if self._draining:
                 raise PeerClosedError(f"session {end.sid}: shut down")
             if deadline_passed(deadline):
                 end.check()
                 raise CallTimeoutError(f"session {end.sid}: no request before the deadline")
-            end.wait(deadline)
+            end.conn.check_socket()  # the wait may have ended for the kernel's socket
         self._ready.extend(batch)
 
 

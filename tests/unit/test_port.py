@@ -72,3 +72,55 @@ def test_a_malformed_record_raises_instead_of_reading_past_it(ports):
     shared[abi.OFF_SQ_TAIL : abi.OFF_SQ_TAIL + 8] = (8).to_bytes(8, "little")
     with pytest.raises(RingCorruptError):
         server.recv_many([], 10)
+
+
+def test_wait_spins_for_a_record_then_sleeps_until_the_deadline(ports):
+    import os
+    import time
+
+    from kernel._core.port import READY, TIMEOUT
+
+    caller, _, states, shared = ports
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    requests, replies = ring_pair(shared, RING, RING)  # the server's view, with a doorbell
+    try:
+        sleeper = SessionPort(1, replies, requests, states, 3, -1, 1000, 0, "caller", 8, efd, -1)
+        sleeper.set_spin(1000, 20_000, 1000, 0)
+        t0 = time.monotonic_ns()
+        assert sleeper.wait(t0 + 30_000_000) == TIMEOUT  # spun, then slept on the doorbell
+        assert time.monotonic_ns() - t0 >= 20_000_000
+        assert sleeper.wait(0) == TIMEOUT  # a passed deadline: at once
+        caller.send(abi.Op.ENDPOINT_SEND, 0, b"x")
+        assert sleeper.wait(-1) == READY  # the spin sees it: no sleep, no doorbell needed
+        out: list = []
+        assert sleeper.recv_wait(out, 4, 0) == 1
+        assert sleeper.recv_wait(out, 4, 0) == 0  # nothing more: the wait timed out
+    finally:
+        requests.close()
+        replies.close()
+        os.close(efd)
+
+
+def test_call_returns_the_reply_or_the_code_of_the_slow_path(ports):
+    from kernel._core.port import TIMEOUT
+
+    caller, server, states, _ = ports
+    caller.set_spin(1000, 2000, 1000, 0)
+    assert caller.call(7, b"q", 0) == TIMEOUT  # written; nobody answered
+    out: list = []
+    assert server.recv_many(out, 4) == 1
+    out[0].reply(b"a")
+    assert caller.take_reply(7) == b"a"
+    while caller.send(abi.Op.ENDPOINT_SEND, 0, b"x" * 100) == OK:
+        pass
+    assert caller.call(8, b"q", -1) == FULL  # nothing written
+    states.set(3, -22)
+    assert caller.call(9, b"q", -1) == -22
+
+
+def test_set_spin_rejects_bounds_that_cannot_hold(ports):
+    caller, _, _, _ = ports
+    with pytest.raises(ValueError):
+        caller.set_spin(10, 5, 0, 0)
+    with pytest.raises(ValueError):
+        caller.set_spin(0, 5, -1, 0)
