@@ -31,6 +31,7 @@ from .client.session import Session as Session
 from .client.session import SessionMessage as SessionMessage
 from .client.session import SessionReply as SessionReply
 from .client.session import SessionServer as SessionServer
+from .client.session_group import SessionGroup as SessionGroup
 from .client.sync import EndpointCap as EndpointCap
 from .client.sync import Kernel as Kernel
 from .client.sync import Message as Message

@@ -14,8 +14,9 @@ offer and serves the session in its main thread until this process closes it, th
   fails the row. N follows oneway_os.burst_size, as for the other one-way rows.
 
 Payloads above kernel.MAX_PAYLOAD are refused by mkipc by design; those rows say so.
-The ``sessions`` role (one thread per accepted session) is the server of the concurrent-
-clients sweep (kernel/bench/clients.py), where each client process opens its own session.
+The ``sessions`` role (every accepted session in one kernel.SessionGroup, served by one
+thread) is the server of the concurrent-clients sweep (kernel/bench/clients.py), where each
+client process opens its own session.
 """
 
 from __future__ import annotations
@@ -194,9 +195,9 @@ class MkipcSessionAsyncInFlight(_AsyncSessionMechanism):
 
 
 class SessionService(_SessionMechanism):
-    """The concurrent-clients sweep's server: accepts every session offer and serves each
-    session in its own thread (each thread's recv releases the GIL while it spins). No
-    session of this process's own, so no roundtrip(); the clients make the calls."""
+    """The concurrent-clients sweep's server: accepts every session offer into one
+    kernel.SessionGroup, which one thread serves. No session of this process's own, so
+    no roundtrip(); the clients make the calls."""
 
     name = "mkipc.session"
     peer_role = "sessions"
@@ -250,12 +251,20 @@ def _one_session(k: kernel.Kernel) -> None:
     _serve(_offers(ep))  # then the process ends: the benchmark's row is torn down
 
 
+def _serve_group(group: kernel.SessionGroup) -> None:
+    """Echo every call of every session in the group, from this one thread."""
+    while True:
+        for m in group.recv_many():
+            m.reply(m.data)
+
+
 def _sessions(k: kernel.Kernel) -> None:
     ep = k.inherited["ep"]
     assert isinstance(ep, kernel.EndpointCap)
+    group = kernel.SessionGroup()
+    threading.Thread(target=_serve_group, args=(group,), daemon=True).start()
     while True:  # ends when the benchmark kills this process or tears the kernel down
-        session = _offers(ep)
-        threading.Thread(target=_serve, args=(session,), daemon=True).start()
+        group.add(_offers(ep))
 
 
 if __name__ == "__main__":
