@@ -172,7 +172,7 @@ class SessionEnd:
             self.check()
             raise
         if n < 0:
-            raise ended_error(self.sid, n)
+            self.after_wait(n)  # this side's own close says it better than the word
         return n
 
     def wait(self, deadline: int) -> None:

@@ -1,7 +1,7 @@
 """Call the inherited endpoint "ep" N times with unique payloads and check every reply.
 
-usage: caller.py ID N
-The servers answer data + b"|" + server_id (echo_server.py tag). Prints a JSON
+usage: caller.py ID N [session]
+With "session", the calls go over one direct session (ep.session()). The servers answer data + b"|" + server_id (echo_server.py tag). Prints a JSON
 object {server_id: replies} and exits 0; exits 1 at the first wrong reply.
 """
 
@@ -20,9 +20,10 @@ def main() -> int:
     servers: Counter[str] = Counter()
     with kernel.connect(autostart=False) as k:
         ep = k.inherited["ep"]
+        target = ep.session(timeout=30.0) if sys.argv[3:] == ["session"] else ep
         for i in range(count):
             payload = f"client {ident} call {i} {os.urandom(6).hex()}".encode()
-            reply = ep.call(payload, timeout=30.0).data
+            reply = target.call(payload, timeout=30.0).data
             head, sep, server = reply.rpartition(b"|")
             if head != payload or not sep:
                 print(f"call {i}: sent {payload!r}, got {reply!r}", file=sys.stderr)

@@ -1,0 +1,174 @@
+"""kernel.SessionGroup: many direct sessions served from one thread.
+
+The callers are real processes (peers/caller.py over a session) or, where a test
+needs to steer both ends, threads of this process on their own connection; the
+group runs in this test's thread against the real kernel and real rings.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from peerlib import PEERS
+
+import kernel
+from capabilities import Rights
+
+pytestmark = pytest.mark.integration
+
+CLIENTS, CALLS = 4, 300
+
+
+def _serve_until(group: kernel.SessionGroup, done: threading.Event, tag: bytes) -> int:
+    served = 0
+    while not done.is_set():
+        try:
+            batch = group.recv_many(timeout=0.2)
+        except kernel.CallTimeoutError:
+            continue
+        for m in batch:
+            m.reply(m.data + b"|" + tag)
+        served += len(batch)
+    return served
+
+
+def _accept(ep: kernel.EndpointCap) -> kernel.SessionServer:
+    while True:
+        msg = ep.recv(timeout=20)
+        if msg.session_offer:
+            return ep.accept_session(msg)
+
+
+def test_one_thread_serves_the_sessions_of_many_caller_processes(kernel_daemon):
+    ended: list[str] = []
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        group = kernel.SessionGroup(on_end=lambda s, e: ended.append(type(e).__name__))
+        clients = [
+            k.spawn(
+                [sys.executable, str(PEERS / "caller.py"), f"c{i}", str(CALLS), "session"],
+                caps={"ep": ep},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(CLIENTS)
+        ]
+        try:
+            for _ in range(CLIENTS):
+                group.add(_accept(ep))
+            done = threading.Event()
+            waiter = threading.Thread(target=lambda: [c.popen.wait(60) for c in clients])
+            waiter.start()
+            threading.Thread(target=lambda: (waiter.join(), done.set())).start()
+            served = _serve_until(group, done, b"group")
+            for c in clients:
+                out, err = c.popen.communicate(timeout=10)
+                assert c.wait(timeout=10) == 0, err
+                assert json.loads(out) == {"group": CALLS}
+            assert served == CLIENTS * CALLS
+            deadline = time.monotonic() + 10
+            while len(group) and time.monotonic() < deadline:  # the last ends to notice
+                with pytest.raises(kernel.CallTimeoutError):
+                    group.recv_many(timeout=0.05)
+            assert len(group) == 0
+            assert ended == ["PeerClosedError"] * CLIENTS
+        finally:
+            for c in clients:
+                c.kill()
+                c.wait(timeout=10)
+            group.close()
+
+
+def _session_pair(k: kernel.Kernel, badge: int):
+    """A session opened from a thread of this process through a capability whose
+    parent (returned) can revoke it, and its server side, accepted here."""
+    ep = k.endpoint()
+    parent = ep.mint(Rights.SEND | Rights.COPY | Rights.MANAGE, badge=badge)
+    opened: list[kernel.Session] = []
+    t = threading.Thread(target=lambda: opened.append(parent.copy(Rights.SEND).session(timeout=20)))
+    t.start()
+    server = _accept(ep)
+    t.join(20)
+    return opened[0], server, parent
+
+
+def test_an_idle_group_times_out_wakes_for_a_late_member_and_drops_a_revoked_one(
+    kernel_daemon,
+):
+    with kernel.connect(autostart=False) as k:
+        group = kernel.SessionGroup()
+        a, a_server, a_parent = _session_pair(k, badge=1)
+        b, b_server, _ = _session_pair(k, badge=2)
+        group.add(a_server)
+        t0 = time.monotonic()
+        with pytest.raises(kernel.CallTimeoutError):
+            group.recv_many(timeout=0.3)  # spins, then sleeps on every doorbell
+        assert time.monotonic() - t0 >= 0.3
+
+        def late_member() -> None:
+            time.sleep(0.3)  # the group sleeps by now
+            group.add(b_server)
+            b.send(b"late")
+
+        threading.Thread(target=late_member).start()
+        got = group.recv_many(timeout=10)
+        assert [(m.data, m.badge) for m in got] == [(b"late", 2)]
+
+        a_parent.revoke()  # a's session ends; b's stands
+        results: list[bytes] = []
+        caller = threading.Thread(target=lambda: results.append(b.call(b"q", timeout=10).data))
+        caller.start()
+        (call,) = group.recv_many(timeout=10)  # b's call; a is dropped on the way
+        call.reply(call.data + b"!")
+        caller.join(10)
+        assert results == [b"q!"]
+        assert len(group) == 1
+        assert a_server.closed
+        with pytest.raises(kernel.InvalidCapabilityError):
+            a.call(b"gone", timeout=5)
+
+        group.close()  # closes b too: its caller hears of it
+        assert b_server.closed
+        with pytest.raises(kernel.PeerClosedError):
+            b.call(b"after", timeout=5)
+        with pytest.raises(kernel.PeerClosedError):
+            group.recv_many(timeout=1)
+        a.close()
+        b.close()
+
+
+def test_a_member_closed_from_another_thread_while_the_group_sleeps_is_dropped(kernel_daemon):
+    ended: list[str] = []
+    with kernel.connect(autostart=False) as k:
+        group = kernel.SessionGroup(on_end=lambda s, e: ended.append(str(e)))
+        a, a_server, _ = _session_pair(k, badge=1)
+        b, b_server, _ = _session_pair(k, badge=2)
+        group.add(a_server)
+        group.add(b_server)
+
+        def close_a_then_send_on_b() -> None:
+            time.sleep(0.3)  # the group sleeps on both doorbells by now
+            a_server.close()  # waits for the group to let go of a's rings
+            b.send(b"after")
+
+        closer = threading.Thread(target=close_a_then_send_on_b)
+        closer.start()
+        got = group.recv_many(timeout=10)
+        closer.join(10)
+        assert [m.data for m in got] == [b"after"]
+        assert a_server.closed
+        with pytest.raises(kernel.CallTimeoutError):
+            group.recv_many(timeout=0.05)  # a's end is noticed and dropped
+        assert len(group) == 1
+        assert ended == [f"session {a_server._end.sid}: closed"]
+        with pytest.raises(kernel.PeerClosedError):
+            a.call(b"gone", timeout=5)
+        group.close()
+        a.close()
+        b.close()
