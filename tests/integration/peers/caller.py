@@ -1,8 +1,9 @@
 """Call the inherited endpoint "ep" N times with unique payloads and check every reply.
 
 usage: caller.py ID N [session]
-With "session", the calls go over one direct session (ep.session()). The servers answer data + b"|" + server_id (echo_server.py tag). Prints a JSON
-object {server_id: replies} and exits 0; exits 1 at the first wrong reply.
+With "session", the calls go over one direct session (ep.session()). The servers
+answer data + b"|" + server_id (echo_server.py tag). Prints a JSON object
+{server_id: replies} and exits 0; exits 1 at the first wrong reply.
 """
 
 from __future__ import annotations
