@@ -135,10 +135,11 @@ class Connection:
                 os.eventfd_write(self.sq_efd, 1)
         return req_id
 
-    def submit_unwaited(self, op: int, arg: int) -> bool:
+    def submit_unwaited(self, op: int, arg: int, *, block: bool = False) -> bool:
         """Submit `op` if that can be done at once, and drop its completion unread
-        (for finalizers: they must not wait, nor take a lock their thread may hold)."""
-        if self.lost is not None or not self._submit_lock.acquire(blocking=False):
+        (for finalizers: they must not wait, nor take a lock their thread may hold;
+        `block` waits for the submit lock, for callers that hold none of ours)."""
+        if self.lost is not None or not self._submit_lock.acquire(blocking=block):
             return False
         try:
             req_id = next(self._ids)

@@ -74,12 +74,20 @@ class _Base(SessionView):
         locks, so it never blocks on them; if one is busy the kernel ends the
         session when the connection closes.) Nothing else can reach it now."""
         end = getattr(self, "_end", None)
-        if end is None or end.closed:
-            return
+        if end is not None and not end.closed:
+            self._close_unwaited(block=False)
+
+    def _close_unwaited(self, *, block: bool) -> bool:
+        """Ask the kernel to end the session without waiting for its answer, and
+        unmap. False if the request could not be queued at once (then close())."""
+        end = self._end
         if not end.closing:
+            if not end.conn.submit_unwaited(Op.SESSION_CLOSE, arg=end.index, block=block):
+                if block:
+                    return False
             end.closing = True
-            end.conn.submit_unwaited(Op.SESSION_CLOSE, arg=end.index)
         end.release()
+        return True
 
 
 class Session(_Base):
