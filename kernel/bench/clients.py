@@ -7,7 +7,7 @@ all processes) to a file; the aggregate rate is all calls over the span from the
 the last end. Services: a single-threaded AF_UNIX stream echo server (``os.unix``), mkipc
 call/reply with one echo server on one endpoint (``mkipc.call``), and mkipc direct sessions
 (``mkipc.session``): each client opens its own session to one server process, which serves
-every session in a thread of its own.
+every session from one thread (kernel.SessionGroup).
 """
 
 from __future__ import annotations
