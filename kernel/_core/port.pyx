@@ -14,12 +14,12 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from cpython.bytes cimport PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint16_t, uint64_t
 from libc.string cimport memset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from cpython.exc cimport PyErr_CheckSignals
 from posix.unistd cimport read, write
 
 from kernel._core.ring cimport (
-    HDR_SIZE, Header, Ring, SessionStates, mk_cpu_relax, mk_exchange_u32, mk_fence, mk_hdr,
-    mk_load_acquire_u64, mk_store_u32, mk_yield,
+    HDR_SIZE, Header, Ring, SessionStates, mk_exchange_u32, mk_fence, mk_hdr,
+    mk_load_acquire_u64, mk_store_u32, now_ns, spin_for,
 )
 
 cdef extern from "<poll.h>" nogil:
@@ -45,12 +45,6 @@ ended with (the kernel's word)."""
 READY, SOCKET, TIMEOUT = 0, 5, 6
 """Return codes of wait(): a record may be there; the kernel's socket is readable
 (it went away, or a frame waits: the client library looks); the deadline passed."""
-
-
-cdef inline int64_t _now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef class SessionPort:
@@ -249,6 +243,7 @@ cdef class SessionPort:
             mk_store_u32(ring.waiting_p, 0)
             return READY
         try:
+            PyErr_CheckSignals()   # one that came while we spun: its handler runs now
             st = self._state()   # the kernel writes the doorbell after the word: no lost end
             return self._sleep(deadline) if st == ST_OPEN else st
         finally:
@@ -260,7 +255,7 @@ cdef class SessionPort:
         cdef int64_t left
         cdef uint64_t count
         if deadline >= 0:
-            left = deadline - _now_ns()
+            left = deadline - now_ns()
             if left <= 0:
                 return TIMEOUT
             ms = <int>min(left // 1000000 + 1, 2**30)
@@ -270,45 +265,25 @@ cdef class SessionPort:
             rc = poll(fds, 2, ms)
         if rc == 0:
             return TIMEOUT
-        if rc > 0 and fds[0].revents:
+        if rc < 0:   # a signal (EINTR): run its handler now, which may raise
+            PyErr_CheckSignals()
+            return READY
+        if fds[0].revents:
             read(self.my_efd, &count, 8)   # non-blocking: another thread may have read it
-        if rc > 0 and fds[1].revents:
+        if fds[1].revents:
             return SOCKET
-        return READY   # the doorbell, or a signal (EINTR): the caller looks again
+        return READY   # the doorbell: the caller looks again
 
     cdef bint _spin(self):
-        """Busy-poll the inbox for up to spin_ns, adapting it as
+        """Busy-poll the inbox for up to spin_ns (ring.pyx spin_for), adapting it as
         kernel/client/_conn.py next_spin() says (grow on success, halve on a miss,
         the minimum on a crowded machine). The GIL is released meanwhile."""
         cdef Ring ring = self.inbox
-        cdef int64_t budget = self.spin_ns, yield_after = self.yield_after_ns
-        cdef int64_t crowded_ns = self.crowded_ns, start, now, after
-        cdef uint64_t i = 0, head = ring.head
-        cdef const uint64_t *tail_p = ring.tail_p
-        cdef bint found = False, crowded = False
+        cdef int64_t budget = self.spin_ns
+        cdef bint found, crowded
         with nogil:
-            start = _now_ns()
-            now = start
-            while True:
-                if mk_load_acquire_u64(tail_p) != head:
-                    found = True
-                    break
-                i += 1
-                if (i & 31) == 0:
-                    now = _now_ns()
-                    if now - start >= budget:
-                        break
-                if now - start >= yield_after:
-                    mk_yield()
-                    if crowded_ns > 0:
-                        after = _now_ns()
-                        if after - now >= crowded_ns:
-                            crowded = True
-                            found = mk_load_acquire_u64(tail_p) != head
-                            break
-                        now = after
-                else:
-                    mk_cpu_relax()
+            found = spin_for(ring.tail_p, ring.head, budget, self.yield_after_ns,
+                             self.crowded_ns, &crowded)
         if crowded:
             self.spin_ns = self.spin_min
         elif found:
@@ -316,7 +291,6 @@ cdef class SessionPort:
         else:
             self.spin_ns = max(self.spin_min, budget // 2)
         return found
-
 
 cdef inline bytes _payload(Ring ring, Header h):
     return PyBytes_FromStringAndSize(ring.data + h.pos + HDR_SIZE + 8 * h.h.ncaps,

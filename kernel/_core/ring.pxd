@@ -56,6 +56,11 @@ ctypedef struct mk_hdr:
     uint32_t uid
     uint32_t gid
 
+cdef int64_t now_ns() noexcept nogil
+cdef bint spin_for(const uint64_t *tail_p, uint64_t head, int64_t budget_ns,
+                   int64_t yield_after_ns, int64_t crowded_ns, bint *crowded) noexcept nogil
+
+
 cdef enum:
     HDR_SIZE = 72
     CONTROL_SIZE = 4096

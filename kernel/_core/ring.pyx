@@ -24,10 +24,38 @@ cdef inline uint64_t _align8(uint64_t n) noexcept nogil:
     return (n + 7) & ~(<uint64_t>7)
 
 
-cdef inline int64_t _now_ns() noexcept nogil:
+cdef int64_t now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef bint spin_for(const uint64_t *tail_p, uint64_t head, int64_t budget_ns,
+                   int64_t yield_after_ns, int64_t crowded_ns, bint *crowded) noexcept nogil:
+    """Busy-poll `*tail_p` until it differs from `head` (True) or `budget_ns` passes
+    (Ring.spin has the why of yielding and of `crowded`; the session port uses it too)."""
+    cdef int64_t start = now_ns(), now, after
+    cdef uint64_t i = 0
+    now = start
+    crowded[0] = False
+    while True:
+        if mk_load_acquire_u64(tail_p) != head:
+            return True
+        i += 1
+        if (i & 31) == 0:
+            now = now_ns()
+            if now - start >= budget_ns:
+                return False
+        if now - start >= yield_after_ns:
+            mk_yield()
+            if crowded_ns > 0:
+                after = now_ns()
+                if after - now >= crowded_ns:
+                    crowded[0] = True
+                    return mk_load_acquire_u64(tail_p) != head
+                now = after
+        else:
+            mk_cpu_relax()
 
 
 cdef class Header:
@@ -426,33 +454,11 @@ cdef class Ring:
         us (32 clients on 2 cores made 28 such switches per call). The caller
         should sleep instead. The GIL is released so that other threads run.
         """
-        cdef int64_t start, now, after
-        cdef uint64_t i = 0
-        cdef bint found = False, crowded = False
+        cdef bint found, crowded
         self._check_open()
         with nogil:
-            start = _now_ns()
-            now = start
-            while True:
-                if mk_load_acquire_u64(self.tail_p) != self.head:
-                    found = True
-                    break
-                i += 1
-                if (i & 31) == 0:
-                    now = _now_ns()
-                    if now - start >= budget_ns:
-                        break
-                if now - start >= yield_after_ns:
-                    mk_yield()
-                    if crowded_ns > 0:
-                        after = _now_ns()
-                        if after - now >= crowded_ns:
-                            crowded = True
-                            found = mk_load_acquire_u64(self.tail_p) != self.head
-                            break
-                        now = after
-                else:
-                    mk_cpu_relax()
+            found = spin_for(self.tail_p, self.head, budget_ns, yield_after_ns, crowded_ns,
+                             &crowded)
         self.crowded = crowded
         return found
 

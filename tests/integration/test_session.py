@@ -426,3 +426,44 @@ def test_after_the_connection_closes_a_session_raises_peer_closed(kernel_daemon)
                 s.send(b"z")
             s.close()  # no error: the kernel ended it with the connection
             assert _event(rep)["error"] == "PeerClosedError"
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_signal_handler_interrupts_a_call_waiting_without_timeout(kernel_daemon):
+    """The wait is compiled (SessionPort.wait): a signal that interrupts its poll()
+    must still run its Python handler there, as select.poll() would (PEP 475)."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise _Interrupted
+
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        accepted: list[kernel.SessionServer] = []
+
+        def accept() -> None:
+            offer = ep.recv(timeout=20)
+            accepted.append(ep.accept_session(offer))
+
+        acceptor = threading.Thread(target=accept)
+        acceptor.start()
+        s = ep.session(timeout=20)
+        acceptor.join(20)
+        previous = signal.signal(signal.SIGUSR1, handler)
+        main = threading.get_ident()
+        timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGUSR1))
+        try:
+            timer.start()
+            t0 = time.monotonic()
+            with pytest.raises(_Interrupted):
+                s.call(b"never answered", timeout=30)  # the timeout is only a safety net
+            assert time.monotonic() - t0 < 15  # the handler ran at the signal, not after
+        finally:
+            timer.cancel()
+            signal.signal(signal.SIGUSR1, previous)
+            s.close()
+            accepted[0].close()
