@@ -82,10 +82,10 @@ class _Base(SessionView):
         unmap. False if the request could not be queued at once (then close())."""
         end = self._end
         if not end.closing:
-            if not end.conn.submit_unwaited(Op.SESSION_CLOSE, arg=end.index, block=block):
-                if block:
-                    return False
-            end.closing = True
+            queued = end.conn.submit_unwaited(Op.SESSION_CLOSE, arg=end.index, block=block)
+            if block and not queued:
+                return False
+            end.closing = True  # not queued (a finalizer): it ends with the connection
         end.release()
         return True
 

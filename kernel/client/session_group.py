@@ -4,7 +4,7 @@ A thread per session (SessionServer.recv in each) costs a server one wake-up, on
 GIL hand-over and one context switch per request. With 32 client processes on 2
 cores that made 104k calls/s; one thread that takes whatever waits on any member's
 ring, answers it, and sleeps on all the doorbells at once only when every ring is
-empty made 172-178k (a fork-based experiment, session 9's closing note). The group
+empty made 172-178k (a fork-based experiment; docs/architecture.md). The group
 is that thread's loop, as a selector is for sockets.
 """
 
