@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +100,24 @@ class NamesPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def accept_offer(ep: kernel.EndpointCap) -> kernel.SessionServer:
+    """The next session offer on `ep`, accepted (other messages are dropped)."""
+    while True:
+        msg = ep.recv(timeout=20)
+        if msg.session_offer:
+            return ep.accept_session(msg)
+
+
+def session_in_process(
+    ep: kernel.EndpointCap, caller: kernel.EndpointCap
+) -> tuple[kernel.Session, kernel.SessionServer]:
+    """A session with both ends in this process: opened through `caller` from a
+    thread (open waits for the accept), accepted here on `ep`."""
+    opened: list[kernel.Session] = []
+    t = threading.Thread(target=lambda: opened.append(caller.session(timeout=20)))
+    t.start()
+    server = accept_offer(ep)
+    t.join(20)
+    return opened[0], server

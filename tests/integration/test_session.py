@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from peerlib import spawned
+from peerlib import session_in_process, spawned
 
 import kernel
 from capabilities import Rights
@@ -443,16 +443,7 @@ def test_a_signal_handler_interrupts_a_call_waiting_without_timeout(kernel_daemo
 
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
-        accepted: list[kernel.SessionServer] = []
-
-        def accept() -> None:
-            offer = ep.recv(timeout=20)
-            accepted.append(ep.accept_session(offer))
-
-        acceptor = threading.Thread(target=accept)
-        acceptor.start()
-        s = ep.session(timeout=20)
-        acceptor.join(20)
+        s, server = session_in_process(ep, ep)
         previous = signal.signal(signal.SIGUSR1, handler)
         main = threading.get_ident()
         timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGUSR1))
@@ -466,4 +457,4 @@ def test_a_signal_handler_interrupts_a_call_waiting_without_timeout(kernel_daemo
             timer.cancel()
             signal.signal(signal.SIGUSR1, previous)
             s.close()
-            accepted[0].close()
+            server.close()

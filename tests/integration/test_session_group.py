@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from peerlib import PEERS
+from peerlib import PEERS, accept_offer, session_in_process
 
 import kernel
 from capabilities import Rights
@@ -37,13 +37,6 @@ def _serve_until(group: kernel.SessionGroup, done: threading.Event, tag: bytes) 
     return served
 
 
-def _accept(ep: kernel.EndpointCap) -> kernel.SessionServer:
-    while True:
-        msg = ep.recv(timeout=20)
-        if msg.session_offer:
-            return ep.accept_session(msg)
-
-
 def test_one_thread_serves_the_sessions_of_many_caller_processes(kernel_daemon):
     ended: list[str] = []
     with kernel.connect(autostart=False) as k:
@@ -61,7 +54,7 @@ def test_one_thread_serves_the_sessions_of_many_caller_processes(kernel_daemon):
         ]
         try:
             for _ in range(CLIENTS):
-                group.add(_accept(ep))
+                group.add(accept_offer(ep))
             done = threading.Event()
             waiter = threading.Thread(target=lambda: [c.popen.wait(60) for c in clients])
             waiter.start()
@@ -90,12 +83,8 @@ def _session_pair(k: kernel.Kernel, badge: int):
     parent (returned) can revoke it, and its server side, accepted here."""
     ep = k.endpoint()
     parent = ep.mint(Rights.SEND | Rights.COPY | Rights.MANAGE, badge=badge)
-    opened: list[kernel.Session] = []
-    t = threading.Thread(target=lambda: opened.append(parent.copy(Rights.SEND).session(timeout=20)))
-    t.start()
-    server = _accept(ep)
-    t.join(20)
-    return opened[0], server, parent
+    session, server = session_in_process(ep, parent.copy(Rights.SEND))
+    return session, server, parent
 
 
 def test_an_idle_group_times_out_wakes_for_a_late_member_and_drops_a_revoked_one(
