@@ -268,7 +268,7 @@ def _wait_for(path: Path, deadline: float, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
-def _connect_unix(path: str, size: int) -> Callable[[bytes], None]:
+def _connect_unix(path: str, size: int) -> Callable[[bytes], object]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     fd = sock.fileno()
@@ -281,7 +281,7 @@ def _connect_unix(path: str, size: int) -> Callable[[bytes], None]:
     return call
 
 
-def _connect_mkipc(kind: str) -> Callable[[bytes], None]:
+def _connect_mkipc(kind: str) -> Callable[[bytes], object]:
     """``mkipc``: calls through the kernel; ``session``: over this client's own session
     (opened here; it ends with this process, which ends the server's thread for it)."""
     import kernel
@@ -289,18 +289,11 @@ def _connect_mkipc(kind: str) -> Callable[[bytes], None]:
     k = kernel.connect(autostart=False)
     ep = k.inherited["ep"]
     assert isinstance(ep, kernel.EndpointCap)
+    # The bound methods themselves, as an application would call them: a wrapper
+    # would add a Python frame per call that no user pays.
     if kind == "session":
-        session = ep.session(timeout=_WAIT_S)
-
-        def call_session(payload: bytes) -> None:
-            session.call(payload)
-
-        return call_session
-
-    def call(payload: bytes) -> None:
-        ep.call(payload)
-
-    return call
+        return ep.session(timeout=_WAIT_S).call
+    return ep.call
 
 
 if __name__ == "__main__":  # an mkipc client spawned by the kernel: <parent> <lifetime> client ...

@@ -27,6 +27,7 @@ from .._core.port import (
     set_error_hook,
 )
 from .._core.port import SessionMessage as SessionMessage
+from .._core.port import SessionReply as SessionReply
 from .._core.ring import Completion, RingCorruptError, ring_pair
 from ..abi import Op
 from ..errors import (
@@ -261,16 +262,3 @@ def _port_error(port: SessionPort, code: int, verb: str) -> IPCError:
 
 
 set_error_hook(_port_error)
-
-
-class SessionReply:
-    """The answer to a session call. `sender` is the server, as the kernel verified it."""
-
-    __slots__ = ("data", "sender")
-
-    def __init__(self, data: bytes, sender: Credentials) -> None:
-        self.data = data
-        self.sender = sender
-
-    def __repr__(self) -> str:
-        return f"<session reply of {len(self.data)} bytes from pid {self.sender.pid}>"

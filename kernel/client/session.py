@@ -6,11 +6,12 @@ import os
 import threading
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import abi
-from .._core.port import FULL
+from .._core.port import FULL, SessionCaller
 from .._core.ring import RingCorruptError
 from ..abi import Op
 from ..errors import CallTimeoutError, PeerClosedError
@@ -42,7 +43,7 @@ class _Base(SessionView):
         self._end = end
         # Held while a thread waits on the rings (it may spin without the GIL): close()
         # from another thread ends the session first, then unmaps once that thread left.
-        self._lock = threading.Lock()
+        self._lock: AbstractContextManager[bool] = threading.Lock()
 
     def close(self) -> None:
         """End the session for both sides (the peer's next operation raises
@@ -90,50 +91,38 @@ class _Base(SessionView):
         return True
 
 
-class Session(_Base):
+class Session(SessionCaller, _Base):
     """The calling side of a direct session (`ep.session()`): calls and one-way sends
     go straight to the server that accepted it, not through the kernel. Thread-safe:
-    calls take turns; sends need no turn (each is one compiled step under the GIL)."""
+    calls take turns; sends need no turn (each is one compiled step under the GIL).
+    `call()` is compiled (kernel/_core/port.pyx SessionCaller); its rare paths are here."""
 
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         super().__init__(k, end)
-        self._next_id = 1
+        self._lock = self._bind(end.port, end.peer)  # the turn: close() waits for a call
         self._send = end.port.send
-        self._call = end.port.call
 
-    def call(self, data: Data, *, timeout: float | None = None) -> SessionReply:
-        """Send `data` and wait for the reply; the timeout covers both.
-
-        Raises CallTimeoutError (the late reply is dropped, never returned to a later
-        call), PeerClosedError when the server closed the session or died, and
-        InvalidCapabilityError when the capability it was opened through was revoked.
-        """
-        deadline = deadline_from(timeout)
+    def _call_slow(
+        self, req_id: int, data: Data, deadline: int, first: int | Exception
+    ) -> SessionReply:
+        """call() past its compiled common path, with the turn held. `first` is the
+        code SessionPort.call returned, or what it raised."""
         end = self._end
-        with self._lock:
-            req_id = self._next_id
-            self._next_id = req_id + 1
-            try:  # one compiled step: write, wait, take the reply
-                first = self._call(req_id, data, deadline)
-            except OverflowError:
-                first = FULL  # nothing written: the slow path names it
-            except ValueError:  # released: this side closed it
+        if isinstance(first, Exception):
+            if isinstance(first, RingCorruptError):  # never resend: it may have gone out
+                raise end.corrupt(first) from None
+            end.check()  # a ValueError: released, as this side closed it
+            raise first
+        if first == FULL:  # not written: wait for room (or raise)
+            end.send(_CALL, req_id, data, deadline)
+        else:
+            end.after_wait(first)
+        while (reply := end.take_reply(req_id)) is None:
+            if deadline_passed(deadline):
                 end.check()
-                raise
-            except RingCorruptError as e:  # never resend: the call may have gone out
-                raise end.corrupt(e) from None
-            if isinstance(first, bytes):
-                return SessionReply(first, end.peer)
-            if first == FULL:  # not written: wait for room (or raise)
-                end.send(_CALL, req_id, data, deadline)
-            else:
-                end.after_wait(int(first))
-            while (reply := end.take_reply(req_id)) is None:
-                if deadline_passed(deadline):
-                    end.check()
-                    raise CallTimeoutError(f"session {end.sid}: no answer before the deadline")
-                end.wait(deadline)
-            return SessionReply(reply, end.peer)
+                raise CallTimeoutError(f"session {end.sid}: no answer before the deadline")
+            end.wait(deadline)
+        return SessionReply(reply, end.peer)
 
     def send(self, data: Data, *, timeout: float | None = None) -> None:
         """One-way: queue `data` for the server and return at once. Blocks only while

@@ -8,6 +8,7 @@ timeouts, a hostile peer writing the ring, and the quotas.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -458,3 +459,95 @@ def test_a_signal_handler_interrupts_a_call_waiting_without_timeout(kernel_daemo
             signal.signal(signal.SIGUSR1, previous)
             s.close()
             server.close()
+
+
+def test_calls_from_many_threads_take_turns_and_each_gets_its_own_answer(kernel_daemon):
+    """Session.call is compiled (port.pyx SessionCaller) with its own turn lock."""
+    import threading
+
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        s, server = session_in_process(ep, ep)
+
+        def echo() -> None:
+            with contextlib.suppress(kernel.PeerClosedError):
+                while True:
+                    m = server.recv()
+                    m.reply(m.data)
+
+        def calls(tag: int) -> None:
+            for i in range(300):
+                data = f"{tag}:{i}".encode()
+                got.append(s.call(data, timeout=20).data == data)
+
+        got: list[bool] = []
+        threading.Thread(target=echo, daemon=True).start()
+        callers = [threading.Thread(target=calls, args=(t,)) for t in range(4)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(60)
+        assert got == [True] * 1200
+        s.close()
+        server.close()
+
+
+def test_a_thread_waiting_for_its_turn_still_runs_signal_handlers(kernel_daemon):
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise _Interrupted
+
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        s, server = session_in_process(ep, ep)
+        # takes the turn: its call is never answered
+        holder = threading.Thread(target=_call_quietly, args=(s,), daemon=True)
+        holder.start()
+        server.recv(timeout=20)  # the holder's call is out: it holds the turn
+        previous = signal.signal(signal.SIGUSR1, handler)
+        timer = threading.Timer(0.5, signal.pthread_kill, (threading.get_ident(), signal.SIGUSR1))
+        try:
+            timer.start()
+            t0 = time.monotonic()
+            with pytest.raises(_Interrupted):
+                s.call(b"waits for its turn", timeout=30)
+            assert time.monotonic() - t0 < 15
+        finally:
+            timer.cancel()
+            signal.signal(signal.SIGUSR1, previous)
+            s.close()  # ends the holder's call too
+            holder.join(20)
+            server.close()
+        assert not holder.is_alive()
+
+
+def _call_quietly(s: kernel.Session) -> None:
+    with contextlib.suppress(kernel.IPCError):
+        s.call(b"never answered", timeout=30)
+
+
+def test_close_from_another_thread_ends_a_waiting_call(kernel_daemon):
+    import threading
+
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        s, server = session_in_process(ep, ep)
+        errors: list[BaseException] = []
+
+        def wait_forever() -> None:
+            try:
+                s.call(b"never answered")
+            except BaseException as e:
+                errors.append(e)
+
+        caller = threading.Thread(target=wait_forever, daemon=True)
+        caller.start()
+        server.recv(timeout=20)  # the call is out and waiting
+        s.close()  # waits for the caller's turn to end, then unmaps
+        caller.join(20)
+        assert len(errors) == 1
+        assert isinstance(errors[0], kernel.PeerClosedError)
+        assert s.closed
+        server.close()

@@ -124,3 +124,60 @@ def test_set_spin_rejects_bounds_that_cannot_hold(ports):
         caller.set_spin(10, 5, 0, 0)
     with pytest.raises(ValueError):
         caller.set_spin(0, 5, -1, 0)
+
+
+def test_a_turn_lock_behaves_as_threading_lock():
+    import threading
+
+    from kernel._core.port import TurnLock
+
+    turn = TurnLock()
+    with pytest.raises(RuntimeError):
+        turn.release()  # not held
+    with turn:
+        assert turn.locked()
+        got: list[float] = []
+        waiter = threading.Thread(target=lambda: (turn.acquire(), got.append(1), turn.release()))
+        waiter.start()
+        waiter.join(0.2)
+        assert not got  # it waits for its turn
+    waiter.join(10)
+    assert got == [1]
+    assert not turn.locked()
+
+
+def test_the_compiled_call_answers_or_hands_the_rest_to_the_slow_path(ports):
+    """SessionCaller.call (Session.call's compiled common path): a reply comes back
+    as a SessionReply; anything else goes to `_call_slow` with the turn held."""
+    from kernel._core.port import SessionCaller, SessionReply
+
+    caller_port, server, states, _ = ports
+    slow: list[tuple] = []
+
+    class Caller(SessionCaller):
+        def _call_slow(self, req_id, data, deadline, first):
+            slow.append((req_id, data, deadline, first, self.turn.locked()))
+            return "slow"
+
+    c = Caller()
+    with pytest.raises(TypeError):
+        c.call(b"q")  # not bound to a port yet
+    c.turn = c._bind(caller_port, "server")
+    caller_port.set_spin(1000, 2000, 1000, 0)
+    assert c.call(b"q", timeout=0) == "slow"  # written; nobody answered in time
+    assert slow[-1][0] == 1
+    assert slow[-1][2] == 0
+    assert slow[-1][4]  # the turn is held
+    server.send(abi.Op.ENDPOINT_REPLY, 2, b"a")  # the answer to the next call, early
+    reply = c.call(b"r", timeout=10)
+    assert isinstance(reply, SessionReply)
+    assert reply.data == b"a"
+    assert reply.sender == "server"
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError):
+            c.call(b"q", timeout=bad)  # refused before anything is written
+    states.set(3, -22)
+    assert c.call(b"q") == "slow"
+    assert slow[-1][3] == -22
+    assert slow[-1][0] == 3
+    assert not c.turn.locked()
