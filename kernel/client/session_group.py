@@ -11,12 +11,11 @@ is that thread's loop, as a selector is for sockets.
 from __future__ import annotations
 
 import os
-import select
 import threading
 import time
 from collections.abc import Callable
 
-from .._core.port import SessionPort
+from .._core.port import SOCKET, WOKEN, SessionPort, group_sleep
 from .._core.ring import RingCorruptError
 from ..errors import CallTimeoutError, IPCError, PeerClosedError
 from ._conn import deadline_from
@@ -49,6 +48,7 @@ class SessionGroup:
         self._lock = threading.Lock()  # the members' rings: held while the group reads them
         self._members: list[SessionServer] = []
         self._ports: list[tuple[SessionServer, SessionPort]] = []  # the hot loop's view
+        self._port_list: list[SessionPort] = []  # and the sleep's
         self._joining: list[SessionServer] = []
         self._on_end = on_end
         self._wake_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -97,8 +97,9 @@ class SessionGroup:
         self._closed = True
         os.eventfd_write(self._wake_efd, 1)
         with self._lock:
-            members, self._members = self._members + self._joining, []
-            self._joining, self._ports = [], []
+            members = self._members + self._joining
+            self._set_members([])
+            self._joining = []
             for server in members:
                 server._lock = threading.Lock()  # no group any more: close() must not wait
             os.close(self._wake_efd)  # a recv_many() that wakes sees _closed first
@@ -132,51 +133,35 @@ class SessionGroup:
         return max_n - room
 
     def _join(self) -> None:
-        self._members = self._members + self._joining
+        self._set_members(self._members + self._joining)
         self._joining = []
-        self._ports = [(server, server._end.port) for server in self._members]
 
     def _drop(self, server: SessionServer, error: IPCError) -> None:
-        self._members = [m for m in self._members if m is not server]
-        self._ports = [(m, m._end.port) for m in self._members]
+        self._set_members([m for m in self._members if m is not server])
         server._lock = threading.Lock()  # its close() below must not wait on ours
         if not server._close_unwaited(block=True):  # no kernel round trip in the loop:
             server.close()  # with another thread polling the kernel ring it took 50-100 ms
         if self._on_end is not None:
             self._on_end(server, error)
 
+    def _set_members(self, members: list[SessionServer]) -> None:
+        """New lists, never edited in place: a sleeping loop holds the old ones."""
+        self._members = members
+        self._ports = [(m, m._end.port) for m in members]
+        self._port_list = [port for _, port in self._ports]
+
     def _sleep(self, deadline: int) -> None:
-        """Announce the sleep on every ring, re-check them, then poll every doorbell,
-        the group's own and the kernel's sockets (a lost kernel writes no word).
+        """Sleep on every member's doorbell, the group's wake fd and the kernel's
+        sockets (a lost kernel writes no word), compiled: port.pyx group_sleep().
         The lock is let go meanwhile, so that add() and a member's close() proceed."""
-        armed: list[SessionServer] = []
-        try:
-            for server in self._members:
-                if not server._end.inbox.prepare_sleep():
-                    return  # a record landed meanwhile
-                armed.append(server)
-            doorbells = {server._end.my_efd: server for server in armed}
-            conns = {server._end.conn.sock.fileno(): server._end.conn for server in armed}
-            poller = select.poll()  # afresh: a member's fd may have closed and been reused
-            for fd in (self._wake_efd, *doorbells, *conns):
-                poller.register(fd, select.POLLIN)
-            ms = -1 if deadline < 0 else max(1, -(-(deadline - time.monotonic_ns()) // 1_000_000))
-            self._lock.release()
-            try:
-                ready = poller.poll(ms)
-            finally:
-                self._lock.acquire()
-            if self._closed:
-                return  # the wake fd is closed: touch nothing
-            for fd, _ in ready:
-                if fd in conns:
-                    conns[fd].check_socket()
-                elif fd == self._wake_efd or not doorbells[fd]._end.closed:
-                    _drain(fd)
-        finally:
-            for server in armed:
-                if not server._end.closed:
-                    server._end.inbox.end_sleep()
+        code = group_sleep(self._port_list, self._wake_efd, deadline, self._lock)
+        if self._closed:
+            return  # the wake fd is closed: touch nothing
+        if code == WOKEN:
+            _drain(self._wake_efd)
+        elif code == SOCKET:
+            for conn in {id(m._end.conn): m._end.conn for m in self._members}.values():
+                conn.check_socket()
 
 
 def _drain(efd: int) -> None:

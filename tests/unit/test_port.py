@@ -181,3 +181,63 @@ def test_the_compiled_call_answers_or_hands_the_rest_to_the_slow_path(ports):
     assert slow[-1][3] == -22
     assert slow[-1][0] == 3
     assert not c.turn.locked()
+
+
+def test_group_sleep_arms_every_member_then_says_what_woke_it():
+    """kernel.SessionGroup's compiled sleep over two members' rings, with real
+    eventfds as doorbells and a socketpair standing for the kernel's socket."""
+    import os
+    import socket
+    import threading
+    import time
+
+    from kernel._core.port import READY, SOCKET, TIMEOUT, WOKEN, group_sleep
+
+    states = SessionStates(mmap.mmap(-1, abi.CONTROL_SIZE))
+    kernel_sock, ours = socket.socketpair()
+    wake, bells, rings, members = os.eventfd(0, os.EFD_NONBLOCK), [], [], []
+    for index in (1, 2):
+        states.set(index, abi.SESSION_OPEN)
+        requests, replies = ring_pair(mmap.mmap(-1, abi.CONTROL_SIZE + 2 * RING), RING, RING)
+        bells.append(os.eventfd(0, os.EFD_NONBLOCK))
+        rings.append(requests)
+        members.append(
+            SessionPort(
+                1, replies, requests, states, index, -1, 1000, 0, "c", 8, bells[-1], ours.fileno()
+            )  # fmt: skip
+        )
+    try:
+        lock, got = threading.Lock(), []
+        taker = threading.Timer(
+            0.005, lambda: got.append(lock.acquire(timeout=5)) or lock.release()
+        )
+        lock.acquire()  # the group's: held on entry, let go only while it polls
+        t0 = time.monotonic_ns()
+        taker.start()
+        assert group_sleep(members, wake, t0 + 50_000_000, lock) == TIMEOUT
+        assert time.monotonic_ns() - t0 >= 50_000_000
+        assert got == [True]
+        assert lock.locked()
+        lock.release()
+        os.eventfd_write(wake, 1)
+        assert group_sleep(members, wake, -1) == WOKEN  # the group drains its own fd
+        os.eventfd_read(wake)
+        os.eventfd_write(bells[1], 1)
+        assert group_sleep(members, wake, -1) == READY
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(bells[1])  # the doorbell was drained
+        kernel_sock.send(b"!")
+        assert group_sleep(members, wake, -1) == SOCKET
+        ours.recv(1)
+        caller = SessionPort(1, rings[0], rings[0], states, 1, -1, 1000, 0, "s", 9)
+        caller.send(abi.Op.ENDPOINT_SEND, 0, b"x")  # a record already there: no sleep
+        assert group_sleep(members, wake, -1) == READY
+        assert not any(ring.peer_waiting() for ring in rings)  # every member disarmed
+        rings[0].close()  # a member closed meanwhile is skipped, not touched
+        assert group_sleep(members, wake, time.monotonic_ns() + 5_000_000) == TIMEOUT
+        assert not rings[1].peer_waiting()
+    finally:
+        for fd in (wake, *bells):
+            os.close(fd)
+        kernel_sock.close()
+        ours.close()
