@@ -163,6 +163,9 @@ cdef class SessionPort:
     def recv_many(self, list out, Py_ssize_t max_n):
         """Append up to max_n received messages to `out`. Returns how many, or the
         ended Status (< 0): nothing is taken once the kernel says it ended."""
+        return self._recv_many(out, max_n)
+
+    cdef int64_t _recv_many(self, list out, Py_ssize_t max_n) except? -1000:
         cdef int64_t st = self._state()
         cdef Py_ssize_t taken = 0
         cdef Header h
@@ -228,13 +231,16 @@ cdef class SessionPort:
         """recv_many(), waiting (once) for a record if none is there. Returns how
         many were taken; 0 when the wait ended without one (woken, the deadline,
         or the kernel's socket: the caller looks); or the ended Status (< 0)."""
-        cdef int64_t code = self.recv_many(out, max_n)
+        return self._recv_wait(out, max_n, deadline)
+
+    cdef int64_t _recv_wait(self, list out, Py_ssize_t max_n, int64_t deadline) except? -1000:
+        cdef int64_t code = self._recv_many(out, max_n)
         if code != 0:
             return code
         code = self._wait(deadline)
         if code < 0:
             return code
-        return self.recv_many(out, max_n) if code == READY else 0
+        return self._recv_many(out, max_n) if code == READY else 0
 
     def wait(self, int64_t deadline):
         """Wait until a record may be there: READY, SOCKET, TIMEOUT or the ended
@@ -519,6 +525,79 @@ cdef class SessionCaller:
             return self._call_slow(req_id, data, deadline, first)
         finally:
             turn.give()
+
+
+RECV_BATCH = 256
+"""Requests one compiled step takes off the ring at most."""
+
+
+cdef class SessionReceiver:
+    """The compiled half of kernel.SessionServer: `recv()`'s common path (a request
+    is queued, or the ring has some, or they come while it waits) is one C call, as
+    the server's Python after a wake-up runs cache-cold. Anything else goes to the
+    subclass's `_recv_slow(deadline)`: a wait that ended without a request, an ended
+    session, or a server shut down or served by a SessionGroup (`_slow_only`)."""
+
+    cdef SessionPort _port
+    cdef TurnLock _turn
+    cdef list _ready                  # received, not yet returned: _ready[_next:]
+    cdef Py_ssize_t _next
+    cdef public bint _slow_only
+
+    def _bind(self, SessionPort port):
+        """Called once by the subclass's __init__; returns the turn lock."""
+        self._port, self._ready, self._next = port, [], 0
+        self._turn = TurnLock()
+        return self._turn
+
+    def recv(self, *, timeout=None):
+        """Wait for the next request. Raises PeerClosedError once the caller closed the
+        session or died, CallTimeoutError after `timeout`."""
+        cdef int64_t deadline = _deadline(timeout)
+        cdef TurnLock turn = self._turn
+        cdef list batch
+        if turn is None:
+            raise TypeError("SessionReceiver._bind() was not called")
+        if self._slow_only:
+            return self._recv_slow(deadline)
+        turn.take()
+        try:
+            if self._next < len(self._ready):
+                return self._pop()
+            if self._slow_only:   # shut down while this thread waited for its turn
+                batch = None
+            else:
+                batch = []
+            try:
+                if batch is not None and self._port._recv_wait(batch, RECV_BATCH, deadline) > 0:
+                    self._ready, self._next = batch, 0
+                    return self._pop()
+            except (ValueError, RingCorruptError):
+                pass   # closed, or a broken ring: the slow path names it
+        finally:
+            turn.give()
+        return self._recv_slow(deadline)
+
+    cdef object _pop(self):
+        m = self._ready[self._next]
+        self._ready[self._next] = None
+        self._next += 1
+        return m
+
+    def _queue(self, list batch):
+        """Queue received requests behind those not yet returned (the slow path's)."""
+        self._ready = self._ready[self._next:] + batch
+        self._next = 0
+
+    def _take_ready(self, Py_ssize_t max_n):
+        """Up to `max_n` queued requests, oldest first."""
+        cdef Py_ssize_t end = min(len(self._ready), self._next + max_n)
+        taken = self._ready[self._next:end]
+        if end == len(self._ready):
+            self._ready, self._next = [], 0
+        else:
+            self._next = end
+        return taken
 
 
 # ---------------------------------------------------------------- a group's sleep

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import deque
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import abi
-from .._core.port import FULL, SessionCaller
+from .._core.port import FULL, SessionCaller, SessionReceiver
+from .._core.port import RECV_BATCH as RECV_BATCH
 from .._core.ring import RingCorruptError
 from ..abi import Op
 from ..errors import CallTimeoutError, PeerClosedError
@@ -27,9 +27,6 @@ from ._session import (
     ended_error,
     too_large,
 )
-
-RECV_BATCH = 256
-"""Requests one compiled step takes off the ring at most."""
 
 if TYPE_CHECKING:
     from .sync import Kernel
@@ -155,19 +152,20 @@ class Session(SessionCaller, _Base):
                 end.wait_for_space(deadline)
 
 
-class SessionServer(_Base):
-    """The serving side of a direct session (`ep.accept_session(offer)`)."""
+class SessionServer(SessionReceiver, _Base):
+    """The serving side of a direct session (`ep.accept_session(offer)`). `recv()`
+    is compiled (kernel/_core/port.pyx SessionReceiver); its rare paths are here."""
 
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         super().__init__(k, end)
-        self._ready: deque[SessionMessage] = deque()
+        self._lock = self._bind(end.port)  # the turn: close() waits for a recv
         self._draining = False
 
     def shutdown(self) -> None:
         """Stop receiving: a thread waiting in recv() raises PeerClosedError now, and so
         does every later recv(); requests already received can still be answered.
         Then close() it. (A server's graceful stop; thread-safe.)"""
-        self._draining = True
+        self._draining = self._slow_only = True
         try:
             os.eventfd_write(self._end.my_efd, 1)  # wake a sleeping recv()
         except OSError:
@@ -178,13 +176,13 @@ class SessionServer(_Base):
         """The badge of the caller's capability, fixed by the kernel at open."""
         return int(self._end.port.badge)
 
-    def recv(self, *, timeout: float | None = None) -> SessionMessage:
-        """Wait for the next request. Raises PeerClosedError once the caller closed the
-        session or died, CallTimeoutError after `timeout`."""
-        if not self._ready:
-            with self._lock:
-                self._fill(deadline_from(timeout))
-        return self._ready.popleft()
+    def _recv_slow(self, deadline: int) -> SessionMessage:
+        """recv() past its compiled common path (the turn is free)."""
+        with self._lock:
+            if not (ready := self._take_ready(1)):
+                self._fill(deadline)
+                ready = self._take_ready(1)
+        return ready[0]
 
     def recv_many(
         self, max_n: int = RECV_BATCH, *, timeout: float | None = None
@@ -193,11 +191,12 @@ class SessionServer(_Base):
         One compiled step takes the whole batch: for high message rates."""
         if max_n < 1:
             raise ValueError("max_n must be at least 1")
-        if not self._ready:
-            with self._lock:
-                self._fill(deadline_from(timeout))
-        ready = self._ready
-        return [ready.popleft() for _ in range(min(max_n, len(ready)))]
+        deadline = deadline_from(timeout)
+        with self._lock:
+            if not (ready := self._take_ready(max_n)):
+                self._fill(deadline)
+                ready = self._take_ready(max_n)
+        return ready
 
     def _fill(self, deadline: int) -> None:
         end = self._end
@@ -211,7 +210,7 @@ class SessionServer(_Base):
                 end.check()
                 raise CallTimeoutError(f"session {end.sid}: no request before the deadline")
             end.conn.check_socket()  # the wait may have ended for the kernel's socket
-        self._ready.extend(batch)
+        self._queue(batch)
 
 
 def open_session(k: Kernel, ep: Any, timeout: float | None) -> Session:

@@ -63,6 +63,7 @@ class SessionGroup:
             raise PeerClosedError("the session group is closed")
         with self._lock:
             server._lock = self._lock  # its rings are the group's: close() waits for us
+            server._slow_only = True  # and its own recv(), if called, takes our lock too
             self._joining.append(server)
         os.eventfd_write(self._wake_efd, 1)  # a sleeping recv_many() takes it in
 

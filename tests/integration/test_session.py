@@ -551,3 +551,39 @@ def test_close_from_another_thread_ends_a_waiting_call(kernel_daemon):
         assert isinstance(errors[0], kernel.PeerClosedError)
         assert s.closed
         server.close()
+
+
+def test_threads_receiving_on_one_server_share_the_requests_without_loss(kernel_daemon):
+    """SessionServer.recv is compiled (port.pyx SessionReceiver): its batch queue
+    and turn lock hand every request to exactly one thread, in ring order per batch."""
+    import threading
+
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        s, server = session_in_process(ep, ep)
+        seen: list[bytes] = []
+
+        def serve() -> None:
+            with contextlib.suppress(kernel.PeerClosedError):
+                while True:
+                    m = server.recv()
+                    seen.append(m.data)
+                    if m.is_call:
+                        m.reply(b"ok")
+
+        servers = [threading.Thread(target=serve, daemon=True) for _ in range(3)]
+        for t in servers:
+            t.start()
+        sent = [f"m{i}".encode() for i in range(3000)]
+        s.send_many(sent, timeout=20)
+        assert s.call(b"last", timeout=20).data == b"ok"
+        deadline = time.monotonic() + 20
+        while len(seen) < len(sent) + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.shutdown()  # every thread leaves, also those waiting for their turn
+        for t in servers:
+            t.join(20)
+        assert not any(t.is_alive() for t in servers)
+        assert sorted(seen) == sorted([*sent, b"last"])
+        s.close()
+        server.close()

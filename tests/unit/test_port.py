@@ -241,3 +241,42 @@ def test_group_sleep_arms_every_member_then_says_what_woke_it():
             os.close(fd)
         kernel_sock.close()
         ours.close()
+
+
+def test_the_compiled_recv_returns_a_batch_in_order_or_hands_over_to_the_slow_path(ports):
+    """SessionReceiver.recv (SessionServer.recv's common path): one ring batch is
+    queued and returned in order; the slow path gets what the wait did not give,
+    with the turn free, and `_queue`/`_take_ready` keep the order between them."""
+    from kernel._core.port import SessionReceiver
+
+    caller, server_port, states, _ = ports
+    slow: list[tuple] = []
+
+    class Receiver(SessionReceiver):
+        def _recv_slow(self, deadline):
+            slow.append((deadline, self.turn.locked()))
+            return "slow"
+
+    r = Receiver()
+    with pytest.raises(TypeError):
+        r.recv()  # not bound to a port yet
+    r.turn = r._bind(server_port)
+    server_port.set_spin(1000, 2000, 1000, 0)
+    assert r.recv(timeout=0) == "slow"  # nothing came
+    assert slow[-1] == (0, False)  # the turn is free for the slow path
+    for data in (b"a", b"b", b"c"):
+        caller.send(abi.Op.ENDPOINT_CALL, 1, data)
+    assert r.recv(timeout=0).data == b"a"  # the whole batch is taken at once
+    caller.send(abi.Op.ENDPOINT_CALL, 1, b"d")
+    taken = r._take_ready(1)
+    assert [m.data for m in taken] == [b"b"]
+    r._queue(taken)  # behind what is still queued (c), before the ring's (d)
+    assert [r.recv().data for _ in range(3)] == [b"c", b"b", b"d"]
+    r._slow_only = True  # shut down, or served by a group
+    caller.send(abi.Op.ENDPOINT_CALL, 1, b"e")
+    assert r.recv() == "slow"
+    r._slow_only = False
+    assert r.recv().data == b"e"
+    states.set(3, -22)
+    assert r.recv() == "slow"  # ended: the slow path names it
+    assert not r.turn.locked()
