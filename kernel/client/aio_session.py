@@ -211,7 +211,7 @@ class AsyncSession(_AsyncSide):
         ring = end.inbox
         found = ring.spin(self._spin_ns, YIELD_AFTER_NS, CROWDED_NS)
         self._spin_ns = next_spin(
-            self._spin_ns, found, crowded=False, lo=SPIN_MIN_NS, hi=SPIN_ASYNC_NS
+            self._spin_ns, found, crowded=ring.crowded, lo=SPIN_MIN_NS, hi=SPIN_ASYNC_NS
         )
         if found:
             self._on_doorbell()

@@ -131,3 +131,22 @@ async def test_closing_the_connection_fails_calls_in_flight_and_frees_the_sessio
             assert (await _event(rep))["error"] == "PeerClosedError"  # the server is told
         finally:
             await _stop(server)
+
+
+async def test_a_lone_call_stops_spinning_when_the_machine_is_crowded(kernel_daemon, monkeypatch):
+    """The lone call's spin drops to the minimum once a sched_yield() in it let others
+    run for CROWDED_NS, as the blocking faces do: spinning on would take the core from
+    whoever must answer. (CROWDED_NS = 1 ns makes every yield count as crowded.)"""
+    from kernel.client import aio_session
+
+    monkeypatch.setattr(aio_session, "CROWDED_NS", 1)
+    async with kernel.connect_async(autostart=False) as k:
+        ep, rep = await k.endpoint(), await k.endpoint()
+        server = await _peer(k, "hold", ep=ep, report=rep)  # answers after 1 s
+        try:
+            await _event(rep)
+            async with await ep.session(timeout=10) as s:
+                assert (await s.call(b"q", timeout=10)).data == b"late"
+                assert s._spin_ns == aio_session.SPIN_MIN_NS
+        finally:
+            await _stop(server)
