@@ -74,6 +74,7 @@ cdef class SessionPort:
     cdef int sock_fd
     cdef int64_t spin_ns, spin_min, spin_max, yield_after_ns, crowded_ns
     cdef bint crowded                 # the last spin's yield let others run >= crowded_ns
+    cdef bint broken                  # the peer broke the ring format: mark_broken()
 
     def __init__(self, uint64_t sid, Ring out, Ring inbox, SessionStates states,
                  Py_ssize_t index, int peer_efd, Py_ssize_t max_payload, uint64_t badge,
@@ -97,7 +98,14 @@ cdef class SessionPort:
         self.yield_after_ns, self.crowded_ns = yield_after_ns, crowded_ns
         self.spin_ns = spin_max // 2
 
+    def mark_broken(self):
+        """The peer broke the ring format: from now on every operation returns the
+        ended Status and touches neither ring (the client library says why)."""
+        self.broken = True
+
     cdef inline int64_t _state(self) except? -1:
+        if self.broken:
+            return ST_PEER_CLOSED
         # SYNC POINT: acquire; the kernel releases the word, then writes our doorbell.
         cdef int64_t st = <int64_t>mk_load_acquire_u64(<uint64_t *>self.states._word(self.index))
         if st == ST_OPEN:

@@ -114,7 +114,10 @@ class SessionEnd:
             raise ended_error(self.sid, state)
 
     def corrupt(self, e: Exception) -> PeerClosedError:
+        """Mark the session unusable: nothing more is written to or read from it
+        (a call would otherwise go out on a session whose answers cannot be read)."""
         self.broken = f"the peer broke the ring format ({e}); the session is unusable"
+        self.port.mark_broken()
         return PeerClosedError(f"session {self.sid}: {self.broken}")
 
     # ------------------------------------------------------------ produce
@@ -123,6 +126,7 @@ class SessionEnd:
         """Write one record, waiting for space (the peer drains) until `deadline`."""
         while code := self._write(op, req_id, data):
             if code != FULL:
+                self.check()  # this side's own close or a broken ring says it better
                 raise ended_error(self.sid, code)
             self.wait_for_space(deadline)
 

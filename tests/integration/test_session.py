@@ -587,3 +587,25 @@ def test_threads_receiving_on_one_server_share_the_requests_without_loss(kernel_
         assert sorted(seen) == sorted([*sent, b"last"])
         s.close()
         server.close()
+
+
+def test_a_malformed_reply_fails_the_call_and_ends_the_session_for_the_caller(kernel_daemon):
+    """The compiled call (port.pyx SessionCaller) hands a broken reply ring to the
+    slow path, which names it and never resends the call."""
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        s, server = session_in_process(ep, ep)
+        replies = abi.CONTROL_SIZE + s._end.out.capacity  # the caller's inbox
+        mm = server._end.mm  # the server's mapping of the same rings
+        mm[replies : replies + 16] = b"\xff" * 16  # a record of size 0xffffffff
+        mm[abi.OFF_CQ_TAIL : abi.OFF_CQ_TAIL + 8] = (16).to_bytes(8, "little")
+        with pytest.raises(kernel.PeerClosedError, match="ring format"):
+            s.call(b"x", timeout=10)
+        assert len(server.recv_many(timeout=10)) == 1  # the call went out once
+        for use in (lambda: s.call(b"again", timeout=10), lambda: s.send(b"again")):
+            with pytest.raises(kernel.PeerClosedError, match="ring format"):
+                use()  # unusable from now on: nothing more goes out
+        with pytest.raises(kernel.CallTimeoutError):
+            server.recv(timeout=0.3)
+        s.close()
+        server.close()

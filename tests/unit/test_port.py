@@ -66,6 +66,18 @@ def test_nothing_moves_once_the_kernel_says_it_ended(ports):
     assert server.state() == -22  # freed under it: closed
 
 
+def test_a_port_marked_broken_touches_neither_ring(ports):
+    caller, server, _, _ = ports
+    caller.send(abi.Op.ENDPOINT_SEND, 0, b"queued")
+    server.mark_broken()  # the client library saw the peer break the ring format
+    out: list = []
+    assert server.recv_many(out, 4) == -22
+    assert out == []
+    assert server.send(abi.Op.ENDPOINT_REPLY, 1, b"r") == -22
+    assert caller.take_reply(1) is None  # nothing was written
+    assert server.recv_wait(out, 4, 0) == -22
+
+
 def test_a_malformed_record_raises_instead_of_reading_past_it(ports):
     _, server, _, shared = ports
     shared[abi.CONTROL_SIZE : abi.CONTROL_SIZE + 8] = b"\xff" * 8
