@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from .. import abi
+from .._core.faces import SessionReply as SessionReply
 from .._core.port import (
     CLOSED,
     FULL,
@@ -27,7 +28,6 @@ from .._core.port import (
     set_error_hook,
 )
 from .._core.port import SessionMessage as SessionMessage
-from .._core.port import SessionReply as SessionReply
 from .._core.ring import Completion, RingCorruptError, ring_pair
 from ..abi import Op
 from ..errors import (

@@ -10,8 +10,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import abi
-from .._core.port import FULL, SessionCaller, SessionReceiver
-from .._core.port import RECV_BATCH as RECV_BATCH
+from .._core.faces import RECV_BATCH as RECV_BATCH
+from .._core.faces import SessionCaller, SessionReceiver
+from .._core.port import FULL
 from .._core.ring import RingCorruptError
 from ..abi import Op
 from ..errors import CallTimeoutError, PeerClosedError
@@ -92,7 +93,7 @@ class Session(SessionCaller, _Base):
     """The calling side of a direct session (`ep.session()`): calls and one-way sends
     go straight to the server that accepted it, not through the kernel. Thread-safe:
     calls take turns; sends need no turn (each is one compiled step under the GIL).
-    `call()` is compiled (kernel/_core/port.pyx SessionCaller); its rare paths are here."""
+    `call()` is compiled (kernel/_core/faces.pyx SessionCaller); its rare paths are here."""
 
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         super().__init__(k, end)
@@ -154,7 +155,7 @@ class Session(SessionCaller, _Base):
 
 class SessionServer(SessionReceiver, _Base):
     """The serving side of a direct session (`ep.accept_session(offer)`). `recv()`
-    is compiled (kernel/_core/port.pyx SessionReceiver); its rare paths are here."""
+    is compiled (kernel/_core/faces.pyx SessionReceiver); its rare paths are here."""
 
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         super().__init__(k, end)

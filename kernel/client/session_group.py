@@ -15,7 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._core.port import SOCKET, WOKEN, SessionPort, group_sleep
+from .._core.faces import WOKEN, group_sleep
+from .._core.port import SOCKET, SessionPort
 from .._core.ring import RingCorruptError
 from ..errors import CallTimeoutError, IPCError, PeerClosedError
 from ._conn import deadline_from
@@ -153,7 +154,7 @@ class SessionGroup:
 
     def _sleep(self, deadline: int) -> None:
         """Sleep on every member's doorbell, the group's wake fd and the kernel's
-        sockets (a lost kernel writes no word), compiled: port.pyx group_sleep().
+        sockets (a lost kernel writes no word), compiled: faces.pyx group_sleep().
         The lock is let go meanwhile, so that add() and a member's close() proceed."""
         code = group_sleep(self._port_list, self._wake_efd, deadline, self._lock)
         if self._closed:

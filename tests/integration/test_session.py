@@ -462,7 +462,7 @@ def test_a_signal_handler_interrupts_a_call_waiting_without_timeout(kernel_daemo
 
 
 def test_calls_from_many_threads_take_turns_and_each_gets_its_own_answer(kernel_daemon):
-    """Session.call is compiled (port.pyx SessionCaller) with its own turn lock."""
+    """Session.call is compiled (faces.pyx SessionCaller) with its own turn lock."""
     import threading
 
     with kernel.connect(autostart=False) as k:
@@ -554,7 +554,7 @@ def test_close_from_another_thread_ends_a_waiting_call(kernel_daemon):
 
 
 def test_threads_receiving_on_one_server_share_the_requests_without_loss(kernel_daemon):
-    """SessionServer.recv is compiled (port.pyx SessionReceiver): its batch queue
+    """SessionServer.recv is compiled (faces.pyx SessionReceiver): its batch queue
     and turn lock hand every request to exactly one thread, in ring order per batch."""
     import threading
 
@@ -590,7 +590,7 @@ def test_threads_receiving_on_one_server_share_the_requests_without_loss(kernel_
 
 
 def test_a_malformed_reply_fails_the_call_and_ends_the_session_for_the_caller(kernel_daemon):
-    """The compiled call (port.pyx SessionCaller) hands a broken reply ring to the
+    """The compiled call (faces.pyx SessionCaller) hands a broken reply ring to the
     slow path, which names it and never resends the call."""
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()

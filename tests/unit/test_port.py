@@ -3,30 +3,17 @@ codes, the kernel's state word, and a hostile peer's record."""
 
 from __future__ import annotations
 
-import mmap
-
 import pytest
+from session_ports import session_ports
 
 from kernel import abi
 from kernel._core.port import FULL, OK, SessionPort
-from kernel._core.ring import RingCorruptError, SessionStates, ring_pair
-
-RING = 4096
+from kernel._core.ring import RingCorruptError, ring_pair
 
 
 @pytest.fixture
 def ports():
-    shared = mmap.mmap(-1, abi.CONTROL_SIZE + 2 * RING)  # the session's rings
-    mine = mmap.mmap(-1, abi.CONTROL_SIZE)  # this process's region: the state words
-    states = SessionStates(mine)
-    states.set(3, abi.SESSION_OPEN)
-    requests, replies = ring_pair(shared, RING, RING)
-    caller = SessionPort(1, requests, replies, states, 3, -1, 1000, 0, "server", 9)
-    server = SessionPort(1, replies, requests, states, 3, -1, 1000, 77, "caller", 8)
-    yield caller, server, states, shared
-    for ring in (requests, replies):
-        ring.close()
-    states.close()
+    yield from session_ports()
 
 
 def test_send_then_recv_many_carries_data_and_the_kernels_badge(ports):
@@ -94,7 +81,8 @@ def test_wait_spins_for_a_record_then_sleeps_until_the_deadline(ports):
 
     caller, _, states, shared = ports
     efd = os.eventfd(0, os.EFD_NONBLOCK)
-    requests, replies = ring_pair(shared, RING, RING)  # the server's view, with a doorbell
+    size = (len(shared) - abi.CONTROL_SIZE) // 2
+    requests, replies = ring_pair(shared, size, size)  # the server's view, with a doorbell
     try:
         sleeper = SessionPort(1, replies, requests, states, 3, -1, 1000, 0, "caller", 8, efd, -1)
         sleeper.set_spin(1000, 20_000, 1000, 0)
@@ -136,159 +124,3 @@ def test_set_spin_rejects_bounds_that_cannot_hold(ports):
         caller.set_spin(10, 5, 0, 0)
     with pytest.raises(ValueError):
         caller.set_spin(0, 5, -1, 0)
-
-
-def test_a_turn_lock_behaves_as_threading_lock():
-    import threading
-
-    from kernel._core.port import TurnLock
-
-    turn = TurnLock()
-    with pytest.raises(RuntimeError):
-        turn.release()  # not held
-    with turn:
-        assert turn.locked()
-        got: list[float] = []
-        waiter = threading.Thread(target=lambda: (turn.acquire(), got.append(1), turn.release()))
-        waiter.start()
-        waiter.join(0.2)
-        assert not got  # it waits for its turn
-    waiter.join(10)
-    assert got == [1]
-    assert not turn.locked()
-
-
-def test_the_compiled_call_answers_or_hands_the_rest_to_the_slow_path(ports):
-    """SessionCaller.call (Session.call's compiled common path): a reply comes back
-    as a SessionReply; anything else goes to `_call_slow` with the turn held."""
-    from kernel._core.port import SessionCaller, SessionReply
-
-    caller_port, server, states, _ = ports
-    slow: list[tuple] = []
-
-    class Caller(SessionCaller):
-        def _call_slow(self, req_id, data, deadline, first):
-            slow.append((req_id, data, deadline, first, self.turn.locked()))
-            return "slow"
-
-    c = Caller()
-    with pytest.raises(TypeError):
-        c.call(b"q")  # not bound to a port yet
-    c.turn = c._bind(caller_port, "server")
-    caller_port.set_spin(1000, 2000, 1000, 0)
-    assert c.call(b"q", timeout=0) == "slow"  # written; nobody answered in time
-    assert slow[-1][0] == 1
-    assert slow[-1][2] == 0
-    assert slow[-1][4]  # the turn is held
-    server.send(abi.Op.ENDPOINT_REPLY, 2, b"a")  # the answer to the next call, early
-    reply = c.call(b"r", timeout=10)
-    assert isinstance(reply, SessionReply)
-    assert reply.data == b"a"
-    assert reply.sender == "server"
-    for bad in (-1.0, float("nan")):
-        with pytest.raises(ValueError):
-            c.call(b"q", timeout=bad)  # refused before anything is written
-    states.set(3, -22)
-    assert c.call(b"q") == "slow"
-    assert slow[-1][3] == -22
-    assert slow[-1][0] == 3
-    assert not c.turn.locked()
-
-
-def test_group_sleep_arms_every_member_then_says_what_woke_it():
-    """kernel.SessionGroup's compiled sleep over two members' rings, with real
-    eventfds as doorbells and a socketpair standing for the kernel's socket."""
-    import os
-    import socket
-    import threading
-    import time
-
-    from kernel._core.port import READY, SOCKET, TIMEOUT, WOKEN, group_sleep
-
-    states = SessionStates(mmap.mmap(-1, abi.CONTROL_SIZE))
-    kernel_sock, ours = socket.socketpair()
-    wake, bells, rings, members = os.eventfd(0, os.EFD_NONBLOCK), [], [], []
-    for index in (1, 2):
-        states.set(index, abi.SESSION_OPEN)
-        requests, replies = ring_pair(mmap.mmap(-1, abi.CONTROL_SIZE + 2 * RING), RING, RING)
-        bells.append(os.eventfd(0, os.EFD_NONBLOCK))
-        rings.append(requests)
-        members.append(
-            SessionPort(
-                1, replies, requests, states, index, -1, 1000, 0, "c", 8, bells[-1], ours.fileno()
-            )  # fmt: skip
-        )
-    try:
-        lock, got = threading.Lock(), []
-        taker = threading.Timer(
-            0.005, lambda: got.append(lock.acquire(timeout=5)) or lock.release()
-        )
-        lock.acquire()  # the group's: held on entry, let go only while it polls
-        t0 = time.monotonic_ns()
-        taker.start()
-        assert group_sleep(members, wake, t0 + 50_000_000, lock) == TIMEOUT
-        assert time.monotonic_ns() - t0 >= 50_000_000
-        assert got == [True]
-        assert lock.locked()
-        lock.release()
-        os.eventfd_write(wake, 1)
-        assert group_sleep(members, wake, -1) == WOKEN  # the group drains its own fd
-        os.eventfd_read(wake)
-        os.eventfd_write(bells[1], 1)
-        assert group_sleep(members, wake, -1) == READY
-        with pytest.raises(BlockingIOError):
-            os.eventfd_read(bells[1])  # the doorbell was drained
-        kernel_sock.send(b"!")
-        assert group_sleep(members, wake, -1) == SOCKET
-        ours.recv(1)
-        caller = SessionPort(1, rings[0], rings[0], states, 1, -1, 1000, 0, "s", 9)
-        caller.send(abi.Op.ENDPOINT_SEND, 0, b"x")  # a record already there: no sleep
-        assert group_sleep(members, wake, -1) == READY
-        assert not any(ring.peer_waiting() for ring in rings)  # every member disarmed
-        rings[0].close()  # a member closed meanwhile is skipped, not touched
-        assert group_sleep(members, wake, time.monotonic_ns() + 5_000_000) == TIMEOUT
-        assert not rings[1].peer_waiting()
-    finally:
-        for fd in (wake, *bells):
-            os.close(fd)
-        kernel_sock.close()
-        ours.close()
-
-
-def test_the_compiled_recv_returns_a_batch_in_order_or_hands_over_to_the_slow_path(ports):
-    """SessionReceiver.recv (SessionServer.recv's common path): one ring batch is
-    queued and returned in order; the slow path gets what the wait did not give,
-    with the turn free, and `_queue`/`_take_ready` keep the order between them."""
-    from kernel._core.port import SessionReceiver
-
-    caller, server_port, states, _ = ports
-    slow: list[tuple] = []
-
-    class Receiver(SessionReceiver):
-        def _recv_slow(self, deadline):
-            slow.append((deadline, self.turn.locked()))
-            return "slow"
-
-    r = Receiver()
-    with pytest.raises(TypeError):
-        r.recv()  # not bound to a port yet
-    r.turn = r._bind(server_port)
-    server_port.set_spin(1000, 2000, 1000, 0)
-    assert r.recv(timeout=0) == "slow"  # nothing came
-    assert slow[-1] == (0, False)  # the turn is free for the slow path
-    for data in (b"a", b"b", b"c"):
-        caller.send(abi.Op.ENDPOINT_CALL, 1, data)
-    assert r.recv(timeout=0).data == b"a"  # the whole batch is taken at once
-    caller.send(abi.Op.ENDPOINT_CALL, 1, b"d")
-    taken = r._take_ready(1)
-    assert [m.data for m in taken] == [b"b"]
-    r._queue(taken)  # behind what is still queued (c), before the ring's (d)
-    assert [r.recv().data for _ in range(3)] == [b"c", b"b", b"d"]
-    r._slow_only = True  # shut down, or served by a group
-    caller.send(abi.Op.ENDPOINT_CALL, 1, b"e")
-    assert r.recv() == "slow"
-    r._slow_only = False
-    assert r.recv().data == b"e"
-    states.set(3, -22)
-    assert r.recv() == "slow"  # ended: the slow path names it
-    assert not r.turn.locked()

@@ -1,0 +1,45 @@
+# cython: language_level=3
+"""A direct session's port (port.pyx), declared for the compiled client faces
+(faces.pyx) that call its C methods."""
+
+from libc.stdint cimport int64_t, uint16_t, uint64_t
+
+from kernel._core.ring cimport Ring, SessionStates
+
+cdef extern from "<poll.h>" nogil:
+    ctypedef unsigned long nfds_t
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, nfds_t nfds, int timeout)
+    enum: POLLIN
+
+
+cdef class SessionPort:
+    cdef Ring out
+    cdef Ring inbox
+    cdef SessionStates states
+    cdef Py_ssize_t index
+    cdef int peer_efd
+    cdef Py_ssize_t max_payload
+    cdef readonly uint64_t badge      # the kernel's, for messages this side receives
+    cdef readonly object sender       # the peer's Credentials, as the kernel verified them
+    cdef readonly uint64_t sender_id
+    cdef readonly uint64_t sid
+    cdef int my_efd                   # our doorbell, and the kernel's socket: wait() polls both
+    cdef int sock_fd
+    cdef int64_t spin_ns, spin_min, spin_max, yield_after_ns, crowded_ns
+    cdef bint crowded                 # the last spin's yield let others run >= crowded_ns
+    cdef bint broken                  # the peer broke the ring format: mark_broken()
+
+    cdef int64_t _state(self) except? -1
+    cdef int _put(self, uint16_t op, uint64_t req_id, payload) except -2
+    cdef void _doorbell(self) noexcept
+    cdef int64_t _recv_many(self, list out, Py_ssize_t max_n) except? -1000
+    cdef object _take_reply(self, uint64_t req_id)
+    cdef object _call(self, uint64_t req_id, payload, int64_t deadline)
+    cdef int64_t _recv_wait(self, list out, Py_ssize_t max_n, int64_t deadline) except? -1000
+    cdef int64_t _wait(self, int64_t deadline) except? -1000
+    cdef int64_t _sleep(self, int64_t deadline) except? -1000
+    cdef bint _spin(self)
