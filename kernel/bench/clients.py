@@ -5,9 +5,11 @@ each warm up and report ready, then releases them together (a "go" file) and tim
 Each client writes its samples and its first and last clock reading (CLOCK_MONOTONIC, shared by
 all processes) to a file; the aggregate rate is all calls over the span from the first start to
 the last end. Services: a single-threaded AF_UNIX stream echo server (``os.unix``), mkipc
-call/reply with one echo server on one endpoint (``mkipc.call``), and mkipc direct sessions
+call/reply with one echo server on one endpoint (``mkipc.call``), mkipc direct sessions
 (``mkipc.session``): each client opens its own session to one server process, which serves
-every session from one thread (kernel.SessionGroup).
+every session from one thread (kernel.SessionGroup), and a kernel.Service with one worker
+(``mkipc.service``): each client's ServiceClient opens its own session, which the service
+serves in a thread of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from kernel.bench.mechanisms import (
     PeerProcess,
@@ -33,6 +35,8 @@ from kernel.bench.mechanisms import (
 )
 from kernel.bench.mechanisms._served import ServedMechanism, announce, exit_on_eof
 from kernel.bench.mechanisms.mkipc_call import MkipcCall
+from kernel.bench.mechanisms.mkipc_service import _NAME as SERVICE_NAME
+from kernel.bench.mechanisms.mkipc_service import Echo, MkipcService
 from kernel.bench.mechanisms.mkipc_session import SessionService
 from kernel.bench.stats import LatencySamples
 
@@ -98,22 +102,31 @@ def _start_session(
     return _start_kernel_service(SessionService(), "session", size, lifetime_s)
 
 
-def _start_kernel_service(
-    service: MkipcCall | SessionService, kind: str, size: int, lifetime_s: float
+def _start_typed_service(
+    size: int, lifetime_s: float
 ) -> tuple[Callable[[], None], Callable[..., _Client]]:
-    """Start ``service`` (a private kernel and its server); clients inherit its ``ep``."""
+    return _start_kernel_service(MkipcService(), "service", size, lifetime_s)
+
+
+def _start_kernel_service(
+    service: MkipcCall | SessionService | MkipcService, kind: str, size: int, lifetime_s: float
+) -> tuple[Callable[[], None], Callable[..., _Client]]:
+    """Start ``service`` (a private kernel and its server); clients inherit its ``ep``
+    (a kernel.Service's clients look it up by name instead)."""
     service.peer_lifetime_s = lifetime_s
     try:
         service.setup(size)
     except BaseException:
         service.teardown()  # the kernel and server it started, by their pids
         raise
-    k, ep = service._k, service._ep
+    k = service._k
     assert k is not None
+    ep = getattr(service, "_ep", None)  # a kernel.Service has none: found by name
+    caps = {"ep": ep} if ep is not None else {}
 
     def spawn(argv: list[str]) -> _Client:
         boot = [sys.executable, "-m", __name__, str(os.getpid()), str(lifetime_s)]
-        proc = k.spawn([*boot, "client", kind, "-", *argv], caps={"ep": ep})
+        proc = k.spawn([*boot, "client", kind, "-", *argv], caps=caps)
         return _KernelClient(proc)
 
     return service.teardown, spawn
@@ -134,6 +147,7 @@ SERVICES: dict[str, Callable[[int, float], tuple[Callable[[], None], Callable[..
     "os.unix": _start_unix,
     "mkipc.call": _start_mkipc,
     "mkipc.session": _start_session,
+    "mkipc.service": _start_typed_service,
 }
 
 
@@ -241,8 +255,10 @@ def _serve_unix(control_fd: int, ready_fd: int, path: str, size: int) -> None:
 
 def _client(kind: str, address: str, argv: list[str]) -> None:
     folder, index, count, size = Path(argv[0]), argv[1], int(argv[2]), int(argv[3])
-    call = _connect_unix(address, size) if kind == "unix" else _connect_mkipc(kind)
-    payload = make_payload(size)
+    if kind == "unix":
+        call, payload = _connect_unix(address, size)
+    else:
+        call, payload = _connect_mkipc(kind, size)
     for _ in range(_WARMUP_CALLS):
         call(payload)
     (folder / f"{index}.ready").touch()
@@ -268,7 +284,7 @@ def _wait_for(path: Path, deadline: float, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
-def _connect_unix(path: str, size: int) -> Callable[[bytes], object]:
+def _connect_unix(path: str, size: int) -> tuple[Callable[[Any], object], object]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     fd = sock.fileno()
@@ -278,22 +294,28 @@ def _connect_unix(path: str, size: int) -> Callable[[bytes], object]:
         read_exact(fd, size)
 
     call.sock = sock  # type: ignore[attr-defined]  # keeps the socket open
-    return call
+    return call, make_payload(size)
 
 
-def _connect_mkipc(kind: str) -> Callable[[bytes], object]:
-    """``mkipc``: calls through the kernel; ``session``: over this client's own session
-    (opened here; it ends with this process, which ends the server's thread for it)."""
+def _connect_mkipc(kind: str, size: int) -> tuple[Callable[[Any], object], object]:
+    """What to call, and with what. ``mkipc``: calls through the kernel; ``session``:
+    over this client's own session (opened here; it ends with this process);
+    ``service``: a ServiceClient, looked up by name, with a typed request (its first
+    call opens its session)."""
     import kernel
 
     k = kernel.connect(autostart=False)
-    ep = k.inherited["ep"]
-    assert isinstance(ep, kernel.EndpointCap)
+    payload = make_payload(size)
     # The bound methods themselves, as an application would call them: a wrapper
     # would add a Python frame per call that no user pays.
+    if kind == "service":
+        client = kernel.ServiceClient.lookup(k, SERVICE_NAME, timeout=_WAIT_S)
+        return client.call, Echo(payload)
+    ep = k.inherited["ep"]
+    assert isinstance(ep, kernel.EndpointCap)
     if kind == "session":
-        return ep.session(timeout=_WAIT_S).call
-    return ep.call
+        return ep.session(timeout=_WAIT_S).call, payload
+    return ep.call, payload
 
 
 if __name__ == "__main__":  # an mkipc client spawned by the kernel: <parent> <lifetime> client ...

@@ -34,12 +34,13 @@ def children() -> set[int]:
 def test_every_client_of_every_point_makes_its_calls(tmp_path: Path) -> None:
     before = children()
 
-    services = ["os.unix", "mkipc.call", "mkipc.session"]
+    services = ["os.unix", "mkipc.call", "mkipc.session", "mkipc.service"]
     points = run_clients_sweep(services, [1, 3], 64, 150, tmp_path / "work")
 
     assert [(p.mechanism, p.clients) for p in points] == [
         ("os.unix", 1), ("os.unix", 3), ("mkipc.call", 1), ("mkipc.call", 3),
         ("mkipc.session", 1), ("mkipc.session", 3),  # a session per client, one group
+        ("mkipc.service", 1), ("mkipc.service", 3),  # a ServiceClient per client
     ]  # fmt: skip
     for point in points:
         assert point.note is None, point.note
@@ -48,10 +49,11 @@ def test_every_client_of_every_point_makes_its_calls(tmp_path: Path) -> None:
     assert children() - before == set()
     paths = write_clients(points, tmp_path / "out")
     with paths[0].open(newline="", encoding="utf-8") as file:
-        assert [int(row["calls"]) for row in csv.DictReader(file)] == [150] * 6
+        assert [int(row["calls"]) for row in csv.DictReader(file)] == [150] * 8
     table = format_clients(points)
     assert "mkipc.call" in table
     assert "mkipc.session" in table
+    assert "mkipc.service" in table
 
 
 def test_sweep_arguments() -> None:
