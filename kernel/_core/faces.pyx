@@ -117,8 +117,8 @@ cdef int64_t _deadline(timeout) except? -2:
 
 
 cdef class SessionCaller:
-    """The compiled half of kernel.Session: `call()`'s common path (the reply came,
-    or the session ended) is one C call. Anything else, the subclass's
+    """The compiled half of kernel.Session: `call()`'s common path (write the call,
+    wait, take the reply) is one C call. Anything else, the subclass's
     `_call_slow(req_id, data, deadline, first)` finishes, still holding the turn:
     `first` is SessionPort.call's code, or the ValueError or RingCorruptError it raised."""
 
