@@ -199,16 +199,14 @@ cdef class SessionReceiver:
         try:
             if self._next < len(self._ready):
                 return self._pop()
-            if self._slow_only:   # shut down while this thread waited for its turn
-                batch = None
-            else:
+            if not self._slow_only:   # else shut down while this thread waited its turn
                 batch = []
-            try:
-                if batch is not None and self._port._recv_wait(batch, RECV_BATCH, deadline) > 0:
-                    self._ready, self._next = batch, 0
-                    return self._pop()
-            except (ValueError, RingCorruptError):
-                pass   # closed, or a broken ring: the slow path names it
+                try:
+                    if self._port._recv_wait(batch, RECV_BATCH, deadline) > 0:
+                        self._ready, self._next = batch, 0
+                        return self._pop()
+                except (ValueError, RingCorruptError):
+                    pass   # closed, or a broken ring: the slow path names it
         finally:
             turn.give()
         return self._recv_slow(deadline)

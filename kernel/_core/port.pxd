@@ -36,6 +36,7 @@ cdef class SessionPort:
     cdef int64_t _state(self) except? -1
     cdef int _put(self, uint16_t op, uint64_t req_id, payload) except -2
     cdef void _doorbell(self) noexcept
+    cdef int64_t _send(self, uint16_t op, uint64_t req_id, payload) except? -1000
     cdef int64_t _recv_many(self, list out, Py_ssize_t max_n) except? -1000
     cdef object _take_reply(self, uint64_t req_id)
     cdef object _call(self, uint64_t req_id, payload, int64_t deadline)

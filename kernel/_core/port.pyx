@@ -28,8 +28,10 @@ cdef enum:
     OP_REPLY = 13
     ST_OPEN = 1
     ST_PEER_CLOSED = -22
+    W_OK = 0
+    W_FULL = 1
 
-OK, FULL = 0, 1
+OK, FULL = W_OK, W_FULL
 """Return codes of the write methods; a negative code is the Status the session
 ended with (the kernel's word)."""
 
@@ -113,13 +115,16 @@ cdef class SessionPort:
     def send(self, uint16_t op, uint64_t req_id, payload):
         """Write one record: OK, FULL, or the ended session's Status. OverflowError
         for a payload above the maximum (the caller names it)."""
+        return self._send(op, req_id, payload)
+
+    cdef int64_t _send(self, uint16_t op, uint64_t req_id, payload) except? -1000:
         cdef int64_t st = self._state()
         if st != ST_OPEN:
             return st
         if not self._put(op, req_id, payload):
-            return FULL
+            return W_FULL
         self._doorbell()
-        return OK
+        return W_OK
 
     def send_many(self, list payloads, Py_ssize_t start):
         """Write one-way records for payloads[start:] until the ring is full; ring the
@@ -187,12 +192,9 @@ cdef class SessionPort:
         return self._call(req_id, payload, deadline)
 
     cdef object _call(self, uint64_t req_id, payload, int64_t deadline):
-        cdef int64_t code = self._state()
-        if code != ST_OPEN:
+        cdef int64_t code = self._send(OP_CALL, req_id, payload)
+        if code != W_OK:
             return code
-        if not self._put(OP_CALL, req_id, payload):
-            return FULL
-        self._doorbell()
         while True:
             data = self._take_reply(req_id)
             if data is not None:
@@ -334,7 +336,7 @@ cdef class SessionMessage:
         if req_id == 0:
             raise _error_hook(self.port, NOT_A_CALL, "reply")
         try:
-            code = self.port.send(OP_REPLY, req_id, data)
+            code = self.port._send(OP_REPLY, req_id, data)
         except OverflowError:
             raise _error_hook(self.port, TOO_LARGE, "reply") from None  # still answerable
         except ValueError:   # its rings were released: this side closed the session
