@@ -4,6 +4,7 @@ peer that is always killed and reaped."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,24 @@ def spawned(k: kernel.Kernel, script: str, *args: str, **caps) -> Iterator[kerne
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def spawn_callers(
+    k: kernel.Kernel, ep: kernel.EndpointCap, count: int, calls: int, *args: str
+) -> list[kernel.Process]:
+    """`count` peers/caller.py processes (named c0, c1, ...), each making `calls`
+    calls on the `ep` it inherits (`args`: e.g. "session"); their output is piped
+    as text for the test to read."""
+    return [
+        k.spawn(
+            [sys.executable, str(PEERS / "caller.py"), f"c{i}", str(calls), *args],
+            caps={"ep": ep},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
 
 
 class NamesPeer:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from peerlib import PEERS, spawn_callers
 
 import kernel
 
 pytestmark = pytest.mark.integration
-
-PEERS = Path(__file__).parent / "peers"
 
 CLIENTS, SERVERS, CALLS = 20, 4, 200
 
@@ -29,16 +26,7 @@ def test_every_reply_reaches_its_own_caller_across_20_clients_and_4_servers(kern
             )
             for i in range(SERVERS)
         ]
-        clients = [
-            k.spawn(
-                [sys.executable, str(PEERS / "caller.py"), f"c{i}", str(CALLS)],
-                caps={"ep": ep},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(CLIENTS)
-        ]
+        clients = spawn_callers(k, ep, CLIENTS, CALLS)
         try:
             served: Counter[str] = Counter()
             deadline = time.monotonic() + 90

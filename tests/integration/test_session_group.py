@@ -8,13 +8,11 @@ group runs in this test's thread against the real kernel and real rings.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
-from peerlib import PEERS, accept_offer, session_in_process
+from peerlib import accept_offer, session_in_process, spawn_callers
 
 import kernel
 from capabilities import Rights
@@ -42,16 +40,7 @@ def test_one_thread_serves_the_sessions_of_many_caller_processes(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
         group = kernel.SessionGroup(on_end=lambda s, e: ended.append(type(e).__name__))
-        clients = [
-            k.spawn(
-                [sys.executable, str(PEERS / "caller.py"), f"c{i}", str(CALLS), "session"],
-                caps={"ep": ep},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(CLIENTS)
-        ]
+        clients = spawn_callers(k, ep, CLIENTS, CALLS, "session")
         try:
             for _ in range(CLIENTS):
                 group.add(accept_offer(ep))
