@@ -260,8 +260,9 @@ class Service:
         token = secrets.token_bytes(16)
         errors: list[BaseException] = []
         r, w = os.pipe()
+        os.set_blocking(w, False)  # it is also the signal wake-up fd
         self._wake = functools.partial(_poke, w)
-        old = _install_signals(lambda signum, frame: self.stop()) if signals else {}
+        old = _install_signals(lambda signum, frame: self.stop(), w) if signals else None
         self._sessions = SessionPool(self.name, self._answer)
         own = _worker_connections(k, ep, workers) if workers > 1 else []
         eps = [wep for _, wep, _ in own] or [ep]
@@ -275,7 +276,7 @@ class Service:
         try:
             for t in threads:
                 t.start()
-            if not self._stop_requested:
+            while not self._stop_requested:  # the loop's jump runs a signal's handler
                 os.read(r, 1)  # a signal, stop() or a worker that ended writes here
         finally:
             self._shutdown(k, ep, token, threads, errors)
@@ -519,14 +520,29 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
-def _install_signals(handler: Callable[[int, FrameType | None], None]) -> dict[int, _Handler]:
+class _Installed(NamedTuple):
+    handlers: dict[signal.Signals, _Handler]
+    wakeup_fd: int
+
+
+def _install_signals(
+    handler: Callable[[int, FrameType | None], None], wakeup_fd: int
+) -> _Installed | None:
+    """Python runs a signal's handler in the main thread, which waits in os.read()
+    on `wakeup_fd`'s pipe. The kernel may deliver the signal to any other thread
+    (with a session worker busy it sometimes did: the service then never stopped);
+    the wake-up fd makes the C handler write to the pipe whichever thread got it."""
     if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+        return None
+    handlers = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    return _Installed(handlers, signal.set_wakeup_fd(wakeup_fd))
 
 
-def _restore_signals(old: dict[int, _Handler]) -> None:
-    for sig, handler in old.items():
+def _restore_signals(old: _Installed | None) -> None:
+    if old is None:
+        return
+    signal.set_wakeup_fd(old.wakeup_fd)
+    for sig, handler in old.handlers.items():
         signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 

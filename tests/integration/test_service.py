@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FACES = ["sync", "async"]
+SYS_TGKILL = 234  # x86-64: signal one thread of another process
 
 
 class Running:
@@ -183,6 +185,25 @@ def test_an_idle_service_stops_cleanly_on_a_signal(kernel_daemon, tmp_path, face
         assert run.signal(sig) == 0, run.log()
         assert k.names.list("t.idle") == []
         assert "Traceback" not in run.log()
+        svc.close()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_signal_delivered_to_a_worker_thread_still_stops_the_service(
+    kernel_daemon, tmp_path, face
+):
+    """Python runs handlers in the main thread; the kernel may hand a process's signal
+    to any thread. Sent to a worker thread, it stopped nothing before the wake-up fd."""
+    with service(tmp_path, "t.tsig", face, workers=2) as run, kernel.connect(autostart=False) as k:
+        svc = kernel.ServiceClient.lookup(k, "t.tsig", timeout=10.0)
+        assert svc.call(Echo("up"), timeout=5.0) == "up"
+        pid = run.proc.pid
+        worker = min(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(SYS_TGKILL, pid, worker, signal.SIGTERM) == 0, ctypes.get_errno()
+        assert run.proc.wait(15) == 0, run.log()
+        assert "clean exit" in run.log()
+        assert k.names.list("t.tsig") == []
         svc.close()
 
 
