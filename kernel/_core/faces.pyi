@@ -28,6 +28,7 @@ class SessionCaller:
 
 WOKEN: int
 
+def group_spin(ports: list[SessionPort], budget_ns: int, poll_ns: int, max_yields: int) -> bool: ...
 def group_sleep(ports: list[SessionPort], wake_fd: int, deadline: int, lock: Any = None) -> int: ...
 
 RECV_BATCH: int

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._core.faces import WOKEN, group_sleep
+from .._core.faces import WOKEN, group_sleep, group_spin
 from .._core.port import SOCKET, SessionPort
 from .._core.ring import RingCorruptError
 from ..errors import CallTimeoutError, IPCError, PeerClosedError
@@ -24,9 +24,11 @@ from ._session import SessionMessage
 from .session import RECV_BATCH, SessionServer
 
 SPIN_NS = 200_000
+POLL_NS = 1_000
 SPIN_YIELDS = 50
-"""An idle group polls every ring, yielding the core between passes, for up to
-SPIN_NS and SPIN_YIELDS passes before it sleeps on the doorbells: a request that
+"""An idle group polls every ring (compiled: group_spin), first for POLL_NS
+without a system call, then yielding the core between passes, for up to SPIN_NS
+and SPIN_YIELDS yields before it sleeps on the doorbells: a request that
 comes meanwhile costs no wake-up. The pass bound matters as much as the time:
 under EEVDF every sched_yield() with others runnable pushes the yielder's
 deadline back a slice, and a group that yielded for the whole 200 µs was later
@@ -79,17 +81,11 @@ class SessionGroup:
         deadline = deadline_from(timeout)
         out: list[SessionMessage] = []
         with self._lock:
-            spin_until, yields = time.monotonic_ns() + SPIN_NS, 0
             while not self._take(out, max_n):
-                now = time.monotonic_ns()
-                if 0 <= deadline <= now:
+                if 0 <= deadline <= time.monotonic_ns():
                     raise CallTimeoutError("session group: no request before the deadline")
-                if now < spin_until and yields < SPIN_YIELDS:
-                    os.sched_yield()  # the callers may need this core to send
-                    yields += 1
-                else:
+                if not group_spin(self._port_list, SPIN_NS, POLL_NS, SPIN_YIELDS):
                     self._sleep(deadline)
-                    spin_until, yields = time.monotonic_ns() + SPIN_NS, 0
         return out
 
     def close(self) -> None:

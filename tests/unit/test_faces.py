@@ -173,3 +173,37 @@ def test_the_compiled_recv_returns_a_batch_in_order_or_hands_over_to_the_slow_pa
     states.set(3, -22)
     assert r.recv() == "slow"  # ended: the slow path names it
     assert not r.turn.locked()
+
+
+def test_group_spin_sees_a_record_on_any_member_or_gives_up():
+    """kernel.SessionGroup's compiled busy-poll over two members' inboxes."""
+    import threading
+    import time
+
+    from kernel._core.faces import group_spin
+
+    states = SessionStates(mmap.mmap(-1, abi.CONTROL_SIZE))
+    rings, members = [], []
+    for index in (1, 2):
+        states.set(index, abi.SESSION_OPEN)
+        requests, replies = ring_pair(mmap.mmap(-1, abi.CONTROL_SIZE + 8192), 4096, 4096)
+        rings.append(requests)
+        members.append(SessionPort(1, replies, requests, states, index, -1, 1000, 0, "c", 8))
+    try:
+        t0 = time.monotonic_ns()
+        assert not group_spin(members, 2_000_000, 1_000, 1_000_000)  # the budget ends it
+        assert time.monotonic_ns() - t0 >= 2_000_000
+        t0 = time.monotonic_ns()
+        assert not group_spin(members, 60_000_000_000, 1_000, 0)  # so does the yield bound
+        assert time.monotonic_ns() - t0 < 30_000_000_000
+        caller = SessionPort(1, rings[1], rings[1], states, 2, -1, 1000, 0, "s", 9)
+        send = threading.Timer(0.005, caller.send, (abi.Op.ENDPOINT_SEND, 0, b"x"))
+        send.start()  # from another thread while the spin runs without the GIL
+        assert group_spin(members, 60_000_000_000, 1_000, 2**30)
+        send.join()
+        assert group_spin(members, 0, 0, 0)  # a record already there
+        rings[0].close()  # a member closed meanwhile: the group looks (and drops it)
+        assert group_spin(members, 60_000_000_000, 1_000, 0)
+    finally:
+        for ring in rings:
+            ring.close()
