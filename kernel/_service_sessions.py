@@ -1,8 +1,12 @@
 """A Service's direct sessions (kernel/client/session.py): every client that opens
 one gets it accepted, and its calls are answered over the session's own rings,
-not through the kernel. A session is served by a thread of its own (blocking face)
-or by tasks (asyncio face, one per request, so a slow coroutine handler does not
-hold up the client's other calls). Stopping the service ends every session."""
+not through the kernel. Under the blocking face the sessions are members of one
+SessionGroup served by the service's `workers` threads (_session_workers.py);
+under asyncio, tasks (one
+per request, so a slow coroutine handler does not hold up the client's other
+calls). Either way a handler first takes one of the service's `workers` slots
+(Slots), so `workers` bounds the handlers that run at once over every path.
+Stopping the service ends every session."""
 
 from __future__ import annotations
 
@@ -14,9 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import abi
+from ._session_workers import GroupWorkers, Slots
+from .client._session import SessionMessage
 from .client.aio import AsyncEndpointCap
 from .client.aio_session import AsyncSessionServer
 from .client.session import SessionServer
+from .client.session_group import SessionGroup
 from .client.sync import EndpointCap
 from .errors import IPCError
 
@@ -24,8 +31,8 @@ log = logging.getLogger("mkipc.service")
 
 MAX_SESSIONS_PER_CALLER = 4
 """Sessions one caller connection may hold with a service; more are declined (the
-caller then goes through the kernel). A session costs the service a thread or a
-task and a state word of its 256: one client must not take them all."""
+caller then goes through the kernel). A session costs the service a state word of
+its 256 (and under asyncio a task): one client must not take them all."""
 MAX_SESSIONS = 128
 """Sessions a service holds at once, all callers together; more are declined."""
 
@@ -45,18 +52,27 @@ AsyncAnswer = Callable[[Any, bytearray], Awaitable["bytes | bytearray"]]
 
 
 class SessionPool:
-    """The blocking face: one serving thread per accepted session."""
+    """The blocking face: the accepted sessions are members of one SessionGroup,
+    served by `workers` threads (kernel/_session_workers.py), started with the
+    first session. A thread per session cost 2.7-4.6x fewer calls per second from
+    two clients on (docs/benchmarks.md), and ran handlers side by side however few
+    workers the service asked for."""
 
-    def __init__(self, name: str, answer: Answer) -> None:
+    def __init__(self, name: str, answer: Answer, workers: int, slots: Slots) -> None:
         self.name = name
         self._answer = answer
-        self._live: dict[SessionServer, threading.Thread] = {}
-        self._lock = threading.Lock()
+        self._n = workers
+        self._slots = slots
+        self._group = SessionGroup(on_end=self._ended)
+        self._live: set[SessionServer] = set()
+        self._workers: GroupWorkers | None = None
+        self._lock = threading.Lock()  # accept() from several kernel-path workers
         self._closing = False
 
     def accept(self, ep: EndpointCap, offer: Any) -> None:
         with self._lock:
-            why = _refusal([srv.peer_id for srv in self._live], offer)
+            # list(): one step under the GIL, as the group's thread drops members
+            why = _refusal([srv.peer_id for srv in list(self._live)], offer)
         try:
             if why is not None:
                 ep.decline_session(offer, why)
@@ -65,44 +81,61 @@ class SessionPool:
         except IPCError as e:  # e.g. the caller gave up meanwhile: serve the next
             log.debug("%s: session not accepted: %s", self.name, e)
             return
-        t = threading.Thread(target=self._serve, args=(srv,), daemon=True,
-                             name=f"{self.name}[session {srv._end.sid}]")  # fmt: skip
         with self._lock:
             if self._closing:
-                srv.close()
+                _close_quietly(srv, self.name)
                 return
-            self._live[srv] = t
-        t.start()
+            self._live.add(srv)
+            self._group.add(srv)
+            if self._workers is None:
+                self._workers = GroupWorkers(self._group, self._n, self._handle, self.name)
 
-    def _serve(self, srv: SessionServer) -> None:
-        buf = bytearray(1)
+    def _ended(self, srv: SessionServer, error: IPCError) -> None:
+        """The group dropped a member (its caller closed it, ended, or was revoked).
+        Runs under the group's lock: no lock of ours here (accept() holds ours while
+        it adds to the group)."""
+        self._live.discard(srv)
+        log.debug("%s: session ended: %s", self.name, error)
+
+    def _handle(self, msg: SessionMessage) -> None:
+        if not msg.is_call:  # a service answers calls; one-way sends are dropped
+            return
+        buf = _buffers.buf
+        self._slots.take()
         try:
-            while True:
-                msg = srv.recv()
-                if msg.is_call:  # a service answers calls; one-way sends are dropped
-                    msg.reply(self._answer(msg, buf))
-        except IPCError as e:  # closed, revoked, or the caller ended
-            log.debug("%s: session ended: %s", self.name, e)
+            out = self._answer(msg, buf)
         finally:
-            with self._lock:
-                self._live.pop(srv, None)
-            _close_quietly(srv, self.name)
+            self._slots.give()
+        try:
+            msg.reply(out)
+        except IPCError as e:  # the session ended while the handler ran
+            log.debug("%s: session reply: %s", self.name, e)
 
     def close(self, deadline: float) -> None:
-        """Stop every session gracefully: the request in a handler is answered, then
-        the session closes (its caller's next call raises PeerClosedError). Waits
+        """Stop every session gracefully: the requests received are answered, then
+        the sessions close (their callers' next call raises PeerClosedError). Waits
         until the monotonic `deadline` for the threads, then ends what is left."""
         with self._lock:
             self._closing = True
-            live = list(self._live.items())
-        for srv, _ in live:
-            srv.shutdown()
-        for _, t in live:
-            t.join(max(0.0, deadline - time.monotonic()))
-        for srv, _ in live:
-            if not srv.closed:  # a handler still busy past the deadline
-                log.warning("%s: a session handler is still busy; ending its session", self.name)
-                _close_quietly(srv, self.name)
+            workers = self._workers
+        self._group.shutdown()
+        if workers is not None:
+            workers.stop()
+            for t in workers.threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            if any(t.is_alive() for t in workers.threads):
+                log.warning("%s: a session handler is still busy; ending the sessions", self.name)
+        self._group.close()
+
+
+class _Buffers(threading.local):
+    """A reply buffer per thread: [OK] then each reply's msgpack (Service._ok)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(1)
+
+
+_buffers = _Buffers()
 
 
 def _close_quietly(srv: SessionServer, name: str) -> None:
@@ -115,9 +148,10 @@ def _close_quietly(srv: SessionServer, name: str) -> None:
 class AsyncSessionPool:
     """The asyncio face: a reading task per session, a task per request."""
 
-    def __init__(self, name: str, answer: AsyncAnswer) -> None:
+    def __init__(self, name: str, answer: AsyncAnswer, slots: asyncio.Semaphore) -> None:
         self.name = name
         self._answer = answer
+        self._slots = slots  # shared with the kernel-path worker tasks
         self._tasks: set[asyncio.Task[None]] = set()
         self._live: set[AsyncSessionServer] = set()
         self._closing = False
@@ -158,7 +192,9 @@ class AsyncSessionPool:
 
     async def _reply(self, msg: Any) -> None:
         try:
-            msg.reply(await self._answer(msg, bytearray(1)))
+            async with self._slots:
+                out = await self._answer(msg, bytearray(1))
+            msg.reply(out)
         except IPCError as e:  # the session ended while the handler ran
             log.debug("%s: session reply: %s", self.name, e)
 

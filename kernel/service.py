@@ -23,6 +23,8 @@ revoked and closed, so calls still queued fail at once instead of timing out.
 A client's calls go over a direct session when they can (kernel/_service_sessions.py:
 accepted here, opened by ServiceClient on its first call): about a third of the cost
 of a call through the kernel. A stop answers what the session handlers hold too.
+`workers` bounds the handlers that run at once, whichever way their requests came:
+with one worker a handler never runs beside itself.
 
 The clients and the wire format (for clients in other languages) are in
 kernel/_service_client.py.
@@ -55,6 +57,7 @@ from ._service_client import AsyncServiceClient as AsyncServiceClient
 from ._service_client import RemoteError as RemoteError
 from ._service_client import ServiceClient as ServiceClient
 from ._service_sessions import AsyncSessionPool, SessionPool
+from ._session_workers import Slots
 from .abi import MAX_PAYLOAD
 from .client._common import Credentials, MessageBase
 from .client._conn import Connection
@@ -263,12 +266,13 @@ class Service:
         os.set_blocking(w, False)  # it is also the signal wake-up fd
         self._wake = functools.partial(_poke, w)
         old = _install_signals(lambda signum, frame: self.stop(), w) if signals else None
-        self._sessions = SessionPool(self.name, self._answer)
+        slots = Slots(workers)  # `workers` handlers at once, over both paths
+        self._sessions = SessionPool(self.name, self._answer, workers, slots)
         own = _worker_connections(k, ep, workers) if workers > 1 else []
         eps = [wep for _, wep, _ in own] or [ep]
         threads = [
             threading.Thread(
-                target=self._thread, args=(wep, token, errors), name=f"{self.name}[{i}]",
+                target=self._thread, args=(wep, token, slots, errors), name=f"{self.name}[{i}]",
                 daemon=True,  # a handler stuck past shutdown_timeout must not hold the exit
             )
             for i, wep in enumerate(eps)
@@ -288,14 +292,16 @@ class Service:
         if errors:
             raise errors[0]
 
-    def _thread(self, ep: EndpointCap, token: bytes, errors: list[BaseException]) -> None:
+    def _thread(
+        self, ep: EndpointCap, token: bytes, slots: Slots, errors: list[BaseException]
+    ) -> None:
         try:
-            self._worker(ep, token)
+            self._worker(ep, token, slots)
         except BaseException as e:
             errors.append(e)
             self.stop()
 
-    def _worker(self, ep: EndpointCap, token: bytes) -> None:
+    def _worker(self, ep: EndpointCap, token: bytes, slots: Slots) -> None:
         buf = bytearray(1)  # [_OK]; the rest is each reply's msgpack
         msg = ep.recv()
         while True:
@@ -311,7 +317,11 @@ class Service:
                 self._drop(msg)
                 msg = ep.recv()
                 continue
-            out = self._answer(msg, buf)
+            slots.take()
+            try:
+                out = self._answer(msg, buf)
+            finally:
+                slots.give()
             if msg._c.caps:  # the raw completion's slots: cheaper than msg.caps
                 self._drop(msg)
             try:
@@ -398,9 +408,10 @@ class Service:
             loop.call_soon_threadsafe(stopped.set)
 
         self._wake = wake
-        self._asessions = AsyncSessionPool(self.name, self._aanswer)
+        slots = asyncio.Semaphore(workers)  # `workers` handlers at once, over both paths
+        self._asessions = AsyncSessionPool(self.name, self._aanswer, slots)
         installed = _add_loop_signals(loop, self.stop) if signals else []
-        tasks = [asyncio.ensure_future(self._aworker(ep, token)) for _ in range(workers)]
+        tasks = [asyncio.ensure_future(self._aworker(ep, token, slots)) for _ in range(workers)]
         waiter = asyncio.ensure_future(stopped.wait())
         try:
             if not self._stop_requested:
@@ -415,7 +426,7 @@ class Service:
             if not t.cancelled() and t.exception() is not None:
                 raise t.exception()  # type: ignore[misc]
 
-    async def _aworker(self, ep: AsyncEndpointCap, token: bytes) -> None:
+    async def _aworker(self, ep: AsyncEndpointCap, token: bytes, slots: asyncio.Semaphore) -> None:
         buf = bytearray(1)
         msg = await ep.recv()
         while True:
@@ -429,7 +440,8 @@ class Service:
                 await self._adrop(msg)
                 msg = await ep.recv()
                 continue
-            out = await self._aanswer(msg, buf)
+            async with slots:
+                out = await self._aanswer(msg, buf)
             if msg._c.caps:
                 await self._adrop(msg)
             try:

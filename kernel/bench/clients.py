@@ -8,8 +8,8 @@ the last end. Services: a single-threaded AF_UNIX stream echo server (``os.unix`
 call/reply with one echo server on one endpoint (``mkipc.call``), mkipc direct sessions
 (``mkipc.session``): each client opens its own session to one server process, which serves
 every session from one thread (kernel.SessionGroup), and a kernel.Service with one worker
-(``mkipc.service``): each client's ServiceClient opens its own session, which the service
-serves in a thread of its own.
+(``mkipc.service``): each client's ServiceClient opens its own session, and the service
+serves them all from its worker (kernel/_session_workers.py).
 """
 
 from __future__ import annotations

@@ -42,9 +42,9 @@ class SessionGroup:
     waiting on any member's ring; each answers on its own session (`msg.reply`).
 
     A member whose caller closed it, died, or was revoked is closed and dropped;
-    `on_end(server, error)` hears of it. `add()` and `close()` may come from any
-    thread; `recv_many()` from one at a time. A member's own close() waits until
-    the group's thread is off its rings.
+    `on_end(server, error)` hears of it. `add()`, `shutdown()` and `close()` may
+    come from any thread; `recv_many()` from one at a time. A member's own close()
+    waits until the group's thread is off its rings.
     """
 
     def __init__(self, *, on_end: EndHandler | None = None) -> None:
@@ -56,6 +56,7 @@ class SessionGroup:
         self._on_end = on_end
         self._wake_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._closed = False
+        self._draining = False
 
     def __len__(self) -> int:
         return len(self._members) + len(self._joining)
@@ -88,6 +89,15 @@ class SessionGroup:
                     self._sleep(deadline)
         return out
 
+    def shutdown(self) -> None:
+        """Stop receiving: a thread waiting in recv_many() raises PeerClosedError
+        now, and so does every later call. The members stay open, so the requests
+        already taken can still be answered; then close() the group. (A graceful
+        stop; thread-safe.)"""
+        self._draining = True
+        if not self._closed:  # else its wake fd is gone: nobody waits
+            os.eventfd_write(self._wake_efd, 1)
+
     def close(self) -> None:
         """Close every member (their callers get PeerClosedError) and the group."""
         if self._closed:
@@ -111,6 +121,8 @@ class SessionGroup:
         only a member that ended goes the slow way (which names the error)."""
         if self._closed:
             raise PeerClosedError("the session group is closed")
+        if self._draining:
+            raise PeerClosedError("the session group is shut down")
         if self._joining:
             self._join()
         room = max_n

@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 from peerlib import PEERS
-from peers.service_peer import Big, Echo, Fail, Meet, Term, Who
+from peers.service_peer import Big, Echo, Fail, Meet, Overlap, Term, Who
 
 import kernel
 
@@ -160,6 +161,94 @@ async def test_workers_serve_concurrently(kernel_daemon, tmp_path, face):
             )
             assert replies == [str(i) for i in range(50)]
             await svc.close()
+
+
+@pytest.mark.parametrize("face", FACES)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_bound_the_handlers_at_once_over_sessions_and_the_kernel_path(
+    kernel_daemon, tmp_path, face, workers
+):
+    """A handler written for `workers=1` must never run beside itself, however its
+    callers reach the service: here two callers over sessions, one through the kernel."""
+    with service(tmp_path, "t.bound", face, workers), kernel.connect(autostart=False) as k:
+        clients = [kernel.ServiceClient.lookup(k, "t.bound", timeout=10.0) for _ in range(2)]
+        clients.append(kernel.ServiceClient(clients[0].cap.copy(), session=False))
+        seen: list[int] = []
+
+        def calls(client: kernel.ServiceClient) -> None:
+            seen.extend(client.call(Overlap(0.02), timeout=30.0) for _ in range(10))
+
+        try:
+            for c in clients:
+                assert c.call(Echo("warm"), timeout=5.0) == "warm"  # sessions open first
+            assert [c._session is not None for c in clients] == [True, True, False]
+            threads = [threading.Thread(target=calls, args=(c,)) for c in clients]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert len(seen) == 30
+            assert max(seen) == workers  # never more; and with two, two do overlap
+        finally:
+            for c in clients:
+                c.close()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_blocking_handler_holds_up_only_its_own_caller(kernel_daemon, tmp_path, face):
+    """Sessions share the workers: while one handler blocks, another worker serves
+    the other sessions (it starts polling once the first has blocked ~1 ms)."""
+    with service(tmp_path, "t.stall", face, workers=2), kernel.connect(autostart=False) as k:
+        slow, quick = (kernel.ServiceClient.lookup(k, "t.stall", timeout=10.0) for _ in "ab")
+        try:
+            for c in (slow, quick):
+                assert c.call(Echo("warm"), timeout=5.0) == "warm"
+            assert slow._session is not None
+            assert quick._session is not None
+            done = threading.Event()
+            blocked = threading.Thread(
+                target=lambda: (slow.call(Overlap(3.0), timeout=30.0), done.set())
+            )
+            blocked.start()
+            time.sleep(0.1)  # the slow call is in its handler
+            assert [quick.call(Echo(str(i)), timeout=10.0) for i in range(100)] == [
+                str(i) for i in range(100)
+            ]
+            assert not done.is_set()  # all answered while the slow handler still ran
+            blocked.join(30)
+            assert done.is_set()
+        finally:
+            slow.close()
+            quick.close()
+
+
+def _context_switches(pid: int) -> int:
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            total += sum(int(line.split()[1]) for line in status.splitlines()
+                         if "ctxt_switches:" in line)  # fmt: skip
+    return total
+
+
+def test_an_idle_service_with_sessions_and_workers_does_not_wake(kernel_daemon, tmp_path):
+    """The stand-by workers watch for a blocked handler only while requests come:
+    an idle service makes no wake-ups (it would cost every idle service CPU)."""
+    with service(tmp_path, "t.quiet", "sync", workers=4) as run:
+        with kernel.connect(autostart=False) as k:
+            clients = [kernel.ServiceClient.lookup(k, "t.quiet", timeout=10.0) for _ in "ab"]
+            try:
+                for c in clients:
+                    assert c.call(Echo("up"), timeout=5.0) == "up"
+                time.sleep(0.5)  # well past the watcher's 50 ms before it stops looking
+                before = _context_switches(run.proc.pid)
+                time.sleep(1.0)
+                woke = _context_switches(run.proc.pid) - before
+                assert woke < 20, f"{woke} context switches in 1 s of idleness"
+            finally:
+                for c in clients:
+                    c.close()
 
 
 @pytest.mark.parametrize("face", FACES)

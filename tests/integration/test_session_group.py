@@ -154,3 +154,42 @@ def test_a_member_closed_from_another_thread_while_the_group_sleeps_is_dropped(k
         group.close()
         a.close()
         b.close()
+
+
+def test_shutdown_stops_receiving_but_the_requests_taken_can_still_be_answered(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        group = kernel.SessionGroup()
+        (a, a_server, _), (b, b_server, _) = (_session_pair(k, badge=n) for n in (1, 2))
+        group.add(a_server)
+        group.add(b_server)
+        replies: list[bytes] = []
+        caller = threading.Thread(target=lambda: replies.append(a.call(b"held").data))
+        caller.start()
+        (held,) = group.recv_many(timeout=10)
+        waiting: list[BaseException] = []
+
+        def wait_in_the_group() -> None:
+            try:
+                group.recv_many(timeout=30)
+            except kernel.IPCError as e:
+                waiting.append(e)
+
+        waiter = threading.Thread(target=wait_in_the_group)
+        waiter.start()
+        time.sleep(0.3)  # it sleeps on the doorbells by now
+        group.shutdown()
+        waiter.join(10)
+        assert [type(e) for e in waiting] == [kernel.PeerClosedError]
+        with pytest.raises(kernel.CallTimeoutError):
+            b.call(b"after the shutdown", timeout=0.2)  # open, but nobody receives
+        with pytest.raises(kernel.PeerClosedError, match="shut down"):
+            group.recv_many(timeout=1)
+        held.reply(held.data + b"!")  # the member is still open
+        caller.join(10)
+        assert replies == [b"held!"]
+
+        group.close()  # now the callers hear of it
+        for session in (a, b):
+            with pytest.raises(kernel.PeerClosedError):
+                session.call(b"closed", timeout=5)
+            session.close()

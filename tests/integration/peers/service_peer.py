@@ -37,6 +37,12 @@ class Meet(msgspec.Struct, tag="meet"):
     n: int
 
 
+class Overlap(msgspec.Struct, tag="overlap"):
+    """Stay in the handler for `seconds`; return the most handlers seen at once."""
+
+    seconds: float
+
+
 class Term(msgspec.Struct, tag="term"):
     """SIGTERM this process, then finish the call."""
 
@@ -63,6 +69,8 @@ WORKERS = int(sys.argv[3]) if __name__ == "__main__" else 1
 barrier = threading.Barrier(WORKERS, timeout=20)
 meet_count = 0
 met = asyncio.Event()
+inside = most_inside = 0
+inside_lock = threading.Lock()
 
 
 def who(req: Who, ctx: kernel.RequestContext) -> list[int]:
@@ -85,6 +93,17 @@ def meet(req: Meet) -> int:
     return barrier.wait()  # BrokenBarrierError after 20 s if workers do not overlap
 
 
+def overlap(req: Overlap) -> int:
+    global inside, most_inside
+    with inside_lock:
+        inside += 1
+        most_inside = max(most_inside, inside)
+    threading.Event().wait(req.seconds)
+    with inside_lock:
+        inside -= 1
+    return most_inside
+
+
 def term(req: Term) -> str:
     os.kill(os.getpid(), signal.SIGTERM)
     threading.Event().wait(0.1)  # still in flight while the shutdown starts
@@ -105,6 +124,15 @@ async def ameet(req: Meet) -> int:
     return meet_count
 
 
+async def aoverlap(req: Overlap) -> int:
+    global inside, most_inside
+    inside += 1
+    most_inside = max(most_inside, inside)
+    await asyncio.sleep(req.seconds)
+    inside -= 1
+    return most_inside
+
+
 async def aterm(req: Term) -> str:
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.sleep(0.1)
@@ -114,11 +142,11 @@ async def aterm(req: Term) -> str:
 def main() -> None:
     svc = kernel.Service(sys.argv[1], mode=0o666)
     if FACE == "sync":
-        for f in (who, fail, big, echo, meet, term):
+        for f in (who, fail, big, echo, meet, overlap, term):
             svc.handler(f)
         svc.run(workers=WORKERS)
     else:
-        for g in (who, fail, big, aecho, ameet, aterm):
+        for g in (who, fail, big, aecho, ameet, aoverlap, aterm):
             svc.handler(g)
         asyncio.run(svc.serve(workers=WORKERS))
     print("clean exit", file=sys.stderr)

@@ -1,0 +1,181 @@
+"""The threads that serve a blocking Service's sessions (kernel/_service_sessions.py).
+
+One thread at a time polls the SessionGroup and runs the handlers inline, as a
+lone group thread does: no hand-off per request. (Handing every batch to the next
+thread, so that one was always polling, cost one client 18.7-29 µs a call with 4
+workers, against 4.5-5.0 µs: each request woke a thread and moved the GIL.) The
+other workers stand by. One of them, the watcher, looks every STALL_NS while
+requests come in: once a thread has spent that long in one handler and nobody
+polls, the watcher starts polling (and another stand-by becomes the watcher). So a
+blocking handler holds up the other sessions for at most about STALL_NS, and a
+busy service with quick handlers pays nothing for its idle workers. Go's runtime
+takes a processor away from a thread stuck in a system call the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .client._session import SessionMessage
+from .client.session_group import SessionGroup
+from .errors import IPCError
+
+log = logging.getLogger("mkipc.service")
+
+STALL_NS = 1_000_000
+"""How long one handler may keep the polling thread before another worker polls."""
+IDLE_NS = 50_000_000
+"""With no handler started for this long the watcher stops looking (no wake-ups
+while idle); the next handler's start wakes it."""
+
+
+class Slots:
+    """At most `n` handlers at once, whichever path brought their requests: a
+    thread takes a slot before it runs a handler and gives it back after. (A
+    threading.Semaphore costs ~1 µs a round, a fifth of a Service call; here a
+    free slot is one deque pop and one append, atomic under the GIL. Only a thread
+    that finds none free takes the condition's lock and waits.)"""
+
+    def __init__(self, n: int) -> None:
+        self._free: deque[None] = deque([None] * n)
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting = 0
+
+    def take(self) -> None:
+        try:
+            return self._free.pop()
+        except IndexError:
+            pass
+        with self._cond:
+            self._waiting += 1  # before the last look: a give() now sees us and notifies
+            try:
+                while True:
+                    try:
+                        return self._free.pop()
+                    except IndexError:
+                        self._cond.wait()
+            finally:
+                self._waiting -= 1
+
+    def give(self) -> None:
+        self._free.append(None)
+        if self._waiting:
+            with self._cond:
+                self._cond.notify()
+
+
+class GroupWorkers:
+    """`n` threads that serve `group`: `handle(msg)` answers one request. stop()
+    after `group.shutdown()`: the requests already taken are still handled."""
+
+    def __init__(
+        self, group: SessionGroup, n: int, handle: Callable[[SessionMessage], None], name: str
+    ) -> None:
+        self._group = group
+        self._handle = handle
+        self._ready: deque[SessionMessage] = deque()  # taken from the rings, not yet handled
+        self._turn = threading.Lock()  # held by the thread that polls the rings
+        self._since = [0] * n  # per thread: when its handler started (0: none)
+        self._last_start = 0
+        lock = threading.Lock()
+        self._watch_cv = threading.Condition(lock)  # the watcher waits here
+        self._standby_cv = threading.Condition(lock)  # the other stand-bys here
+        self._watching = self._dozing = self._stopping = False
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True, name=f"{name}[sessions {i}]")
+            for i in range(n)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Let the stand-bys go (call after group.shutdown(): the poller leaves by itself)."""
+        with self._watch_cv:
+            self._stopping = True
+            self._watch_cv.notify_all()
+            self._standby_cv.notify_all()
+
+    def _run(self, i: int) -> None:
+        since, handle = self._since, self._handle
+        while True:
+            try:
+                msg = self._take()
+            except IPCError as e:  # shut down, or the kernel went away
+                log.debug("session worker %d stops: %s", i, e)
+                self.stop()
+                return
+            if msg is None:
+                if not self._stand_by():
+                    return
+                continue
+            since[i] = self._last_start = time.monotonic_ns()
+            if self._dozing:  # the first request after a quiet spell
+                self._wake_watcher()
+            try:
+                handle(msg)
+            except Exception:  # a bug in handle(): this thread must keep serving
+                log.exception("session worker %d: handling a request failed", i)
+            finally:
+                since[i] = 0
+
+    def _take(self) -> SessionMessage | None:
+        """The next request, polling the rings if no thread does; None if one does."""
+        ready = self._ready
+        if ready:  # raising IndexError on every empty look cost ~0.2 µs
+            try:
+                return ready.popleft()
+            except IndexError:
+                pass  # another thread took it
+        if not self._turn.acquire(blocking=False):
+            return None
+        try:
+            if ready:  # filled while we took the turn
+                try:
+                    return ready.popleft()
+                except IndexError:
+                    pass
+            batch = self._group.recv_many()
+            if len(batch) > 1:
+                ready.extend(batch[1:])
+            return batch[0]
+        finally:
+            self._turn.release()
+
+    def _stand_by(self) -> bool:
+        """Wait until this thread is needed; False once the workers stop."""
+        with self._watch_cv:
+            while self._watching and not self._stopping:
+                self._standby_cv.wait()
+            if self._stopping:
+                return bool(self._ready)  # handle what was taken, then leave
+            self._watching = True
+            try:
+                self._watch()
+            finally:
+                self._watching = False
+                self._standby_cv.notify()  # the next stand-by watches
+            return True
+
+    def _watch(self) -> None:
+        """Return when a thread has spent STALL_NS in one handler and none polls."""
+        while not self._stopping:
+            now = time.monotonic_ns()
+            if not self._turn.locked() and any(0 < s <= now - STALL_NS for s in self._since):
+                return
+            if now - self._last_start < IDLE_NS:
+                self._watch_cv.wait(STALL_NS / 1e9)
+                continue
+            self._dozing = True  # then look once more: a start that missed it ...
+            try:
+                if time.monotonic_ns() - self._last_start >= IDLE_NS:
+                    self._watch_cv.wait()  # ... sees _dozing and wakes us
+            finally:
+                self._dozing = False
+
+    def _wake_watcher(self) -> None:
+        with self._watch_cv:
+            self._watch_cv.notify()
