@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 
+from ._core.faces import ServiceCaller
 from .client.aio import AsyncEndpointCap, AsyncKernel
+from .client.session import Session
 from .client.sync import EndpointCap, Kernel
 from .errors import (
     InvalidArgumentError,
@@ -27,7 +29,6 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .client.aio_session import AsyncSession
-    from .client.session import Session
 
 T = TypeVar("T")
 
@@ -80,7 +81,7 @@ _encoder = msgspec.msgpack.Encoder()
 _failures = msgspec.msgpack.Decoder(Failure)
 
 
-class ServiceClient:
+class ServiceClient(ServiceCaller):
     """Calls a Service through an endpoint capability (blocking face; thread-safe).
 
     By default the first call opens a direct session to the service (`cap.session`):
@@ -88,67 +89,52 @@ class ServiceClient:
     cost of a call through the kernel. A session carries one call at a time, so a
     call made while another is on it goes through the kernel instead, where the
     service's other workers take it: concurrency is as without sessions.
-    `session=False` keeps every call on the kernel's path."""
+    `session=False` keeps every call on the kernel's path. `call()`'s common path
+    is compiled (kernel/_core/faces.pyx ServiceCaller); the rest is here."""
 
-    __slots__ = ("cap", "_what", "_use_session", "_session", "_lock", "_busy")
+    __slots__ = ("cap", "_what", "_use_session", "_lock")
 
     def __init__(self, cap: EndpointCap, *, name: str | None = None, session: bool = True) -> None:
         self.cap = cap
         self._what = f"service {name!r}" if name else f"service at slot {cap.slot:#x}"
         self._use_session = session
-        self._session: Session | None = None
         self._lock = threading.Lock()  # opening the session
-        self._busy = threading.Lock()  # a call is on the session
+        self._bind_codec(_encoder.encode, _decoders)
 
     @classmethod
     def lookup(cls, k: Kernel, name: str, *, timeout: float | None = 0) -> ServiceClient:
         """Look `name` up, waiting up to `timeout` seconds for it to be registered."""
         return cls(k.names.lookup(name, timeout=timeout), name=name)
 
-    @overload
-    def call(self, request: msgspec.Struct, *, timeout: float | None = None) -> Any: ...
-    @overload
-    def call(
-        self, request: msgspec.Struct, *, timeout: float | None = None, type: type[T]
-    ) -> T: ...
-    def call(
-        self, request: msgspec.Struct, *, timeout: float | None = None, type: Any = Any
-    ) -> Any:
-        """Send `request` and return the handler's result (decoded as `type`).
+    def _call_slow(self, data: bytes, timeout: float | None, type_: Any) -> Any:
+        """No session: open it (the first call), else the kernel's path."""
+        if self._use_session and self._open(timeout):
+            return self._call_session(data, timeout, type_)
+        return self._call_kernel(data, timeout, type_)
 
-        Raises the handler's exception (a safe builtin as itself, anything else as
-        RemoteError), InvalidArgumentError for a request the service does not take,
-        CallTimeoutError, PeerClosedError (the service ended).
-        """
-        data = _encoder.encode(request)
-        if not self._use_session or not self._busy.acquire(blocking=False):
-            return result(self.cap.call(data, timeout=timeout).data, type, self._what)
-        try:
-            session = self._session or self._open(timeout)
-            if session is None:
-                reply = self.cap.call(data, timeout=timeout).data
-            else:
-                reply = session.call(data, timeout=timeout).data
-        finally:
-            self._busy.release()
-        return result(reply, type, self._what)
+    def _call_kernel(self, data: bytes, timeout: float | None, type_: Any) -> Any:
+        return result(self.cap.call(data, timeout=timeout).data, type_, self._what)
 
-    def _open(self, timeout: float | None) -> Session | None:
-        """The session, opened on first use; None if the service declined one (it
+    def _result(self, reply: bytes, type_: Any) -> Any:
+        return result(reply, type_, self._what)
+
+    def _open(self, timeout: float | None) -> bool:
+        """Open the session on first use; False if the service declined one (it
         holds too many): this client then stays on the kernel path."""
         with self._lock:
             if self._session is None and self._use_session:
                 try:
-                    self._session = self.cap.session(timeout=timeout)
+                    self._set_session(self.cap.session(timeout=timeout))
                 except ResourceLimitError:
                     self._use_session = False
-            return self._session
+            return self._session is not None
 
     def close(self) -> None:
         """Close the session and the capability (fine if the service ended)."""
-        session, self._session = self._session, None
+        session = self._session
+        self._set_session(None)
         try:
-            if session is not None:
+            if isinstance(session, Session):
                 session.close()
             self.cap.close()
         except (InvalidCapabilityError, PeerClosedError):

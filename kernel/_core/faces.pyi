@@ -1,9 +1,13 @@
 # Stub for the compiled kernel._core.faces (see faces.pyx).
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
 
+import msgspec
 from typing_extensions import Buffer, disjoint_base
 
 from .port import SessionMessage, SessionPort
+
+_T = TypeVar("_T")
 
 @disjoint_base
 class TurnLock:
@@ -25,6 +29,20 @@ class SessionReply:
 class SessionCaller:
     def _bind(self, port: SessionPort, peer: Any) -> TurnLock: ...
     def call(self, data: Buffer, *, timeout: float | None = None) -> SessionReply: ...
+
+@disjoint_base
+class ServiceCaller:
+    def _bind_codec(self, encode: Callable[[Any], bytes], decoders: dict[Any, Any]) -> None: ...
+    def _set_session(self, session: SessionCaller | None) -> None: ...
+    @property
+    def _session(self) -> SessionCaller | None: ...
+    @overload
+    def call(self, request: msgspec.Struct, *, timeout: float | None = None) -> Any: ...
+    @overload
+    def call(
+        self, request: msgspec.Struct, *, timeout: float | None = None, type: type[_T]
+    ) -> _T: ...
+    def _call_session(self, data: bytes, timeout: float | None, type_: Any) -> Any: ...
 
 WOKEN: int
 

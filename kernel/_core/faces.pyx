@@ -1,7 +1,8 @@
 # cython: language_level=3, embedsignature=True
 # cython: boundscheck=False, wraparound=False, auto_pickle=False
 """The common paths of the client's session objects, compiled: kernel.Session's
-call (SessionCaller), kernel.SessionServer's recv (SessionReceiver) and
+call (SessionCaller), kernel.ServiceClient's call over its session
+(ServiceCaller), kernel.SessionServer's recv (SessionReceiver) and
 kernel.SessionGroup's wait (group_spin, group_sleep), over a session's port (port.pyx).
 
 After 10 ms of idleness, or with 32 client processes on 2 cores, every call
@@ -10,6 +11,7 @@ wait cost microseconds. Python (kernel/client/session.py) keeps what is rare:
 timeouts, full rings, ended sessions, shutdown.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.pythread cimport (
@@ -18,6 +20,8 @@ from cpython.pythread cimport (
 )
 from libc.stdint cimport int64_t, uint64_t
 from posix.unistd cimport read
+
+from typing import Any
 
 from kernel._core.port import FULL as _FULL, READY as _READY, SOCKET as _SOCKET
 from kernel._core.port import TIMEOUT as _TIMEOUT
@@ -142,7 +146,13 @@ cdef class SessionCaller:
         call), PeerClosedError when the server closed the session or died, and
         InvalidCapabilityError when the capability it was opened through was revoked.
         """
-        cdef int64_t deadline = _deadline(timeout)
+        cdef object got = self._call(data, _deadline(timeout))
+        if type(got) is bytes:
+            return _reply(got, self._peer)
+        return got
+
+    cdef object _call(self, data, int64_t deadline):
+        """The reply's bytes, or the SessionReply of the slow path."""
         cdef uint64_t req_id
         cdef TurnLock turn = self._turn
         if turn is None:
@@ -158,10 +168,75 @@ cdef class SessionCaller:
             except (ValueError, RingCorruptError) as e:   # closed, or the peer broke the ring
                 first = e
             if type(first) is bytes:
-                return _reply(first, self._peer)
+                return first
             return self._call_slow(req_id, data, deadline, first)
         finally:
             turn.give()
+
+
+cdef class ServiceCaller:
+    """The compiled half of kernel.ServiceClient: `call()`'s common path (encode the
+    request, call over the client's session when no other call is on it, decode an
+    OK reply) is one C call. With 32 client processes on 2 cores every call runs
+    cache-cold, and ServiceClient's Python around the session call cut the rate
+    from 110-117k calls/s (the same session calls made directly) to 70k. The
+    subclass does the rest: `_call_slow(data, timeout, type)` when there is no
+    session (yet), `_call_kernel(...)` when the session is busy, and
+    `_result(reply, type)` for a failure or a type not decoded before."""
+
+    cdef object _encode
+    cdef dict _decoders
+    cdef SessionCaller _sess
+    cdef bint _on_session
+
+    def _bind_codec(self, encode, dict decoders):
+        """Called once by the subclass's __init__: msgspec's encode, and the reply
+        decoders by type (shared; `_result` adds to it)."""
+        self._encode, self._decoders = encode, decoders
+
+    def _set_session(self, SessionCaller session):
+        self._sess = session
+
+    @property
+    def _session(self):
+        """The client's session, or None (not opened, declined, or closed)."""
+        return self._sess
+
+    def call(self, request, *, timeout=None, type=Any):
+        """Send `request` and return the handler's result (decoded as `type`).
+
+        Raises the handler's exception (a safe builtin as itself, anything else as
+        RemoteError), InvalidArgumentError for a request the service does not take,
+        CallTimeoutError, PeerClosedError (the service ended).
+        """
+        data = self._encode(request)
+        if self._sess is None:
+            return self._call_slow(data, timeout, type)
+        return self._call_session(data, timeout, type)
+
+    def _call_session(self, data, timeout, type_):
+        """Over the session, or through the kernel while another call is on it (a
+        check and a flag under the GIL: no lock needed)."""
+        cdef SessionCaller session = self._sess
+        cdef object reply
+        if session is None or self._on_session:
+            return self._call_kernel(data, timeout, type_)
+        self._on_session = True
+        try:
+            reply = session._call(data, _deadline(timeout))
+        finally:
+            self._on_session = False
+        if type(reply) is not bytes:
+            reply = (<SessionReply>reply).data
+        return self._decode(reply, type_)
+
+    cdef object _decode(self, bytes reply, type_):
+        cdef object decoder
+        if PyBytes_GET_SIZE(reply) and PyBytes_AS_STRING(reply)[0] == 0:
+            decoder = self._decoders.get(type_)
+            if decoder is not None:   # a view keeps `reply` alive: msgspec may return views
+                return decoder.decode(memoryview(reply)[1:])
+        return self._result(reply, type_)
 
 
 RECV_BATCH = 256

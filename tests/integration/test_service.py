@@ -163,6 +163,42 @@ async def test_workers_serve_concurrently(kernel_daemon, tmp_path, face):
             await svc.close()
 
 
+def test_threads_sharing_a_client_call_concurrently_over_its_session_and_the_kernel(
+    kernel_daemon, tmp_path
+):
+    """One call at a time goes over the client's session; the others made meanwhile
+    go through the kernel to other workers, so three threads meet in three handlers."""
+    with service(tmp_path, "t.share", "sync", workers=3), kernel.connect(autostart=False) as k:
+        svc = kernel.ServiceClient.lookup(k, "t.share", timeout=10.0)
+        try:
+            assert svc.call(Echo("open"), timeout=5.0) == "open"
+            assert svc._session is not None
+            met: list[int] = []
+            threads = [
+                threading.Thread(target=lambda: met.append(svc.call(Meet(3), timeout=30.0)))
+                for _ in range(3)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(40)
+            assert sorted(met) == [0, 1, 2]  # threading.Barrier's indexes: all at once
+            answers: list[str] = []
+
+            def echo_many(i: int) -> None:
+                answers.extend(svc.call(Echo(f"{i}.{n}"), timeout=10.0) for n in range(100))
+
+            threads = [threading.Thread(target=echo_many, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(40)
+            assert sorted(answers) == sorted(f"{i}.{n}" for i in range(4) for n in range(100))
+        finally:
+            svc.close()
+        assert svc._session is None
+
+
 @pytest.mark.parametrize("face", FACES)
 @pytest.mark.parametrize("workers", [1, 2])
 def test_workers_bound_the_handlers_at_once_over_sessions_and_the_kernel_path(
@@ -207,7 +243,7 @@ def test_a_blocking_handler_holds_up_only_its_own_caller(kernel_daemon, tmp_path
             assert quick._session is not None
             done = threading.Event()
             blocked = threading.Thread(
-                target=lambda: (slow.call(Overlap(3.0), timeout=30.0), done.set())
+                target=lambda: (slow.call(Overlap(1.0), timeout=30.0), done.set())
             )
             blocked.start()
             time.sleep(0.1)  # the slow call is in its handler
