@@ -46,6 +46,9 @@ class ServiceCaller:
 
 WOKEN: int
 
+def group_take(
+    ports: list[SessionPort], out: list[SessionMessage], max_n: int, ended: list[int]
+) -> int: ...
 def group_spin(ports: list[SessionPort], budget_ns: int, poll_ns: int, max_yields: int) -> bool: ...
 def group_sleep(ports: list[SessionPort], wake_fd: int, deadline: int, lock: Any = None) -> int: ...
 

@@ -312,6 +312,30 @@ cdef class SessionReceiver:
 
 # ---------------------------------------------------------------- a group's wait
 
+def group_take(list ports, list out, Py_ssize_t max_n, list ended):
+    """kernel.SessionGroup's pass over its members, compiled: append up to `max_n`
+    requests from the members' inboxes to `out`, in member order, and return how
+    many. The index of a member that ended (its state word, a closed or broken
+    ring) goes to `ended` for the group's slow path, which names the error. In
+    Python the pass cost ~0.1 µs a member, 3 µs with 32, on every pass."""
+    cdef Py_ssize_t n = len(ports), i, room = max_n
+    cdef int64_t got
+    cdef SessionPort port
+    for i in range(n):
+        port = ports[i]
+        try:
+            got = port._recv_many(out, room)
+        except (ValueError, RingCorruptError):
+            got = -1
+        if got < 0:
+            ended.append(i)
+            continue
+        room -= got
+        if room <= 0:
+            break
+    return max_n - room
+
+
 def group_spin(list ports, int64_t budget_ns, int64_t poll_ns, int max_yields):
     """kernel.SessionGroup's busy-poll before it sleeps, compiled and without the
     GIL: True as soon as any member's inbox has a record, False after `budget_ns`

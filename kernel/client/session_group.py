@@ -15,9 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._core.faces import WOKEN, group_sleep, group_spin
+from .._core.faces import WOKEN, group_sleep, group_spin, group_take
 from .._core.port import SOCKET, SessionPort
-from .._core.ring import RingCorruptError
 from ..errors import CallTimeoutError, IPCError, PeerClosedError
 from ._conn import deadline_from
 from ._session import SessionMessage
@@ -50,8 +49,7 @@ class SessionGroup:
     def __init__(self, *, on_end: EndHandler | None = None) -> None:
         self._lock = threading.Lock()  # the members' rings: held while the group reads them
         self._members: list[SessionServer] = []
-        self._ports: list[tuple[SessionServer, SessionPort]] = []  # the hot loop's view
-        self._port_list: list[SessionPort] = []  # and the sleep's
+        self._port_list: list[SessionPort] = []  # the members' ports, as the C loops take them
         self._joining: list[SessionServer] = []
         self._on_end = on_end
         self._wake_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -117,30 +115,23 @@ class SessionGroup:
     # ------------------------------------------------------------ the loop
 
     def _take(self, out: list[SessionMessage], max_n: int) -> int:
-        """One pass over every member: the compiled port takes each ring's batch;
-        only a member that ended goes the slow way (which names the error)."""
+        """One pass over every member, compiled (group_take); only a member that
+        ended goes the slow way (which names the error)."""
         if self._closed:
             raise PeerClosedError("the session group is closed")
         if self._draining:
             raise PeerClosedError("the session group is shut down")
         if self._joining:
             self._join()
-        room = max_n
-        for server, port in self._ports:  # _drop() replaces the list, never edits it
+        members = self._members  # _drop() replaces the lists, never edits them
+        ended: list[int] = []
+        taken = group_take(self._port_list, out, max_n, ended)
+        for i in ended:  # rare: the slow way raises the member's error
             try:
-                n = port.recv_many(out, room)
-            except (ValueError, RingCorruptError):
-                n = -1
-            if n < 0:
-                try:
-                    n = server._end.take_many(out, room)  # raises the member's error
-                except IPCError as e:
-                    self._drop(server, e)
-                    continue
-            room -= n
-            if not room:
-                break
-        return max_n - room
+                taken += members[i]._end.take_many(out, max_n - taken)
+            except IPCError as e:
+                self._drop(members[i], e)
+        return taken
 
     def _join(self) -> None:
         self._set_members(self._members + self._joining)
@@ -157,8 +148,7 @@ class SessionGroup:
     def _set_members(self, members: list[SessionServer]) -> None:
         """New lists, never edited in place: a sleeping loop holds the old ones."""
         self._members = members
-        self._ports = [(m, m._end.port) for m in members]
-        self._port_list = [port for _, port in self._ports]
+        self._port_list = [m._end.port for m in members]
 
     def _sleep(self, deadline: int) -> None:
         """Sleep on every member's doorbell, the group's wake fd and the kernel's

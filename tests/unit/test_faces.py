@@ -207,3 +207,33 @@ def test_group_spin_sees_a_record_on_any_member_or_gives_up():
     finally:
         for ring in rings:
             ring.close()
+
+
+def test_group_take_takes_in_member_order_and_names_the_members_that_ended():
+    from kernel._core.faces import group_take
+    from kernel._core.port import SessionMessage
+
+    states = SessionStates(mmap.mmap(-1, abi.CONTROL_SIZE))
+    rings, members, callers = [], [], []
+    for index in (1, 2, 3):
+        states.set(index, abi.SESSION_OPEN)
+        requests, replies = ring_pair(mmap.mmap(-1, abi.CONTROL_SIZE + 8192), 4096, 4096)
+        rings.append(requests)
+        members.append(SessionPort(1, replies, requests, states, index, -1, 1000, 0, "c", 8))
+        callers.append(SessionPort(1, requests, replies, states, index, -1, 1000, 0, "s", 9))
+    try:
+        for i, caller in enumerate(callers):
+            for n in range(2):
+                caller.send(abi.Op.ENDPOINT_SEND, 0, f"{i}.{n}".encode())
+        out: list[SessionMessage] = []
+        ended: list[int] = []
+        assert group_take(members, out, 3, ended) == 3  # the batch bound stops the pass
+        assert [m.data for m in out] == [b"0.0", b"0.1", b"1.0"]
+        states.set(2, -22)  # the kernel ended member 1's session (PEER_CLOSED)
+        rings[2].close()  # and member 2's ring is gone
+        out.clear()
+        assert group_take(members, out, 10, ended) == 0
+        assert ended == [1, 2]  # the group's slow path names their errors
+    finally:
+        for ring in rings:
+            ring.close()
