@@ -58,11 +58,19 @@ class SessionPool:
     two clients on (docs/benchmarks.md), and ran handlers side by side however few
     workers the service asked for."""
 
-    def __init__(self, name: str, answer: Answer, workers: int, slots: Slots) -> None:
+    def __init__(
+        self,
+        name: str,
+        answer: Answer,
+        workers: int,
+        slots: Slots,
+        fatal: Callable[[BaseException], None],
+    ) -> None:
         self.name = name
         self._answer = answer
         self._n = workers
         self._slots = slots
+        self._fatal = fatal  # a handler let out SystemExit or the like: the service stops
         self._group = SessionGroup(on_end=self._ended)
         self._live: set[SessionServer] = set()
         self._workers: GroupWorkers | None = None
@@ -88,7 +96,9 @@ class SessionPool:
             self._live.add(srv)
             self._group.add(srv)
             if self._workers is None:
-                self._workers = GroupWorkers(self._group, self._n, self._handle, self.name)
+                self._workers = GroupWorkers(
+                    self._group, self._n, self._handle, self._fatal, self.name
+                )
 
     def _ended(self, srv: SessionServer, error: IPCError) -> None:
         """The group dropped a member (its caller closed it, ended, or was revoked).

@@ -69,14 +69,21 @@ class Slots:
 
 
 class GroupWorkers:
-    """`n` threads that serve `group`: `handle(msg)` answers one request. stop()
-    after `group.shutdown()`: the requests already taken are still handled."""
+    """`n` threads that serve `group`: `handle(msg)` answers one request; what it
+    lets out beyond Exception (SystemExit) goes to `fatal` and ends that thread.
+    stop() after `group.shutdown()`: the requests already taken are still handled."""
 
     def __init__(
-        self, group: SessionGroup, n: int, handle: Callable[[SessionMessage], None], name: str
+        self,
+        group: SessionGroup,
+        n: int,
+        handle: Callable[[SessionMessage], None],
+        fatal: Callable[[BaseException], None],
+        name: str,
     ) -> None:
         self._group = group
         self._handle = handle
+        self._fatal = fatal
         self._ready: deque[SessionMessage] = deque()  # taken from the rings, not yet handled
         self._turn = threading.Lock()  # held by the thread that polls the rings
         self._since = [0] * n  # per thread: when its handler started (0: none)
@@ -119,6 +126,9 @@ class GroupWorkers:
                 handle(msg)
             except Exception:  # a bug in handle(): this thread must keep serving
                 log.exception("session worker %d: handling a request failed", i)
+            except BaseException as e:  # SystemExit from a handler: as on the kernel path
+                self._fatal(e)
+                return
             finally:
                 since[i] = 0
 

@@ -267,7 +267,9 @@ class Service:
         self._wake = functools.partial(_poke, w)
         old = _install_signals(lambda signum, frame: self.stop(), w) if signals else None
         slots = Slots(workers)  # `workers` handlers at once, over both paths
-        self._sessions = SessionPool(self.name, self._answer, workers, slots)
+        self._sessions = SessionPool(
+            self.name, self._answer, workers, slots, functools.partial(self._fatal, errors)
+        )
         own = _worker_connections(k, ep, workers) if workers > 1 else []
         eps = [wep for _, wep, _ in own] or [ep]
         threads = [
@@ -283,7 +285,7 @@ class Service:
             while not self._stop_requested:  # the loop's jump runs a signal's handler
                 os.read(r, 1)  # a signal, stop() or a worker that ended writes here
         finally:
-            self._shutdown(k, ep, token, threads, errors)
+            self._shutdown(k, ep, token, threads)
             _close_worker_connections(k, own)
             _restore_signals(old)
             self._wake = None
@@ -298,8 +300,13 @@ class Service:
         try:
             self._worker(ep, token, slots)
         except BaseException as e:
-            errors.append(e)
-            self.stop()
+            self._fatal(errors, e)
+
+    def _fatal(self, errors: list[BaseException], e: BaseException) -> None:
+        """A worker ended on what a handler let out (SystemExit, KeyboardInterrupt)
+        or a lost kernel: stop, and run() raises it."""
+        errors.append(e)
+        self.stop()
 
     def _worker(self, ep: EndpointCap, token: bytes, slots: Slots) -> None:
         buf = bytearray(1)  # [_OK]; the rest is each reply's msgpack
@@ -342,11 +349,11 @@ class Service:
         ep: EndpointCap,
         token: bytes,
         threads: list[threading.Thread],
-        errors: list[BaseException],
     ) -> None:
         self._unregister(k)
         deadline = time.monotonic() + self.shutdown_timeout
-        for _ in range(len(threads) - len(errors)):  # one stop message per live worker
+        # One stop message per live worker (a worker that raised is gone already).
+        for _ in range(sum(t.is_alive() for t in threads)):
             try:
                 ep.send(token, timeout=max(0.0, deadline - time.monotonic()))
             except CallTimeoutError:

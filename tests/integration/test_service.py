@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from peerlib import PEERS
-from peers.service_peer import Big, Echo, Fail, Meet, Overlap, Term, Who
+from peers.service_peer import Big, Echo, Exit, Fail, Meet, Overlap, Term, Who
 
 import kernel
 
@@ -311,6 +311,27 @@ def test_an_idle_service_stops_cleanly_on_a_signal(kernel_daemon, tmp_path, face
         assert k.names.list("t.idle") == []
         assert "Traceback" not in run.log()
         svc.close()
+
+
+@pytest.mark.parametrize("path", ["session", "kernel"])
+def test_a_handler_raising_system_exit_stops_the_service_on_either_path(
+    kernel_daemon, tmp_path, path
+):
+    """run() raises what a handler let out beyond Exception, however the request came
+    (a session worker thread used to die alone while the service ran on)."""
+    with service(tmp_path, "t.exit", "sync") as run, kernel.connect(autostart=False) as k:
+        found = kernel.ServiceClient.lookup(k, "t.exit", timeout=10.0)
+        svc = found if path == "session" else kernel.ServiceClient(found.cap.copy(), session=False)
+        try:
+            with pytest.raises(kernel.IPCError):  # the service ended without an answer
+                svc.call(Exit(3), timeout=20.0)
+            # Before its shutdown_timeout (10 s): the kernel-path worker is told to stop
+            # even though the error came from another worker.
+            assert run.proc.wait(5) == 3, run.log()
+            assert (svc._session is not None) == (path == "session")
+        finally:
+            svc.close()
+            found.close()
 
 
 @pytest.mark.parametrize("face", FACES)

@@ -43,6 +43,12 @@ class Overlap(msgspec.Struct, tag="overlap"):
     seconds: float
 
 
+class Exit(msgspec.Struct, tag="exit"):
+    """raise SystemExit(code) in the handler."""
+
+    code: int
+
+
 class Term(msgspec.Struct, tag="term"):
     """SIGTERM this process, then finish the call."""
 
@@ -104,6 +110,10 @@ def overlap(req: Overlap) -> int:
     return most_inside
 
 
+def exit_(req: Exit) -> None:
+    raise SystemExit(req.code)
+
+
 def term(req: Term) -> str:
     os.kill(os.getpid(), signal.SIGTERM)
     threading.Event().wait(0.1)  # still in flight while the shutdown starts
@@ -142,7 +152,7 @@ async def aterm(req: Term) -> str:
 def main() -> None:
     svc = kernel.Service(sys.argv[1], mode=0o666)
     if FACE == "sync":
-        for f in (who, fail, big, echo, meet, overlap, term):
+        for f in (who, fail, big, echo, meet, overlap, exit_, term):
             svc.handler(f)
         svc.run(workers=WORKERS)
     else:
