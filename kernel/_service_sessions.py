@@ -2,11 +2,10 @@
 one gets it accepted, and its calls are answered over the session's own rings,
 not through the kernel. Under the blocking face the sessions are members of one
 SessionGroup served by the service's `workers` threads (_session_workers.py);
-under asyncio, tasks (one
-per request, so a slow coroutine handler does not hold up the client's other
-calls). Either way a handler first takes one of the service's `workers` slots
-(Slots), so `workers` bounds the handlers that run at once over every path.
-Stopping the service ends every session."""
+under asyncio, by tasks (one per request, so a slow coroutine handler does not
+hold up the client's other calls). Either way a handler first takes one of the
+service's `workers` slots, so `workers` bounds the handlers that run at once over
+every path. Stopping the service ends every session."""
 
 from __future__ import annotations
 
