@@ -92,8 +92,9 @@ class GroupWorkers:
         self._watch_cv = threading.Condition(lock)  # the watcher waits here
         self._standby_cv = threading.Condition(lock)  # the other stand-bys here
         self._watching = self._dozing = self._stopping = False
+        run = self._run_alone if n == 1 else self._run
         self.threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True, name=f"{name}[sessions {i}]")
+            threading.Thread(target=run, args=(i,), daemon=True, name=f"{name}[sessions {i}]")
             for i in range(n)
         ]
         for t in self.threads:
@@ -131,6 +132,24 @@ class GroupWorkers:
                 return
             finally:
                 since[i] = 0
+
+    def _run_alone(self, i: int) -> None:
+        """One worker: no stand-by to watch for it, so no bookkeeping per request."""
+        group, handle = self._group, self._handle
+        while True:
+            try:
+                batch = group.recv_many()
+            except IPCError as e:  # shut down, or the kernel went away
+                log.debug("session worker %d stops: %s", i, e)
+                return
+            for msg in batch:
+                try:
+                    handle(msg)
+                except Exception:  # a bug in handle(): this thread must keep serving
+                    log.exception("session worker %d: handling a request failed", i)
+                except BaseException as e:  # SystemExit from a handler: as on the kernel path
+                    self._fatal(e)
+                    return
 
     def _take(self) -> SessionMessage | None:
         """The next request, polling the rings if no thread does; None if one does."""

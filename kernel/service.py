@@ -175,16 +175,21 @@ class Service:
         try:
             req = self._request_decoder().decode(data)
         except msgspec.MsgspecError as e:
-            tags = ", ".join(repr(t.__struct_config__.tag) for t in self._routes)
-            why = f"malformed or unknown request ({e}); {self.name!r} takes {tags}"
-            return failure(Failure(BAD_REQUEST, "InvalidArgumentError", why))
+            return self._bad_request(e)
         return req, self._routes[type(req)]
 
+    def _bad_request(self, e: msgspec.MsgspecError) -> bytes:
+        tags = ", ".join(repr(t.__struct_config__.tag) for t in self._routes)
+        why = f"malformed or unknown request ({e}); {self.name!r} takes {tags}"
+        return failure(Failure(BAD_REQUEST, "InvalidArgumentError", why))
+
     def _answer(self, msg: Message, buf: bytearray) -> bytes | bytearray:
-        decoded = self._decode(msg.data)
-        if isinstance(decoded, bytes):
-            return decoded
-        req, route = decoded
+        """The reply to a request (the blocking face's hot path: _decode inlined)."""
+        try:
+            req = (self._decoder or self._request_decoder()).decode(msg.data)
+        except msgspec.MsgspecError as e:
+            return self._bad_request(e)
+        route = self._routes[type(req)]
         try:
             result = route.func(req, RequestContext(msg)) if route.with_ctx else route.func(req)
             return self._ok(result, buf)
