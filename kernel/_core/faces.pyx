@@ -26,7 +26,7 @@ from typing import Any
 from kernel._core.port import FULL as _FULL, READY as _READY, SOCKET as _SOCKET
 from kernel._core.port import TIMEOUT as _TIMEOUT
 from kernel._core.ring import RingCorruptError
-from kernel._core.port cimport POLLIN, SessionPort, poll, pollfd
+from kernel._core.port cimport OP_SEND, POLLIN, W_OK, SessionPort, poll, pollfd
 from kernel._core.ring cimport (
     mk_cpu_relax, mk_fence, mk_load_acquire_u64, mk_store_u32, mk_yield, now_ns,
 )
@@ -124,9 +124,10 @@ cdef int64_t _deadline(timeout) except? -2:
 
 cdef class SessionCaller:
     """The compiled half of kernel.Session: `call()`'s common path (write the call,
-    wait, take the reply) is one C call. Anything else, the subclass's
-    `_call_slow(req_id, data, deadline, first)` finishes, still holding the turn:
-    `first` is SessionPort.call's code, or the ValueError or RingCorruptError it raised."""
+    wait, take the reply) is one C call, and so is `send()`'s (write, ring). Past
+    it, the subclass's `_send_slow(data, timeout)` or `_call_slow(req_id, data,
+    deadline, first)` finishes (the latter still holding the turn): `first` is
+    SessionPort.call's code, or the ValueError or RingCorruptError it raised."""
 
     cdef SessionPort _port
     cdef TurnLock _turn
@@ -150,6 +151,16 @@ cdef class SessionCaller:
         if type(got) is bytes:
             return _reply(got, self._peer)
         return got
+
+    def send(self, data, *, timeout=None):
+        """One-way: queue `data` for the server and return at once. Blocks only while
+        the ring is full (the server is behind), until `timeout`."""
+        try:
+            if self._port._send(OP_SEND, 0, data) == W_OK:
+                return
+        except (OverflowError, ValueError):
+            pass   # the slow path names it
+        self._send_slow(data, timeout)
 
     cdef object _call(self, data, int64_t deadline):
         """The reply's bytes, or the SessionReply of the slow path."""

@@ -16,6 +16,14 @@ cdef extern from "<poll.h>" nogil:
     enum: POLLIN
 
 
+cdef enum:
+    OP_SEND = 10      # the record opcodes (kernel/abi.py Op.ENDPOINT_*)
+    OP_CALL = 11
+    OP_REPLY = 13
+    W_OK = 0          # _send()'s codes: written, or the ring is full
+    W_FULL = 1
+
+
 cdef class SessionPort:
     cdef Ring out
     cdef Ring inbox

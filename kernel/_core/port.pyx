@@ -23,13 +23,8 @@ from kernel._core.ring cimport (
 )
 
 cdef enum:
-    OP_SEND = 10
-    OP_CALL = 11
-    OP_REPLY = 13
     ST_OPEN = 1
     ST_PEER_CLOSED = -22
-    W_OK = 0
-    W_FULL = 1
 
 OK, FULL = W_OK, W_FULL
 """Return codes of the write methods; a negative code is the Status the session

@@ -93,12 +93,12 @@ class Session(SessionCaller, _Base):
     """The calling side of a direct session (`ep.session()`): calls and one-way sends
     go straight to the server that accepted it, not through the kernel. Thread-safe:
     calls take turns; sends need no turn (each is one compiled step under the GIL).
-    `call()` is compiled (kernel/_core/faces.pyx SessionCaller); its rare paths are here."""
+    `call()` and `send()` are compiled (kernel/_core/faces.pyx SessionCaller); their
+    rare paths are here."""
 
     def __init__(self, k: Kernel, end: SessionEnd) -> None:
         super().__init__(k, end)
         self._lock = self._bind(end.port, end.peer)  # the turn: close() waits for a call
-        self._send = end.port.send
 
     def _call_slow(
         self, req_id: int, data: Data, deadline: int, first: int | Exception
@@ -122,14 +122,9 @@ class Session(SessionCaller, _Base):
             end.wait(deadline)
         return SessionReply(reply, end.peer)
 
-    def send(self, data: Data, *, timeout: float | None = None) -> None:
-        """One-way: queue `data` for the server and return at once. Blocks only while
-        the ring is full (the server is behind), until `timeout`."""
-        try:
-            if not self._send(_SEND, 0, data):
-                return
-        except (OverflowError, ValueError):
-            pass  # the slow path names it
+    def _send_slow(self, data: Data, timeout: float | None) -> None:
+        """send() past its compiled common path: a full ring, a payload too large, or
+        an ended session (each named here)."""
         self._end.send(_SEND, 0, data, deadline_from(timeout))
 
     def send_many(self, data: Sequence[Data], *, timeout: float | None = None) -> None:

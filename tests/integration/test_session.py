@@ -609,3 +609,22 @@ def test_a_malformed_reply_fails_the_call_and_ends_the_session_for_the_caller(ke
             server.recv(timeout=0.3)
         s.close()
         server.close()
+
+
+def test_a_send_too_large_or_after_close_is_refused_and_sends_nothing(kernel_daemon):
+    """Session.send's compiled common path hands these to the slow path, which names
+    them; what was sent before and after arrives whole and in order."""
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        s, server = session_in_process(ep, ep)
+        s.send(b"before")
+        with pytest.raises(kernel.MessageTooLargeError):
+            s.send(b"x" * (abi.MAX_PAYLOAD + 1))
+        with pytest.raises(TypeError):
+            s.send("text is not bytes")  # type: ignore[arg-type]
+        s.send(memoryview(b"after"))
+        assert [m.data for m in server.recv_many(timeout=10)] == [b"before", b"after"]
+        s.close()
+        with pytest.raises(kernel.PeerClosedError, match="closed"):
+            s.send(b"late")
+        server.close()
