@@ -327,8 +327,8 @@ def group_take(list ports, list out, Py_ssize_t max_n, list ended):
     """kernel.SessionGroup's pass over its members, compiled: append up to `max_n`
     requests from the members' inboxes to `out`, in member order, and return how
     many. The index of a member that ended (its state word, a closed or broken
-    ring) goes to `ended` for the group's slow path, which names the error. In
-    Python the pass cost ~0.1 µs a member, 3 µs with 32, on every pass."""
+    ring) goes to `ended` for the group's slow path, which names the error. With
+    32 members a pass takes 0.4 µs; in Python it took 2.2, on every pass."""
     cdef Py_ssize_t n = len(ports), i, room = max_n
     cdef int64_t got
     cdef SessionPort port
@@ -401,7 +401,7 @@ def group_spin(list ports, int64_t budget_ns, int64_t poll_ns, int max_yields):
 
 
 WOKEN = 7
-"""group_sleep()'s code when the group's own wake fd fired (add() or close())."""
+"""group_sleep()'s code when the group's own wake fd fired (add(), shutdown(), close())."""
 
 
 def group_sleep(list ports, int wake_fd, int64_t deadline, lock=None):
