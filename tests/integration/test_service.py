@@ -258,6 +258,47 @@ def test_a_blocking_handler_holds_up_only_its_own_caller(kernel_daemon, tmp_path
             quick.close()
 
 
+def test_a_session_caller_killed_while_its_handler_runs_leaves_the_others_served(
+    kernel_daemon, tmp_path
+):
+    """The dead caller's reply has nowhere to go: it is dropped (logged at debug), its
+    session leaves the group, and the service answers everyone else, then stops
+    cleanly."""
+    caller = (
+        f"import sys; sys.path.insert(0, {str(PEERS)!r})\n"
+        "import kernel\nfrom service_peer import Overlap\n"
+        "with kernel.connect(autostart=False) as k:\n"
+        "    svc = kernel.ServiceClient.lookup(k, 't.killed', timeout=10.0)\n"
+        "    print('calling', flush=True)\n"
+        "    svc.call(Overlap(1.0), timeout=60.0)\n"
+    )
+    with service(tmp_path, "t.killed", "sync", workers=2) as run:
+        with kernel.connect(autostart=False) as k:
+            other = kernel.ServiceClient.lookup(k, "t.killed", timeout=10.0)
+            assert other.call(Echo("before"), timeout=5.0) == "before"
+            doomed = subprocess.Popen(
+                [sys.executable, "-c", caller], stdout=subprocess.PIPE, text=True
+            )
+            try:
+                assert doomed.stdout is not None
+                assert doomed.stdout.readline() == "calling\n"
+                time.sleep(0.2)  # its call is in the handler by now
+                doomed.kill()
+                doomed.wait(10)
+                for i in range(50):  # during the orphaned handler and after it
+                    assert other.call(Echo(str(i)), timeout=10.0) == str(i)
+                    time.sleep(0.03)
+            finally:
+                if doomed.poll() is None:
+                    doomed.kill()
+                    doomed.wait(10)
+                doomed.stdout.close()
+                other.close()
+        assert run.signal(signal.SIGTERM) == 0, run.log()
+        assert "clean exit" in run.log()
+        assert "Traceback" not in run.log()
+
+
 def _context_switches(pid: int) -> int:
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
