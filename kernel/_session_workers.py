@@ -108,7 +108,7 @@ class GroupWorkers:
             self._standby_cv.notify_all()
 
     def _run(self, i: int) -> None:
-        since, handle = self._since, self._handle
+        since = self._since
         while True:
             try:
                 msg = self._take()
@@ -123,19 +123,14 @@ class GroupWorkers:
             since[i] = self._last_start = time.monotonic_ns()
             if self._dozing:  # the first request after a quiet spell
                 self._wake_watcher()
-            try:
-                handle(msg)
-            except Exception:  # a bug in handle(): this thread must keep serving
-                log.exception("session worker %d: handling a request failed", i)
-            except BaseException as e:  # SystemExit from a handler: as on the kernel path
-                self._fatal(e)
+            served = self._handle_one(i, msg)  # it lets nothing out
+            since[i] = 0
+            if not served:
                 return
-            finally:
-                since[i] = 0
 
     def _run_alone(self, i: int) -> None:
         """One worker: no stand-by to watch for it, so no bookkeeping per request."""
-        group, handle = self._group, self._handle
+        group = self._group
         while True:
             try:
                 batch = group.recv_many()
@@ -143,13 +138,20 @@ class GroupWorkers:
                 log.debug("session worker %d stops: %s", i, e)
                 return
             for msg in batch:
-                try:
-                    handle(msg)
-                except Exception:  # a bug in handle(): this thread must keep serving
-                    log.exception("session worker %d: handling a request failed", i)
-                except BaseException as e:  # SystemExit from a handler: as on the kernel path
-                    self._fatal(e)
+                if not self._handle_one(i, msg):
                     return
+
+    def _handle_one(self, i: int, msg: SessionMessage) -> bool:
+        """handle(msg); False if it let out SystemExit or the like (then `fatal` has it
+        and this thread ends, as a kernel-path worker does)."""
+        try:
+            self._handle(msg)
+        except Exception:  # a bug in handle(): this thread must keep serving
+            log.exception("session worker %d: handling a request failed", i)
+        except BaseException as e:
+            self._fatal(e)
+            return False
+        return True
 
     def _take(self) -> SessionMessage | None:
         """The next request, polling the rings if no thread does; None if one does."""

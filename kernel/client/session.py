@@ -174,11 +174,7 @@ class SessionServer(SessionReceiver, _Base):
 
     def _recv_slow(self, deadline: int) -> SessionMessage:
         """recv() past its compiled common path (the turn is free)."""
-        with self._lock:
-            if not (ready := self._take_ready(1)):
-                self._fill(deadline)
-                ready = self._take_ready(1)
-        return ready[0]
+        return self._take_or_fill(1, deadline)[0]
 
     def recv_many(
         self, max_n: int = RECV_BATCH, *, timeout: float | None = None
@@ -187,7 +183,10 @@ class SessionServer(SessionReceiver, _Base):
         One compiled step takes the whole batch: for high message rates."""
         if max_n < 1:
             raise ValueError("max_n must be at least 1")
-        deadline = deadline_from(timeout)
+        return self._take_or_fill(max_n, deadline_from(timeout))
+
+    def _take_or_fill(self, max_n: int, deadline: int) -> list[SessionMessage]:
+        """Up to `max_n` queued requests, waiting for a batch first if none is queued."""
         with self._lock:
             if not (ready := self._take_ready(max_n)):
                 self._fill(deadline)
