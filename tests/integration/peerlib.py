@@ -7,7 +7,7 @@ import contextlib
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import kernel
@@ -140,3 +140,19 @@ def session_in_process(
     server = accept_offer(ep)
     t.join(20)
     return opened[0], server
+
+
+def raising_in_thread(wait: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    """Start `wait()`, a blocking call the test expects to fail, in a thread of its
+    own; the list holds what it raised once the thread has ended."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            wait()
+        except BaseException as e:
+            raised.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, raised

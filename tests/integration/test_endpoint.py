@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 
 import pytest
-from peerlib import spawned
+from peerlib import raising_in_thread, spawned
 
 import kernel
 from kernel import ReplyCap
@@ -261,16 +260,7 @@ def test_a_forged_slot_raises_invalid_capability_and_the_connection_keeps_workin
 def test_closing_the_last_cap_fails_a_receiver_blocked_on_it(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
-        errors: list[BaseException] = []
-
-        def receive() -> None:
-            try:
-                ep.recv(timeout=10)
-            except BaseException as e:
-                errors.append(e)
-
-        t = threading.Thread(target=receive)
-        t.start()
+        t, errors = raising_in_thread(lambda: ep.recv(timeout=10))
         time.sleep(0.2)  # let the receiver block in the kernel
         ep.close()
         t.join(5)

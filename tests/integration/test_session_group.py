@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from peerlib import accept_offer, session_in_process, spawn_callers
+from peerlib import accept_offer, raising_in_thread, session_in_process, spawn_callers
 
 import kernel
 from capabilities import Rights
@@ -166,16 +166,7 @@ def test_shutdown_stops_receiving_but_the_requests_taken_can_still_be_answered(k
         caller = threading.Thread(target=lambda: replies.append(a.call(b"held").data))
         caller.start()
         (held,) = group.recv_many(timeout=10)
-        waiting: list[BaseException] = []
-
-        def wait_in_the_group() -> None:
-            try:
-                group.recv_many(timeout=30)
-            except kernel.IPCError as e:
-                waiting.append(e)
-
-        waiter = threading.Thread(target=wait_in_the_group)
-        waiter.start()
+        waiter, waiting = raising_in_thread(lambda: group.recv_many(timeout=30))
         time.sleep(0.3)  # it sleeps on the doorbells by now
         group.shutdown()
         waiter.join(10)

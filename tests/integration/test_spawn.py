@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from peerlib import raising_in_thread
 
 import kernel
 
@@ -120,18 +120,9 @@ def test_spawning_with_a_closed_cap_raises_and_starts_nothing(kernel_daemon):
 def test_a_spawn_that_fails_to_start_the_program_keeps_no_capability_alive(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
-        outcome: list[BaseException] = []
-
-        def receive() -> None:
-            try:
-                ep.recv(timeout=0.6)
-            except kernel.IPCError as e:
-                outcome.append(e)
-
         with pytest.raises(FileNotFoundError):
             k.spawn(["/nonexistent/mkipc-test-program"], caps={"ep": ep})
-        receiver = threading.Thread(target=receive)
-        receiver.start()
+        receiver, outcome = raising_in_thread(lambda: ep.recv(timeout=0.6))
         time.sleep(0.1)  # blocked in recv
         ep.close()  # the last capability to the endpoint: it is destroyed
         receiver.join(5)
