@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import abi
 from .._core.ring import Completion as Completion
-from .._core.ring import SessionStates, ring_pair
+from .._core.ring import SessionStates, prefault, ring_pair
 from ..abi import Op
 from ..errors import IPCError, MessageTooLargeError, PeerClosedError, Status, error_for
 from . import _launch
@@ -96,6 +96,7 @@ class Connection:
             self.mm = mmap.mmap(memfd, welcome.region_size)
         finally:
             os.close(memfd)
+        prefault(self.mm)  # no page fault in any call; the kernel's side then only maps
         self.sq, self.cq = ring_pair(self.mm, welcome.sq_size, welcome.cq_size)
         self.session_states = SessionStates(self.mm)  # the kernel's word on each session
         # sid -> descriptor triples read but not yet claimed; a list because a session

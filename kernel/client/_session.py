@@ -28,7 +28,7 @@ from .._core.port import (
     set_error_hook,
 )
 from .._core.port import SessionMessage as SessionMessage
-from .._core.ring import Completion, RingCorruptError, ring_pair
+from .._core.ring import Completion, RingCorruptError, prefault, ring_pair
 from ..abi import Op
 from ..errors import (
     CallTimeoutError,
@@ -85,6 +85,7 @@ class SessionEnd:
             raise
         finally:
             os.close(memfd)
+        prefault(self.mm)  # no page fault in any call (ring.pyx)
         requests, replies = ring_pair(self.mm, info.ring_size, info.ring_size)
         self.out, self.inbox = (replies, requests) if server else (requests, replies)
         self.my_efd, self.peer_efd = (

@@ -628,3 +628,32 @@ def test_a_send_too_large_or_after_close_is_refused_and_sends_nothing(kernel_dae
         with pytest.raises(kernel.PeerClosedError, match="closed"):
             s.send(b"late")
         server.close()
+
+
+def _minor_faults(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def test_calls_take_no_page_faults_once_the_rings_are_mapped(kernel_daemon):
+    """Both sides back their rings' pages when they map them (ring.prefault). A
+    page first touched mid-call cost that call 2-3 µs (about one call in 35 of a
+    ring's first pass), which set the p99 of a session call at 12-14 µs."""
+    calls, data = 3000, b"x" * 64  # 3000 records of ~100 B each way: ~75 pages per ring
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k)
+        with peer as server:
+            _event(rep)
+            with ep.session(timeout=10) as s:
+                s.call(data, timeout=10)
+                ep.call(data, timeout=10)
+                me, them = _minor_faults(os.getpid()), _minor_faults(server.pid)
+                for _ in range(calls):
+                    s.call(data)
+                session_faults = _minor_faults(os.getpid()) - me, _minor_faults(server.pid) - them
+                me = _minor_faults(os.getpid())
+                for _ in range(calls):
+                    ep.call(data)
+                kernel_faults = _minor_faults(os.getpid()) - me
+    assert session_faults[0] < 10, session_faults  # the caller's, then the server's
+    assert session_faults[1] < 10, session_faults
+    assert kernel_faults < 10, kernel_faults
