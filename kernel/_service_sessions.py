@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import abi
-from ._session_workers import GroupWorkers, Slots
-from .client._session import SessionMessage
+from ._core.serve import Answerer, SessionAnswers, Slots
+from ._session_workers import GroupWorkers
 from .client.aio import AsyncEndpointCap
 from .client.aio_session import AsyncSessionServer
 from .client.session import SessionServer
@@ -46,7 +46,6 @@ def _refusal(live_callers: list[int], offer: Any) -> str | None:
     return None
 
 
-Answer = Callable[[Any, bytearray], "bytes | bytearray"]
 AsyncAnswer = Callable[[Any, bytearray], Awaitable["bytes | bytearray"]]
 
 
@@ -60,15 +59,14 @@ class SessionPool:
     def __init__(
         self,
         name: str,
-        answer: Answer,
+        answerer: Answerer,
         workers: int,
         slots: Slots,
         fatal: Callable[[BaseException], None],
     ) -> None:
         self.name = name
-        self._answer = answer
+        self._answers = SessionAnswers(answerer, slots, log, name)
         self._n = workers
-        self._slots = slots
         self._fatal = fatal  # a handler let out SystemExit or the like: the service stops
         self._group = SessionGroup(on_end=self._ended)
         self._live: set[SessionServer] = set()
@@ -96,7 +94,7 @@ class SessionPool:
             self._group.add(srv)
             if self._workers is None:
                 self._workers = GroupWorkers(
-                    self._group, self._n, self._handle, self._fatal, self.name
+                    self._group, self._n, self._answers, self._fatal, self.name
                 )
 
     def _ended(self, srv: SessionServer, error: IPCError) -> None:
@@ -105,20 +103,6 @@ class SessionPool:
         it adds to the group)."""
         self._live.discard(srv)
         log.debug("%s: session ended: %s", self.name, error)
-
-    def _handle(self, msg: SessionMessage) -> None:
-        if not msg.is_call:  # a service answers calls; one-way sends are dropped
-            return
-        buf = _buffers.buf
-        self._slots.take()
-        try:
-            out = self._answer(msg, buf)
-        finally:
-            self._slots.give()
-        try:
-            msg.reply(out)
-        except IPCError as e:  # the session ended while the handler ran
-            log.debug("%s: session reply: %s", self.name, e)
 
     def close(self, deadline: float) -> None:
         """Stop every session gracefully: the requests received are answered, then
@@ -135,16 +119,6 @@ class SessionPool:
             if any(t.is_alive() for t in workers.threads):
                 log.warning("%s: a session handler is still busy; ending the sessions", self.name)
         self._group.close()
-
-
-class _Buffers(threading.local):
-    """A reply buffer per thread: [OK] then each reply's msgpack (Service._ok)."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray(1)
-
-
-_buffers = _Buffers()
 
 
 def _close_quietly(srv: SessionServer, name: str) -> None:

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ._core.serve import SessionAnswers
 from .client._session import SessionMessage
 from .client.session_group import SessionGroup
 from .errors import IPCError
@@ -33,56 +34,22 @@ IDLE_NS = 50_000_000
 while idle); the next handler's start wakes it."""
 
 
-class Slots:
-    """At most `n` handlers at once, whichever path brought their requests: a
-    thread takes a slot before it runs a handler and gives it back after. (A
-    threading.Semaphore costs ~1 µs a round, a fifth of a Service call; here a
-    free slot is one deque pop and one append, atomic under the GIL. Only a thread
-    that finds none free takes the condition's lock and waits.)"""
-
-    def __init__(self, n: int) -> None:
-        self._free: deque[None] = deque([None] * n)
-        self._cond = threading.Condition(threading.Lock())
-        self._waiting = 0
-
-    def take(self) -> None:
-        try:
-            return self._free.pop()
-        except IndexError:
-            pass
-        with self._cond:
-            self._waiting += 1  # before the last look: a give() now sees us and notifies
-            try:
-                while True:
-                    try:
-                        return self._free.pop()
-                    except IndexError:
-                        self._cond.wait()
-            finally:
-                self._waiting -= 1
-
-    def give(self) -> None:
-        self._free.append(None)
-        if self._waiting:
-            with self._cond:
-                self._cond.notify()
-
-
 class GroupWorkers:
-    """`n` threads that serve `group`: `handle(msg)` answers one request; what it
-    lets out beyond Exception (SystemExit) goes to `fatal` and ends that thread.
-    stop() after `group.shutdown()`: the requests already taken are still handled."""
+    """`n` threads that serve `group`: `answers` answers each request (compiled:
+    kernel/_core/serve.pyx); what a handler lets out beyond Exception (SystemExit)
+    goes to `fatal` and ends that thread. stop() after `group.shutdown()`: the
+    requests already taken are still handled."""
 
     def __init__(
         self,
         group: SessionGroup,
         n: int,
-        handle: Callable[[SessionMessage], None],
+        answers: SessionAnswers,
         fatal: Callable[[BaseException], None],
         name: str,
     ) -> None:
         self._group = group
-        self._handle = handle
+        self._answers = answers
         self._fatal = fatal
         self._ready: deque[SessionMessage] = deque()  # taken from the rings, not yet handled
         self._turn = threading.Lock()  # held by the thread that polls the rings
@@ -108,7 +75,7 @@ class GroupWorkers:
             self._standby_cv.notify_all()
 
     def _run(self, i: int) -> None:
-        since = self._since
+        since, buf, handle_one = self._since, bytearray(1), self._answers.handle_one
         while True:
             try:
                 msg = self._take()
@@ -123,35 +90,25 @@ class GroupWorkers:
             since[i] = self._last_start = time.monotonic_ns()
             if self._dozing:  # the first request after a quiet spell
                 self._wake_watcher()
-            served = self._handle_one(i, msg)  # it lets nothing out
+            fatal = handle_one(msg, buf, i)  # it lets nothing out
             since[i] = 0
-            if not served:
+            if fatal is not None:
+                self._fatal(fatal)
                 return
 
     def _run_alone(self, i: int) -> None:
         """One worker: no stand-by to watch for it, so no bookkeeping per request."""
-        group = self._group
+        group, buf, handle_batch = self._group, bytearray(1), self._answers.handle_batch
         while True:
             try:
                 batch = group.recv_many()
             except IPCError as e:  # shut down, or the kernel went away
                 log.debug("session worker %d stops: %s", i, e)
                 return
-            for msg in batch:
-                if not self._handle_one(i, msg):
-                    return
-
-    def _handle_one(self, i: int, msg: SessionMessage) -> bool:
-        """handle(msg); False if it let out SystemExit or the like (then `fatal` has it
-        and this thread ends, as a kernel-path worker does)."""
-        try:
-            self._handle(msg)
-        except Exception:  # a bug in handle(): this thread must keep serving
-            log.exception("session worker %d: handling a request failed", i)
-        except BaseException as e:
-            self._fatal(e)
-            return False
-        return True
+            fatal = handle_batch(batch, buf, i)
+            if fatal is not None:  # SystemExit or the like: the service stops
+                self._fatal(fatal)
+                return
 
     def _take(self) -> SessionMessage | None:
         """The next request, polling the rings if no thread does; None if one does."""

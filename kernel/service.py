@@ -52,12 +52,12 @@ import msgspec
 
 from capabilities import Rights
 
+from ._core.serve import Answerer, Slots
 from ._service_client import BAD_REQUEST, RAISED, SAFE_BUILTINS, Failure, failure
 from ._service_client import AsyncServiceClient as AsyncServiceClient
 from ._service_client import RemoteError as RemoteError
 from ._service_client import ServiceClient as ServiceClient
 from ._service_sessions import AsyncSessionPool, SessionPool
-from ._session_workers import Slots
 from .abi import MAX_PAYLOAD
 from .client._common import Credentials, MessageBase
 from .client._conn import Connection
@@ -183,18 +183,13 @@ class Service:
         why = f"malformed or unknown request ({e}); {self.name!r} takes {tags}"
         return failure(Failure(BAD_REQUEST, "InvalidArgumentError", why))
 
-    def _answer(self, msg: Message, buf: bytearray) -> bytes | bytearray:
-        """The reply to a request (the blocking face's hot path: _decode inlined)."""
-        try:
-            req = (self._decoder or self._request_decoder()).decode(msg.data)
-        except msgspec.MsgspecError as e:
-            return self._bad_request(e)
-        route = self._routes[type(req)]
-        try:
-            result = route.func(req, RequestContext(msg)) if route.with_ctx else route.func(req)
-            return self._ok(result, buf)
-        except Exception as e:
-            return self._raised(e, req)
+    def _answerer(self) -> Answerer:
+        """The blocking face's answer to a request, compiled (kernel/_core/serve.pyx);
+        built when serving starts, once the handlers are known."""
+        return Answerer(
+            self._request_decoder(), self._routes, _encoder, RequestContext,
+            self._bad_request, self._raised, MAX_PAYLOAD,
+        )  # fmt: skip
 
     async def _aanswer(self, msg: AsyncMessage, buf: bytearray) -> bytes | bytearray:
         decoded = self._decode(msg.data)
@@ -246,7 +241,7 @@ class Service:
                     f"handler {route.func.__qualname__} is a coroutine function: "
                     "serve it with `await svc.serve(...)` on an asyncio loop"
                 )
-        self._request_decoder()  # fail here, not on the first request
+        answerer = self._answerer()  # fails here, not on the first request
         own = k is None
         if k is None:
             k = Kernel(Connection())
@@ -256,7 +251,7 @@ class Service:
                 k.names.register(
                     self.name, ep, mode=self.mode, rights=self.rights, replace=self.replace
                 )
-                self._run(k, ep, workers, signals)
+                self._run(k, ep, answerer, workers, signals)
             finally:
                 _retire(ep)
         finally:
@@ -264,7 +259,9 @@ class Service:
             if own:
                 k.close()
 
-    def _run(self, k: Kernel, ep: EndpointCap, workers: int, signals: bool) -> None:
+    def _run(
+        self, k: Kernel, ep: EndpointCap, answerer: Answerer, workers: int, signals: bool
+    ) -> None:
         token = secrets.token_bytes(16)
         errors: list[BaseException] = []
         r, w = os.pipe()
@@ -273,13 +270,14 @@ class Service:
         old = _install_signals(lambda signum, frame: self.stop(), w) if signals else None
         slots = Slots(workers)  # `workers` handlers at once, over both paths
         self._sessions = SessionPool(
-            self.name, self._answer, workers, slots, functools.partial(self._fatal, errors)
+            self.name, answerer, workers, slots, functools.partial(self._fatal, errors)
         )
         own = _worker_connections(k, ep, workers) if workers > 1 else []
         eps = [wep for _, wep, _ in own] or [ep]
         threads = [
             threading.Thread(
-                target=self._thread, args=(wep, token, slots, errors), name=f"{self.name}[{i}]",
+                target=self._thread, args=(wep, token, answerer, slots, errors),
+                name=f"{self.name}[{i}]",
                 daemon=True,  # a handler stuck past shutdown_timeout must not hold the exit
             )
             for i, wep in enumerate(eps)
@@ -300,10 +298,15 @@ class Service:
             raise errors[0]
 
     def _thread(
-        self, ep: EndpointCap, token: bytes, slots: Slots, errors: list[BaseException]
+        self,
+        ep: EndpointCap,
+        token: bytes,
+        answerer: Answerer,
+        slots: Slots,
+        errors: list[BaseException],
     ) -> None:
         try:
-            self._worker(ep, token, slots)
+            self._worker(ep, token, answerer.answer, slots)
         except BaseException as e:
             self._fatal(errors, e)
 
@@ -313,7 +316,13 @@ class Service:
         errors.append(e)
         self.stop()
 
-    def _worker(self, ep: EndpointCap, token: bytes, slots: Slots) -> None:
+    def _worker(
+        self,
+        ep: EndpointCap,
+        token: bytes,
+        answer: Callable[[Message, bytearray], bytes | bytearray],
+        slots: Slots,
+    ) -> None:
         buf = bytearray(1)  # [_OK]; the rest is each reply's msgpack
         msg = ep.recv()
         while True:
@@ -331,7 +340,7 @@ class Service:
                 continue
             slots.take()
             try:
-                out = self._answer(msg, buf)
+                out = answer(msg, buf)
             finally:
                 slots.give()
             if msg._c.caps:  # the raw completion's slots: cheaper than msg.caps
