@@ -26,7 +26,8 @@ MAX_CAPS_PER_RECORD = 64
 RING_MAGIC = b"MKIPCRNG"
 
 RING_SIZE = 1 << 20
-"""Bytes of data in each ring of a process (SQ and CQ); memfd pages are lazy."""
+"""Bytes of data in each ring of a process (SQ and CQ); the client backs every page
+when it maps them (ring.prefault)."""
 
 MAX_PAYLOAD = 256 * 1024
 """Largest message payload in bytes; a larger one raises MessageTooLargeError."""
@@ -105,7 +106,8 @@ MSG_SESSION_OFFER = 4
 the payload is a SessionOffer, the badge that of the caller's capability."""
 
 SESSION_RING_SIZE = 1 << 20
-"""Bytes of data in each direction of a direct session (memfd pages are lazy)."""
+"""Bytes of data in each direction of a direct session (both ends back every page
+when they map it: ring.prefault)."""
 SESSION_OPEN, SESSION_FREE = 1, 0
 """Values of a session state word (ring.pxd); an ended session holds its Status (< 0)."""
 
