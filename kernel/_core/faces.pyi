@@ -47,6 +47,19 @@ class ServiceCaller:
 
 WOKEN: int
 
+@disjoint_base
+class GroupReceiver:
+    _port_list: list[SessionPort]
+    _joining: list[Any]
+    _closed: bool
+    _draining: bool
+    def _bind(
+        self, lock: Any, wake_fd: int, spin_ns: int, poll_ns: int, spin_yields: int
+    ) -> None: ...
+    def recv_many(
+        self, max_n: int = ..., *, timeout: float | None = None
+    ) -> list[SessionMessage]: ...
+
 def group_take(
     ports: list[SessionPort], out: list[SessionMessage], max_n: int, ended: list[int]
 ) -> int: ...

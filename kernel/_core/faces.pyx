@@ -323,12 +323,70 @@ cdef class SessionReceiver:
 
 # ---------------------------------------------------------------- a group's wait
 
+cdef class GroupReceiver:
+    """The compiled half of kernel.SessionGroup: `recv_many()`'s common path (no
+    timeout; no member joining, the group neither shut down nor closed) takes,
+    spins and sleeps in one C call, and only a member that ended or a wake-up
+    that is not a doorbell calls the subclass: `_take_ended(out, max_n, taken,
+    ended)` and `_after_sleep(code)`. Everything else is the subclass's
+    `_recv_many_slow(max_n, timeout)`. Its Python cost ~0.45 µs per batch warm,
+    a sixth of a one-client Service call, and more cache-cold after idleness."""
+
+    cdef public list _port_list       # the members' ports; replaced, never edited
+    cdef public list _joining         # added, not yet members: the slow path joins them
+    cdef public bint _closed
+    cdef public bint _draining
+    cdef object _glock                # the group's lock: held while it reads the rings
+    cdef int _wake_fd
+    cdef int64_t _spin_ns, _poll_ns
+    cdef int _spin_yields
+
+    def _bind(self, lock, int wake_fd, int64_t spin_ns, int64_t poll_ns, int spin_yields):
+        """Called once by the subclass's __init__."""
+        self._glock, self._wake_fd = lock, wake_fd
+        self._spin_ns, self._poll_ns, self._spin_yields = spin_ns, poll_ns, spin_yields
+        self._port_list, self._joining = [], []
+
+    def recv_many(self, Py_ssize_t max_n=RECV_BATCH, *, timeout=None):
+        """Wait for requests on any member; return those waiting, up to `max_n` (at
+        least one). Raises CallTimeoutError after `timeout`, PeerClosedError once the
+        group is closed or shut down, or the kernel went away."""
+        cdef list out = [], ended = []
+        cdef Py_ssize_t taken
+        if max_n < 1:
+            raise ValueError("max_n must be at least 1")
+        if timeout is not None or self._glock is None:
+            return self._recv_many_slow(max_n, timeout)
+        lock = self._glock
+        lock.acquire()
+        try:
+            while not (self._closed or self._draining or self._joining):
+                taken = _group_take(self._port_list, out, max_n, ended)
+                if ended:   # rare: the slow way raises each one's error, and drops it
+                    taken += self._take_ended(out, max_n, taken, ended)
+                    ended = []
+                if taken:
+                    return out
+                if group_spin(self._port_list, self._spin_ns, self._poll_ns, self._spin_yields):
+                    continue
+                code = group_sleep(self._port_list, self._wake_fd, -1, lock)
+                if code != _READY:
+                    self._after_sleep(code)
+        finally:
+            lock.release()
+        return self._recv_many_slow(max_n, None)
+
+
 def group_take(list ports, list out, Py_ssize_t max_n, list ended):
     """kernel.SessionGroup's pass over its members, compiled: append up to `max_n`
     requests from the members' inboxes to `out`, in member order, and return how
     many. The index of a member that ended (its state word, a closed or broken
     ring) goes to `ended` for the group's slow path, which names the error. With
     32 members a pass takes 0.4 µs; in Python it took 2.2, on every pass."""
+    return _group_take(ports, out, max_n, ended)
+
+
+cdef Py_ssize_t _group_take(list ports, list out, Py_ssize_t max_n, list ended) except -1:
     cdef Py_ssize_t n = len(ports), i, room = max_n
     cdef int64_t got
     cdef SessionPort port

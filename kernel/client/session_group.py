@@ -15,12 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._core.faces import WOKEN, group_sleep, group_spin, group_take
+from .._core.faces import WOKEN, GroupReceiver, group_sleep, group_spin, group_take
 from .._core.port import SOCKET, SessionPort
 from ..errors import CallTimeoutError, IPCError, PeerClosedError
 from ._conn import deadline_from
 from ._session import SessionMessage
-from .session import RECV_BATCH, SessionServer
+from .session import SessionServer
 
 SPIN_NS = 200_000
 POLL_NS = 1_000
@@ -36,7 +36,7 @@ starved for up to 180 ms (one call's worst case with 32 clients)."""
 EndHandler = Callable[[SessionServer, IPCError], None]
 
 
-class SessionGroup:
+class SessionGroup(GroupReceiver):
     """Serve many sessions from one thread: `recv_many()` returns the requests
     waiting on any member's ring; each answers on its own session (`msg.reply`).
 
@@ -46,15 +46,18 @@ class SessionGroup:
     waits until the group's thread is off its rings.
     """
 
+    # recv_many()'s common path is compiled (GroupReceiver); _recv_many_slow() the rest.
+    _port_list: list[SessionPort]  # the members' ports, as the C loops take them
+    _joining: list[SessionServer]
+    _closed: bool
+    _draining: bool
+
     def __init__(self, *, on_end: EndHandler | None = None) -> None:
         self._lock = threading.Lock()  # the members' rings: held while the group reads them
         self._members: list[SessionServer] = []
-        self._port_list: list[SessionPort] = []  # the members' ports, as the C loops take them
-        self._joining: list[SessionServer] = []
         self._on_end = on_end
         self._wake_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._closed = False
-        self._draining = False
+        self._bind(self._lock, self._wake_efd, SPIN_NS, POLL_NS, SPIN_YIELDS)
 
     def __len__(self) -> int:
         return len(self._members) + len(self._joining)
@@ -69,14 +72,9 @@ class SessionGroup:
             self._joining.append(server)
         os.eventfd_write(self._wake_efd, 1)  # a sleeping recv_many() takes it in
 
-    def recv_many(
-        self, max_n: int = RECV_BATCH, *, timeout: float | None = None
-    ) -> list[SessionMessage]:
-        """Wait for requests on any member; return those waiting, up to `max_n` (at
-        least one). Raises CallTimeoutError after `timeout`, PeerClosedError once the
-        group is closed or the kernel went away."""
-        if max_n < 1:
-            raise ValueError("max_n must be at least 1")
+    def _recv_many_slow(self, max_n: int, timeout: float | None) -> list[SessionMessage]:
+        """recv_many() with a timeout, a member joining, or the group shut down or
+        closed (then it raises)."""
         deadline = deadline_from(timeout)
         out: list[SessionMessage] = []
         with self._lock:
@@ -123,15 +121,24 @@ class SessionGroup:
             raise PeerClosedError("the session group is shut down")
         if self._joining:
             self._join()
-        members = self._members  # _drop() replaces the lists, never edits them
         ended: list[int] = []
         taken = group_take(self._port_list, out, max_n, ended)
-        for i in ended:  # rare: the slow way raises the member's error
+        if ended:
+            taken += self._take_ended(out, max_n, taken, ended)
+        return taken
+
+    def _take_ended(
+        self, out: list[SessionMessage], max_n: int, taken: int, ended: list[int]
+    ) -> int:
+        """The members at `ended` (indexes) looked ended: take what they still hold
+        the slow way, which raises the member's error, and drop it."""
+        members, more = self._members, 0  # _drop() replaces the lists, never edits them
+        for i in ended:
             try:
-                taken += members[i]._end.take_many(out, max_n - taken)
+                more += members[i]._end.take_many(out, max_n - taken - more)
             except IPCError as e:
                 self._drop(members[i], e)
-        return taken
+        return more
 
     def _join(self) -> None:
         self._set_members(self._members + self._joining)
@@ -154,7 +161,10 @@ class SessionGroup:
         """Sleep on every member's doorbell, the group's wake fd and the kernel's
         sockets (a lost kernel writes no word), compiled: faces.pyx group_sleep().
         The lock is let go meanwhile, so that add() and a member's close() proceed."""
-        code = group_sleep(self._port_list, self._wake_efd, deadline, self._lock)
+        self._after_sleep(group_sleep(self._port_list, self._wake_efd, deadline, self._lock))
+
+    def _after_sleep(self, code: int) -> None:
+        """Drain the group's wake fd, or look at the kernel sockets, as `code` says."""
         if self._closed:
             return  # the wake fd is closed: touch nothing
         if code == WOKEN:

@@ -76,8 +76,15 @@ def _session_pair(k: kernel.Kernel, badge: int):
     return session, server, parent
 
 
+# A recv_many() without a timeout runs compiled (faces.pyx GroupReceiver) until a
+# member joins, the group shuts down or closes; with one, in Python. The tests
+# whose group waits for something another thread does take both ways.
+WAITS = pytest.mark.parametrize("wait", [None, 10.0], ids=["untimed", "timed"])
+
+
+@WAITS
 def test_an_idle_group_times_out_wakes_for_a_late_member_and_drops_a_revoked_one(
-    kernel_daemon,
+    kernel_daemon, wait
 ):
     with kernel.connect(autostart=False) as k:
         group = kernel.SessionGroup()
@@ -95,14 +102,14 @@ def test_an_idle_group_times_out_wakes_for_a_late_member_and_drops_a_revoked_one
             b.send(b"late")
 
         threading.Thread(target=late_member).start()
-        got = group.recv_many(timeout=10)
+        got = group.recv_many(timeout=wait)
         assert [(m.data, m.badge) for m in got] == [(b"late", 2)]
 
         a_parent.revoke()  # a's session ends; b's stands
         results: list[bytes] = []
         caller = threading.Thread(target=lambda: results.append(b.call(b"q", timeout=10).data))
         caller.start()
-        (call,) = group.recv_many(timeout=10)  # b's call; a is dropped on the way
+        (call,) = group.recv_many(timeout=wait)  # b's call; a is dropped on the way
         call.reply(call.data + b"!")
         caller.join(10)
         assert results == [b"q!"]
@@ -125,7 +132,8 @@ def test_an_idle_group_times_out_wakes_for_a_late_member_and_drops_a_revoked_one
         b.close()
 
 
-def test_a_member_closed_from_another_thread_while_the_group_sleeps_is_dropped(kernel_daemon):
+@WAITS
+def test_a_member_closed_from_another_thread_while_the_group_sleeps_is_dropped(kernel_daemon, wait):
     ended: list[str] = []
     with kernel.connect(autostart=False) as k:
         group = kernel.SessionGroup(on_end=lambda s, e: ended.append(str(e)))
@@ -141,7 +149,7 @@ def test_a_member_closed_from_another_thread_while_the_group_sleeps_is_dropped(k
 
         closer = threading.Thread(target=close_a_then_send_on_b)
         closer.start()
-        got = group.recv_many(timeout=10)
+        got = group.recv_many(timeout=wait)
         closer.join(10)
         assert [m.data for m in got] == [b"after"]
         assert a_server.closed
@@ -156,7 +164,8 @@ def test_a_member_closed_from_another_thread_while_the_group_sleeps_is_dropped(k
         b.close()
 
 
-def test_shutdown_stops_receiving_but_the_requests_taken_can_still_be_answered(kernel_daemon):
+@WAITS
+def test_shutdown_stops_receiving_but_the_requests_taken_can_still_be_answered(kernel_daemon, wait):
     with kernel.connect(autostart=False) as k:
         group = kernel.SessionGroup()
         (a, a_server, _), (b, b_server, _) = (_session_pair(k, badge=n) for n in (1, 2))
@@ -166,7 +175,7 @@ def test_shutdown_stops_receiving_but_the_requests_taken_can_still_be_answered(k
         caller = threading.Thread(target=lambda: replies.append(a.call(b"held").data))
         caller.start()
         (held,) = group.recv_many(timeout=10)
-        waiter, waiting = raising_in_thread(lambda: group.recv_many(timeout=30))
+        waiter, waiting = raising_in_thread(lambda: group.recv_many(timeout=wait))
         time.sleep(0.3)  # it sleeps on the doorbells by now
         group.shutdown()
         waiter.join(10)
@@ -184,3 +193,24 @@ def test_shutdown_stops_receiving_but_the_requests_taken_can_still_be_answered(k
             with pytest.raises(kernel.PeerClosedError):
                 session.call(b"closed", timeout=5)
             session.close()
+
+
+@WAITS
+def test_closing_the_group_ends_a_recv_many_waiting_in_another_thread(kernel_daemon, wait):
+    with kernel.connect(autostart=False) as k:
+        group = kernel.SessionGroup()
+        a, a_server, _ = _session_pair(k, badge=1)
+        group.add(a_server)
+        a.send(b"first")
+        assert [m.data for m in group.recv_many()] == [b"first"]  # a has joined
+        waiter, waiting = raising_in_thread(lambda: group.recv_many(timeout=wait))
+        time.sleep(0.3)  # it sleeps on the doorbells by now
+        group.close()
+        waiter.join(10)
+        assert [type(e) for e in waiting] == [kernel.PeerClosedError]
+        assert a_server.closed
+        with pytest.raises(kernel.PeerClosedError):
+            a.call(b"after", timeout=5)
+        with pytest.raises(ValueError, match="max_n must be at least 1"):
+            group.recv_many(0)
+        a.close()
