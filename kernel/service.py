@@ -138,11 +138,14 @@ class Service:
         self._decoder: msgspec.msgpack.Decoder[Any] | None = None
         self._stop_requested = False
         self._wake: Callable[[], None] | None = None
+        self._serving = False
         for func in handlers:
             self.handler(func)
 
     def handler(self, func: F) -> F:
         """Route requests of `func`'s first parameter's type to it (a decorator)."""
+        if self._serving:  # run() built its answerer from the handlers it had
+            raise RuntimeError(f"service {self.name!r} is serving: add handlers before it runs")
         req_type, route = _route(func)
         if req_type in self._routes:
             raise ValueError(f"{req_type.__name__} already has a handler")
@@ -243,9 +246,10 @@ class Service:
                 )
         answerer = self._answerer()  # fails here, not on the first request
         own = k is None
-        if k is None:
-            k = Kernel(Connection())
+        self._serving = True
         try:
+            if k is None:
+                k = Kernel(Connection())
             ep = k.endpoint()
             try:
                 k.names.register(
@@ -255,8 +259,8 @@ class Service:
             finally:
                 _retire(ep)
         finally:
-            self._stop_requested = False
-            if own:
+            self._stop_requested = self._serving = False
+            if own and k is not None:
                 k.close()
 
     def _run(
@@ -402,9 +406,10 @@ class Service:
         _check_workers(workers)
         self._request_decoder()
         own = k is None
-        if k is None:
-            k = await AsyncKernel().open()
+        self._serving = True
         try:
+            if k is None:
+                k = await AsyncKernel().open()
             ep = await k.endpoint()
             try:
                 await k.names.register(
@@ -414,8 +419,8 @@ class Service:
             finally:
                 await _aretire(ep)
         finally:
-            self._stop_requested = False
-            if own:
+            self._stop_requested = self._serving = False
+            if own and k is not None:
                 k.close()
 
     async def _serve(

@@ -402,12 +402,15 @@ def test_stop_from_another_thread_and_run_with_a_given_kernel(kernel_daemon):
         try:
             client = kernel.ServiceClient.lookup(k, "t.inproc", timeout=10.0)
             assert client.call(Echo("in process"), timeout=5.0) == "in process"
+            with pytest.raises(RuntimeError, match="add handlers before it runs"):
+                svc.handler(who)  # run() answers with the handlers it started with
         finally:
             svc.stop()
             t.join(15)
         assert not t.is_alive()
         assert k.names.list("t.inproc") == []
         client.close()
+    svc.handler(who)  # stopped: it may grow again
 
 
 def test_each_worker_thread_has_its_own_connection_and_leaves_nothing(kernel_daemon):
@@ -438,6 +441,10 @@ def lambda_free_echo(req: Echo) -> str:
     return req.text
 
 
+def who(req: Who) -> str:
+    return "who"
+
+
 async def test_serve_in_process_until_stopped(kernel_daemon):
     async def echo(req: Echo, ctx: kernel.RequestContext) -> list[object]:
         return [req.text, ctx.sender.pid]
@@ -447,6 +454,8 @@ async def test_serve_in_process_until_stopped(kernel_daemon):
         task = asyncio.ensure_future(svc.serve(k, workers=2, signals=False))
         client = await kernel.AsyncServiceClient.lookup(k, "t.aserve", timeout=10.0)
         assert await client.call(Echo("x"), timeout=5.0) == ["x", os.getpid()]
+        with pytest.raises(RuntimeError, match="add handlers before it runs"):
+            svc.handler(who)
         svc.stop()
         await asyncio.wait_for(task, 15)
         assert await k.names.list("t.aserve") == []
