@@ -9,6 +9,8 @@ from .port import SessionMessage, SessionPort
 
 _T = TypeVar("_T")
 
+def deadline_from(timeout: float | None) -> int: ...
+
 @disjoint_base
 class TurnLock:
     def acquire(self) -> bool: ...

@@ -109,8 +109,16 @@ cdef SessionReply _reply(bytes data, sender):
     return r
 
 
+def deadline_from(timeout):
+    """Turn a timeout (seconds, or None) into the absolute CLOCK_MONOTONIC deadline
+    in ns that the kernel and the sessions enforce (STYLE §5): -1 waits forever, 0
+    returns at once. The one definition for the Python paths (kernel/client/_conn.py
+    re-exports it) and the compiled ones. A timeout past ~146 years (math.inf
+    included) is capped there: the ring's deadline field is 64 bits."""
+    return _deadline(timeout)
+
+
 cdef int64_t _deadline(timeout) except? -2:
-    """kernel/client/_conn.py deadline_from(), compiled: -1 forever, 0 now."""
     cdef double t
     if timeout is None:
         return -1

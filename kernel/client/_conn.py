@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from .. import abi
+from .._core.faces import deadline_from as deadline_from
 from .._core.ring import Completion as Completion
 from .._core.ring import SessionStates, prefault, ring_pair
 from ..abi import Op
@@ -45,17 +46,6 @@ def next_spin(spin_ns: int, found: bool, crowded: bool, lo: int, hi: int) -> int
     if crowded:
         return lo
     return min(hi, spin_ns * 2) if found else max(lo, spin_ns // 2)
-
-
-def deadline_from(timeout: float | None) -> int:
-    """Turn a timeout into the absolute deadline the kernel enforces (STYLE §5)."""
-    if timeout is None:
-        return abi.DEADLINE_FOREVER
-    if not timeout >= 0:  # also rejects NaN
-        raise ValueError("timeout must be non-negative or None")
-    if timeout == 0:
-        return abi.DEADLINE_NOW
-    return time.monotonic_ns() + max(1, int(timeout * 1e9))
 
 
 def as_payload(data: Any) -> bytes | bytearray | memoryview:

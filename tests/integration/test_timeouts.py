@@ -9,12 +9,14 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
-from peerlib import spawned
+from peerlib import accept_offer, spawned
 
 import kernel
+from kernel import abi
+from kernel.client._conn import deadline_from
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +70,46 @@ def test_a_negative_or_nan_timeout_raises_value_error(kernel_daemon):
         n = k.notification()  # the connection is fine
         n.signal(1)
         assert n.poll() == 1
+
+
+def test_an_infinite_or_huge_timeout_waits_like_none(kernel_daemon):
+    """One deadline_from() for the kernel path and the sessions (faces.pyx): before,
+    the kernel path's raised OverflowError for math.inf."""
+    assert deadline_from(None) == abi.DEADLINE_FOREVER
+    assert deadline_from(0) == abi.DEADLINE_NOW
+    with kernel.connect(autostart=False) as k:
+        n, ep = k.notification(), k.endpoint()
+        for timeout in (math.inf, 1e12):
+            n.signal(1)
+            assert n.wait(timeout=timeout) == 1
+            with _in_thread(_echo_once, ep, timeout):
+                assert ep.call(b"x", timeout=timeout).data == b"x"
+            opened: list[kernel.Session] = []
+            with _in_thread(_open_into, opened, ep, timeout):  # the open waits for the accept
+                accepted = accept_offer(ep)
+            with _in_thread(_echo_once, accepted, timeout), opened[0] as s:
+                assert s.call(b"y", timeout=timeout).data == b"y"
+            accepted.close()
+
+
+@contextlib.contextmanager
+def _in_thread(fn: Callable[..., object], *args: object) -> Iterator[None]:
+    t = threading.Thread(target=fn, args=args)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join(10)
+    assert not t.is_alive()
+
+
+def _open_into(opened: list[kernel.Session], ep: kernel.EndpointCap, timeout: float) -> None:
+    opened.append(ep.session(timeout=timeout))
+
+
+def _echo_once(ep: kernel.EndpointCap | kernel.SessionServer, timeout: float) -> None:
+    m = ep.recv(timeout=timeout)
+    m.reply(m.data)
 
 
 # ------------------------------------------------------------------ timeout=None
