@@ -32,6 +32,12 @@ CROWDED_NS = 60_000
 """A sched_yield() in the spin that takes this long means more runnable processes than
 cores (a cross-core wakeup is ~26 µs here, a same-core hand-off ~5 µs): stop spinning."""
 
+PREFAULT = os.environ.get("MKIPC_PREFAULT", "1") != "0"
+"""Back a ring region's pages when it is mapped (ring.prefault): no call then takes
+a page fault, at the price of 2 MiB per connection and per session from the start
+and 1-2 ms per open. MKIPC_PREFAULT=0 lets pages fault in as they are first used
+(for a process holding many idle sessions)."""
+
 SPIN_MIN_NS = 5_000
 SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SPIN_US", "100")) * 1000)
 """Adaptive spin before sleeping: grows while replies come within it, shrinks when not."""
@@ -86,7 +92,8 @@ class Connection:
             self.mm = mmap.mmap(memfd, welcome.region_size)
         finally:
             os.close(memfd)
-        prefault(self.mm)  # no page fault in any call; the kernel's side then only maps
+        if PREFAULT:  # no page fault in any call; the kernel's side then only maps
+            prefault(self.mm)
         self.sq, self.cq = ring_pair(self.mm, welcome.sq_size, welcome.cq_size)
         self.session_states = SessionStates(self.mm)  # the kernel's word on each session
         # sid -> descriptor triples read but not yet claimed; a list because a session

@@ -39,7 +39,7 @@ from ..errors import (
     error_for,
 )
 from ._common import Credentials
-from ._conn import CROWDED_NS, Connection
+from ._conn import CROWDED_NS, PREFAULT, Connection
 
 SPIN_MIN_NS = 2_000
 SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SESSION_SPIN_US", "200")) * 1000)
@@ -85,7 +85,8 @@ class SessionEnd:
             raise
         finally:
             os.close(memfd)
-        prefault(self.mm)  # no page fault in any call (ring.pyx)
+        if PREFAULT:  # no page fault in any call (ring.pyx)
+            prefault(self.mm)
         requests, replies = ring_pair(self.mm, info.ring_size, info.ring_size)
         self.out, self.inbox = (replies, requests) if server else (requests, replies)
         self.my_efd, self.peer_efd = (

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -657,3 +659,32 @@ def test_calls_take_no_page_faults_once_the_rings_are_mapped(kernel_daemon):
     assert session_faults[0] < 10, session_faults  # the caller's, then the server's
     assert session_faults[1] < 10, session_faults
     assert kernel_faults < 10, kernel_faults
+
+
+_FAULTS_OF_KERNEL_CALLS = """
+import resource, kernel
+with kernel.connect(autostart=False) as k:
+    n = k.notification()
+    n.signal(1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3000):  # two records each way per round: ~60 pages of each ring
+        n.signal(1)
+        n.poll()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_mkipc_prefault_0_lets_ring_pages_fault_in_as_used(kernel_daemon):
+    """The memory-for-latency trade is the user's: MKIPC_PREFAULT=0 maps rings
+    lazily (2 MiB per connection and session otherwise held from the start)."""
+
+    def faults(prefault: str) -> int:
+        env = {**os.environ, "MKIPC_PREFAULT": prefault}
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_OF_KERNEL_CALLS], env=env, capture_output=True,
+            text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return int(out.stdout)
+
+    assert faults("1") < 10
+    assert faults("0") > 50
