@@ -266,8 +266,6 @@ def test_a_burst_arrives_whole_and_in_order_and_replies_are_checked(kernel_daemo
 
 def test_a_send_waiting_for_room_fails_when_the_kernel_dies(tmp_path):
     # Not the fixture's kernel: this one is SIGKILLed, which the fixture would report.
-    import subprocess
-    import sys
     import threading
 
     sock_dir = Path(f"/tmp/mks-{os.getpid()}-{time.monotonic_ns()}")
