@@ -26,6 +26,7 @@ from typing import Any
 from kernel._core.port import FULL as _FULL, READY as _READY, SOCKET as _SOCKET
 from kernel._core.port import TIMEOUT as _TIMEOUT
 from kernel._core.ring import RingCorruptError
+from kernel.errors import CallTimeoutError
 from kernel._core.port cimport OP_SEND, POLLIN, W_OK, SessionPort, poll, pollfd
 from kernel._core.ring cimport (
     mk_cpu_relax, mk_fence, mk_load_acquire_u64, mk_store_u32, mk_yield, now_ns,
@@ -332,17 +333,16 @@ cdef class SessionReceiver:
 # ---------------------------------------------------------------- a group's wait
 
 cdef class GroupReceiver:
-    """The compiled half of kernel.SessionGroup: `recv_many()`'s common path (no
-    timeout; no member joining, the group neither shut down nor closed) takes,
-    spins and sleeps in one C call, and only a member that ended or a wake-up
-    that is not a doorbell calls the subclass: `_take_ended(out, max_n, taken,
-    ended)` and `_after_sleep(code)`. Everything else is the subclass's
-    `_recv_many_slow(max_n, timeout)`. In Python this path cost ~0.45 µs per
-    batch warm (now ~0.2), a sixth of a one-client Service call, and more
-    cache-cold after idleness."""
+    """The compiled half of kernel.SessionGroup: `recv_many()`'s loop (take, spin,
+    sleep) is one C call, which calls the subclass only for what is rare:
+    `_before_pass()` once a member joins or the group is shut down or closed (it
+    joins them, or raises), `_take_ended(out, max_n, taken, ended)` for members
+    that ended, and `_after_sleep(code)` for a wake-up that is not a doorbell. In
+    Python this loop cost ~0.45 µs per batch warm (now ~0.2), a sixth of a
+    one-client Service call, and more cache-cold after idleness."""
 
     cdef public list _port_list       # the members' ports; replaced, never edited
-    cdef public list _joining         # added, not yet members: the slow path joins them
+    cdef public list _joining         # added, not yet members: _before_pass() joins them
     cdef public bint _closed
     cdef public bint _draining
     cdef object _glock                # the group's lock: held while it reads the rings
@@ -362,28 +362,33 @@ cdef class GroupReceiver:
         group is closed or shut down, or the kernel went away."""
         cdef list out = [], ended = []
         cdef Py_ssize_t taken
+        cdef int64_t deadline
         if max_n < 1:
             raise ValueError("max_n must be at least 1")
-        if timeout is not None or self._glock is None:
-            return self._recv_many_slow(max_n, timeout)
+        deadline = _deadline(timeout)
         lock = self._glock
+        if lock is None:
+            raise TypeError("GroupReceiver._bind() was not called")
         lock.acquire()
         try:
-            while not (self._closed or self._draining or self._joining):
+            while True:
+                if self._closed or self._draining or self._joining:
+                    self._before_pass()
                 taken = _group_take(self._port_list, out, max_n, ended)
                 if ended:   # rare: the slow way raises each one's error, and drops it
                     taken += self._take_ended(out, max_n, taken, ended)
                     ended = []
                 if taken:
                     return out
+                if 0 <= deadline <= now_ns():
+                    raise CallTimeoutError("session group: no request before the deadline")
                 if group_spin(self._port_list, self._spin_ns, self._poll_ns, self._spin_yields):
                     continue
-                code = group_sleep(self._port_list, self._wake_fd, -1, lock)
+                code = group_sleep(self._port_list, self._wake_fd, deadline, lock)
                 if code != _READY:
                     self._after_sleep(code)
         finally:
             lock.release()
-        return self._recv_many_slow(max_n, None)
 
 
 def group_take(list ports, list out, Py_ssize_t max_n, list ended):

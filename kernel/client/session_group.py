@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
 
-from .._core.faces import WOKEN, GroupReceiver, group_sleep, group_spin, group_take
+from .._core.faces import WOKEN, GroupReceiver
 from .._core.port import SOCKET, SessionPort
-from ..errors import CallTimeoutError, IPCError, PeerClosedError
-from ._conn import deadline_from
+from ..errors import IPCError, PeerClosedError
 from ._session import SessionMessage
 from .session import SessionServer
 
@@ -46,7 +44,7 @@ class SessionGroup(GroupReceiver):
     waits until the group's thread is off its rings.
     """
 
-    # recv_many()'s common path is compiled (GroupReceiver); _recv_many_slow() the rest.
+    # recv_many() is compiled (GroupReceiver); the hooks it calls for what is rare are here.
     _port_list: list[SessionPort]  # the members' ports, as the C loops take them
     _joining: list[SessionServer]
     _closed: bool
@@ -71,19 +69,6 @@ class SessionGroup(GroupReceiver):
             server._slow_only = True  # and its own recv(), if called, takes our lock too
             self._joining.append(server)
         os.eventfd_write(self._wake_efd, 1)  # a sleeping recv_many() takes it in
-
-    def _recv_many_slow(self, max_n: int, timeout: float | None) -> list[SessionMessage]:
-        """recv_many() with a timeout, a member joining, or the group shut down or
-        closed (then it raises)."""
-        deadline = deadline_from(timeout)
-        out: list[SessionMessage] = []
-        with self._lock:
-            while not self._take(out, max_n):
-                if 0 <= deadline <= time.monotonic_ns():
-                    raise CallTimeoutError("session group: no request before the deadline")
-                if not group_spin(self._port_list, SPIN_NS, POLL_NS, SPIN_YIELDS):
-                    self._sleep(deadline)
-        return out
 
     def shutdown(self) -> None:
         """Stop receiving: a thread waiting in recv_many() raises PeerClosedError
@@ -112,20 +97,14 @@ class SessionGroup(GroupReceiver):
 
     # ------------------------------------------------------------ the loop
 
-    def _take(self, out: list[SessionMessage], max_n: int) -> int:
-        """One pass over every member, compiled (group_take); only a member that
-        ended goes the slow way (which names the error)."""
+    def _before_pass(self) -> None:
+        """Raise once the group is closed or shut down; take joining members in."""
         if self._closed:
             raise PeerClosedError("the session group is closed")
         if self._draining:
             raise PeerClosedError("the session group is shut down")
         if self._joining:
             self._join()
-        ended: list[int] = []
-        taken = group_take(self._port_list, out, max_n, ended)
-        if ended:
-            taken += self._take_ended(out, max_n, taken, ended)
-        return taken
 
     def _take_ended(
         self, out: list[SessionMessage], max_n: int, taken: int, ended: list[int]
@@ -157,14 +136,10 @@ class SessionGroup(GroupReceiver):
         self._members = members
         self._port_list = [m._end.port for m in members]
 
-    def _sleep(self, deadline: int) -> None:
-        """Sleep on every member's doorbell, the group's wake fd and the kernel's
-        sockets (a lost kernel writes no word), compiled: faces.pyx group_sleep().
-        The lock is let go meanwhile, so that add() and a member's close() proceed."""
-        self._after_sleep(group_sleep(self._port_list, self._wake_efd, deadline, self._lock))
-
     def _after_sleep(self, code: int) -> None:
-        """Drain the group's wake fd, or look at the kernel sockets, as `code` says."""
+        """After the compiled sleep (faces.pyx group_sleep(), which lets the lock go
+        so that add() and a member's close() proceed): drain the group's wake fd, or
+        look at the kernel sockets (a lost kernel writes no word), as `code` says."""
         if self._closed:
             return  # the wake fd is closed: touch nothing
         if code == WOKEN:

@@ -76,9 +76,8 @@ def _session_pair(k: kernel.Kernel, badge: int):
     return session, server, parent
 
 
-# A recv_many() without a timeout runs compiled (faces.pyx GroupReceiver) until a
-# member joins, the group shuts down or closes; with one, in Python. The tests
-# whose group waits for something another thread does take both ways.
+# recv_many() waits without a deadline or with one (faces.pyx GroupReceiver); the
+# tests whose group waits for something another thread does take both ways.
 WAITS = pytest.mark.parametrize("wait", [None, 10.0], ids=["untimed", "timed"])
 
 
