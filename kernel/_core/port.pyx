@@ -18,7 +18,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from posix.unistd cimport read, write
 
 from kernel._core.ring cimport (
-    HDR_SIZE, Header, Ring, SessionStates, mk_exchange_u32, mk_fence, mk_hdr,
+    HDR_SIZE, Header, Ring, SessionStates, adapt_spin, mk_exchange_u32, mk_fence, mk_hdr,
     mk_load_acquire_u64, mk_store_u32, now_ns, spin_for,
 )
 
@@ -266,8 +266,8 @@ cdef class SessionPort:
 
     cdef bint _spin(self):
         """Busy-poll the inbox for up to spin_ns (ring.pyx spin_for), adapting it as
-        kernel/client/_conn.py next_spin() says (grow on success, halve on a miss,
-        the minimum on a crowded machine). The GIL is released meanwhile.
+        ring.pyx adapt_spin() says (grow on success, halve on a miss, the minimum
+        on a crowded machine). The GIL is released meanwhile.
         While the machine is crowded, yield at once: the answer needs the server to
         run, and polling first only burns the core it needs (32 client processes on
         2 cores: 163-190k calls/s polling 1 µs first, 178-207k yielding at once)."""
@@ -279,12 +279,7 @@ cdef class SessionPort:
             found = spin_for(ring.tail_p, ring.head, budget, yield_after,
                              self.crowded_ns, &crowded)
         self.crowded = crowded
-        if crowded:
-            self.spin_ns = self.spin_min
-        elif found:
-            self.spin_ns = min(self.spin_max, budget * 2)
-        else:
-            self.spin_ns = max(self.spin_min, budget // 2)
+        self.spin_ns = adapt_spin(budget, found, crowded, self.spin_min, self.spin_max)
         return found
 
 cdef inline bytes _payload(Ring ring, Header h):

@@ -59,6 +59,8 @@ ctypedef struct mk_hdr:
 cdef int64_t now_ns() noexcept nogil
 cdef bint spin_for(const uint64_t *tail_p, uint64_t head, int64_t budget_ns,
                    int64_t yield_after_ns, int64_t crowded_ns, bint *crowded) noexcept nogil
+cdef int64_t adapt_spin(int64_t spin_ns, bint found, bint crowded,
+                        int64_t lo, int64_t hi) noexcept nogil
 
 
 cdef enum:
@@ -111,6 +113,10 @@ cdef class Ring:
     cdef public bint crowded   # the last spin() found more runnable processes than cores
 
     cdef Header next_record(self)
+    cdef Completion take_completion(self)
+    cdef int push_record(self, uint16_t opcode, uint64_t req_id, uint64_t slot,
+                         int64_t deadline, uint64_t arg, const unsigned char[::1] payload,
+                         tuple caps) except -1
     cdef int consume_record(self, Header h) except -1
     cdef int _check_open(self) except -1
     cdef int _check_current(self, Header h) except -1

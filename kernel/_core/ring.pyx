@@ -392,6 +392,9 @@ cdef class Ring:
 
     def take(self):
         """Client side: the next completion, copied out and consumed, or None."""
+        return self.take_completion()
+
+    cdef Completion take_completion(self):
         cdef Header h = self.next_record()
         if h is None:
             return None
@@ -417,6 +420,11 @@ cdef class Ring:
              uint64_t arg, const unsigned char[::1] payload, tuple caps=()):
         """submit() and peer_waiting() in one call: 0 ring full, 1 written, 2 written
         and the consumer sleeps (write its eventfd)."""
+        return self.push_record(opcode, req_id, slot, deadline, arg, payload, caps)
+
+    cdef int push_record(self, uint16_t opcode, uint64_t req_id, uint64_t slot,
+                         int64_t deadline, uint64_t arg, const unsigned char[::1] payload,
+                         tuple caps) except -1:
         cdef mk_hdr h
         memset(&h, 0, HDR_SIZE)
         h.opcode = opcode
@@ -469,6 +477,23 @@ cdef class Ring:
                              &crowded)
         self.crowded = crowded
         return found
+
+
+cdef int64_t adapt_spin(int64_t spin_ns, bint found, bint crowded,
+                       int64_t lo, int64_t hi) noexcept nogil:
+    """The adaptive spin budget after a spin: it grows (to `hi`) while answers come
+    within it and shrinks (to `lo`) when not. A crowded machine (a sched_yield that
+    let others run for the crowded bound) drops it to `lo` even if the answer came
+    meanwhile: it came because we stepped aside, and spinning on would steal the CPU
+    of whoever must answer the next call. The one rule for every waiter that spins."""
+    if crowded:
+        return lo
+    return min(hi, spin_ns * 2) if found else max(lo, spin_ns // 2)
+
+
+def next_spin(int64_t spin_ns, bint found, bint crowded, int64_t lo, int64_t hi):
+    """adapt_spin() for Python callers (the asyncio session face)."""
+    return adapt_spin(spin_ns, found, crowded, lo, hi)
 
 
 def ring_pair(region, uint64_t sq_size, uint64_t cq_size):

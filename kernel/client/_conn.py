@@ -18,9 +18,11 @@ from collections import deque
 from typing import Any
 
 from .. import abi
+from .._core.conn import ConnectionCore
 from .._core.faces import deadline_from as deadline_from
 from .._core.ring import Completion as Completion
 from .._core.ring import SessionStates, prefault, ring_pair
+from .._core.ring import next_spin as next_spin
 from ..abi import Op
 from ..errors import IPCError, MessageTooLargeError, PeerClosedError, Status, error_for
 from . import _launch
@@ -40,18 +42,8 @@ and 1-2 ms per open. MKIPC_PREFAULT=0 lets pages fault in as they are first used
 
 SPIN_MIN_NS = 5_000
 SPIN_MAX_NS = int(float(os.environ.get("MKIPC_SPIN_US", "100")) * 1000)
-"""Adaptive spin before sleeping: grows while replies come within it, shrinks when not."""
-
-
-def next_spin(spin_ns: int, found: bool, crowded: bool, lo: int, hi: int) -> int:
-    """The adaptive spin budget after a spin: it grows (to `hi`) while answers come
-    within it and shrinks (to `lo`) when not. A crowded machine (a sched_yield that
-    let others run for CROWDED_NS) drops it to `lo` even if the answer came
-    meanwhile: it came because we stepped aside, and spinning on would steal the CPU
-    of whoever must answer the next call."""
-    if crowded:
-        return lo
-    return min(hi, spin_ns * 2) if found else max(lo, spin_ns // 2)
+"""Adaptive spin before sleeping: grows while replies come within it, shrinks when not
+(ring.pyx adapt_spin, next_spin for Python)."""
 
 
 def as_payload(data: Any) -> bytes | bytearray | memoryview:
@@ -75,8 +67,9 @@ def failure(c: Completion, cap: Any, verb: str) -> IPCError:
     return err
 
 
-class Connection:
-    """One process's connection: bootstrap socket, mapped rings, eventfds."""
+class Connection(ConnectionCore):
+    """One process's connection: bootstrap socket, mapped rings, eventfds. Submitting
+    and the blocking wait are compiled (kernel/_core/conn.pyx); this is the rest."""
 
     def __init__(
         self, path: str | None = None, *, autostart: bool = True, inherit: str | None = None
@@ -111,27 +104,9 @@ class Connection:
         self._sleeping: dict[int, threading.Event] = {}  # req_id -> its waiting thread's
         self._events = threading.local()  # one reusable Event per thread
         self._spin_ns = SPIN_MAX_NS // 2
+        self.spin_min_ns, self.spin_max_ns, self.crowded_ns = SPIN_MIN_NS, SPIN_MAX_NS, CROWDED_NS
 
     # ------------------------------------------------------------ submit
-
-    def submit(
-        self,
-        op: int,
-        slot: int = 0,
-        deadline: int = abi.DEADLINE_FOREVER,
-        arg: int = 0,
-        payload: Any = b"",
-        caps: tuple[int, ...] = (),
-    ) -> int:
-        req_id = next(self._ids)
-        with self._submit_lock:  # close() takes it too: the ring and eventfd stay open here
-            if self.lost is not None:
-                self.check_open()
-            while not (pushed := self.sq.push(op, req_id, slot, deadline, arg, payload, caps)):
-                self._wait_for_space()
-            if pushed == 2:  # the kernel sleeps: ring its doorbell
-                os.eventfd_write(self.sq_efd, 1)
-        return req_id
 
     def submit_unwaited(self, op: int, arg: int, *, block: bool = False) -> bool:
         """Submit `op` if that can be done at once, and drop its completion unread
@@ -144,10 +119,16 @@ class Connection:
             self.abandoned[req_id] = 0
             pushed = self.sq.push(op, req_id, 0, abi.DEADLINE_FOREVER, arg, b"")
             if pushed == 2:
-                os.eventfd_write(self.sq_efd, 1)
+                self._ring_doorbell()
             return bool(pushed)
         finally:
             self._submit_lock.release()
+
+    def _failure(self, c: Completion, cap: Any, verb: str) -> IPCError:
+        return failure(c, cap, verb)
+
+    def _ring_doorbell(self) -> None:
+        os.eventfd_write(self.sq_efd, 1)
 
     def _wait_for_space(self) -> None:
         """The submission ring is full: nudge the kernel, and notice if it is gone."""
@@ -170,14 +151,6 @@ class Connection:
         while (c := self.take()) is not None:
             out.append(c)
         return out
-
-    def take(self) -> Completion | None:
-        """The next completion that somebody waits for (orphans go to the stashes)."""
-        while (c := self.cq.take()) is not None:
-            if not self.abandoned or c.req_id not in self.abandoned:
-                return c
-            self._orphan(c, self.abandoned.pop(c.req_id))
-        return None
 
     def stash_result(self, c: Completion, slot: int) -> None:
         """Keep the result of an op whose waiter was cancelled as it completed."""
@@ -215,42 +188,6 @@ class Connection:
 
     # ------------------------------------------------------------ blocking wait (sync face)
 
-    def wait(self, req_id: int) -> Completion:
-        """Block until `req_id` completes. Thread-safe: one thread polls the ring and
-        files other threads' completions in `results`; they sleep on a condition."""
-        while True:
-            c = self.results.pop(req_id, None)
-            if c is not None:
-                return c
-            if self.lost is not None:
-                self.check_open()
-            if self._poll_lock.acquire(blocking=False):
-                try:
-                    return self._poll_for(req_id)
-                finally:
-                    self._poll_lock.release()
-                    if self._sleeping:
-                        self._wake_one()  # somebody must poll for the sleepers
-            self._sleep_for_result(req_id)
-
-    def _poll_for(self, req_id: int) -> Completion:
-        results = self.results
-        while True:
-            c = self.take()
-            if c is None:
-                if req_id in results:  # filed by the previous poller
-                    return results.pop(req_id)
-                if self.lost is not None:
-                    self.check_open()  # closed meanwhile: leave the ring to close()
-                self._block()
-            elif c.req_id == req_id:
-                return c
-            else:
-                results[c.req_id] = c
-                ev = self._sleeping.get(c.req_id)
-                if ev is not None:
-                    ev.set()  # wake exactly the thread this completion belongs to
-
     def _wake_one(self) -> None:
         for ev in list(self._sleeping.values())[:1]:
             ev.set()
@@ -272,20 +209,6 @@ class Connection:
                 ev.wait(0.05)  # bounded: a missed wake costs 50 ms, not a hang
         finally:
             del self._sleeping[req_id]
-
-    def _block(self) -> None:
-        """Spin (adaptively, bounded: next_spin), then sleep on the completion eventfd."""
-        cq = self.cq
-        found = cq.spin(self._spin_ns, 0, CROWDED_NS)
-        self._spin_ns = next_spin(self._spin_ns, found, cq.crowded, SPIN_MIN_NS, SPIN_MAX_NS)
-        if found:
-            return
-        if not self.cq.prepare_sleep():
-            return
-        try:
-            self._sleep()
-        finally:
-            self.cq.end_sleep()
 
     def _sleep(self) -> None:
         self.check_open()

@@ -28,7 +28,7 @@ from ._common import (
     spawn_env,
     transfer_slots,
 )
-from ._conn import Completion, Connection, as_payload, deadline_from, failure
+from ._conn import Completion, Connection, as_payload, deadline_from
 
 Data = bytes | bytearray | memoryview
 
@@ -87,17 +87,9 @@ class Kernel:
         payload: Any = b"",
         caps: tuple[int, ...] = (),
     ) -> Completion:
-        slot = cap.slot if cap is not None else 0
-        conn = self._conn
-        req_id = conn.submit(op, slot, deadline_from(timeout), arg, payload, caps)
-        try:
-            c = conn.wait(req_id)
-        except BaseException:
-            conn.cancel(req_id, slot)  # e.g. KeyboardInterrupt: withdraw, then re-raise
-            raise
-        if c.status:
-            raise failure(c, cap, verb)
-        return c
+        """Submit `op` on `cap` and wait for it (compiled: ConnectionCore.roundtrip);
+        raises its error. The hot paths (call, recv, reply_recv) call that directly."""
+        return self._conn.roundtrip(op, cap, verb, deadline_from(timeout), arg, payload, caps)
 
     def _wrap(self, kind: int, slot: int) -> CapBase:
         """A typed capability object for a slot the kernel handed us."""
@@ -281,15 +273,10 @@ class EndpointCap(_Cap):
 
     def call(self, data: Data, *, timeout: float | None = None, caps: Caps = ()) -> Message:
         """Send `data` and wait for the reply; the timeout covers both. Rights: SEND."""
-        c = self._k._roundtrip(
-            Op.ENDPOINT_CALL,
-            self,
-            "call",
-            timeout=timeout,
-            payload=as_payload(data),
-            caps=transfer_slots(caps),
-        )
-        return Message(c, self._k)
+        k = self._k
+        deadline, payload, slots = deadline_from(timeout), as_payload(data), transfer_slots(caps)
+        c = k._conn.roundtrip(Op.ENDPOINT_CALL, self, "call", deadline, 0, payload, slots)
+        return Message(c, k)
 
     def session(self, *, timeout: float | None = None) -> Session:
         """Open a direct session to a server of this endpoint: its calls and sends go
@@ -321,29 +308,26 @@ class EndpointCap(_Cap):
         stash = self._k._conn.msg_stash.get(self.slot)
         if stash:
             return Message(stash.popleft(), self._k)
-        c = self._k._roundtrip(Op.ENDPOINT_RECV, self, "recv", timeout=timeout)
-        return Message(c, self._k)
+        k = self._k
+        c = k._conn.roundtrip(Op.ENDPOINT_RECV, self, "recv", deadline_from(timeout))
+        return Message(c, k)
 
     def reply_recv(
         self, msg: Message, data: Data, *, timeout: float | None = None, caps: Caps = ()
     ) -> Message:
         """Reply to `msg` and wait for the next message, in one kernel operation."""
-        payload, slots = as_payload(data), transfer_slots(caps)  # validate first
+        payload, slots = as_payload(data), transfer_slots(caps)  # validate first,
+        deadline = deadline_from(timeout)  # the timeout too: an error after the take loses it
         slot = msg._take_reply_slot()  # one-shot
+        k = self._k
         try:
-            c = self._k._roundtrip(
-                Op.ENDPOINT_REPLY_RECV,
-                self,
-                "reply_recv",
-                timeout=timeout,
-                arg=slot,
-                payload=payload,
-                caps=slots,
+            c = k._conn.roundtrip(
+                Op.ENDPOINT_REPLY_RECV, self, "reply_recv", deadline, slot, payload, slots
             )
         except IPCError as e:
             msg._give_back_reply_slot(slot, e)
             raise
-        return Message(c, self._k)
+        return Message(c, k)
 
 
 class NotificationCap(_Cap):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -174,6 +175,32 @@ def test_a_call_timeout_covers_the_wait_for_the_reply(kernel_daemon):
 
 
 # ------------------------------------------------------------------ late replies
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
+def test_a_call_ended_by_a_signal_handler_is_withdrawn_from_the_kernel(kernel_daemon):
+    """An exception from a signal handler ends a blocking call (as Ctrl-C does) and
+    withdraws it: no server receives a call whose caller has gone on."""
+    old = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        with kernel.connect(autostart=False) as k:
+            ep = k.endpoint()
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(Interrupted):
+                ep.call(b"withdrawn")  # nobody receives yet: it waits in the kernel
+            with pytest.raises(kernel.CallTimeoutError):
+                ep.recv(timeout=0.3)
+            k.notification().signal(1)  # the connection still works
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_a_late_reply_fails_on_the_server_and_never_reaches_a_later_call(kernel_daemon):

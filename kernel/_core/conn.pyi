@@ -1,0 +1,44 @@
+# Stub for the compiled kernel._core.conn (see conn.pyx).
+from typing import Any
+
+from typing_extensions import disjoint_base
+
+from .ring import Completion, Ring
+
+@disjoint_base
+class ConnectionCore:
+    sq: Ring
+    cq: Ring
+    results: dict[int, Completion]
+    abandoned: dict[int, int]
+    _sleeping: dict[int, Any]
+    lost: str | None
+    _submit_lock: Any
+    _poll_lock: Any
+    _ids: Any
+    sq_efd: int
+    _spin_ns: int
+    spin_min_ns: int
+    spin_max_ns: int
+    crowded_ns: int
+    def submit(
+        self,
+        op: int,
+        slot: int = 0,
+        deadline: int = -1,
+        arg: int = 0,
+        payload: Any = b"",
+        caps: tuple[int, ...] = (),
+    ) -> int: ...
+    def roundtrip(
+        self,
+        op: int,
+        cap: Any,
+        verb: str,
+        deadline: int = -1,
+        arg: int = 0,
+        payload: Any = b"",
+        caps: tuple[int, ...] = (),
+    ) -> Completion: ...
+    def take(self) -> Completion | None: ...
+    def wait(self, req_id: int) -> Completion: ...

@@ -1,0 +1,142 @@
+# cython: language_level=3, embedsignature=True
+# cython: boundscheck=False, wraparound=False, auto_pickle=False
+"""The compiled half of a process's kernel connection (kernel/client/_conn.py
+Connection): submitting an operation and the blocking wait for its completion.
+
+Every call through the kernel crosses three processes (caller, kernel, server);
+on 2 cores each of them is switched in cache-cold on most calls, and the
+Python frames of the old submit/wait/poll/take/block chain cost the caller and
+the server microseconds per call. Here it is one C call each way. Python keeps
+what is rare: sleeping on the eventfd, another thread's completion, an
+abandoned operation's result, a full ring, a lost kernel.
+"""
+
+from libc.stdint cimport int64_t, uint16_t, uint64_t
+
+from kernel._core.ring cimport Completion, Ring, adapt_spin, spin_for
+
+
+cdef class ConnectionCore:
+    """Base of kernel/client/_conn.Connection; that class sets every field up.
+
+    Thread safety is the Python version's: submissions take `_submit_lock`; one
+    thread at a time polls the completion ring (`_poll_lock`) and files the
+    completions of others in `results`, waking their Event in `_sleeping`.
+    """
+
+    cdef public Ring sq, cq
+    cdef public dict results       # req_id -> Completion filed for another thread
+    cdef public dict abandoned     # withdrawn req_id -> its capability slot
+    cdef public dict _sleeping     # req_id -> the Event its waiting thread sleeps on
+    cdef public object lost        # None while connected, else why not
+    cdef public object _submit_lock, _poll_lock, _ids
+    cdef public int sq_efd
+    cdef public int64_t _spin_ns, spin_min_ns, spin_max_ns, crowded_ns
+
+    def submit(self, uint16_t op, uint64_t slot=0, int64_t deadline=-1, uint64_t arg=0,
+               payload=b"", tuple caps=()):
+        """Queue an operation for the kernel; returns its req_id for wait()."""
+        return self._submit(op, slot, deadline, arg, payload, caps)
+
+    cdef uint64_t _submit(self, uint16_t op, uint64_t slot, int64_t deadline, uint64_t arg,
+                          payload, tuple caps) except? 0:
+        cdef uint64_t req_id = next(self._ids)
+        cdef int pushed
+        with self._submit_lock:   # close() takes it too: the ring and eventfd stay open
+            if self.lost is not None:
+                self.check_open()
+            pushed = self.sq.push_record(op, req_id, slot, deadline, arg, payload, caps)
+            while not pushed:
+                self._wait_for_space()
+                pushed = self.sq.push_record(op, req_id, slot, deadline, arg, payload, caps)
+            if pushed == 2:   # the kernel sleeps: ring its doorbell
+                self._ring_doorbell()
+        return req_id
+
+    def roundtrip(self, uint16_t op, cap, str verb, int64_t deadline=-1, uint64_t arg=0,
+                  payload=b"", tuple caps=()):
+        """submit() and wait() for `op` on `cap` (None: no capability slot). Raises
+        the error a failed completion names (`_failure(c, cap, verb)`); an interrupted
+        wait (e.g. KeyboardInterrupt) withdraws the operation before re-raising."""
+        cdef uint64_t slot = cap.slot if cap is not None else 0
+        cdef uint64_t req_id = self._submit(op, slot, deadline, arg, payload, caps)
+        cdef Completion c
+        try:
+            c = self._wait(req_id)
+        except BaseException:
+            self.cancel(req_id, slot)
+            raise
+        if c.status:
+            raise self._failure(c, cap, verb)
+        return c
+
+    def take(self):
+        """The next completion that somebody waits for (orphans go to the stashes)."""
+        return self._take()
+
+    cdef Completion _take(self):
+        cdef Completion c
+        while True:
+            c = self.cq.take_completion()
+            if c is None or not self.abandoned or c.req_id not in self.abandoned:
+                return c
+            self._orphan(c, self.abandoned.pop(c.req_id))
+
+    def wait(self, uint64_t req_id):
+        """Block until `req_id` completes. Thread-safe: one thread polls the ring and
+        files other threads' completions in `results`; they sleep on an Event."""
+        return self._wait(req_id)
+
+    cdef Completion _wait(self, uint64_t req_id):
+        cdef Completion c
+        while True:
+            c = self.results.pop(req_id, None)
+            if c is not None:
+                return c
+            if self.lost is not None:
+                self.check_open()
+            if self._poll_lock.acquire(False):
+                try:
+                    return self._poll_for(req_id)
+                finally:
+                    self._poll_lock.release()
+                    if self._sleeping:
+                        self._wake_one()   # somebody must poll for the sleepers
+            self._sleep_for_result(req_id)
+
+    cdef Completion _poll_for(self, uint64_t req_id):
+        cdef Completion c
+        while True:
+            c = self._take()
+            if c is None:
+                if req_id in self.results:   # filed by the previous poller
+                    return self.results.pop(req_id)
+                if self.lost is not None:
+                    self.check_open()   # closed meanwhile: leave the ring to close()
+                self._block()
+            elif c.req_id == req_id:
+                return c
+            else:
+                self.results[c.req_id] = c
+                ev = self._sleeping.get(c.req_id)
+                if ev is not None:
+                    ev.set()   # wake exactly the thread this completion belongs to
+
+    cdef int _block(self) except -1:
+        """Spin (adaptively, bounded: ring.pyx adapt_spin; the GIL released), then
+        sleep on the completion eventfd (the Python side's _sleep)."""
+        cdef Ring cq = self.cq
+        cdef int64_t budget = self._spin_ns
+        cdef bint found, crowded
+        cq._check_open()
+        with nogil:
+            found = spin_for(cq.tail_p, cq.head, budget, 0, self.crowded_ns, &crowded)
+        cq.crowded = crowded
+        self._spin_ns = adapt_spin(budget, found, crowded, self.spin_min_ns, self.spin_max_ns)
+        if found or not cq.prepare_sleep():
+            return 0
+        try:
+            self._sleep()
+        finally:
+            cq.end_sleep()
+        return 0
