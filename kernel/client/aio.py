@@ -361,7 +361,8 @@ class AsyncEndpointCap(_AsyncCap):
     async def reply_recv(
         self, msg: AsyncMessage, data: Data, *, timeout: float | None = None, caps: Caps = ()
     ) -> AsyncMessage:
-        payload, slots = as_payload(data), transfer_slots(caps)  # validate first
+        payload, slots = as_payload(data), transfer_slots(caps)  # validate first,
+        deadline_from(timeout)  # the timeout too: an error after the take loses the reply
         slot = msg._take_reply_slot()  # one-shot
         try:
             c = await self._k._roundtrip(

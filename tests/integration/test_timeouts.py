@@ -5,6 +5,7 @@ Also: a late reply never reaches a later call, and bad timeouts are rejected.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import signal
@@ -71,6 +72,33 @@ def test_a_negative_or_nan_timeout_raises_value_error(kernel_daemon):
         n = k.notification()  # the connection is fine
         n.signal(1)
         assert n.poll() == 1
+
+
+def test_a_bad_timeout_on_reply_recv_leaves_the_call_answerable(kernel_daemon):
+    """reply_recv checks its timeout before it uses up the one-shot reply: a ValueError
+    there must not leave the caller waiting for an answer that can never come."""
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        got: list[bytes] = []
+        caller = threading.Thread(target=lambda: got.append(ep.call(b"q", timeout=5).data))
+        caller.start()
+        msg = ep.recv(timeout=5)
+        with pytest.raises(ValueError, match="timeout"):
+            ep.reply_recv(msg, b"lost?", timeout=-1)
+        msg.reply(b"answered")
+        caller.join(5)
+        assert got == [b"answered"]
+
+
+async def test_a_bad_timeout_on_async_reply_recv_leaves_the_call_answerable(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        call = asyncio.ensure_future(ep.call(b"q", timeout=5))
+        msg = await ep.recv(timeout=5)
+        with pytest.raises(ValueError, match="timeout"):
+            await ep.reply_recv(msg, b"lost?", timeout=math.nan)
+        await msg.reply(b"answered")
+        assert (await call).data == b"answered"
 
 
 def test_an_infinite_or_huge_timeout_waits_like_none(kernel_daemon):
