@@ -503,13 +503,15 @@ def ring_pair(region, uint64_t sq_size, uint64_t cq_size):
                  OFF_CQ_TAIL, OFF_CQ_HEAD, OFF_CQ_WAITING))
 
 
-def prefault(region):
+def prefault(region, bint by_reading=False):
     """Back every page of a freshly mapped shared `region` now, so that no ring
     record ever waits on a page fault. Unfaulted, a ring's first pass took a fault
     every ~35 calls (the writer's allocates and clears a page: 2-3 µs here), which
     put a session call's p99 at 12-14 µs against 1.6 µs. Populating the 2 MiB of
     a session costs ~1.5 ms once, without the GIL (mmap.mmap's MAP_POPULATE holds
-    it). Best effort: a page not populated now faults later, as before."""
+    it). Best effort: a page not populated now faults later, as before.
+    `by_reading` skips MADV_POPULATE_WRITE for the fallback it needs before Linux
+    5.14 (a read per page), so that tests reach that path on any kernel."""
     cdef Py_buffer view
     cdef char *base
     cdef size_t n, off
@@ -519,8 +521,8 @@ def prefault(region):
     try:
         base, n = <char *>view.buf, <size_t>view.len
         with nogil:
-            rc = madvise(base, n, MADV_POPULATE_WRITE)
-            if rc != 0 and errno == EINVAL:   # before Linux 5.14: a read per page backs it too
+            rc = -1 if by_reading else madvise(base, n, MADV_POPULATE_WRITE)
+            if rc != 0 and (by_reading or errno == EINVAL):   # before Linux 5.14: read each page
                 off = 0
                 while off < n:
                     _touched = base[off]

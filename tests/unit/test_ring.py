@@ -14,6 +14,7 @@ import ctypes
 import mmap
 import os
 import random
+import resource
 import struct
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pytest
 
 import kernel
 from kernel import abi
-from kernel._core.ring import Header, Ring, RingCorruptError
+from kernel._core.ring import Header, Ring, RingCorruptError, prefault
 
 HDR = struct.Struct("<IHHQQIiqQQIIII")  # mk_hdr, field for field (see test_layout.py)
 U32 = struct.Struct("<I")
@@ -1131,3 +1132,31 @@ def test_producer_over_a_misaligned_published_tail_never_writes_outside_the_data
         assert r.mm[end : end + 64] == b"\xa5" * 64
     finally:
         r.close()
+
+
+def _write_faults(mm: mmap.mmap) -> int:
+    """Minor faults taken by writing one byte to every page of `mm`."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for off in range(0, len(mm), mmap.PAGESIZE):
+        mm[off] = 1
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.parametrize("by_reading", [False, True], ids=["madvise", "read-per-page"])
+def test_prefault_backs_every_page_so_writes_take_no_fault(by_reading):
+    """ring.prefault: MADV_POPULATE_WRITE, or before Linux 5.14 a read per page
+    (forced here, so that fallback is tested on any kernel)."""
+    size = 2 << 20  # a session's region
+    pages = size // mmap.PAGESIZE
+    fd = os.memfd_create("prefault-test")
+    try:
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size) as cold:
+            assert _write_faults(cold) > pages // 2  # the control: lazily mapped, it faults
+        os.ftruncate(fd, 0)  # drop those pages: a fresh region again
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size) as mm:
+            prefault(mm, by_reading=by_reading)
+            assert _write_faults(mm) < 10
+    finally:
+        os.close(fd)
