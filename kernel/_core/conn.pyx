@@ -1,7 +1,8 @@
 # cython: language_level=3, embedsignature=True
 # cython: boundscheck=False, wraparound=False, auto_pickle=False
 """The compiled half of a process's kernel connection (kernel/client/_conn.py
-Connection): submitting an operation and the blocking wait for its completion.
+Connection): submitting an operation and the blocking wait for its completion;
+and the fields of a received message (MessageCore).
 
 Every call through the kernel crosses three processes (caller, kernel, server);
 on 2 cores each of them is switched in cache-cold on most calls, and the
@@ -14,6 +15,10 @@ abandoned operation's result, a full ring, a lost kernel.
 from libc.stdint cimport int64_t, uint16_t, uint64_t
 
 from kernel._core.ring cimport Completion, Ring, adapt_spin, spin_for
+
+from kernel.abi import MSG_IS_CALL as _MSG_IS_CALL
+
+cdef uint64_t MSG_IS_CALL = _MSG_IS_CALL
 
 
 cdef class ConnectionCore:
@@ -140,3 +145,37 @@ cdef class ConnectionCore:
         finally:
             cq.end_sleep()
         return 0
+
+
+cdef class MessageCore:
+    """Base of kernel/client/_common.MessageBase: a received message's fields, set
+    in C (every message through the kernel builds one, on the caller's side and on
+    the server's). `data` is bytes; `badge` and the credentials come from the
+    kernel; `_reply_slot` is the one-shot reply capability of a call (0: none)."""
+
+    cdef public bytes data
+    cdef public uint64_t badge
+    cdef public Completion _c
+    cdef public uint64_t _reply_slot
+    cdef public object _k
+    cdef public object _caps   # list, built on first use
+
+    def __init__(self, Completion c not None, k):
+        self.data = c.payload
+        self.badge = c.badge
+        self._c = c
+        self._reply_slot = c.slot if c.arg & MSG_IS_CALL else 0
+        self._k = k
+        self._caps = None
+
+    @property
+    def caps(self):
+        """The capabilities the message carried (typed by the kernel's word on their
+        kind), wrapped on first use."""
+        cdef Completion c = self._c
+        cdef tuple slots = c.caps
+        cdef Py_ssize_t i
+        if self._caps is None:
+            wrap = self._k._wrap
+            self._caps = [wrap((c.flags >> (4 * i)) & 0xF, slots[i]) for i in range(len(slots))]
+        return self._caps

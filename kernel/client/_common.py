@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from capabilities import Rights
 
 from .. import abi
+from .._core.conn import MessageCore
 from ..errors import CallTimeoutError, InvalidCapabilityError, IPCError, Status, error_for
 from ._conn import Completion, Connection
 
@@ -23,7 +24,6 @@ class Credentials(NamedTuple):
     gid: int
 
 
-MSG_IS_CALL = int(abi.MSG_IS_CALL)
 MSG_FROM_KERNEL = int(abi.MSG_FROM_KERNEL)
 MSG_SESSION_OFFER = int(abi.MSG_SESSION_OFFER) | MSG_FROM_KERNEL
 
@@ -70,36 +70,18 @@ def badge_payload(badge: int) -> bytes:
     return badge.to_bytes(8, "little")
 
 
-class MessageBase:
+class MessageBase(MessageCore):
     """A received message or a reply. `data` is bytes; `badge` and `sender` come from
     the kernel, never from the sender's own claims; `caps` are the capabilities it
-    carried, now in this process's table."""
+    carried, now in this process's table. The fields and `caps` are in C (MessageCore)."""
 
-    __slots__ = ("data", "badge", "_c", "_reply_slot", "_k", "_caps")
-
-    def __init__(self, c: Completion, k: Any) -> None:
-        self.data: bytes = c.payload
-        self.badge: int = c.badge
-        self._c = c
-        self._reply_slot = c.slot if c.arg & MSG_IS_CALL else 0
-        self._k = k
-        self._caps: list[Any] | None = None
+    __slots__ = ()
 
     @property
     def sender(self) -> Credentials:
         """Kernel-verified pid/uid/gid of the sender (built on first use: it is not free)."""
         c = self._c
         return Credentials(c.pid, c.uid, c.gid)
-
-    @property
-    def caps(self) -> list[Any]:
-        """The capabilities the message carried (typed by the kernel's word on their kind)."""
-        if self._caps is None:
-            c = self._c
-            self._caps = [
-                self._k._wrap((c.flags >> (4 * i)) & 0xF, slot) for i, slot in enumerate(c.caps)
-            ]
-        return self._caps
 
     @property
     def sender_id(self) -> int:
