@@ -99,6 +99,13 @@ def decode_request(data: bytes) -> Request:
     return req
 
 
+OK = Ok()
+OK_BYTES = _encoder.encode(OK)
+"""The answer of every lookup (its capability travels beside it), encoded once."""
+
+
 def decode_response(data: bytes) -> Response:
+    if data == OK_BYTES:  # a lookup's answer: no decoder on the hot path
+        return OK
     resp: Response = _responses.decode(data)
     return resp

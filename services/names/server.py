@@ -53,7 +53,7 @@ MAX_WAITERS_PER_UID = 256
 Cap = EndpointCap | NotificationCap
 Carried = Cap | MintOf
 
-LOOKED_UP = p.encode(p.Ok())
+LOOKED_UP = p.OK_BYTES
 """A lookup's answer is the capability it carries; the entry is for watch and list."""
 
 
