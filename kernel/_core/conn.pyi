@@ -43,6 +43,7 @@ class ConnectionCore:
     def take(self) -> Completion | None: ...
     def wait(self, req_id: int) -> Completion: ...
 
+@disjoint_base
 class MessageCore:
     data: bytes
     badge: int

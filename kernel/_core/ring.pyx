@@ -480,7 +480,7 @@ cdef class Ring:
 
 
 cdef int64_t adapt_spin(int64_t spin_ns, bint found, bint crowded,
-                       int64_t lo, int64_t hi) noexcept nogil:
+                        int64_t lo, int64_t hi) noexcept nogil:
     """The adaptive spin budget after a spin: it grows (to `hi`) while answers come
     within it and shrinks (to `lo`) when not. A crowded machine (a sched_yield that
     let others run for the crowded bound) drops it to `lo` even if the answer came
