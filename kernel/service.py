@@ -52,7 +52,7 @@ import msgspec
 
 from capabilities import Rights
 
-from ._core.serve import Answerer, Slots
+from ._core.serve import Answerer, Slots, encode_ok
 from ._service_client import BAD_REQUEST, RAISED, SAFE_BUILTINS, Failure, failure
 from ._service_client import AsyncServiceClient as AsyncServiceClient
 from ._service_client import RemoteError as RemoteError
@@ -208,10 +208,7 @@ class Service:
             return self._raised(e, req)
 
     def _ok(self, result: Any, buf: bytearray) -> bytes | bytearray:
-        _encoder.encode_into(result, buf, 1)  # buf[0] stays 0 (OK); one buffer per worker
-        if len(buf) > MAX_PAYLOAD:
-            raise ValueError(f"the reply of {len(buf) - 1} bytes exceeds {MAX_PAYLOAD} bytes")
-        return buf
+        return encode_ok(_encoder.encode_into, result, buf, MAX_PAYLOAD)  # one buf per worker
 
     def _raised(self, e: Exception, req: Any) -> bytes:
         cls = type(e)

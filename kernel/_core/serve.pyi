@@ -18,6 +18,13 @@ class Slots:
     def take(self) -> None: ...
     def give(self) -> None: ...
 
+def encode_ok(
+    encode_into: Callable[[Any, bytearray, int], None],
+    result: Any,
+    buf: bytearray,
+    max_payload: int,
+) -> bytearray: ...
+
 @disjoint_base
 class Answerer:
     def __init__(

@@ -58,6 +58,16 @@ cdef class Slots:
                 self._cond.notify()
 
 
+cpdef bytearray encode_ok(encode_into, result, bytearray buf, Py_ssize_t max_payload):
+    """A handler's result as an OK reply: its msgpack after the OK byte, in `buf`
+    (the worker's own; buf[0] stays 0). Raises ValueError past `max_payload`. Both
+    faces of kernel.Service build their replies here (the asyncio one via _ok)."""
+    encode_into(result, buf, 1)
+    if len(buf) > max_payload:
+        raise ValueError(f"the reply of {len(buf) - 1} bytes exceeds {max_payload} bytes")
+    return buf
+
+
 cdef class Answerer:
     """The reply to one request, as Service built it: decode the request as one of
     the service's request types, run its handler, encode the result after the OK
@@ -92,11 +102,7 @@ cdef class Answerer:
                 result = route[0](req, self._context(msg))
             else:
                 result = route[0](req)
-            self._encode_into(result, buf, 1)   # buf[0] stays 0: OK
-            if len(buf) > self._max_payload:
-                raise ValueError(
-                    f"the reply of {len(buf) - 1} bytes exceeds {self._max_payload} bytes")
-            return buf
+            return encode_ok(self._encode_into, result, buf, self._max_payload)
         except Exception as e:
             return self._raised(e, req)
 
