@@ -13,6 +13,7 @@ abandoned operation's result, a full ring, a lost kernel.
 """
 
 from libc.stdint cimport int64_t, uint16_t, uint64_t
+from posix.unistd cimport write
 
 from kernel._core.ring cimport Completion, Ring, adapt_spin, spin_for
 
@@ -46,6 +47,7 @@ cdef class ConnectionCore:
     cdef uint64_t _submit(self, uint16_t op, uint64_t slot, int64_t deadline, uint64_t arg,
                           payload, tuple caps) except? 0:
         cdef uint64_t req_id = next(self._ids)
+        cdef uint64_t one = 1
         cdef int pushed
         with self._submit_lock:   # close() takes it too: the ring and eventfd stay open
             if self.lost is not None:
@@ -54,8 +56,8 @@ cdef class ConnectionCore:
             while not pushed:
                 self._wait_for_space()
                 pushed = self.sq.push_record(op, req_id, slot, deadline, arg, payload, caps)
-            if pushed == 2:   # the kernel sleeps: ring its doorbell
-                self._ring_doorbell()
+            if pushed == 2:   # the kernel sleeps: ring its doorbell (open: we hold the lock)
+                write(self.sq_efd, &one, 8)
         return req_id
 
     def roundtrip(self, uint16_t op, cap, str verb, int64_t deadline=-1, uint64_t arg=0,

@@ -119,16 +119,13 @@ class Connection(ConnectionCore):
             self.abandoned[req_id] = 0
             pushed = self.sq.push(op, req_id, 0, abi.DEADLINE_FOREVER, arg, b"")
             if pushed == 2:
-                self._ring_doorbell()
+                os.eventfd_write(self.sq_efd, 1)
             return bool(pushed)
         finally:
             self._submit_lock.release()
 
     def _failure(self, c: Completion, cap: Any, verb: str) -> IPCError:
         return failure(c, cap, verb)
-
-    def _ring_doorbell(self) -> None:
-        os.eventfd_write(self.sq_efd, 1)
 
     def _wait_for_space(self) -> None:
         """The submission ring is full: nudge the kernel, and notice if it is gone."""
