@@ -25,21 +25,23 @@ class Perm(NamedTuple):
     mode: int
 
 
+_CLASSES = {6: "owner", 3: "group", 0: "other"}
+
+
+def _class_shift(perm: Perm, uid: int, gid: int) -> int:
+    """Where the caller's class's bits sit in the mode: the first class that matches."""
+    return 6 if uid == perm.uid else 3 if gid == perm.gid else 0
+
+
 def caller_class(perm: Perm, uid: int, gid: int) -> str:
-    if uid == perm.uid:
-        return "owner"
-    if gid == perm.gid:
-        return "group"
-    return "other"
+    return _CLASSES[_class_shift(perm, uid, gid)]
 
 
 def allowed(perm: Perm, uid: int, gid: int, want: int) -> bool:
-    """May a caller with this uid/gid do `want` (READ or WRITE)?"""
+    """May a caller with this uid/gid do `want` (READ or WRITE)? (Runs on every lookup.)"""
     if uid == 0:
         return True
-    # caller_class() as a shift, without its strings: this runs on every lookup
-    shift = 6 if uid == perm.uid else 3 if gid == perm.gid else 0
-    return (perm.mode >> shift) & want == want
+    return (perm.mode >> _class_shift(perm, uid, gid)) & want == want
 
 
 def denial(perm: Perm, uid: int, gid: int, want: int, what: str) -> str | None:
