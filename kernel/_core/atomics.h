@@ -24,6 +24,10 @@ static inline void mk_store_u32(volatile uint32_t *p, uint32_t v) {
 static inline uint32_t mk_exchange_u32(volatile uint32_t *p, uint32_t v) {
     return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
 }
+static inline int mk_cas_u64(volatile uint64_t *p, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
 static inline void mk_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 static inline void mk_cpu_relax(void) {

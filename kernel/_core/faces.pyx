@@ -183,13 +183,20 @@ cdef class SessionCaller:
             self._next_id = req_id + 1
             try:
                 first = self._port._call(req_id, data, deadline)
+                if type(first) is bytes:
+                    return first
             except OverflowError:
                 first = _FULL   # nothing written: the slow path names it
             except (ValueError, RingCorruptError) as e:   # closed, or the peer broke the ring
                 first = e
-            if type(first) is bytes:
-                return first
-            return self._call_slow(req_id, data, deadline, first)
+            except BaseException:   # a signal handler's: its server is told (port.withdraw)
+                self._port.withdraw(req_id)
+                raise
+            try:
+                return self._call_slow(req_id, data, deadline, first)
+            except BaseException:
+                self._port.withdraw(req_id)   # a no-op if the timeout did it
+                raise
         finally:
             turn.give()
 

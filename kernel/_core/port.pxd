@@ -20,8 +20,9 @@ cdef enum:
     OP_SEND = 10      # the record opcodes (kernel/abi.py Op.ENDPOINT_*)
     OP_CALL = 11
     OP_REPLY = 13
-    W_OK = 0          # _send()'s codes: written, or the ring is full
-    W_FULL = 1
+    W_OK = 0          # _send()'s codes: written, or the ring is full, or (a reply)
+    W_FULL = 1        # its caller gave up first: nothing written. W_LATE differs from
+    W_LATE = 7        # every other code of port.pyx, as one hook maps them all
 
 
 cdef class SessionPort:
@@ -40,9 +41,15 @@ cdef class SessionPort:
     cdef int64_t spin_ns, spin_min, spin_max, yield_after_ns, crowded_ns
     cdef bint crowded                 # the last spin's yield let others run >= crowded_ns
     cdef bint broken                  # the peer broke the ring format: mark_broken()
+    cdef uint64_t *calls              # the call words (ring.pxd), shared with the peer
 
     cdef int64_t _state(self) except? -1
     cdef int _put(self, uint16_t op, uint64_t req_id, payload) except -2
+    cdef uint64_t *_call_word(self, uint64_t req_id) noexcept
+    cdef uint64_t _claim(self, uint64_t req_id) noexcept
+    cdef bint _commit(self, uint64_t req_id) noexcept
+    cdef uint64_t _settle(self, uint64_t wire_id) noexcept
+    cpdef bint withdraw(self, uint64_t req_id)
     cdef void _doorbell(self) noexcept
     cdef int64_t _send(self, uint16_t op, uint64_t req_id, payload) except? -1000
     cdef int64_t _recv_many(self, list out, Py_ssize_t max_n) except? -1000

@@ -18,17 +18,34 @@ from cpython.exc cimport PyErr_CheckSignals
 from posix.unistd cimport read, write
 
 from kernel._core.ring cimport (
-    HDR_SIZE, Header, Ring, SessionStates, adapt_spin, mk_exchange_u32, mk_fence, mk_hdr,
-    mk_load_acquire_u64, mk_store_u32, now_ns, spin_for,
+    HDR_SIZE, MAX_TRACKED_CALLS, OFF_CALLS, Completion, Header, Ring, SessionStates,
+    adapt_spin, mk_cas_u64, mk_exchange_u32, mk_fence, mk_hdr, mk_load_acquire_u64,
+    mk_store_release_u64, mk_store_u32, now_ns, spin_for,
 )
 
 cdef enum:
     ST_OPEN = 1
     ST_PEER_CLOSED = -22
 
-OK, FULL = W_OK, W_FULL
-"""Return codes of the write methods; a negative code is the Status the session
-ended with (the kernel's word)."""
+OK, FULL, LATE = W_OK, W_FULL, W_LATE
+"""Return codes of the write methods (LATE: a reply whose caller gave up first,
+not written); a negative code is the Status the session ended with (the kernel's
+word)."""
+
+# The call words (ring.pxd) tell a server whether its reply is still awaited, as
+# the kernel's reply capabilities do (DESIGN §5), without the kernel on the path.
+# The caller stores a call's id in word (id % MAX_TRACKED_CALLS) before it writes
+# the call, and frees the word when it takes the reply. The server answers only
+# after a compare-and-swap from the id to id | ANSWERED; the caller that gives up
+# swaps the id to 0. Exactly one of the two swaps wins, so either the reply is
+# written and is the call's answer, or the server is told that it came too late
+# and nothing is written. A word still held by an earlier call in flight leaves
+# the call untracked (its id carries UNTRACKED on the wire; the server is not
+# told). The peer can write these words too: the caller believes ANSWERED only
+# for a bounded grace (kernel/client/_session.py), so that cannot stall it.
+cdef uint64_t ANSWERED = (<uint64_t>1) << 63
+cdef uint64_t UNTRACKED = (<uint64_t>1) << 62
+UNTRACKED_ID = UNTRACKED
 
 READY, SOCKET, TIMEOUT = 0, 5, 6
 """Return codes of wait(): a record may be there; the kernel's socket is readable
@@ -49,6 +66,9 @@ cdef class SessionPort:
         self.my_efd, self.sock_fd = my_efd, sock_fd
         self.set_spin(2000, 200000, 1000, 0)
         states._word(index)   # validates the index
+        # The call words are in the control page of the session's region, which
+        # both rings share (the inbox's: a Ring's region holds at least that page).
+        self.calls = <uint64_t *>(<char *>inbox.buf.buf + OFF_CALLS)
 
     def set_spin(self, int64_t spin_min, int64_t spin_max, int64_t yield_after_ns,
                  int64_t crowded_ns):
@@ -80,6 +100,8 @@ cdef class SessionPort:
         return self._state()
 
     cdef int _put(self, uint16_t op, uint64_t req_id, payload) except -2:
+        """Write one record: W_OK, W_FULL, or W_LATE (a reply whose caller gave
+        up). A call claims its call word first, and frees it if the ring was full."""
         cdef mk_hdr h
         cdef const unsigned char[::1] view
         cdef const char *p
@@ -95,7 +117,64 @@ cdef class SessionPort:
         memset(&h, 0, HDR_SIZE)
         h.opcode = op
         h.req_id = req_id
-        return self.out._write(&h, NULL, p, n)
+        if op == OP_CALL:
+            h.req_id = self._claim(req_id)
+        elif op == OP_REPLY and not self._commit(req_id):
+            return W_LATE
+        if self.out._write(&h, NULL, p, n):
+            return W_OK
+        if op == OP_CALL:
+            self.withdraw(req_id)
+        return W_FULL
+
+    # ------------------------------------------------------------ call words
+
+    cdef uint64_t *_call_word(self, uint64_t req_id) noexcept:
+        if self.out.data == NULL or self.inbox.data == NULL:   # released: unmapped
+            return NULL
+        return self.calls + (req_id & (MAX_TRACKED_CALLS - 1))
+
+    cdef uint64_t _claim(self, uint64_t req_id) noexcept:
+        """Caller: mark call `req_id` awaited; the id to write (UNTRACKED when
+        its word is still held by an earlier call)."""
+        cdef uint64_t *w = self._call_word(req_id)
+        cdef uint64_t held
+        if w == NULL or req_id & (ANSWERED | UNTRACKED):
+            return req_id | UNTRACKED
+        held = mk_load_acquire_u64(w)
+        if held != 0 and held != req_id:
+            return req_id | UNTRACKED
+        mk_store_release_u64(w, req_id)   # before the record that names it
+        return req_id
+
+    cdef bint _commit(self, uint64_t req_id) noexcept:
+        """Server: take the right to answer call `req_id`; False when its caller
+        gave up first."""
+        cdef uint64_t *w = self._call_word(req_id)
+        if w == NULL or req_id & UNTRACKED:
+            return True   # released (the write says so), or not tracked
+        return mk_cas_u64(w, req_id, req_id | ANSWERED)
+
+    cdef uint64_t _settle(self, uint64_t wire_id) noexcept:
+        """Caller: a reply to `wire_id` was taken; free its word. Returns the
+        call's id (without UNTRACKED)."""
+        cdef uint64_t req_id = wire_id & ~UNTRACKED
+        cdef uint64_t *w
+        if not wire_id & UNTRACKED:
+            w = self._call_word(req_id)
+            if w != NULL and mk_load_acquire_u64(w) == req_id | ANSWERED:
+                mk_store_release_u64(w, 0)
+        return req_id
+
+    cpdef bint withdraw(self, uint64_t req_id):
+        """Caller: give up on call `req_id` (a timeout, a cancel, an exception).
+        True when its server will be told that a reply is too late (or it was not
+        tracked); False when the server answered first: the reply is on its way
+        and is the call's answer. Repeating it changes nothing."""
+        cdef uint64_t *w = self._call_word(req_id)
+        if w == NULL or mk_cas_u64(w, req_id, 0):
+            return True
+        return mk_load_acquire_u64(w) != req_id | ANSWERED
 
     cdef void _doorbell(self) noexcept:
         """Ring once per sleep: take the peer's waiting flag as we ring, so the rest of
@@ -114,12 +193,13 @@ cdef class SessionPort:
 
     cdef int64_t _send(self, uint16_t op, uint64_t req_id, payload) except? -1000:
         cdef int64_t st = self._state()
+        cdef int code
         if st != ST_OPEN:
             return st
-        if not self._put(op, req_id, payload):
-            return W_FULL
-        self._doorbell()
-        return W_OK
+        code = self._put(op, req_id, payload)
+        if code == W_OK:
+            self._doorbell()
+        return code
 
     def send_many(self, list payloads, Py_ssize_t start):
         """Write one-way records for payloads[start:] until the ring is full; ring the
@@ -128,7 +208,7 @@ cdef class SessionPort:
         cdef Py_ssize_t i = start, n = len(payloads)
         if st != ST_OPEN:
             return st
-        while i < n and self._put(OP_SEND, 0, payloads[i]):
+        while i < n and self._put(OP_SEND, 0, payloads[i]) == W_OK:
             i += 1
         if i > start:
             self._doorbell()
@@ -156,8 +236,8 @@ cdef class SessionPort:
 
     def take_reply(self, uint64_t req_id):
         """The payload of the reply to `req_id` if it is there, else None. Other
-        records (replies to calls that timed out) are dropped: a late answer never
-        reaches a later call."""
+        records (replies to calls given up on after their server answered, or not
+        tracked) are dropped: a late answer never reaches a later call."""
         return self._take_reply(req_id)
 
     cdef object _take_reply(self, uint64_t req_id):
@@ -168,11 +248,19 @@ cdef class SessionPort:
             if h is None:
                 return None
             data = None
-            if h.h.opcode == OP_REPLY and h.h.req_id == req_id:
+            if h.h.opcode == OP_REPLY and self._settle(h.h.req_id) == req_id:
                 data = _payload(self.inbox, h)
             self.inbox.consume_record(h)
             if data is not None:
                 return data
+
+    def take_record(self):
+        """The next record of the inbox as a Completion, or None; a reply's call
+        word is freed and its `req_id` is the call's (the asyncio face matches it)."""
+        cdef Completion c = self.inbox.take_completion()
+        if c is not None and c.opcode == OP_REPLY:
+            c.req_id = self._settle(c.req_id)
+        return c
 
     # ------------------------------------------------------------ waiting
     #
@@ -319,9 +407,10 @@ cdef class SessionMessage:
     def from_kernel(self): return False
 
     def reply(self, data):
-        """Answer the call over the session. Raises PeerClosedError if the session
-        ended, or if the caller does not drain its ring (it waits for one answer at a
-        time, so a full ring means it misbehaves)."""
+        """Answer the call over the session. Raises PeerClosedError if the caller
+        gave up on the call first (a timeout or a cancel: nothing is written), if the
+        session ended, or if the caller does not drain its ring (it waits for one
+        answer at a time, so a full ring means it misbehaves)."""
         cdef uint64_t req_id = self.req_id
         if req_id == 0:
             raise _error_hook(self.port, NOT_A_CALL, "reply")

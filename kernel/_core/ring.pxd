@@ -21,6 +21,14 @@
 #                 only (SessionStates): 0 free, 1 open, < 0 the Status it ended with
 #   4096    ...   SQ data, then CQ data
 #
+# A direct session's region (kernel/daemon/sessions.py) has the same control page
+# over its two rings (SQ: the caller's requests, CQ: the server's replies), with
+# the call words at 2048 instead of session states:
+#
+#   2048    2048  call words: MAX_TRACKED_CALLS uint64, word (req_id % 256) of a call
+#                 in flight: 0 free, req_id awaited (the caller), req_id | 1 << 63
+#                 answered (the server, by compare-and-swap); port.pyx has the protocol
+#
 # Head and tail are free-running byte counters (they never wrap in practice:
 # 2**64 bytes). A record never wraps: when it does not fit before the end of the
 # data area the producer writes a PAD record up to the end and starts at 0.
@@ -36,6 +44,7 @@ cdef extern from "atomics.h":
     uint32_t mk_load_u32(const uint32_t *p) nogil
     void mk_store_u32(uint32_t *p, uint32_t v) nogil
     uint32_t mk_exchange_u32(uint32_t *p, uint32_t v) nogil
+    bint mk_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired) nogil
     void mk_fence() nogil
     void mk_cpu_relax() nogil
     void mk_yield() nogil
@@ -74,6 +83,8 @@ cdef enum:
     OFF_CQ_WAITING = 384
     OFF_SESSIONS = 2048
     MAX_SESSIONS = 256
+    OFF_CALLS = 2048
+    MAX_TRACKED_CALLS = 256
     OP_PAD = 0
     MAX_CAPS_PER_RECORD = 64
 

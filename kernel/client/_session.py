@@ -21,6 +21,7 @@ from .._core.faces import SessionReply as SessionReply
 from .._core.port import (
     CLOSED,
     FULL,
+    LATE,
     NOT_A_CALL,
     SOCKET,
     TOO_LARGE,
@@ -53,6 +54,11 @@ the scheduler paired them on one core (p99 3-52 µs across runs); yielding after
 1 µs keeps p50 at ~2.0 µs with p99 3.4-12.9 µs, and 0 gives p50 2.6 µs with p99
 3.5-7.5 µs (mkipc bench, 3 invocations each)."""
 SPACE_WAIT_S = 50e-6
+ANSWERED_GRACE_S = 0.1
+"""How long a caller past its deadline waits for a reply its server had already
+answered (port.pyx, the call words). An honest server writes it within
+microseconds of answering; the bound keeps a peer that forges the word from
+holding the caller past its timeout."""
 
 _CALL, _SEND, _REPLY = int(Op.ENDPOINT_CALL), int(Op.ENDPOINT_SEND), int(Op.ENDPOINT_REPLY)
 _OPEN = abi.SESSION_OPEN
@@ -156,6 +162,16 @@ class SessionEnd:
 
     # ------------------------------------------------------------ consume
 
+    def give_up(self, req_id: int) -> int:
+        """The call's deadline passed without a reply: withdraw it, so that its
+        server is told its reply is too late, and raise CallTimeoutError. If the
+        server answered first, the reply is the call's: returns the deadline to
+        wait for it until (ANSWERED_GRACE_S from now)."""
+        self.check()
+        if self.port.withdraw(req_id):
+            raise CallTimeoutError(f"session {self.sid}: no answer before the deadline")
+        return time.monotonic_ns() + int(ANSWERED_GRACE_S * 1e9)
+
     def take_reply(self, req_id: int) -> bytes | None:
         try:
             data: bytes | None = self.port.take_reply(req_id)
@@ -255,6 +271,12 @@ def _port_error(port: SessionPort, code: int, verb: str) -> IPCError:
     sid = port.sid
     if code == FULL:
         return PeerClosedError(f"session {sid}: {verb}: the caller does not drain its ring")
+    if code == LATE:  # as the kernel path's late reply says it (DESIGN §5)
+        return PeerClosedError(
+            f"session {sid}: {verb}: the reply was not delivered: the caller gave up "
+            "on the call (timed out or cancelled)",
+            Status.CALLER_GONE,
+        )
     if code == NOT_A_CALL:
         return IPCError(
             f"session {sid}: {verb}: this message was sent, not called, or was already answered",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from ._session import (
     _CALL,
     _REPLY,
     _SEND,
+    ANSWERED_GRACE_S,
     SPACE_WAIT_S,
     SPIN_MIN_NS,
     YIELD_AFTER_NS,
@@ -143,6 +143,10 @@ def _closed(sid: int) -> Exception:
     return PeerClosedError(f"session {sid}: closed")
 
 
+def _timed_out(sid: int, why: str) -> Exception:
+    return CallTimeoutError(f"session {sid}: {why}")
+
+
 def _shut_down(sid: int) -> Exception:
     return PeerClosedError(f"session {sid}: shut down")
 
@@ -161,7 +165,7 @@ class AsyncSession(_AsyncSide):
     def _take(self) -> None:
         end = self._end
         try:
-            while (c := end.inbox.take()) is not None:
+            while (c := end.port.take_record()) is not None:
                 fut = self._futures.pop(c.req_id, None)
                 if fut is not None and c.opcode == _REPLY and not fut.done():
                     fut.set_result(c)
@@ -175,31 +179,46 @@ class AsyncSession(_AsyncSide):
                 fut.set_exception(e)
 
     async def call(self, data: Data, *, timeout: float | None = None) -> SessionReply:
-        """Send `data` and wait for its reply; the timeout covers both. Cancelling the
-        task drops the call (its reply, if it comes, is discarded)."""
+        """Send `data` and wait for its reply; the timeout covers both. A call that
+        times out or whose task is cancelled is withdrawn: its server's reply then
+        fails as too late, unless it answered first (port.pyx, the call words)."""
         deadline = deadline_from(timeout)
         self._check()
         req_id, self._next_id = self._next_id, self._next_id + 1
         fut: asyncio.Future[Completion] = self._loop.create_future()
         self._futures[req_id] = fut
+        timer = None
         try:
             await self._put(_CALL, req_id, data, deadline)  # the port validates it
             if len(self._futures) == 1:
                 # After whatever is ready now: other tasks about to call make it moot.
                 self._loop.call_soon(self._spin_for, fut)
-            if deadline < 0:
-                c = await fut
-            else:
-                left = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-                try:
-                    c = await asyncio.wait_for(fut, left)
-                except TimeoutError:
-                    raise CallTimeoutError(
-                        f"session {self._end.sid}: no answer before the deadline"
-                    ) from None
+            if deadline >= 0:  # same clock: loop.time() is time.monotonic()
+                timer = self._loop.call_at(deadline / 1e9, self._expire, req_id, fut)
+            c = await fut
+        except BaseException:
+            self._end.port.withdraw(req_id)  # cancelled or failed; a no-op after _expire
+            raise
         finally:
             self._futures.pop(req_id, None)
+            if timer is not None:
+                timer.cancel()
         return SessionReply(c.payload, self._end.peer)
+
+    def _expire(self, req_id: int, fut: asyncio.Future[Completion]) -> None:
+        """The call's deadline: withdraw it and fail it, unless its server answered
+        first (then its reply is the answer: wait ANSWERED_GRACE_S for it). A loop
+        callback, so no reply is taken between the check and the withdrawal."""
+        if fut.done() or self._end.closed:
+            return
+        if self._end.port.withdraw(req_id):
+            fut.set_exception(_timed_out(self._end.sid, "no answer before the deadline"))
+        else:
+            self._loop.call_later(ANSWERED_GRACE_S, self._never_came, fut)
+
+    def _never_came(self, fut: asyncio.Future[Completion]) -> None:
+        if not fut.done():
+            fut.set_exception(_timed_out(self._end.sid, "the answer did not arrive"))
 
     def _spin_for(self, fut: asyncio.Future[Completion]) -> None:
         """The only call in flight: poll briefly for its reply before the loop sleeps.

@@ -115,10 +115,12 @@ class Session(SessionCaller, _Base):
             end.send(_CALL, req_id, data, deadline)
         else:
             end.after_wait(first)
+        answered = False  # the server answered before the deadline: its reply is ours
         while (reply := end.take_reply(req_id)) is None:
             if deadline_passed(deadline):
-                end.check()
-                raise CallTimeoutError(f"session {end.sid}: no answer before the deadline")
+                if answered:  # it never came (the peer forged the word, or stalls)
+                    raise CallTimeoutError(f"session {end.sid}: the answer did not arrive")
+                deadline, answered = end.give_up(req_id), True
             end.wait(deadline)
         return SessionReply(reply, end.peer)
 

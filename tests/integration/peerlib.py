@@ -4,6 +4,8 @@ peer that is always killed and reaped."""
 from __future__ import annotations
 
 import contextlib
+import mmap
+import struct
 import subprocess
 import sys
 import threading
@@ -11,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import kernel
+from kernel import abi
 
 PEERS = Path(__file__).parent / "peers"
 
@@ -156,3 +159,10 @@ def raising_in_thread(wait: Callable[[], object]) -> tuple[threading.Thread, lis
     t = threading.Thread(target=run)
     t.start()
     return t, raised
+
+
+def forge_answered(mm: mmap.mmap, req_id: int, answered: bool = True) -> None:
+    """Write call `req_id`'s word as if its server had answered it, or (False) as
+    still awaited. A peer maps the session's region too, so a hostile one can."""
+    off = abi.OFF_CALLS + 8 * (req_id % abi.MAX_TRACKED_CALLS)
+    struct.pack_into("<Q", mm, off, req_id | (1 << 63 if answered else 0))

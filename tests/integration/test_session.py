@@ -13,12 +13,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
 
 import pytest
-from peerlib import session_in_process, spawned
+from peerlib import forge_answered, session_in_process, spawned
 
 import kernel
 from capabilities import Rights
@@ -163,7 +164,9 @@ def test_the_server_learns_that_the_caller_died(kernel_daemon):
             assert end["seen"][0][1] == caller.pid
 
 
-def test_a_late_reply_never_reaches_the_next_call(kernel_daemon):
+def test_a_late_reply_fails_on_the_server_and_never_reaches_the_next_call(kernel_daemon):
+    """As on the kernel path (DESIGN §5): the server's reply after the caller timed
+    out raises PeerClosedError (CALLER_GONE) there, and is never written."""
     with kernel.connect(autostart=False) as k:
         ep, rep, peer = _server(k, "hold")
         with peer:
@@ -171,7 +174,57 @@ def test_a_late_reply_never_reaches_the_next_call(kernel_daemon):
             with ep.session(timeout=10) as s:
                 with pytest.raises(kernel.CallTimeoutError):
                     s.call(b"first", timeout=0.2)
+                refused = _event(rep)  # its reply, a second later
                 assert s.call(b"second", timeout=10).data == b"second"
+                assert refused["event"] == "reply refused"
+                assert refused["call"] == "first"
+                assert refused["error"] == "PeerClosedError"
+                assert refused["status"] == kernel.Status.CALLER_GONE
+                assert "not delivered" in refused["text"]
+
+
+def test_a_call_answered_just_before_its_deadline_waits_for_that_reply(kernel_daemon):
+    """The server took the right to answer (the word says answered) before the
+    caller's deadline, but writes the reply only after it: the caller does not
+    withdraw, and the reply is its answer. (The server's two steps are split here
+    by hand; a real one runs them back to back, and can be preempted between.)"""
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        s, server = session_in_process(ep, ep)
+        with s, server:
+            got: list[bytes] = []
+            t = threading.Thread(target=lambda: got.append(s.call(b"x", timeout=0.2).data))
+            t.start()
+            msg = server.recv(timeout=10)
+            forge_answered(server._end.mm, 1)  # the commit, before the deadline
+            time.sleep(0.25)  # the deadline passes: the caller finds it answered
+            forge_answered(server._end.mm, 1, answered=False)
+            msg.reply(b"in time")  # commit again, and the write
+            t.join(10)
+            assert got == [b"in time"]
+
+
+def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon):
+    """A caller past its deadline waits for a reply its server marked answered, but
+    only ANSWERED_GRACE_S: the peer cannot hold it past its timeout by forging it."""
+    from kernel.client._session import ANSWERED_GRACE_S
+
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        s, server = session_in_process(ep, ep)
+        with s, server:
+            forge_answered(server._end.mm, 1)  # the session's first call
+            t0 = time.monotonic()
+            with pytest.raises(kernel.CallTimeoutError, match="did not arrive"):
+                s.call(b"x", timeout=0.2)
+            assert 0.2 + ANSWERED_GRACE_S <= time.monotonic() - t0 < 5
+            msg = server.recv(timeout=5)
+            assert msg.data == b"x"  # it did go out, untracked (its word looked held)
+            msg.reply(b"too late")  # so its server is not told; the caller drops it
+            t = threading.Thread(target=lambda: (m := server.recv(timeout=10)).reply(m.data))
+            t.start()
+            assert s.call(b"y", timeout=10).data == b"y"  # the session goes on
+            t.join(10)
 
 
 def test_an_offer_nobody_accepts_times_out_and_a_late_accept_is_refused(kernel_daemon):
@@ -454,6 +507,9 @@ def test_a_signal_handler_interrupts_a_call_waiting_without_timeout(kernel_daemo
             with pytest.raises(_Interrupted):
                 s.call(b"never answered", timeout=30)  # the timeout is only a safety net
             assert time.monotonic() - t0 < 15  # the handler ran at the signal, not after
+            msg = server.recv(timeout=5)
+            with pytest.raises(kernel.PeerClosedError, match="not delivered"):
+                msg.reply(b"too late")  # the call was withdrawn as it ended
         finally:
             timer.cancel()
             signal.signal(signal.SIGUSR1, previous)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
+from typing import Any
 
 import pytest
-from peerlib import PEERS
+from peerlib import PEERS, forge_answered
 
 import kernel
 from capabilities import Rights
@@ -86,9 +88,78 @@ async def test_timeout_and_cancel_leave_the_session_usable(kernel_daemon):
                     await s.call(b"held", timeout=0.2)
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(s.call(b"cancelled"), 0.05)
+                # Both were withdrawn: their server's replies are refused, not written.
+                refused = [await _event(rep), await _event(rep)]
+                assert [(e["event"], e["call"], e["status"]) for e in refused] == [
+                    ("reply refused", "held", kernel.Status.CALLER_GONE),
+                    ("reply refused", "cancelled", kernel.Status.CALLER_GONE),
+                ]
                 assert (await s.call(b"after", timeout=10)).data == b"after"
         finally:
             await _stop(server)
+
+
+async def _pair(ep: kernel.AsyncEndpointCap) -> tuple[kernel.AsyncSession, Any]:
+    """A session with both ends in this process and this loop."""
+
+    async def accept() -> Any:
+        while not (offer := await ep.recv(timeout=20)).session_offer:
+            pass
+        return await ep.accept_session(offer)
+
+    caller, server = await asyncio.gather(ep.session(timeout=20), accept())
+    return caller, server
+
+
+async def test_a_reply_answered_before_the_withdrawal_is_the_calls_answer(kernel_daemon):
+    """The server answers after the deadline by the clock, but before the caller's
+    timer withdrew the call (the loop was busy): the answer counts on both sides."""
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        s, server = await _pair(ep)
+        async with s, server:
+            call = asyncio.ensure_future(s.call(b"x", timeout=0.2))
+            msg = await server.recv(timeout=10)
+            time.sleep(0.3)  # noqa: ASYNC251 - the loop is held past the caller's deadline
+            msg.reply(b"in time")  # the call was not withdrawn yet: delivered
+            assert (await call).data == b"in time"
+
+
+async def test_a_call_answered_just_before_its_deadline_waits_for_that_reply(kernel_daemon):
+    """As test_session's: the deadline's timer finds the call answered, and the
+    reply written after it is the call's answer."""
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        s, server = await _pair(ep)
+        async with s, server:
+            call = asyncio.ensure_future(s.call(b"x", timeout=0.2))
+            msg = await server.recv(timeout=10)
+            forge_answered(server._end.mm, 1)  # the commit, before the deadline
+            await asyncio.sleep(0.25)  # the timer runs: it finds the call answered
+            assert not call.done()
+            forge_answered(server._end.mm, 1, answered=False)
+            msg.reply(b"in time")  # commit again, and the write
+            assert (await call).data == b"in time"
+
+
+async def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon):
+    from kernel.client._session import ANSWERED_GRACE_S
+
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        s, server = await _pair(ep)
+        async with s, server:
+            forge_answered(server._end.mm, 1)  # the session's first call
+            t0 = time.monotonic()
+            with pytest.raises(kernel.CallTimeoutError, match="did not arrive"):
+                await s.call(b"x", timeout=0.2)
+            assert 0.2 + ANSWERED_GRACE_S <= time.monotonic() - t0 < 5
+            msg = await server.recv(timeout=5)
+            msg.reply(b"too late")  # untracked (its word looked held): not refused
+            call = asyncio.ensure_future(s.call(b"y", timeout=10))
+            msg = await server.recv(timeout=5)
+            msg.reply(msg.data)
+            assert (await call).data == b"y"  # the late one was dropped
 
 
 async def test_revocation_fails_the_calls_in_flight(kernel_daemon):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import mmap
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,17 +15,24 @@ from kernel._core.ring import SessionStates, ring_pair
 RING = 4096
 
 
-def session_ports() -> Iterator[tuple[Any, ...]]:
+def session_ports(ring: int = RING) -> Iterator[tuple[Any, ...]]:
     """Yields a session's two ports (caller, server), its state words (index 3,
     open) and the shared mapping; closes the rings afterwards."""
-    shared = mmap.mmap(-1, abi.CONTROL_SIZE + 2 * RING)  # the session's rings
+    shared = mmap.mmap(-1, abi.CONTROL_SIZE + 2 * ring)  # the session's rings
     mine = mmap.mmap(-1, abi.CONTROL_SIZE)  # this process's region: the state words
     states = SessionStates(mine)
     states.set(3, abi.SESSION_OPEN)
-    requests, replies = ring_pair(shared, RING, RING)
+    requests, replies = ring_pair(shared, ring, ring)
     caller = SessionPort(1, requests, replies, states, 3, -1, 1000, 0, "server", 9)
     server = SessionPort(1, replies, requests, states, 3, -1, 1000, 77, "caller", 8)
     yield caller, server, states, shared
     for ring in (requests, replies):
         ring.close()
     states.close()
+
+
+def mark_awaited(shared: mmap.mmap, req_id: int) -> None:
+    """Store `req_id` in its call word, as the caller's port does when it writes the
+    call: a reply sent before the call (to test what comes after) is then taken as
+    in time, not refused as late."""
+    struct.pack_into("<Q", shared, abi.OFF_CALLS + 8 * (req_id % abi.MAX_TRACKED_CALLS), req_id)

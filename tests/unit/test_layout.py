@@ -86,6 +86,8 @@ def mk_hdr_fields(pxd_text) -> list[tuple[str, str]]:
         "OFF_CQ_WAITING",
         "OFF_SESSIONS",
         "MAX_SESSIONS",
+        "OFF_CALLS",
+        "MAX_TRACKED_CALLS",
         "MAX_CAPS_PER_RECORD",
     ],
 )

@@ -3,11 +3,14 @@ codes, the kernel's state word, and a hostile peer's record."""
 
 from __future__ import annotations
 
-import pytest
-from session_ports import session_ports
+import struct
 
+import pytest
+from session_ports import mark_awaited, session_ports
+
+import kernel
 from kernel import abi
-from kernel._core.port import FULL, OK, SessionPort
+from kernel._core.port import FULL, LATE, OK, SessionPort
 from kernel._core.ring import RingCorruptError, ring_pair
 
 
@@ -17,7 +20,7 @@ def ports():
 
 
 def test_send_then_recv_many_carries_data_and_the_kernels_badge(ports):
-    caller, server, _, _ = ports
+    caller, server, _, shared = ports
     assert caller.send(abi.Op.ENDPOINT_SEND, 0, b"one") == OK
     assert caller.send(abi.Op.ENDPOINT_CALL, 5, memoryview(b"two")) == OK
     out: list = []
@@ -28,8 +31,10 @@ def test_send_then_recv_many_carries_data_and_the_kernels_badge(ports):
     ]
     out[1].reply(b"answer")
     assert caller.take_reply(4) is None  # another call's reply is dropped, not kept
-    assert server.send(abi.Op.ENDPOINT_REPLY, 5, b"x") == OK
-    assert caller.take_reply(5) == b"x"
+    assert server.send(abi.Op.ENDPOINT_REPLY, 5, b"x") == LATE  # answered already
+    mark_awaited(shared, 6)
+    assert server.send(abi.Op.ENDPOINT_REPLY, 6, b"y") == OK
+    assert caller.take_reply(6) == b"y"
 
 
 def test_a_full_ring_and_an_oversized_payload_are_reported(ports):
@@ -124,3 +129,92 @@ def test_set_spin_rejects_bounds_that_cannot_hold(ports):
         caller.set_spin(10, 5, 0, 0)
     with pytest.raises(ValueError):
         caller.set_spin(0, 5, -1, 0)
+
+
+# ------------------------------------------------------------------ the call words
+
+
+def _word(shared, req_id: int) -> int:
+    off = abi.OFF_CALLS + 8 * (req_id % abi.MAX_TRACKED_CALLS)
+    return int(struct.unpack_from("<Q", shared, off)[0])
+
+
+def _called(caller, server, req_id: int) -> object:
+    """Write call `req_id` (nobody answers it in time) and receive it on the server."""
+    from kernel._core.port import TIMEOUT
+
+    caller.set_spin(1000, 2000, 1000, 0)
+    assert caller.call(req_id, b"q", 0) == TIMEOUT
+    got: list = []
+    assert server.recv_many(got, 1) == 1
+    return got[0]
+
+
+def test_a_reply_after_the_caller_gave_up_is_refused_and_never_written(ports):
+    caller, server, _, shared = ports
+    msg = _called(caller, server, 1)
+    assert _word(shared, 1) == 1  # awaited
+    assert caller.withdraw(1) is True  # the server had not answered: it will be told
+    assert _word(shared, 1) == 0
+    with pytest.raises(kernel.PeerClosedError, match="not delivered") as e:
+        msg.reply(b"too late")
+    assert e.value.status == kernel.Status.CALLER_GONE  # as the kernel path says it
+    assert caller.take_record() is None  # nothing was written
+    with pytest.raises(kernel.IPCError, match="already answered"):
+        msg.reply(b"again")  # one answer per call, delivered or not
+    assert caller.withdraw(1) is True  # repeating it changes nothing
+
+
+def test_a_reply_before_the_caller_gives_up_is_the_calls_answer(ports):
+    caller, server, _, shared = ports
+    msg = _called(caller, server, 1)
+    msg.reply(b"in time")
+    assert _word(shared, 1) == 1 | 1 << 63  # answered
+    assert caller.withdraw(1) is False  # too late to give up: the reply is the answer
+    assert caller.take_reply(1) == b"in time"
+    assert _word(shared, 1) == 0  # freed when taken
+    msg = _called(caller, server, 1 + abi.MAX_TRACKED_CALLS)  # the same word, tracked again
+    assert caller.withdraw(1 + abi.MAX_TRACKED_CALLS) is True
+    with pytest.raises(kernel.PeerClosedError):
+        msg.reply(b"late")
+
+
+def test_calls_beyond_the_call_words_are_answered_untracked():
+    from kernel._core.port import UNTRACKED_ID
+
+    ports = session_ports(ring=1 << 16)  # room for them all
+    caller, server, _, shared = next(ports)
+    n = abi.MAX_TRACKED_CALLS + 1
+    for req_id in range(1, n + 1):  # all in flight: the last finds its word held
+        assert caller.send(abi.Op.ENDPOINT_CALL, req_id, b"") == OK
+    got: list = []
+    assert server.recv_many(got, n) == n
+    assert _word(shared, n) == 1  # still the first call's
+    got[-1].reply(b"untracked")  # not told if late, but delivered
+    record = caller.take_record()
+    assert record.req_id == n  # the port strips the mark it carried on the wire
+    assert record.payload == b"untracked"
+    assert UNTRACKED_ID == 1 << 62
+    got[0].reply(b"first")
+    assert caller.take_reply(1) == b"first"
+    assert _word(shared, 1) == 0
+    next(ports, None)  # closes the rings
+
+
+def test_a_call_not_written_for_a_full_ring_frees_its_word(ports):
+    caller, _, _, shared = ports
+    while caller.send(abi.Op.ENDPOINT_SEND, 0, b"q") == OK:
+        pass
+    assert caller.send(abi.Op.ENDPOINT_CALL, 5, b"q") == FULL
+    assert _word(shared, 5) == 0
+
+
+def test_a_forged_answered_word_only_delays_the_caller_giving_up(ports):
+    """The peer can write the call words: the port reports what it sees, and the
+    client library bounds how long it believes it (tests/integration)."""
+    caller, server, _, shared = ports
+    _called(caller, server, 3)
+    struct.pack_into("<Q", shared, abi.OFF_CALLS + 8 * 3, 3 | 1 << 63)
+    assert caller.withdraw(3) is False
+    struct.pack_into("<Q", shared, abi.OFF_CALLS + 8 * 3, 12345)  # garbage: not ours
+    assert caller.withdraw(3) is True

@@ -4,6 +4,8 @@ usage: session_peer.py MODE   (inherits `ep` to serve and `report` to tell the t
   echo    accept every offer; serve each session in a thread: calls are echoed,
           one-way sends counted; a call b"count" answers "<sends>:<crc32 of them>"
   hold    like echo, but the first call is answered only after 1 s, with b"late"
+A reply the session refuses (its caller gave up on the call) is reported as JSON
+{"event": "reply refused", "call": <the call's data>, "error": ..., "status": ...}.
   keep    accept every offer and keep the session open, serving nothing
 Every session's end is reported as JSON {"event": "ended", "error": ..., "seen": [...]}
 where `seen` lists (badge, pid, uid, sender_id) of what arrived.
@@ -24,6 +26,16 @@ def report(rep: kernel.EndpointCap, **what: object) -> None:
     rep.send(json.dumps(what).encode(), timeout=30)
 
 
+def answer(m: kernel.SessionMessage, data: bytes, rep: kernel.EndpointCap) -> None:
+    try:
+        m.reply(data)
+    except kernel.PeerClosedError as e:
+        if e.status != kernel.Status.CALLER_GONE:
+            raise  # the session ended: serve() reports that
+        report(rep, event="reply refused", call=m.data.decode(), error=type(e).__name__,
+               status=int(e.status), text=str(e))  # fmt: skip
+
+
 def serve(s: kernel.SessionServer, rep: kernel.EndpointCap, hold: bool) -> None:
     sends, crc, seen = 0, 0, set()
     try:
@@ -34,13 +46,13 @@ def serve(s: kernel.SessionServer, rep: kernel.EndpointCap, hold: bool) -> None:
                 sends += 1
                 crc = zlib.crc32(m.data, crc)
             elif m.data == b"count":
-                m.reply(f"{sends}:{crc}".encode())
+                answer(m, f"{sends}:{crc}".encode(), rep)
             elif hold:
                 hold = False
                 time.sleep(1.0)
-                m.reply(b"late")
+                answer(m, b"late", rep)
             else:
-                m.reply(m.data)
+                answer(m, m.data, rep)
     except kernel.IPCError as e:
         report(rep, event="ended", error=type(e).__name__, text=str(e), seen=sorted(seen))
     finally:
