@@ -4,7 +4,7 @@
 
 from libc.stdint cimport int64_t, uint16_t, uint64_t
 
-from kernel._core.ring cimport Ring, SessionStates
+from kernel._core.ring cimport MAX_TRACKED_CALLS, Ring, SessionStates
 
 cdef extern from "<poll.h>" nogil:
     ctypedef unsigned long nfds_t
@@ -42,6 +42,7 @@ cdef class SessionPort:
     cdef bint crowded                 # the last spin's yield let others run >= crowded_ns
     cdef bint broken                  # the peer broke the ring format: mark_broken()
     cdef uint64_t *calls              # the call words (ring.pxd), shared with the peer
+    cdef uint64_t owner[MAX_TRACKED_CALLS]   # caller: our call in flight that owns each word
 
     cdef int64_t _state(self) except? -1
     cdef int _put(self, uint16_t op, uint64_t req_id, payload) except -2

@@ -25,9 +25,9 @@
 # over its two rings (SQ: the caller's requests, CQ: the server's replies), with
 # the call words at 2048 instead of session states:
 #
-#   2048    2048  call words: MAX_TRACKED_CALLS uint64, word (req_id % 256) of a call
-#                 in flight: 0 free, req_id awaited (the caller), req_id | 1 << 63
-#                 answered (the server, by compare-and-swap); port.pyx has the protocol
+#   2048    2048  call words: MAX_TRACKED_CALLS uint64; word (req_id % 256) settles
+#                 a call: req_id | 1 << 63 answered (the server), req_id | 1 << 62
+#                 withdrawn (the caller), by compare-and-swap; port.pyx has the protocol
 #
 # Head and tail are free-running byte counters (they never wrap in practice:
 # 2**64 bytes). A record never wraps: when it does not fit before the end of the

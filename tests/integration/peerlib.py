@@ -163,6 +163,6 @@ def raising_in_thread(wait: Callable[[], object]) -> tuple[threading.Thread, lis
 
 def forge_answered(mm: mmap.mmap, req_id: int, answered: bool = True) -> None:
     """Write call `req_id`'s word as if its server had answered it, or (False) as
-    still awaited. A peer maps the session's region too, so a hostile one can."""
+    not settled yet. A peer maps the session's region too, so a hostile one can."""
     off = abi.OFF_CALLS + 8 * (req_id % abi.MAX_TRACKED_CALLS)
-    struct.pack_into("<Q", mm, off, req_id | (1 << 63 if answered else 0))
+    struct.pack_into("<Q", mm, off, req_id | 1 << 63 if answered else 0)

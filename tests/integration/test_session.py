@@ -219,8 +219,8 @@ def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon)
                 s.call(b"x", timeout=0.2)
             assert 0.2 + ANSWERED_GRACE_S <= time.monotonic() - t0 < 5
             msg = server.recv(timeout=5)
-            assert msg.data == b"x"  # it did go out, untracked (its word looked held)
-            msg.reply(b"too late")  # so its server is not told; the caller drops it
+            assert msg.data == b"x"  # it did go out
+            msg.reply(b"too late")  # the word says answered: written, and dropped
             t = threading.Thread(target=lambda: (m := server.recv(timeout=10)).reply(m.data))
             t.start()
             assert s.call(b"y", timeout=10).data == b"y"  # the session goes on

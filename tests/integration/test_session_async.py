@@ -155,7 +155,7 @@ async def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_d
                 await s.call(b"x", timeout=0.2)
             assert 0.2 + ANSWERED_GRACE_S <= time.monotonic() - t0 < 5
             msg = await server.recv(timeout=5)
-            msg.reply(b"too late")  # untracked (its word looked held): not refused
+            msg.reply(b"too late")  # the word says answered: written, and dropped
             call = asyncio.ensure_future(s.call(b"y", timeout=10))
             msg = await server.recv(timeout=5)
             msg.reply(msg.data)

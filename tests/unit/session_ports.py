@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import mmap
-import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,10 +28,3 @@ def session_ports(ring: int = RING) -> Iterator[tuple[Any, ...]]:
     for ring in (requests, replies):
         ring.close()
     states.close()
-
-
-def mark_awaited(shared: mmap.mmap, req_id: int) -> None:
-    """Store `req_id` in its call word, as the caller's port does when it writes the
-    call: a reply sent before the call (to test what comes after) is then taken as
-    in time, not refused as late."""
-    struct.pack_into("<Q", shared, abi.OFF_CALLS + 8 * (req_id % abi.MAX_TRACKED_CALLS), req_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mmap
 
 import pytest
-from session_ports import mark_awaited, session_ports
+from session_ports import session_ports
 
 from kernel import abi
 from kernel._core.port import SessionPort
@@ -43,7 +43,7 @@ def test_the_compiled_call_answers_or_hands_the_rest_to_the_slow_path(ports):
     as a SessionReply; anything else goes to `_call_slow` with the turn held."""
     from kernel._core.faces import SessionCaller, SessionReply
 
-    caller_port, server, states, shared = ports
+    caller_port, server, states, _ = ports
     slow: list[tuple] = []
 
     class Caller(SessionCaller):
@@ -60,7 +60,6 @@ def test_the_compiled_call_answers_or_hands_the_rest_to_the_slow_path(ports):
     assert slow[-1][0] == 1
     assert slow[-1][2] == 0
     assert slow[-1][4]  # the turn is held
-    mark_awaited(shared, 2)
     server.send(abi.Op.ENDPOINT_REPLY, 2, b"a")  # the answer to the next call, early
     reply = c.call(b"r", timeout=10)
     assert isinstance(reply, SessionReply)

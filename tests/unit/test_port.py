@@ -6,11 +6,11 @@ from __future__ import annotations
 import struct
 
 import pytest
-from session_ports import mark_awaited, session_ports
+from session_ports import session_ports
 
 import kernel
 from kernel import abi
-from kernel._core.port import FULL, LATE, OK, SessionPort
+from kernel._core.port import FULL, OK, SessionPort
 from kernel._core.ring import RingCorruptError, ring_pair
 
 
@@ -20,7 +20,7 @@ def ports():
 
 
 def test_send_then_recv_many_carries_data_and_the_kernels_badge(ports):
-    caller, server, _, shared = ports
+    caller, server, _, _ = ports
     assert caller.send(abi.Op.ENDPOINT_SEND, 0, b"one") == OK
     assert caller.send(abi.Op.ENDPOINT_CALL, 5, memoryview(b"two")) == OK
     out: list = []
@@ -31,10 +31,8 @@ def test_send_then_recv_many_carries_data_and_the_kernels_badge(ports):
     ]
     out[1].reply(b"answer")
     assert caller.take_reply(4) is None  # another call's reply is dropped, not kept
-    assert server.send(abi.Op.ENDPOINT_REPLY, 5, b"x") == LATE  # answered already
-    mark_awaited(shared, 6)
-    assert server.send(abi.Op.ENDPOINT_REPLY, 6, b"y") == OK
-    assert caller.take_reply(6) == b"y"
+    assert server.send(abi.Op.ENDPOINT_REPLY, 5, b"x") == OK
+    assert caller.take_reply(5) == b"x"
 
 
 def test_a_full_ring_and_an_oversized_payload_are_reported(ports):
@@ -133,10 +131,16 @@ def test_set_spin_rejects_bounds_that_cannot_hold(ports):
 
 # ------------------------------------------------------------------ the call words
 
+ANSWERED, WITHDRAWN = 1 << 63, 1 << 62
+
 
 def _word(shared, req_id: int) -> int:
     off = abi.OFF_CALLS + 8 * (req_id % abi.MAX_TRACKED_CALLS)
     return int(struct.unpack_from("<Q", shared, off)[0])
+
+
+def _set_word(shared, req_id: int, value: int) -> None:
+    struct.pack_into("<Q", shared, abi.OFF_CALLS + 8 * (req_id % abi.MAX_TRACKED_CALLS), value)
 
 
 def _called(caller, server, req_id: int) -> object:
@@ -153,28 +157,28 @@ def _called(caller, server, req_id: int) -> object:
 def test_a_reply_after_the_caller_gave_up_is_refused_and_never_written(ports):
     caller, server, _, shared = ports
     msg = _called(caller, server, 1)
-    assert _word(shared, 1) == 1  # awaited
+    assert _word(shared, 1) == 0  # the caller writes no word while it waits
     assert caller.withdraw(1) is True  # the server had not answered: it will be told
-    assert _word(shared, 1) == 0
+    assert _word(shared, 1) == 1 | WITHDRAWN
     with pytest.raises(kernel.PeerClosedError, match="not delivered") as e:
         msg.reply(b"too late")
     assert e.value.status == kernel.Status.CALLER_GONE  # as the kernel path says it
     assert caller.take_record() is None  # nothing was written
     with pytest.raises(kernel.IPCError, match="already answered"):
         msg.reply(b"again")  # one answer per call, delivered or not
-    assert caller.withdraw(1) is True  # repeating it changes nothing
 
 
 def test_a_reply_before_the_caller_gives_up_is_the_calls_answer(ports):
     caller, server, _, shared = ports
     msg = _called(caller, server, 1)
     msg.reply(b"in time")
-    assert _word(shared, 1) == 1 | 1 << 63  # answered
+    assert _word(shared, 1) == 1 | ANSWERED
     assert caller.withdraw(1) is False  # too late to give up: the reply is the answer
+    assert _word(shared, 1) == 1 | ANSWERED
     assert caller.take_reply(1) == b"in time"
-    assert _word(shared, 1) == 0  # freed when taken
-    msg = _called(caller, server, 1 + abi.MAX_TRACKED_CALLS)  # the same word, tracked again
-    assert caller.withdraw(1 + abi.MAX_TRACKED_CALLS) is True
+    later = 1 + abi.MAX_TRACKED_CALLS  # the same word: an earlier call's value is no bar
+    msg = _called(caller, server, later)
+    assert caller.withdraw(later) is True
     with pytest.raises(kernel.PeerClosedError):
         msg.reply(b"late")
 
@@ -185,36 +189,45 @@ def test_calls_beyond_the_call_words_are_answered_untracked():
     ports = session_ports(ring=1 << 16)  # room for them all
     caller, server, _, shared = next(ports)
     n = abi.MAX_TRACKED_CALLS + 1
-    for req_id in range(1, n + 1):  # all in flight: the last finds its word held
+    for req_id in range(1, n + 1):  # all in flight: the last finds its word taken
         assert caller.send(abi.Op.ENDPOINT_CALL, req_id, b"") == OK
     got: list = []
     assert server.recv_many(got, n) == n
-    assert _word(shared, n) == 1  # still the first call's
-    got[-1].reply(b"untracked")  # not told if late, but delivered
+    assert caller.withdraw(n) is True  # untracked: nothing to withdraw
+    got[-1].reply(b"untracked")  # so its server is not told; it is delivered
+    assert _word(shared, n) == 0  # the first call's word was left alone
     record = caller.take_record()
     assert record.req_id == n  # the port strips the mark it carried on the wire
     assert record.payload == b"untracked"
     assert UNTRACKED_ID == 1 << 62
     got[0].reply(b"first")
     assert caller.take_reply(1) == b"first"
-    assert _word(shared, 1) == 0
     next(ports, None)  # closes the rings
 
 
-def test_a_call_not_written_for_a_full_ring_frees_its_word(ports):
-    caller, _, _, shared = ports
+def test_a_call_not_written_for_a_full_ring_is_tracked_when_sent_again(ports):
+    caller, server, _, _ = ports
     while caller.send(abi.Op.ENDPOINT_SEND, 0, b"q") == OK:
         pass
     assert caller.send(abi.Op.ENDPOINT_CALL, 5, b"q") == FULL
-    assert _word(shared, 5) == 0
+    got: list = []
+    while server.recv_many(got, 100):  # the server drains the ring
+        pass
+    assert caller.send(abi.Op.ENDPOINT_CALL, 5, b"q") == OK
+    assert server.recv_many(got, 1) == 1
+    assert caller.withdraw(5) is True  # tracked: the server is told
+    with pytest.raises(kernel.PeerClosedError):
+        got[-1].reply(b"late")
 
 
-def test_a_forged_answered_word_only_delays_the_caller_giving_up(ports):
+def test_a_forged_word_is_believed_only_as_what_it_says(ports):
     """The peer can write the call words: the port reports what it sees, and the
-    client library bounds how long it believes it (tests/integration)."""
+    client library bounds how long it believes "answered" (tests/integration)."""
     caller, server, _, shared = ports
     _called(caller, server, 3)
-    struct.pack_into("<Q", shared, abi.OFF_CALLS + 8 * 3, 3 | 1 << 63)
+    _set_word(shared, 3, 3 | ANSWERED)
     assert caller.withdraw(3) is False
-    struct.pack_into("<Q", shared, abi.OFF_CALLS + 8 * 3, 12345)  # garbage: not ours
-    assert caller.withdraw(3) is True
+    _called(caller, server, 4)
+    _set_word(shared, 4, 12345)  # garbage: not about call 4
+    assert caller.withdraw(4) is True
+    assert _word(shared, 4) == 4 | WITHDRAWN
