@@ -59,4 +59,4 @@ cdef class SessionPort:
     cdef int64_t _recv_wait(self, list out, Py_ssize_t max_n, int64_t deadline) except? -1000
     cdef int64_t _wait(self, int64_t deadline) except? -1000
     cdef int64_t _sleep(self, int64_t deadline) except? -1000
-    cdef bint _spin(self)
+    cdef bint _spin(self, int64_t deadline)

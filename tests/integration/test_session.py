@@ -204,6 +204,34 @@ def test_a_call_answered_just_before_its_deadline_waits_for_that_reply(kernel_da
             assert got == [b"in time"]
 
 
+def test_every_call_ends_the_same_way_on_both_sides_when_timeouts_race_replies(
+    kernel_daemon,
+):
+    """Timeouts of 0-60 µs against replies after 0-60 µs of work, in two real
+    processes: each call the caller got an answer for is one whose reply the server
+    saw delivered, and each it timed out on is one whose reply was refused."""
+    import random
+
+    with kernel.connect(autostart=False) as k:
+        ep, rep, peer = _server(k, "jitter")
+        with peer:
+            _event(rep)
+            rng = random.Random(5)
+            answered = timed_out = 0
+            with ep.session(timeout=10) as s:
+                for i in range(3000):
+                    try:
+                        s.call(b"%d" % i, timeout=rng.uniform(0, 60e-6))
+                        answered += 1
+                    except kernel.CallTimeoutError:
+                        timed_out += 1
+                delivered, refused = map(int, s.call(b"tally", timeout=10).data.split(b":"))
+            print(f"answered {answered}, timed out {timed_out}")
+            assert (answered, timed_out) == (delivered, refused)
+            assert answered > 100  # both sides of the race were run
+            assert timed_out > 100
+
+
 def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon):
     """A caller past its deadline waits for a reply its server marked answered, but
     only ANSWERED_GRACE_S: the peer cannot hold it past its timeout by forging it."""

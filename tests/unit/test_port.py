@@ -93,6 +93,11 @@ def test_wait_spins_for_a_record_then_sleeps_until_the_deadline(ports):
         assert sleeper.wait(t0 + 30_000_000) == TIMEOUT  # spun, then slept on the doorbell
         assert time.monotonic_ns() - t0 >= 20_000_000
         assert sleeper.wait(0) == TIMEOUT  # a passed deadline: at once
+        sleeper.set_spin(500_000_000, 500_000_000, 1000, 0)  # a spin far past the deadline
+        t0 = time.monotonic_ns()
+        assert sleeper.wait(t0 + 2_000_000) == TIMEOUT
+        assert time.monotonic_ns() - t0 < 200_000_000  # the deadline cut the spin short
+        sleeper.set_spin(1000, 20_000, 1000, 0)
         caller.send(abi.Op.ENDPOINT_SEND, 0, b"x")
         assert sleeper.wait(-1) == READY  # the spin sees it: no sleep, no doorbell needed
         out: list = []

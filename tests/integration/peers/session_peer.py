@@ -7,6 +7,9 @@ usage: session_peer.py MODE   (inherits `ep` to serve and `report` to tell the t
 A reply the session refuses (its caller gave up on the call) is reported as JSON
 {"event": "reply refused", "call": <the call's data>, "error": ..., "status": ...}.
   keep    accept every offer and keep the session open, serving nothing
+  jitter  answer each call after a random 0-60 µs of busy work, counting the
+          replies delivered and those refused because the caller gave up; a call
+          b"tally" answers "<delivered>:<refused>" (itself not counted)
 Every session's end is reported as JSON {"event": "ended", "error": ..., "seen": [...]}
 where `seen` lists (badge, pid, uid, sender_id) of what arrived.
 """
@@ -14,6 +17,7 @@ where `seen` lists (badge, pid, uid, sender_id) of what arrived.
 from __future__ import annotations
 
 import json
+import random
 import sys
 import threading
 import time
@@ -59,6 +63,31 @@ def serve(s: kernel.SessionServer, rep: kernel.EndpointCap, hold: bool) -> None:
         s.close()
 
 
+def serve_jitter(s: kernel.SessionServer) -> None:
+    rng = random.Random(11)
+    delivered = refused = 0
+    try:
+        while True:
+            m = s.recv()
+            if m.data == b"tally":
+                m.reply(f"{delivered}:{refused}".encode())
+                continue
+            until = time.perf_counter_ns() + rng.randrange(60_000)
+            while time.perf_counter_ns() < until:
+                pass
+            try:
+                m.reply(m.data)
+                delivered += 1
+            except kernel.PeerClosedError as e:
+                if e.status != kernel.Status.CALLER_GONE:
+                    raise
+                refused += 1
+    except kernel.IPCError:
+        pass  # the caller closed the session
+    finally:
+        s.close()
+
+
 def main() -> None:
     mode = sys.argv[1]
     k = kernel.connect()
@@ -85,7 +114,12 @@ def main() -> None:
             kept.append(s)
             report(rep, event="accepted", n=len(kept))
             continue
-        threads.append(threading.Thread(target=serve, args=(s, rep, mode == "hold"), daemon=True))
+        if mode == "jitter":
+            threads.append(threading.Thread(target=serve_jitter, args=(s,), daemon=True))
+        else:
+            threads.append(
+                threading.Thread(target=serve, args=(s, rep, mode == "hold"), daemon=True)
+            )
         threads[-1].start()
 
 
