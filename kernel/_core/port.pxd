@@ -42,14 +42,15 @@ cdef class SessionPort:
     cdef bint crowded                 # the last spin's yield let others run >= crowded_ns
     cdef bint broken                  # the peer broke the ring format: mark_broken()
     cdef uint64_t *calls              # the call words (ring.pxd), shared with the peer
-    cdef uint64_t owner[MAX_TRACKED_CALLS]   # caller: our call in flight that owns each word
+    cdef uint64_t owner[MAX_TRACKED_CALLS]   # caller: the call that owns each word
 
     cdef int64_t _state(self) except? -1
     cdef int _put(self, uint16_t op, uint64_t req_id, payload) except -2
     cdef uint64_t *_call_word(self, uint64_t req_id) noexcept
-    cdef uint64_t _claim(self, uint64_t req_id) noexcept
+    cdef bint _claim(self, uint64_t req_id) noexcept
     cdef bint _commit(self, uint64_t req_id) noexcept
-    cdef uint64_t _settle(self, uint64_t wire_id) noexcept
+    cdef void _drop(self, uint64_t req_id) noexcept
+    cdef void _settle(self, uint64_t req_id) noexcept
     cpdef bint withdraw(self, uint64_t req_id)
     cdef void _doorbell(self) noexcept
     cdef int64_t _send(self, uint16_t op, uint64_t req_id, payload) except? -1000

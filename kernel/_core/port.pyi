@@ -9,7 +9,6 @@ from .ring import Completion, Ring, SessionStates
 OK: int
 FULL: int
 LATE: int
-UNTRACKED_ID: int
 NOT_A_CALL: int
 TOO_LARGE: int
 CLOSED: int

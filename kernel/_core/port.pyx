@@ -20,7 +20,7 @@ from posix.unistd cimport read, write
 from kernel._core.ring cimport (
     HDR_SIZE, MAX_TRACKED_CALLS, OFF_CALLS, Completion, Header, Ring, SessionStates,
     adapt_spin, mk_cas_u64, mk_exchange_u32, mk_fence, mk_hdr, mk_load_acquire_u64,
-    mk_store_u32, now_ns, spin_for,
+    mk_store_release_u64, mk_store_u32, now_ns, spin_for,
 )
 
 cdef enum:
@@ -34,24 +34,26 @@ word)."""
 
 # The call words (ring.pxd) tell a server whether its reply is still awaited, as
 # the kernel's reply capabilities do (DESIGN §5), without the kernel on the path.
-# Word (id % MAX_TRACKED_CALLS) settles call `id`: the server answers only after
-# swapping it to id | ANSWERED, unless it holds id | WITHDRAWN; a caller that
-# gives up swaps it to id | WITHDRAWN, unless it holds id | ANSWERED. Both swap
-# whatever other value is there (an earlier call's), so exactly one wins: either
-# the reply is written and is the call's answer, or the server is told that it
-# came too late and nothing is written. Only the server writes a word on the
-# common path, so its cache line stays on the server's core: a first version in
-# which the caller also marked each call awaited and freed it cost a session
-# call ~0.3 µs (1.33 against 1.05 µs) and 64 asyncio calls in flight ~25%.
-# The caller keeps in private memory which of its calls in flight owns a word: a
-# call whose word is taken (more than MAX_TRACKED_CALLS in flight) goes
-# untracked, its id marked UNTRACKED on the wire (its server is not told). The
-# peer can write the words too: the caller believes ANSWERED only for a bounded
-# grace (kernel/client/_session.py), so that cannot stall it.
+# Word (id % MAX_TRACKED_CALLS) settles call `id`:
+# - the server answers only after swapping it to id|ANSWERED, unless it holds
+#   id|WITHDRAWN: then it stores id|ANSWERED|WITHDRAWN (seen, refused) and
+#   writes nothing; a request dropped unanswered is marked so as well;
+# - a caller that gives up swaps it to id|WITHDRAWN, unless it holds id|ANSWERED
+#   (then the reply is on its way and is the answer).
+# Each swaps whatever other value is there (an earlier call's), so exactly one of
+# the two wins. Only the server writes a word while calls succeed, so its cache
+# line stays on the server's core: a first version in which the caller marked and
+# freed a word per call cost a session call ~0.3 µs and 64 asyncio calls in
+# flight ~25%. The caller keeps in private memory which call owns each word; a
+# withdrawn call keeps it until the server has seen the withdrawal (else a later
+# call's swap would erase it). A call whose word is still owned is not written
+# (W_FULL: the caller waits for room, as for a full ring), so every call is
+# tracked and no outcome is ever ambiguous. The peer can write the words too: the
+# caller believes ANSWERED only for a bounded grace (kernel/client/_session.py).
 cdef uint64_t ANSWERED = (<uint64_t>1) << 63
 cdef uint64_t WITHDRAWN = (<uint64_t>1) << 62
-cdef uint64_t UNTRACKED = (<uint64_t>1) << 62   # on the wire, in a call's req_id
-UNTRACKED_ID = UNTRACKED
+cdef uint64_t REFUSED = ANSWERED | WITHDRAWN
+cdef uint64_t UNSEEN = (<uint64_t>1) << 63   # in owner[]: withdrawn, not yet seen
 
 READY, SOCKET, TIMEOUT = 0, 5, 6
 """Return codes of wait(): a record may be there; the kernel's socket is readable
@@ -123,14 +125,14 @@ cdef class SessionPort:
         memset(&h, 0, HDR_SIZE)
         h.opcode = op
         h.req_id = req_id
-        if op == OP_CALL:
-            h.req_id = self._claim(req_id)
+        if op == OP_CALL and not self._claim(req_id):
+            return W_FULL   # its word is still owned: wait for the server, as for room
         elif op == OP_REPLY and not self._commit(req_id):
             return W_LATE
         if self.out._write(&h, NULL, p, n):
             return W_OK
         if op == OP_CALL:
-            self._settle(h.req_id)   # not written: it is sent again, or given up
+            self._settle(req_id)   # not written: it is sent again, or given up
         return W_FULL
 
     # ------------------------------------------------------------ call words
@@ -140,54 +142,74 @@ cdef class SessionPort:
             return NULL
         return self.calls + (req_id & (MAX_TRACKED_CALLS - 1))
 
-    cdef uint64_t _claim(self, uint64_t req_id) noexcept:
-        """Caller: take call `req_id`'s word among our calls in flight; the id
-        to write (marked UNTRACKED when an earlier call still owns the word)."""
+    cdef bint _claim(self, uint64_t req_id) noexcept:
+        """Caller: make call `req_id` the owner of its word; False while an
+        earlier call owns it (in flight, or withdrawn and not yet seen)."""
         cdef Py_ssize_t i = req_id & (MAX_TRACKED_CALLS - 1)
-        if req_id & (ANSWERED | UNTRACKED) or self.owner[i] not in (0, req_id):
-            return req_id | UNTRACKED
+        cdef uint64_t held = self.owner[i]
+        cdef uint64_t *w
+        if held & UNSEEN:
+            w = self._call_word(req_id)
+            if w == NULL or mk_load_acquire_u64(w) != (held & ~UNSEEN) | REFUSED:
+                return False
+            held = 0
+        if held != 0 and held != req_id or req_id & REFUSED:
+            return False
         self.owner[i] = req_id
-        return req_id
+        return True
 
-    cdef uint64_t _settle(self, uint64_t wire_id) noexcept:
-        """Caller: call `wire_id` is over for this side (its reply taken, or it
-        was not written); give its word back. Returns the call's id."""
-        cdef uint64_t req_id = wire_id & ~UNTRACKED
+    cdef void _settle(self, uint64_t req_id) noexcept:
+        """Caller: call `req_id` is over (its reply taken, or it was not written)."""
         cdef Py_ssize_t i = req_id & (MAX_TRACKED_CALLS - 1)
-        if not wire_id & UNTRACKED and self.owner[i] == req_id:
+        if self.owner[i] == req_id:
             self.owner[i] = 0
-        return req_id
 
     cdef bint _commit(self, uint64_t req_id) noexcept:
-        """Server: take the right to answer call `req_id`; False when its caller
-        gave up first."""
+        """Server: take the right to answer call `req_id`; False (and the word
+        marked seen) when its caller gave up first."""
         cdef uint64_t *w = self._call_word(req_id)
         cdef uint64_t seen
-        if w == NULL or req_id & UNTRACKED:
-            return True   # released (the write says so), or not tracked
+        if w == NULL:
+            return True   # released: the write says so
         while True:
             seen = mk_load_acquire_u64(w)
             if seen == req_id | WITHDRAWN:
+                mk_store_release_u64(w, req_id | REFUSED)   # the caller waits for this
                 return False
             if mk_cas_u64(w, seen, req_id | ANSWERED):
                 return True
 
+    cdef void _drop(self, uint64_t req_id) noexcept:
+        """Server: call `req_id` was dropped unanswered; settle its word so that
+        its caller neither waits for a reply nor keeps the word."""
+        cdef uint64_t *w = self._call_word(req_id)
+        cdef uint64_t seen
+        if w == NULL:
+            return
+        while True:
+            seen = mk_load_acquire_u64(w)
+            if seen == req_id | ANSWERED or seen == req_id | REFUSED:
+                return
+            if mk_cas_u64(w, seen, req_id | REFUSED):
+                return
+
     cpdef bint withdraw(self, uint64_t req_id):
         """Caller: give up on call `req_id` (a timeout, a cancel, an exception).
-        True when its server will be told that a reply is too late (or it was not
-        tracked); False when the server answered first: the reply is on its way
+        True when its server will be told that a reply is too late (or it dropped
+        the call); False when the server answered first: the reply is on its way
         and is the call's answer. Only the first use of a call decides."""
         cdef uint64_t *w = self._call_word(req_id)
         cdef Py_ssize_t i = req_id & (MAX_TRACKED_CALLS - 1)
         cdef uint64_t seen
         if w == NULL or self.owner[i] != req_id:
             return True
-        self.owner[i] = 0
         while True:
             seen = mk_load_acquire_u64(w)
-            if seen == req_id | ANSWERED:
-                return False
+            if seen == req_id | ANSWERED or seen == req_id | REFUSED:
+                self.owner[i] = 0
+                return seen == req_id | REFUSED
             if mk_cas_u64(w, seen, req_id | WITHDRAWN):
+                self.owner[i] = req_id | UNSEEN
                 return True
 
     cdef void _doorbell(self) noexcept:
@@ -262,18 +284,20 @@ cdef class SessionPort:
             if h is None:
                 return None
             data = None
-            if h.h.opcode == OP_REPLY and self._settle(h.h.req_id) == req_id:
-                data = _payload(self.inbox, h)
+            if h.h.opcode == OP_REPLY:
+                self._settle(h.h.req_id)
+                if h.h.req_id == req_id:
+                    data = _payload(self.inbox, h)
             self.inbox.consume_record(h)
             if data is not None:
                 return data
 
     def take_record(self):
-        """The next record of the inbox as a Completion, or None; a reply's call
-        word is freed and its `req_id` is the call's (the asyncio face matches it)."""
+        """The next record of the inbox as a Completion, or None (the asyncio
+        face's take); a reply ends its call's hold on its word."""
         cdef Completion c = self.inbox.take_completion()
         if c is not None and c.opcode == OP_REPLY:
-            c.req_id = self._settle(c.req_id)
+            self._settle(c.req_id)
         return c
 
     # ------------------------------------------------------------ waiting
@@ -416,6 +440,10 @@ cdef class SessionMessage:
 
     def __init__(self, *args, **kwargs):
         raise TypeError("SessionMessage objects are made by SessionServer.recv()")
+
+    def __dealloc__(self):
+        if self.req_id and self.port is not None:   # a call dropped unanswered
+            self.port._drop(self.req_id)
 
     @property
     def badge(self): return self.port.badge

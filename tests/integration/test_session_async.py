@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from peerlib import PEERS, forge_answered
+from peerlib import PEERS, forge_answered, never_written
 
 import kernel
 from capabilities import Rights
@@ -160,6 +160,41 @@ async def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_d
             msg = await server.recv(timeout=5)
             msg.reply(msg.data)
             assert (await call).data == b"y"  # the late one was dropped
+
+
+async def test_every_call_ends_the_same_way_on_both_sides_when_timeouts_race_replies(
+    kernel_daemon,
+):
+    """test_session's race, with 32 calls in flight and the loop's timers: answered
+    calls are exactly those whose replies were delivered, the timed-out ones those
+    whose replies were refused."""
+    import random
+
+    rng = random.Random(3)
+    outcomes = {"answered": 0, "timed out": 0}
+
+    async def caller(s: kernel.AsyncSession, n: int) -> None:
+        for i in range(60):
+            try:
+                await s.call(b"%d.%d" % (n, i), timeout=rng.uniform(0, 1e-3))
+                outcomes["answered"] += 1
+            except kernel.CallTimeoutError as e:
+                outcomes["timed out"] += not never_written(e)
+
+    async with kernel.connect_async(autostart=False) as k:
+        ep, rep = await k.endpoint(), await k.endpoint()
+        server = await _peer(k, "jitter", ep=ep, report=rep)
+        try:
+            await _event(rep)
+            async with await ep.session(timeout=10) as s:
+                await asyncio.gather(*(caller(s, n) for n in range(32)))
+                tally = (await s.call(b"tally", timeout=10)).data
+            delivered, refused = map(int, tally.split(b":"))
+            assert (outcomes["answered"], outcomes["timed out"]) == (delivered, refused)
+            assert outcomes["answered"] > 50  # both sides of the race were run
+            assert outcomes["timed out"] > 50
+        finally:
+            await _stop(server)
 
 
 async def test_revocation_fails_the_calls_in_flight(kernel_daemon):

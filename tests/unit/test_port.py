@@ -188,26 +188,45 @@ def test_a_reply_before_the_caller_gives_up_is_the_calls_answer(ports):
         msg.reply(b"late")
 
 
-def test_calls_beyond_the_call_words_are_answered_untracked():
-    from kernel._core.port import UNTRACKED_ID
-
+def test_a_call_whose_word_is_still_owned_waits_as_for_a_full_ring():
     ports = session_ports(ring=1 << 16)  # room for them all
     caller, server, _, shared = next(ports)
-    n = abi.MAX_TRACKED_CALLS + 1
-    for req_id in range(1, n + 1):  # all in flight: the last finds its word taken
+    n = abi.MAX_TRACKED_CALLS
+    for req_id in range(1, n + 1):  # every word owned by a call in flight
         assert caller.send(abi.Op.ENDPOINT_CALL, req_id, b"") == OK
+    assert caller.send(abi.Op.ENDPOINT_CALL, n + 1, b"") == FULL  # not written
     got: list = []
-    assert server.recv_many(got, n) == n
-    assert caller.withdraw(n) is True  # untracked: nothing to withdraw
-    got[-1].reply(b"untracked")  # so its server is not told; it is delivered
-    assert _word(shared, n) == 0  # the first call's word was left alone
-    record = caller.take_record()
-    assert record.req_id == n  # the port strips the mark it carried on the wire
-    assert record.payload == b"untracked"
-    assert UNTRACKED_ID == 1 << 62
+    assert server.recv_many(got, n + 1) == n
     got[0].reply(b"first")
-    assert caller.take_reply(1) == b"first"
+    assert caller.take_reply(1) == b"first"  # call 1 is over: its word is free
+    assert caller.send(abi.Op.ENDPOINT_CALL, n + 1, b"") == OK
+    got.clear()
     next(ports, None)  # closes the rings
+
+
+def test_a_withdrawn_call_keeps_its_word_until_the_server_has_seen_it(ports):
+    """Else a later call's withdrawal on the same word would erase the first's,
+    and the server would answer a call its caller gave up on."""
+    caller, server, _, shared = ports
+    msg = _called(caller, server, 1)
+    assert caller.withdraw(1) is True
+    later = 1 + abi.MAX_TRACKED_CALLS
+    assert caller.send(abi.Op.ENDPOINT_CALL, later, b"") == FULL  # not yet seen
+    with pytest.raises(kernel.PeerClosedError):
+        msg.reply(b"late")
+    assert _word(shared, 1) == 1 | ANSWERED | WITHDRAWN  # seen, refused
+    assert caller.send(abi.Op.ENDPOINT_CALL, later, b"") == OK
+
+
+def test_a_call_dropped_unanswered_frees_its_word_and_its_caller(ports):
+    import gc
+
+    caller, server, _, shared = ports
+    _called(caller, server, 1)  # the server's message is dropped at once
+    gc.collect()
+    assert _word(shared, 1) == 1 | ANSWERED | WITHDRAWN
+    assert caller.withdraw(1) is True  # nothing will come: give up, keep no word
+    assert caller.send(abi.Op.ENDPOINT_CALL, 1 + abi.MAX_TRACKED_CALLS, b"") == OK
 
 
 def test_a_call_not_written_for_a_full_ring_is_tracked_when_sent_again(ports):
@@ -236,3 +255,5 @@ def test_a_forged_word_is_believed_only_as_what_it_says(ports):
     _set_word(shared, 4, 12345)  # garbage: not about call 4
     assert caller.withdraw(4) is True
     assert _word(shared, 4) == 4 | WITHDRAWN
+    _set_word(shared, 4, 99)  # a peer that never marks it seen: the word stays owned
+    assert caller.send(abi.Op.ENDPOINT_CALL, 4 + abi.MAX_TRACKED_CALLS, b"") == FULL
