@@ -49,7 +49,7 @@ cdef class SessionPort:
     cdef uint64_t *_call_word(self, uint64_t req_id) noexcept
     cdef bint _claim(self, uint64_t req_id) noexcept
     cdef bint _commit(self, uint64_t req_id) noexcept
-    cdef void _drop(self, uint64_t req_id) noexcept
+    cdef int _drop(self, uint64_t req_id) except -1
     cdef void _settle(self, uint64_t req_id) noexcept
     cpdef bint withdraw(self, uint64_t req_id)
     cdef void _doorbell(self) noexcept

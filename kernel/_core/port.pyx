@@ -59,6 +59,10 @@ READY, SOCKET, TIMEOUT = 0, 5, 6
 """Return codes of wait(): a record may be there; the kernel's socket is readable
 (it went away, or a frame waits: the client library looks); the deadline passed."""
 
+DROPPED = 8
+"""take_reply()'s and call()'s answer when the server dropped the call without
+replying (a reply record with a status: only _drop writes one)."""
+
 
 cdef class SessionPort:
     """One side of a session: the ring it writes, the ring it reads, the kernel's
@@ -179,19 +183,22 @@ cdef class SessionPort:
             if mk_cas_u64(w, seen, req_id | ANSWERED):
                 return True
 
-    cdef void _drop(self, uint64_t req_id) noexcept:
-        """Server: call `req_id` was dropped unanswered; settle its word so that
-        its caller neither waits for a reply nor keeps the word."""
-        cdef uint64_t *w = self._call_word(req_id)
-        cdef uint64_t seen
-        if w == NULL:
-            return
-        while True:
-            seen = mk_load_acquire_u64(w)
-            if seen == req_id | ANSWERED or seen == req_id | REFUSED:
-                return
-            if mk_cas_u64(w, seen, req_id | REFUSED):
-                return
+    cdef int _drop(self, uint64_t req_id) except -1:
+        """Server: call `req_id` was dropped unanswered. Tell its caller at once,
+        as the kernel does when a reply capability is closed: a reply record
+        with status PEER_CLOSED and no payload. If its caller gave up first, the
+        swap marks the word seen; if the ring is full, the word says answered
+        and the caller's deadline ends the call."""
+        cdef mk_hdr h
+        if self._state() != ST_OPEN or not self._commit(req_id):
+            return 0
+        memset(&h, 0, HDR_SIZE)
+        h.opcode = OP_REPLY
+        h.req_id = req_id
+        h.status = ST_PEER_CLOSED
+        if self.out._write(&h, NULL, NULL, 0):
+            self._doorbell()
+        return 0
 
     cpdef bint withdraw(self, uint64_t req_id):
         """Caller: give up on call `req_id` (a timeout, a cancel, an exception).
@@ -271,7 +278,8 @@ cdef class SessionPort:
         return taken
 
     def take_reply(self, uint64_t req_id):
-        """The payload of the reply to `req_id` if it is there, else None. Other
+        """The payload of the reply to `req_id` if it is there, else None, or
+        DROPPED when the server dropped the call without replying. Other
         records (replies to calls given up on after their server answered, or not
         tracked) are dropped: a late answer never reaches a later call."""
         return self._take_reply(req_id)
@@ -287,7 +295,7 @@ cdef class SessionPort:
             if h.h.opcode == OP_REPLY:
                 self._settle(h.h.req_id)
                 if h.h.req_id == req_id:
-                    data = _payload(self.inbox, h)
+                    data = _payload(self.inbox, h) if h.h.status == 0 else DROPPED
             self.inbox.consume_record(h)
             if data is not None:
                 return data
@@ -443,7 +451,10 @@ cdef class SessionMessage:
 
     def __dealloc__(self):
         if self.req_id and self.port is not None:   # a call dropped unanswered
-            self.port._drop(self.req_id)
+            try:
+                self.port._drop(self.req_id)
+            except Exception:
+                pass   # released or ended: its caller learns that from the session
 
     @property
     def badge(self): return self.port.badge

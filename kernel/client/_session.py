@@ -20,6 +20,7 @@ from .. import abi
 from .._core.faces import SessionReply as SessionReply
 from .._core.port import (
     CLOSED,
+    DROPPED,
     FULL,
     LATE,
     NOT_A_CALL,
@@ -173,10 +174,14 @@ class SessionEnd:
         return time.monotonic_ns() + int(ANSWERED_GRACE_S * 1e9)
 
     def take_reply(self, req_id: int) -> bytes | None:
+        """The reply to `req_id` if it is there; raises PeerClosedError if the
+        server dropped the call without replying."""
         try:
-            data: bytes | None = self.port.take_reply(req_id)
+            data = self.port.take_reply(req_id)
         except RingCorruptError as e:
             raise self.corrupt(e) from None
+        if isinstance(data, int):  # DROPPED, the only code it returns
+            raise dropped_error(self.sid)
         return data
 
     def take_many(self, out: list[Any], max_n: int, wait_until: int | None = None) -> int:
@@ -210,6 +215,8 @@ class SessionEnd:
 
     def after_wait(self, code: int) -> None:
         """Act on a compiled wait's code (SessionPort.wait, .call, .recv_wait)."""
+        if code == DROPPED:
+            raise dropped_error(self.sid)
         if code == SOCKET:
             self.conn.check_socket()  # a dead kernel never writes the word: ask its socket
         elif code < 0:
@@ -258,6 +265,11 @@ def deadline_passed(deadline: int) -> bool:
 def ended_error(sid: int, state: int) -> IPCError:
     why = _ENDED.get(state, f"it ended ({state})")
     return error_for(state, f"session {sid}", why)
+
+
+def dropped_error(sid: int) -> PeerClosedError:
+    """The server dropped the call without replying (the kernel path's words)."""
+    return PeerClosedError(f"session {sid}: the server closed the call without replying")
 
 
 def too_large(n: int) -> MessageTooLargeError:

@@ -31,6 +31,7 @@ from ._session import (
     SessionMessage,
     SessionReply,
     SessionView,
+    dropped_error,
     ended_error,
 )
 from .session import RECV_BATCH, _offered_sid
@@ -168,7 +169,10 @@ class AsyncSession(_AsyncSide):
             while (c := end.port.take_record()) is not None:
                 fut = self._futures.pop(c.req_id, None)
                 if fut is not None and c.opcode == _REPLY and not fut.done():
-                    fut.set_result(c)
+                    if c.status:  # the server dropped the call without replying
+                        fut.set_exception(dropped_error(end.sid))
+                    else:
+                        fut.set_result(c)
         except RingCorruptError as e:
             raise end.corrupt(e) from None
 

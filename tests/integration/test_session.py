@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from peerlib import forge_answered, never_written, session_in_process, spawned
+from peerlib import forge_answered, never_written, raising_in_thread, session_in_process, spawned
 
 import kernel
 from capabilities import Rights
@@ -229,6 +229,26 @@ def test_every_call_ends_the_same_way_on_both_sides_when_timeouts_race_replies(
             assert (answered, timed_out) == (delivered, refused)
             assert answered > 100  # both sides of the race were run
             assert timed_out > 100
+
+
+def test_a_call_the_server_drops_unanswered_fails_at_once(kernel_daemon):
+    """As on the kernel path, where a reply capability closed unanswered fails
+    its call: a caller without a timeout must not wait forever."""
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        s, server = session_in_process(ep, ep)
+        with s, server:
+            t, raised = raising_in_thread(lambda: s.call(b"x"))  # no timeout
+            msg = server.recv(timeout=10)
+            del msg  # dropped without a reply
+            t.join(10)
+            assert not t.is_alive()
+            assert isinstance(raised[0], kernel.PeerClosedError)
+            assert "without replying" in str(raised[0])
+            t = threading.Thread(target=lambda: (m := server.recv(timeout=10)).reply(m.data))
+            t.start()
+            assert s.call(b"y", timeout=10).data == b"y"  # the session goes on
+            t.join(10)
 
 
 def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon):

@@ -142,6 +142,22 @@ async def test_a_call_answered_just_before_its_deadline_waits_for_that_reply(ker
             assert (await call).data == b"in time"
 
 
+async def test_a_call_the_server_drops_unanswered_fails_at_once(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        s, server = await _pair(ep)
+        async with s, server:
+            call = asyncio.ensure_future(s.call(b"x"))  # no timeout
+            msg = await server.recv(timeout=10)
+            del msg  # dropped without a reply
+            with pytest.raises(kernel.PeerClosedError, match="without replying"):
+                await asyncio.wait_for(call, 10)
+            call = asyncio.ensure_future(s.call(b"y", timeout=10))
+            msg = await server.recv(timeout=10)
+            msg.reply(msg.data)
+            assert (await call).data == b"y"  # the session goes on
+
+
 async def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon):
     from kernel.client._session import ANSWERED_GRACE_S
 

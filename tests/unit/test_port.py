@@ -218,14 +218,24 @@ def test_a_withdrawn_call_keeps_its_word_until_the_server_has_seen_it(ports):
     assert caller.send(abi.Op.ENDPOINT_CALL, later, b"") == OK
 
 
-def test_a_call_dropped_unanswered_frees_its_word_and_its_caller(ports):
-    import gc
+def test_a_call_dropped_unanswered_is_answered_dropped_at_once(ports):
+    """As the kernel does when a reply capability is closed unanswered."""
+    from kernel._core.port import DROPPED
 
     caller, server, _, shared = ports
     _called(caller, server, 1)  # the server's message is dropped at once
-    gc.collect()
-    assert _word(shared, 1) == 1 | ANSWERED | WITHDRAWN
-    assert caller.withdraw(1) is True  # nothing will come: give up, keep no word
+    assert _word(shared, 1) == 1 | ANSWERED
+    assert caller.take_reply(1) == DROPPED
+    assert caller.send(abi.Op.ENDPOINT_CALL, 1 + abi.MAX_TRACKED_CALLS, b"") == OK  # word free
+
+
+def test_a_call_dropped_after_its_caller_gave_up_writes_nothing(ports):
+    caller, server, _, shared = ports
+    msg = _called(caller, server, 1)
+    assert caller.withdraw(1) is True
+    del msg
+    assert _word(shared, 1) == 1 | ANSWERED | WITHDRAWN  # seen: the word is free again
+    assert caller.take_record() is None
     assert caller.send(abi.Op.ENDPOINT_CALL, 1 + abi.MAX_TRACKED_CALLS, b"") == OK
 
 
