@@ -10,6 +10,7 @@ if the peer sleeps; a receiver takes a whole batch in one call. Errors are left 
 Python (one place maps them): methods return codes, documented on each.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 from cpython.bytes cimport PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint16_t, uint64_t
@@ -64,6 +65,7 @@ DROPPED = 8
 replying (a reply record with a status: only _drop writes one)."""
 
 
+@cython.no_gc_clear   # a SessionMessage's __dealloc__ may still use its port
 cdef class SessionPort:
     """One side of a session: the ring it writes, the ring it reads, the kernel's
     state word (in this process's own region), the peer's doorbell."""
@@ -142,6 +144,8 @@ cdef class SessionPort:
     # ------------------------------------------------------------ call words
 
     cdef uint64_t *_call_word(self, uint64_t req_id) noexcept:
+        if self.out is None or self.inbox is None:   # cleared by the collector
+            return NULL
         if self.out.data == NULL or self.inbox.data == NULL:   # released: unmapped
             return NULL
         return self.calls + (req_id & (MAX_TRACKED_CALLS - 1))
@@ -190,6 +194,8 @@ cdef class SessionPort:
         swap marks the word seen; if the ring is full, the word says answered
         and the caller's deadline ends the call."""
         cdef mk_hdr h
+        if self.states is None or self._call_word(req_id) == NULL:
+            return 0   # cleared by the collector, or released: nobody to tell
         if self._state() != ST_OPEN or not self._commit(req_id):
             return 0
         memset(&h, 0, HDR_SIZE)

@@ -267,3 +267,35 @@ def test_a_forged_word_is_believed_only_as_what_it_says(ports):
     assert _word(shared, 4) == 4 | WITHDRAWN
     _set_word(shared, 4, 99)  # a peer that never marks it seen: the word stays owned
     assert caller.send(abi.Op.ENDPOINT_CALL, 4 + abi.MAX_TRACKED_CALLS, b"") == FULL
+
+
+def test_a_call_collected_in_a_cycle_with_its_port_does_not_crash():
+    """A request dropped unanswered tells its caller from the message's finalizer,
+    which may run after the collector cleared the port's fields (a service that
+    exited from a handler crashed there: SIGSEGV)."""
+    import gc
+    import mmap
+
+    from kernel._core.ring import SessionStates, ring_pair
+
+    shared, mine = mmap.mmap(-1, abi.CONTROL_SIZE + 2 * 4096), mmap.mmap(-1, abi.CONTROL_SIZE)
+    states = SessionStates(mine)
+    states.set(3, abi.SESSION_OPEN)
+    requests, replies = ring_pair(shared, 4096, 4096)
+    caller = SessionPort(1, requests, replies, states, 3, -1, 1000, 0, "server", 9)
+    for _ in range(20):
+        # The server port's `sender` holds its message: a cycle. An empty dict is
+        # tracked by the collector only once it holds the message, after the port,
+        # so the collector clears the port first.
+        holder: dict = {}
+        server = SessionPort(1, replies, requests, states, 3, -1, 1000, 77, holder, 8)
+        assert caller.send(abi.Op.ENDPOINT_CALL, 1, b"q") == OK
+        got: list = []
+        assert server.recv_many(got, 1) == 1
+        holder["msg"] = got.pop()
+        del server, holder
+        gc.collect()
+        caller.take_record()
+    for ring in (requests, replies):
+        ring.close()
+    states.close()
