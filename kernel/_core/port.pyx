@@ -38,7 +38,7 @@ word)."""
 # Word (id % MAX_TRACKED_CALLS) settles call `id`:
 # - the server answers only after swapping it to id|ANSWERED, unless it holds
 #   id|WITHDRAWN: then it stores id|ANSWERED|WITHDRAWN (seen, refused) and
-#   writes nothing; a request dropped unanswered is marked so as well;
+#   writes nothing; a request dropped unanswered is answered "dropped" (_drop);
 # - a caller that gives up swaps it to id|WITHDRAWN, unless it holds id|ANSWERED
 #   (then the reply is on its way and is the answer).
 # Each swaps whatever other value is there (an earlier call's), so exactly one of
@@ -114,8 +114,9 @@ cdef class SessionPort:
         return self._state()
 
     cdef int _put(self, uint16_t op, uint64_t req_id, payload) except -2:
-        """Write one record: W_OK, W_FULL, or W_LATE (a reply whose caller gave
-        up). A call claims its call word first, and frees it if the ring was full."""
+        """Write one record: W_OK, W_FULL (the ring is full, or a call's word is
+        still owned), or W_LATE (a reply whose caller gave up: nothing written).
+        A call claims its word first, and gives it back if it was not written."""
         cdef mk_hdr h
         cdef const unsigned char[::1] view
         cdef const char *p
@@ -161,7 +162,7 @@ cdef class SessionPort:
             if w == NULL or mk_load_acquire_u64(w) != (held & ~UNSEEN) | REFUSED:
                 return False
             held = 0
-        if held != 0 and held != req_id or req_id & REFUSED:
+        if (held != 0 and held != req_id) or req_id & REFUSED:
             return False
         self.owner[i] = req_id
         return True
@@ -286,8 +287,8 @@ cdef class SessionPort:
     def take_reply(self, uint64_t req_id):
         """The payload of the reply to `req_id` if it is there, else None, or
         DROPPED when the server dropped the call without replying. Other
-        records (replies to calls given up on after their server answered, or not
-        tracked) are dropped: a late answer never reaches a later call."""
+        records (replies to calls given up on after their server answered) are
+        dropped: a late answer never reaches a later call."""
         return self._take_reply(req_id)
 
     cdef object _take_reply(self, uint64_t req_id):
