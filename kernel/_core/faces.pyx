@@ -389,13 +389,22 @@ cdef class GroupReceiver:
                     return out
                 if 0 <= deadline <= now_ns():
                     raise CallTimeoutError("session group: no request before the deadline")
-                if group_spin(self._port_list, self._spin_ns, self._poll_ns, self._spin_yields):
+                if group_spin(self._port_list, _spin_until(self._spin_ns, deadline),
+                              self._poll_ns, self._spin_yields):
                     continue
                 code = group_sleep(self._port_list, self._wake_fd, deadline, lock)
                 if code != _READY:
                     self._after_sleep(code)
         finally:
             lock.release()
+
+
+cdef inline int64_t _spin_until(int64_t budget, int64_t deadline) noexcept:
+    """A spin budget that ends by `deadline` (-1: none): a short timeout must not
+    wait out the whole spin."""
+    if deadline < 0:
+        return budget
+    return max(0, min(budget, deadline - now_ns()))
 
 
 def group_take(list ports, list out, Py_ssize_t max_n, list ended):

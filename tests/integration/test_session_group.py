@@ -76,6 +76,27 @@ def _session_pair(k: kernel.Kernel, badge: int):
     return session, server, parent
 
 
+def test_a_short_timeout_cuts_the_groups_spin_short(kernel_daemon, monkeypatch):
+    """The group spins before it sleeps; a timeout shorter than the spin ends the
+    wait at the timeout, not after the spin (here a 2 s spin, a 10 ms timeout)."""
+    from kernel.client import session_group
+
+    monkeypatch.setattr(session_group, "SPIN_NS", 2_000_000_000)
+    monkeypatch.setattr(session_group, "SPIN_YIELDS", 10**9)
+    with kernel.connect(autostart=False) as k:
+        group = kernel.SessionGroup()
+        s, server, _ = _session_pair(k, badge=1)
+        with s:
+            group.add(server)
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(kernel.CallTimeoutError):
+                    group.recv_many(timeout=0.01)
+                assert time.monotonic() - t0 < 1.0
+            finally:
+                group.close()
+
+
 # recv_many() waits without a deadline or with one (faces.pyx GroupReceiver); the
 # tests whose group waits for something another thread does take both ways.
 WAITS = pytest.mark.parametrize("wait", [None, 10.0], ids=["untimed", "timed"])
