@@ -18,8 +18,10 @@ from posix.unistd cimport write
 from kernel._core.ring cimport Completion, Ring, adapt_spin, spin_for
 
 from kernel.abi import MSG_IS_CALL as _MSG_IS_CALL
+from kernel.abi import Op
 
 cdef uint64_t MSG_IS_CALL = _MSG_IS_CALL
+cdef int CAP_CLOSE = Op.CAP_CLOSE
 
 
 cdef class ConnectionCore:
@@ -170,6 +172,10 @@ cdef class MessageCore:
         self._k = k
         self._caps = None
 
+    def __dealloc__(self):
+        if self._reply_slot and self._k is not None:   # a call dropped unanswered
+            _close_dropped_reply(self._k, self._reply_slot)
+
     @property
     def caps(self):
         """The capabilities the message carried (typed by the kernel's word on their
@@ -181,3 +187,17 @@ cdef class MessageCore:
             wrap = self._k._wrap
             self._caps = [wrap((c.flags >> (4 * i)) & 0xF, slots[i]) for i in range(len(slots))]
         return self._caps
+
+
+cdef void _close_dropped_reply(k, uint64_t slot) noexcept:
+    """A call's message was freed unanswered, its reply capability still in it:
+    close that capability, so that its caller gets PeerClosedError at once (as
+    when a server closes it) instead of waiting out its timeout, or forever, and
+    the slot does not stay taken in this process's table. From a finalizer: it
+    never waits, nor takes a lock its thread may hold (submit_unwaited)."""
+    try:
+        conn = k._conn
+        if conn is not None:
+            conn.submit_unwaited(CAP_CLOSE, slot=slot)
+    except BaseException:
+        pass   # closed or lost: the kernel ends every call with the connection

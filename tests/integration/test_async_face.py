@@ -88,6 +88,16 @@ async def test_a_cancelled_call_is_withdrawn_and_the_late_reply_fails_on_the_ser
             assert await server.wait(timeout=10) == 0
 
 
+async def test_a_call_whose_message_is_dropped_unanswered_fails_at_once(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        call = asyncio.ensure_future(ep.call(b"x"))  # no timeout
+        msg = await ep.recv(timeout=10)
+        del msg  # dropped without a reply: its reply capability is closed
+        with pytest.raises(kernel.PeerClosedError, match="without replying"):
+            await asyncio.wait_for(call, 10)
+
+
 async def test_a_call_cancelled_before_any_server_took_it_never_reaches_one(kernel_daemon):
     async with kernel.connect_async(autostart=False) as k:
         ep = await k.endpoint()

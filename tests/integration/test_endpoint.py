@@ -182,6 +182,23 @@ def test_a_reply_capability_is_one_shot_in_the_client_and_in_the_kernel(kernel_d
             assert proc.wait(timeout=10) == 0
 
 
+def test_a_call_whose_message_is_dropped_unanswered_fails_at_once(kernel_daemon):
+    """As when the server closes the reply capability: a caller without a timeout
+    must not wait forever, and the server's table must not keep the slot."""
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        t, raised = raising_in_thread(lambda: ep.call(b"x"))  # no timeout
+        msg = ep.recv(timeout=10)
+        slot = msg._reply_slot
+        del msg  # dropped without a reply
+        t.join(10)
+        assert not t.is_alive()
+        assert isinstance(raised[0], kernel.PeerClosedError)
+        assert "without replying" in str(raised[0])
+        with pytest.raises(kernel.InvalidCapabilityError, match="closed"):  # not left behind
+            k._roundtrip(Op.ENDPOINT_REPLY, ReplyCap(k, slot), "reply", payload=b"late")
+
+
 def test_many_receivers_on_one_endpoint_each_take_a_call(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
