@@ -108,9 +108,7 @@ class Connection(ConnectionCore):
 
     # ------------------------------------------------------------ submit
 
-    def submit_unwaited(
-        self, op: int, arg: int = 0, *, slot: int = 0, block: bool = False
-    ) -> bool:
+    def submit_unwaited(self, op: int, arg: int = 0, *, slot: int = 0, block: bool = False) -> bool:
         """Submit `op` (on capability `slot`) if that can be done at once, and drop
         its completion unread (for finalizers: they must not wait, nor take a lock
         their thread may hold; `block` waits for the submit lock, for callers that
