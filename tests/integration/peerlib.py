@@ -165,7 +165,7 @@ def forge_answered(mm: mmap.mmap, req_id: int, answered: bool = True) -> None:
     """Write call `req_id`'s word as if its server had answered it, or (False) as
     not settled yet. A peer maps the session's region too, so a hostile one can."""
     off = abi.OFF_CALLS + 8 * (req_id % abi.MAX_TRACKED_CALLS)
-    struct.pack_into("<Q", mm, off, req_id | 1 << 63 if answered else 0)
+    struct.pack_into("<Q", mm, off, (req_id | 1 << 63) if answered else 0)
 
 
 def never_written(e: kernel.CallTimeoutError) -> bool:

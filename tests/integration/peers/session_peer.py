@@ -4,12 +4,12 @@ usage: session_peer.py MODE   (inherits `ep` to serve and `report` to tell the t
   echo    accept every offer; serve each session in a thread: calls are echoed,
           one-way sends counted; a call b"count" answers "<sends>:<crc32 of them>"
   hold    like echo, but the first call is answered only after 1 s, with b"late"
-A reply the session refuses (its caller gave up on the call) is reported as JSON
-{"event": "reply refused", "call": <the call's data>, "error": ..., "status": ...}.
   keep    accept every offer and keep the session open, serving nothing
   jitter  answer each call after a random 0-60 µs of busy work, counting the
           replies delivered and those refused because the caller gave up; a call
           b"tally" answers "<delivered>:<refused>" (itself not counted)
+In echo and hold, a reply the session refuses (its caller gave up on the call) is
+reported as JSON {"event": "reply refused", "call": ..., "error": ..., "status": ...}.
 Every session's end is reported as JSON {"event": "ended", "error": ..., "seen": [...]}
 where `seen` lists (badge, pid, uid, sender_id) of what arrived.
 """
