@@ -568,10 +568,15 @@ def test_bad_requests_get_clear_errors_and_the_name_server_stays_up(kernel_daemo
         err = _raw(k, p.encode(p.Register("x")), caps=[ep.copy(ep.info().rights & ~Rights.COPY)])
         assert err.status == Status.ACCESS_DENIED, err
         assert "COPY" in err.message, err
-        # a lookup (and a list) carrying a capability
+        # a lookup (and a list) carrying a capability, of a name absent and present
         err = _raw(k, p.encode(p.Lookup("x")), caps=[ep.as_copy()])
         assert err.status == Status.INVALID_ARGS
         assert "carries no capabilities" in err.message
+        k.names.register("svc.present", other)
+        err = _raw(k, p.encode(p.Lookup("svc.present")), caps=[ep.as_copy()])
+        assert err.status == Status.INVALID_ARGS
+        assert "carries no capabilities" in err.message
+        k.names.unregister("svc.present")
         err = _raw(k, p.encode(p.List()), caps=[ep.as_copy()])
         assert err.status == Status.INVALID_ARGS
         assert "carries no capabilities" in err.message
