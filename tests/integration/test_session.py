@@ -183,6 +183,14 @@ def test_a_late_reply_fails_on_the_server_and_never_reaches_the_next_call(kernel
                 assert "not delivered" in refused["text"]
 
 
+def _still_serves(s: kernel.Session, server: kernel.SessionServer) -> None:
+    """One more call answered over the session (from a thread): it goes on."""
+    t = threading.Thread(target=lambda: (m := server.recv(timeout=10)).reply(m.data))
+    t.start()
+    assert s.call(b"y", timeout=10).data == b"y"
+    t.join(10)
+
+
 def test_a_call_answered_just_before_its_deadline_waits_for_that_reply(kernel_daemon):
     """The server took the right to answer (the word says answered) before the
     caller's deadline, but writes the reply only after it: the caller does not
@@ -245,10 +253,7 @@ def test_a_call_the_server_drops_unanswered_fails_at_once(kernel_daemon):
             assert not t.is_alive()
             assert isinstance(raised[0], kernel.PeerClosedError)
             assert "without replying" in str(raised[0])
-            t = threading.Thread(target=lambda: (m := server.recv(timeout=10)).reply(m.data))
-            t.start()
-            assert s.call(b"y", timeout=10).data == b"y"  # the session goes on
-            t.join(10)
+            _still_serves(s, server)
 
 
 def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon):
@@ -268,10 +273,7 @@ def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon)
             msg = server.recv(timeout=5)
             assert msg.data == b"x"  # it did go out
             msg.reply(b"too late")  # the word says answered: written, and dropped
-            t = threading.Thread(target=lambda: (m := server.recv(timeout=10)).reply(m.data))
-            t.start()
-            assert s.call(b"y", timeout=10).data == b"y"  # the session goes on
-            t.join(10)
+            _still_serves(s, server)
 
 
 def test_an_offer_nobody_accepts_times_out_and_a_late_accept_is_refused(kernel_daemon):

@@ -5,9 +5,11 @@ The peers are real processes (peers/session_peer.py, peers/actor.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -99,83 +101,77 @@ async def test_timeout_and_cancel_leave_the_session_usable(kernel_daemon):
             await _stop(server)
 
 
-async def _pair(ep: kernel.AsyncEndpointCap) -> tuple[kernel.AsyncSession, Any]:
-    """A session with both ends in this process and this loop."""
+@contextlib.asynccontextmanager
+async def _session_here() -> AsyncIterator[tuple[kernel.AsyncSession, Any]]:
+    """A session with both ends in this process and this loop: (caller, server)."""
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
 
-    async def accept() -> Any:
-        while not (offer := await ep.recv(timeout=20)).session_offer:
-            pass
-        return await ep.accept_session(offer)
+        async def accept() -> Any:
+            while not (offer := await ep.recv(timeout=20)).session_offer:
+                pass
+            return await ep.accept_session(offer)
 
-    caller, server = await asyncio.gather(ep.session(timeout=20), accept())
-    return caller, server
+        s, server = await asyncio.gather(ep.session(timeout=20), accept())
+        async with s, server:
+            yield s, server
+
+
+async def _still_serves(s: kernel.AsyncSession, server: Any) -> None:
+    """One more call answered over the session: it goes on."""
+    call = asyncio.ensure_future(s.call(b"y", timeout=10))
+    msg = await server.recv(timeout=10)
+    msg.reply(msg.data)
+    assert (await call).data == b"y"
 
 
 async def test_a_reply_answered_before_the_withdrawal_is_the_calls_answer(kernel_daemon):
     """The server answers after the deadline by the clock, but before the caller's
     timer withdrew the call (the loop was busy): the answer counts on both sides."""
-    async with kernel.connect_async(autostart=False) as k:
-        ep = await k.endpoint()
-        s, server = await _pair(ep)
-        async with s, server:
-            call = asyncio.ensure_future(s.call(b"x", timeout=0.2))
-            msg = await server.recv(timeout=10)
-            time.sleep(0.3)  # noqa: ASYNC251 - the loop is held past the caller's deadline
-            msg.reply(b"in time")  # the call was not withdrawn yet: delivered
-            assert (await call).data == b"in time"
+    async with _session_here() as (s, server):
+        call = asyncio.ensure_future(s.call(b"x", timeout=0.2))
+        msg = await server.recv(timeout=10)
+        time.sleep(0.3)  # noqa: ASYNC251 - the loop is held past the caller's deadline
+        msg.reply(b"in time")  # the call was not withdrawn yet: delivered
+        assert (await call).data == b"in time"
 
 
 async def test_a_call_answered_just_before_its_deadline_waits_for_that_reply(kernel_daemon):
     """As test_session's: the deadline's timer finds the call answered, and the
     reply written after it is the call's answer."""
-    async with kernel.connect_async(autostart=False) as k:
-        ep = await k.endpoint()
-        s, server = await _pair(ep)
-        async with s, server:
-            call = asyncio.ensure_future(s.call(b"x", timeout=0.2))
-            msg = await server.recv(timeout=10)
-            forge_answered(server._end.mm, 1)  # the commit, before the deadline
-            await asyncio.sleep(0.25)  # the timer runs: it finds the call answered
-            assert not call.done()
-            forge_answered(server._end.mm, 1, answered=False)
-            msg.reply(b"in time")  # commit again, and the write
-            assert (await call).data == b"in time"
+    async with _session_here() as (s, server):
+        call = asyncio.ensure_future(s.call(b"x", timeout=0.2))
+        msg = await server.recv(timeout=10)
+        forge_answered(server._end.mm, 1)  # the commit, before the deadline
+        await asyncio.sleep(0.25)  # the timer runs: it finds the call answered
+        assert not call.done()
+        forge_answered(server._end.mm, 1, answered=False)
+        msg.reply(b"in time")  # commit again, and the write
+        assert (await call).data == b"in time"
 
 
 async def test_a_call_the_server_drops_unanswered_fails_at_once(kernel_daemon):
-    async with kernel.connect_async(autostart=False) as k:
-        ep = await k.endpoint()
-        s, server = await _pair(ep)
-        async with s, server:
-            call = asyncio.ensure_future(s.call(b"x"))  # no timeout
-            msg = await server.recv(timeout=10)
-            del msg  # dropped without a reply
-            with pytest.raises(kernel.PeerClosedError, match="without replying"):
-                await asyncio.wait_for(call, 10)
-            call = asyncio.ensure_future(s.call(b"y", timeout=10))
-            msg = await server.recv(timeout=10)
-            msg.reply(msg.data)
-            assert (await call).data == b"y"  # the session goes on
+    async with _session_here() as (s, server):
+        call = asyncio.ensure_future(s.call(b"x"))  # no timeout
+        msg = await server.recv(timeout=10)
+        del msg  # dropped without a reply
+        with pytest.raises(kernel.PeerClosedError, match="without replying"):
+            await asyncio.wait_for(call, 10)
+        await _still_serves(s, server)
 
 
 async def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon):
     from kernel.client._session import ANSWERED_GRACE_S
 
-    async with kernel.connect_async(autostart=False) as k:
-        ep = await k.endpoint()
-        s, server = await _pair(ep)
-        async with s, server:
-            forge_answered(server._end.mm, 1)  # the session's first call
-            t0 = time.monotonic()
-            with pytest.raises(kernel.CallTimeoutError, match="did not arrive"):
-                await s.call(b"x", timeout=0.2)
-            assert 0.2 + ANSWERED_GRACE_S <= time.monotonic() - t0 < 5
-            msg = await server.recv(timeout=5)
-            msg.reply(b"too late")  # the word says answered: written, and dropped
-            call = asyncio.ensure_future(s.call(b"y", timeout=10))
-            msg = await server.recv(timeout=5)
-            msg.reply(msg.data)
-            assert (await call).data == b"y"  # the late one was dropped
+    async with _session_here() as (s, server):
+        forge_answered(server._end.mm, 1)  # the session's first call
+        t0 = time.monotonic()
+        with pytest.raises(kernel.CallTimeoutError, match="did not arrive"):
+            await s.call(b"x", timeout=0.2)
+        assert 0.2 + ANSWERED_GRACE_S <= time.monotonic() - t0 < 5
+        msg = await server.recv(timeout=5)
+        msg.reply(b"too late")  # the word says answered: written, and dropped
+        await _still_serves(s, server)  # the late one was dropped
 
 
 async def test_every_call_ends_the_same_way_on_both_sides_when_timeouts_race_replies(
