@@ -29,7 +29,7 @@ from kernel._core.ring import RingCorruptError
 from kernel.errors import CallTimeoutError
 from kernel._core.port cimport OP_SEND, POLLIN, W_OK, SessionPort, poll, pollfd
 from kernel._core.ring cimport (
-    mk_cpu_relax, mk_fence, mk_load_acquire_u64, mk_store_u32, mk_yield, now_ns,
+    mk_cpu_relax, mk_fence, mk_load_acquire_u64, mk_store_u32, mk_yield, now_ns, spin_until,
 )
 
 cdef extern from "pythread.h":
@@ -389,7 +389,7 @@ cdef class GroupReceiver:
                     return out
                 if 0 <= deadline <= now_ns():
                     raise CallTimeoutError("session group: no request before the deadline")
-                if group_spin(self._port_list, _spin_until(self._spin_ns, deadline),
+                if group_spin(self._port_list, spin_until(self._spin_ns, deadline),
                               self._poll_ns, self._spin_yields):
                     continue
                 code = group_sleep(self._port_list, self._wake_fd, deadline, lock)
@@ -397,14 +397,6 @@ cdef class GroupReceiver:
                     self._after_sleep(code)
         finally:
             lock.release()
-
-
-cdef inline int64_t _spin_until(int64_t budget, int64_t deadline) noexcept:
-    """A spin budget that ends by `deadline` (-1: none): a short timeout must not
-    wait out the whole spin."""
-    if deadline < 0:
-        return budget
-    return max(0, min(budget, deadline - now_ns()))
 
 
 def group_take(list ports, list out, Py_ssize_t max_n, list ended):
