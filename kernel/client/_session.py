@@ -170,7 +170,7 @@ class SessionEnd:
         wait for it until (ANSWERED_GRACE_S from now)."""
         self.check()
         if self.port.withdraw(req_id):
-            raise CallTimeoutError(f"session {self.sid}: no answer before the deadline")
+            raise no_answer(self.sid)
         return time.monotonic_ns() + int(ANSWERED_GRACE_S * 1e9)
 
     def take_reply(self, req_id: int) -> bytes | None:
@@ -265,6 +265,16 @@ def deadline_passed(deadline: int) -> bool:
 def ended_error(sid: int, state: int) -> IPCError:
     why = _ENDED.get(state, f"it ended ({state})")
     return error_for(state, f"session {sid}", why)
+
+
+def no_answer(sid: int) -> CallTimeoutError:
+    """The call's deadline passed and it was withdrawn (both faces)."""
+    return CallTimeoutError(f"session {sid}: no answer before the deadline")
+
+
+def answer_never_came(sid: int) -> CallTimeoutError:
+    """The server marked the call answered, but no reply came within the grace."""
+    return CallTimeoutError(f"session {sid}: the answer did not arrive")
 
 
 def dropped_error(sid: int) -> PeerClosedError:

@@ -31,8 +31,10 @@ from ._session import (
     SessionMessage,
     SessionReply,
     SessionView,
+    answer_never_came,
     dropped_error,
     ended_error,
+    no_answer,
 )
 from .session import RECV_BATCH, _offered_sid
 
@@ -144,10 +146,6 @@ def _closed(sid: int) -> Exception:
     return PeerClosedError(f"session {sid}: closed")
 
 
-def _timed_out(sid: int, why: str) -> Exception:
-    return CallTimeoutError(f"session {sid}: {why}")
-
-
 def _shut_down(sid: int) -> Exception:
     return PeerClosedError(f"session {sid}: shut down")
 
@@ -216,13 +214,13 @@ class AsyncSession(_AsyncSide):
         if fut.done() or self._end.closed:
             return
         if self._end.port.withdraw(req_id):
-            fut.set_exception(_timed_out(self._end.sid, "no answer before the deadline"))
+            fut.set_exception(no_answer(self._end.sid))
         else:
             self._loop.call_later(ANSWERED_GRACE_S, self._never_came, fut)
 
     def _never_came(self, fut: asyncio.Future[Completion]) -> None:
         if not fut.done():
-            fut.set_exception(_timed_out(self._end.sid, "the answer did not arrive"))
+            fut.set_exception(answer_never_came(self._end.sid))
 
     def _spin_for(self, fut: asyncio.Future[Completion]) -> None:
         """The only call in flight: poll briefly for its reply before the loop sleeps.

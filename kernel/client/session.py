@@ -24,6 +24,7 @@ from ._session import (
     SessionMessage,
     SessionReply,
     SessionView,
+    answer_never_came,
     deadline_passed,
     ended_error,
     too_large,
@@ -119,7 +120,7 @@ class Session(SessionCaller, _Base):
         while (reply := end.take_reply(req_id)) is None:
             if deadline_passed(deadline):
                 if answered:  # it never came (the peer forged the word, or stalls)
-                    raise CallTimeoutError(f"session {end.sid}: the answer did not arrive")
+                    raise answer_never_came(end.sid)
                 deadline, answered = end.give_up(req_id), True
             end.wait(deadline)
         return SessionReply(reply, end.peer)
