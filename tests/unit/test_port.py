@@ -190,7 +190,7 @@ def test_a_reply_before_the_caller_gives_up_is_the_calls_answer(ports):
 
 def test_a_call_whose_word_is_still_owned_waits_as_for_a_full_ring():
     ports = session_ports(ring=1 << 16)  # room for them all
-    caller, server, _, shared = next(ports)
+    caller, server, _, _ = next(ports)
     n = abi.MAX_TRACKED_CALLS
     for req_id in range(1, n + 1):  # every word owned by a call in flight
         assert caller.send(abi.Op.ENDPOINT_CALL, req_id, b"") == OK
