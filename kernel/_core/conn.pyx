@@ -15,7 +15,7 @@ abandoned operation's result, a full ring, a lost kernel.
 from libc.stdint cimport int64_t, uint16_t, uint64_t
 from posix.unistd cimport write
 
-from kernel._core.ring cimport Completion, Ring, adapt_spin, spin_for
+from kernel._core.ring cimport Completion, Ring, adapt_spin, spin_gil
 
 from kernel.abi import MSG_IS_CALL as _MSG_IS_CALL
 from kernel.abi import Op
@@ -132,14 +132,13 @@ cdef class ConnectionCore:
                     ev.set()   # wake exactly the thread this completion belongs to
 
     cdef int _block(self) except -1:
-        """Spin (adaptively, bounded: ring.pyx adapt_spin; the GIL released), then
+        """Spin (adaptively, bounded: ring.pyx adapt_spin; spin_gil), then
         sleep on the completion eventfd (the Python side's _sleep)."""
         cdef Ring cq = self.cq
         cdef int64_t budget = self._spin_ns
         cdef bint found, crowded
         cq._check_open()
-        with nogil:
-            found = spin_for(cq.tail_p, cq.head, budget, 0, self.crowded_ns, &crowded)
+        found = spin_gil(cq.tail_p, cq.head, budget, 0, self.crowded_ns, &crowded)
         cq.crowded = crowded
         self._spin_ns = adapt_spin(budget, found, crowded, self.spin_min_ns, self.spin_max_ns)
         if found or not cq.prepare_sleep():

@@ -29,7 +29,8 @@ from kernel._core.ring import RingCorruptError
 from kernel.errors import CallTimeoutError
 from kernel._core.port cimport OP_SEND, POLLIN, W_OK, SessionPort, poll, pollfd
 from kernel._core.ring cimport (
-    mk_cpu_relax, mk_fence, mk_load_acquire_u64, mk_store_u32, mk_yield, now_ns, spin_until,
+    mk_cpu_relax, mk_fence, mk_load_acquire_u64, mk_store_u32, mk_yield, now_ns, sole_thread,
+    spin_until,
 )
 
 cdef extern from "pythread.h":
@@ -428,21 +429,18 @@ cdef Py_ssize_t _group_take(list ports, list out, Py_ssize_t max_n, list ended) 
 
 
 def group_spin(list ports, int64_t budget_ns, int64_t poll_ns, int max_yields):
-    """kernel.SessionGroup's busy-poll before it sleeps, compiled and without the
-    GIL: True as soon as any member's inbox has a record, False after `budget_ns`
-    or `max_yields`. It polls without a system call for `poll_ns`, then yields the
-    core once per pass (the callers may need it). In Python each pass took ~1 µs
-    and a sched_yield(), so a request waited ~0.5 µs to be seen, and the GIL was
-    held throughout. The caller holds the group's lock: no member is unmapped
-    meanwhile."""
+    """kernel.SessionGroup's busy-poll before it sleeps, compiled: True as soon as
+    any member's inbox has a record, False after `budget_ns` or `max_yields`. It
+    polls without a system call for `poll_ns`, then yields the core once per pass
+    (the callers may need it). In Python each pass took ~1 µs and a sched_yield(),
+    so a request waited ~0.5 µs to be seen, and the GIL was held throughout; now it
+    is released if another thread may want it (ring.pyx spin_gil has the why).
+    The caller holds the group's lock: no member is unmapped meanwhile."""
     cdef Py_ssize_t n = len(ports), i
     cdef const uint64_t **tails = <const uint64_t **>PyMem_Malloc(n * sizeof(uint64_t *) + 1)
     cdef uint64_t *heads = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t) + 1)
     cdef SessionPort port
-    cdef int64_t start, now
-    cdef int yields = 0
-    cdef uint64_t passes = 0
-    cdef bint found = False
+    cdef bint found
     if tails == NULL or heads == NULL:
         PyMem_Free(tails)
         PyMem_Free(heads)
@@ -453,31 +451,40 @@ def group_spin(list ports, int64_t budget_ns, int64_t poll_ns, int max_yields):
             if port.inbox.data == NULL:
                 return True   # closed meanwhile: the group looks, and drops it
             tails[i], heads[i] = port.inbox.tail_p, port.inbox.head
+        if sole_thread():
+            return _scan(tails, heads, n, budget_ns, poll_ns, max_yields)
         with nogil:
-            start = now = now_ns()
-            while True:
-                for i in range(n):
-                    if mk_load_acquire_u64(tails[i]) != heads[i]:
-                        found = True
-                        break
-                if found:
-                    break
-                passes += 1
-                if (passes & 15) == 0 or now - start >= poll_ns:
-                    now = now_ns()
-                    if now - start >= budget_ns:
-                        break
-                if now - start < poll_ns:
-                    mk_cpu_relax()
-                elif yields < max_yields:
-                    mk_yield()
-                    yields += 1
-                else:
-                    break
+            found = _scan(tails, heads, n, budget_ns, poll_ns, max_yields)
         return found
     finally:
         PyMem_Free(tails)
         PyMem_Free(heads)
+
+
+cdef bint _scan(const uint64_t **tails, const uint64_t *heads, Py_ssize_t n,
+                int64_t budget_ns, int64_t poll_ns, int max_yields) noexcept nogil:
+    """group_spin()'s loop over the members' tails."""
+    cdef Py_ssize_t i
+    cdef int64_t start = now_ns(), now
+    cdef int yields = 0
+    cdef uint64_t passes = 0
+    now = start
+    while True:
+        for i in range(n):
+            if mk_load_acquire_u64(tails[i]) != heads[i]:
+                return True
+        passes += 1
+        if (passes & 15) == 0 or now - start >= poll_ns:
+            now = now_ns()
+            if now - start >= budget_ns:
+                return False
+        if now - start < poll_ns:
+            mk_cpu_relax()
+        elif yields < max_yields:
+            mk_yield()
+            yields += 1
+        else:
+            return False
 
 
 WOKEN = 7

@@ -21,7 +21,7 @@ from posix.unistd cimport read, write
 from kernel._core.ring cimport (
     HDR_SIZE, MAX_TRACKED_CALLS, OFF_CALLS, Completion, Header, Ring, SessionStates,
     adapt_spin, mk_cas_u64, mk_exchange_u32, mk_fence, mk_hdr, mk_load_acquire_u64,
-    mk_store_release_u64, mk_store_u32, now_ns, spin_for, spin_until,
+    mk_store_release_u64, mk_store_u32, now_ns, spin_gil, spin_until,
 )
 
 cdef enum:
@@ -410,7 +410,7 @@ cdef class SessionPort:
         ring.pyx adapt_spin() says (grow on success, halve on a miss, the minimum
         on a crowded machine), but never past `deadline`: a 20 µs timeout must not
         wait out a 200 µs spin (a miss cut short teaches nothing about the peer).
-        The GIL is released meanwhile.
+        The GIL is released meanwhile if another thread may want it (spin_gil).
         While the machine is crowded, yield at once: the answer needs the server to
         run, and polling first only burns the core it needs (32 client processes on
         2 cores: 163-190k calls/s polling 1 µs first, 178-207k yielding at once)."""
@@ -418,9 +418,8 @@ cdef class SessionPort:
         cdef int64_t budget = spin_until(self.spin_ns, deadline)
         cdef int64_t yield_after = 0 if self.crowded else self.yield_after_ns
         cdef bint found, crowded
-        with nogil:
-            found = spin_for(ring.tail_p, ring.head, budget, yield_after,
-                             self.crowded_ns, &crowded)
+        found = spin_gil(ring.tail_p, ring.head, budget, yield_after, self.crowded_ns,
+                         &crowded)
         self.crowded = crowded
         if found or budget == self.spin_ns:
             self.spin_ns = adapt_spin(self.spin_ns, found, crowded, self.spin_min,

@@ -68,6 +68,9 @@ ctypedef struct mk_hdr:
 cdef int64_t now_ns() noexcept nogil
 cdef bint spin_for(const uint64_t *tail_p, uint64_t head, int64_t budget_ns,
                    int64_t yield_after_ns, int64_t crowded_ns, bint *crowded) noexcept nogil
+cdef bint sole_thread() noexcept
+cdef bint spin_gil(const uint64_t *tail_p, uint64_t head, int64_t budget_ns,
+                   int64_t yield_after_ns, int64_t crowded_ns, bint *crowded) noexcept
 cdef int64_t adapt_spin(int64_t spin_ns, bint found, bint crowded,
                         int64_t lo, int64_t hi) noexcept nogil
 cdef int64_t spin_until(int64_t budget, int64_t deadline) noexcept nogil

@@ -109,6 +109,43 @@ def test_wait_spins_for_a_record_then_sleeps_until_the_deadline(ports):
         os.close(efd)
 
 
+@pytest.mark.parametrize("spinner", ["port.wait", "group_spin"])
+def test_a_spin_lets_the_processs_other_threads_run(ports, spinner):
+    """A single-threaded process spins holding the GIL (ring.pyx spin_gil); with a
+    second thread the spin must release it, or that thread stops for the spin."""
+    import threading
+    import time
+
+    from kernel._core.faces import group_spin
+
+    _, server, _, _ = ports
+    server.set_spin(600_000_000, 600_000_000, 1000, 0)  # spins from half the maximum
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.001)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        while not ticks:
+            time.sleep(0.001)
+        t0 = time.monotonic()
+        if spinner == "port.wait":
+            server.wait(time.monotonic_ns() + 300_000_000)
+        else:
+            group_spin([server], 300_000_000, 1000, 1 << 30)
+        t1 = time.monotonic()
+    finally:
+        stop.set()
+        ticker.join()
+    assert t1 - t0 >= 0.25  # it did spin
+    assert [t for t in ticks if t0 + 0.05 < t < t1 - 0.05], "the other thread never ran"
+
+
 def test_call_returns_the_reply_or_the_code_of_the_slow_path(ports):
     from kernel._core.port import TIMEOUT
 
