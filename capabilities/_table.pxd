@@ -9,7 +9,7 @@ cdef class Capability:
     cdef public uint64_t rights     # capabilities.Rights bits
     cdef public uint64_t badge
     cdef public uint64_t slot       # 0 while not in a table
-    cdef public object holder       # the CapTable (or spawn bundle) holding it, or None
+    cdef public object holder       # its CapTable, spawn bundle or message (InFlight), or None
     cdef public bint in_transit     # locked in a message waiting for its receiver
     cdef public Capability parent   # what it was derived from (DESIGN §5 derivation tree)
     # What was derived from it; None means nothing yet (the kernel's per-call reply

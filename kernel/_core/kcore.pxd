@@ -46,7 +46,7 @@ cdef class Pending:
     cdef public object queue
     cdef public Reply reply
     cdef public int phase
-    cdef public list transfers      # [(Capability, (rights, badge) or None=move)] locked, or None
+    cdef public list transfers      # a waiting message's [(cap, None=move (locked) or InFlight)]
     cdef public bint grant          # the sender's endpoint cap had GRANT (replies may carry caps)
     cdef public Capability cap      # the capability the op waits through
     cdef public uint64_t msg_flags  # a kernel message's extra flags (MSG_SESSION_OFFER)

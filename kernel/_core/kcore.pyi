@@ -45,6 +45,13 @@ class Reply(KernelObject):
     def abandon(self, reason: str) -> None: ...
 
 @disjoint_base
+class InFlight:
+    @property
+    def sender(self) -> ProcCore: ...
+    def __init__(self, sender: ProcCore) -> None: ...
+    def discard(self, cap: Capability, why: str) -> None: ...
+
+@disjoint_base
 class Pending:
     proc: ProcCore
     req_id: int
@@ -58,8 +65,8 @@ class Pending:
     reply: Reply | None
     phase: int
     transfers: (
-        list[tuple[Capability, tuple[int, int] | None]] | None
-    )  # (cap, (rights, badge) of a copy or mint; None: moved)
+        list[tuple[Capability, InFlight | None]] | None
+    )  # a waiting message's: (cap, None: moved, locked; InFlight: a copy made at send)
     grant: bool
     cap: Capability | None
     msg_flags: int

@@ -237,14 +237,18 @@ cdef class Pending:
     cpdef finish(self):
         """Leave every structure; the caller posts the completion.
 
-        Capabilities locked in the message are released: a send that failed
-        (timeout, cancel, death) leaves them with the sender, untouched.
+        A send that failed (timeout, cancel, death) leaves the capabilities it
+        would have moved with the sender, untouched, and drops the copies made for
+        it (InFlight).
         """
         self.dequeue()
         self.phase = DONE
         if self.transfers is not None:
-            for cap, _ in self.transfers:
-                (<Capability>cap).in_transit = False
+            for cap, made in self.transfers:
+                if made is None:
+                    (<Capability>cap).in_transit = False
+                elif (<Capability>cap).holder is made:   # not revoked meanwhile
+                    _drop_copy(cap)
             self.transfers = None
         if self.proc.pending.get(self.req_id) is self:
             del self.proc.pending[self.req_id]
@@ -413,10 +417,69 @@ cdef bint _moves(tuple words, uint64_t slot):
     return False
 
 
+cdef class InFlight:
+    """Holds the copies and mints that a message waiting for its receiver carries.
+
+    They are made when the message is sent, as SCM_RIGHTS makes a file in flight:
+    the sender may go on using, closing or resending its own capability. (When
+    copies were made at delivery, the source stayed locked meanwhile, and an
+    asyncio task that used it failed or not depending on whether the receiver had
+    come yet.) A copy is a child in the derivation tree from the start, so a
+    revocation reaches it here (discard) and fails the send; delivery moves it
+    into the receiver's table; a send that ends otherwise drops it."""
+
+    cdef readonly ProcCore sender
+
+    def __init__(self, ProcCore sender):
+        self.sender = sender
+
+    def discard(self, Capability cap, str why):
+        """Revocation reached a copy still in flight (its object is released by the
+        revoker)."""
+        cap.holder = None
+
+
+cdef list _in_flight(list transfers, ProcCore sender):
+    """A waiting message's capabilities as [(cap, made)]: a move stays in the
+    sender's table, locked (made None); a copy or mint is derived now, held by
+    `made`, an InFlight."""
+    cdef InFlight flight = None
+    cdef Capability child
+    out = []
+    for cap, derived in transfers:
+        if derived is None:
+            (<Capability>cap).in_transit = True
+            out.append((cap, None))
+            continue
+        if flight is None:
+            flight = InFlight(sender)
+        child = derive(cap, derived[0], derived[1])
+        child.holder = flight
+        (<KernelObject>(<Capability>cap).obj).refs += 1
+        out.append((child, flight))
+    return out
+
+
+cdef void _drop_copy(Capability cap) except *:
+    """A copy made for a message that was not delivered: out of the tree, released."""
+    unlink(cap)
+    cap.holder = None
+    _release(<KernelObject>cap.obj)
+
+
+cdef void _release(KernelObject obj) except *:
+    global _live
+    obj.refs -= 1
+    if obj.refs == 0:
+        _live -= 1
+        obj.destroy()
+
+
 cdef bint _intact(Pending tx):
-    """Are all capabilities locked in `tx`'s message still held by its sender?"""
-    for cap, _ in tx.transfers:
-        if (<Capability>cap).holder is not tx.proc.caps:
+    """Is every capability of `tx`'s waiting message still there: each move in its
+    sender's table, each copy in flight (not revoked)?"""
+    for cap, made in tx.transfers:
+        if (<Capability>cap).holder is not (tx.proc.caps if made is None else made):
             return False
     return True
 
@@ -461,11 +524,7 @@ cdef class Core:
         return cap
 
     cpdef release(self, KernelObject obj):
-        global _live
-        obj.refs -= 1
-        if obj.refs == 0:
-            _live -= 1
-            obj.destroy()
+        _release(obj)
 
     cpdef abandon(self, Pending op, str why):
         """End `op` without a completion; a delivered call's reply learns `why`, and a
@@ -665,13 +724,14 @@ cdef class Core:
 
     cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver):
         """Hand the carried capabilities to `receiver`: moves leave the sender's table,
-        copies derive new children. All checks come first, so a failure changes nothing."""
+        copies derive new children (a waiting message's were made when it was sent:
+        InFlight). All checks come first, so a failure changes nothing."""
         cdef Capability cap
         cdef uint64_t slot
         cdef uint32_t kinds = 0
         cdef int i = 0
-        for cap, _ in transfers:
-            if cap.holder is not sender.caps:
+        for cap, derived in transfers:
+            if cap.holder is not (derived if isinstance(derived, InFlight) else sender.caps):
                 raise OpError(Status.BAD_SLOT,
                               "a capability in the message was revoked before delivery")
         if receiver.caps.count + len(transfers) > receiver.caps.limit:
@@ -679,7 +739,9 @@ cdef class Core:
         slots = []
         for cap, derived in transfers:
             cap.in_transit = False
-            if derived is not None:   # a copy or a mint: a child, with its rights and badge
+            if isinstance(derived, InFlight):   # made at send: its reference moves in
+                slot = receiver.caps.insert(cap)
+            elif derived is not None:   # a copy or a mint: a child, with its rights and badge
                 slot = self.insert_cap(receiver, derive(cap, derived[0], derived[1]))
             else:
                 sender.caps.take(cap.slot, f"was sent to pid {receiver.pid}")
@@ -748,10 +810,8 @@ cdef class Core:
             op.payload = proc.sq.payload(h)
             op.badge = cap.badge
             op.cap = cap
-            if transfers is not None:   # locked until a receiver takes the message
-                for c, _ in transfers:
-                    (<Capability>c).in_transit = True
-                op.transfers = transfers
+            if transfers is not None:   # moves locked until a receiver takes it; copies made
+                op.transfers = _in_flight(transfers, proc)
             op.enqueue(ep.senders)
             self._arm(op)
 

@@ -66,9 +66,9 @@ def call_timeout(timeout: float | None) -> float | None:
 def register_request(
     name: str, cap: CapBase, mode: int, rights: Rights | int | None, replace: bool
 ) -> bytes:
-    """The request; the stub sends it with a fresh copy of `cap`, moved: a message
-    waiting for the name server locks what it carries (even `cap.as_copy()`), and the
-    registrant's own `cap` must stay usable meanwhile (its workers may be receiving)."""
+    """The request; the stub sends it with `cap.as_copy()` (the kernel makes the copy
+    at the send, so the registrant's own `cap` stays usable while the request waits
+    for the name server: its workers may be receiving)."""
     if not isinstance(cap, CapBase) or cap.kind not in ("endpoint", "notification"):
         raise TypeError(f"register needs an endpoint or notification capability, not {cap!r}")
     if rights is not None and not 0 <= int(rights) <= int(Rights.ALL):

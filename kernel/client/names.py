@@ -6,13 +6,12 @@ Every process holds a capability to the name server in a well-known slot
 
 from __future__ import annotations
 
-import contextlib
 from typing import TypeVar
 
 from capabilities import Rights
 from services.names import protocol as p
 
-from ..errors import InvalidCapabilityError, IPCError
+from ..errors import InvalidCapabilityError
 from . import _names as n
 from .aio import AsyncEndpointCap, AsyncKernel, AsyncMessage, AsyncNotificationCap
 from .sync import EndpointCap, Kernel, Message, NotificationCap
@@ -65,13 +64,7 @@ class Names:
         """
         data = n.register_request(name, cap, mode, rights, replace)
         what = f"names.register({name!r})"
-        copy = cap.copy()  # moved to the name server; see _names.register_request
-        try:
-            msg = self.endpoint.call(data, timeout=n.CALL_GRACE_S, caps=[copy])
-        except BaseException:
-            with contextlib.suppress(IPCError):  # not delivered: it is still here
-                copy.close()
-            raise
+        msg = self.endpoint.call(data, timeout=n.CALL_GRACE_S, caps=[cap.as_copy()])
         resp = n.answer(msg.data, what)
         assert isinstance(resp, p.Ok)
         assert resp.entry is not None
@@ -157,13 +150,7 @@ class AsyncNames:
         """See Names.register."""
         data = n.register_request(name, cap, mode, rights, replace)
         what = f"names.register({name!r})"
-        copy = await cap.copy()  # moved to the name server; see _names.register_request
-        try:
-            msg = await self.endpoint.call(data, timeout=n.CALL_GRACE_S, caps=[copy])
-        except BaseException:
-            with contextlib.suppress(IPCError):  # not delivered: it is still here
-                await copy.close()
-            raise
+        msg = await self.endpoint.call(data, timeout=n.CALL_GRACE_S, caps=[cap.as_copy()])
         resp = n.answer(msg.data, what)
         assert isinstance(resp, p.Ok)
         assert resp.entry is not None

@@ -16,7 +16,7 @@ from capabilities import DEFAULT_ENDPOINT_RIGHTS, Capability, Rights, SlotError
 from capabilities.table import derive, descendants, unlink
 
 from .. import abi
-from .._core.kcore import KIND_NAMES, Core, Endpoint, KernelObject, OpError, Reply
+from .._core.kcore import KIND_NAMES, Core, Endpoint, InFlight, KernelObject, OpError, Reply
 from ..errors import Status
 from .pending import AWAIT_REPLY, WAITING, Pending, Timers
 from .process import Proc
@@ -215,7 +215,7 @@ class KernelState(Core):
     def revoke(self, cap: Capability) -> int:
         """Delete every capability derived from `cap`, in every process, at once."""
         gone = descendants(cap)
-        tables = {id(d.holder) for d in gone if d.holder is not None}
+        tables = {id(_table_of(d.holder)) for d in gone if d.holder is not None}
         for d in gone:
             if d.holder is not None:
                 d.holder.discard(d, "was revoked")
@@ -271,3 +271,9 @@ class KernelState(Core):
                 proc.complete(
                     op.op, op.req_id, Status.SHUTDOWN, payload=b"the kernel is shutting down"
                 )
+
+
+def _table_of(holder: object) -> object:
+    """The table whose process a revocation must look at: a copy made for a waiting
+    message (InFlight) concerns its sender, whose send then fails at once."""
+    return holder.sender.caps if isinstance(holder, InFlight) else holder

@@ -619,18 +619,32 @@ class CapabilityMachine(RuleBasedStateMachine):
         return actor.ask({"op": "take", "tag": tag, "cancel": cancel})
 
     def deliver(
-        self, via: str, items: Items, sender: int, to: int, msg: dict[str, Any], grant: bool
+        self,
+        via: str,
+        items: Items,
+        sender: int,
+        to: int,
+        msg: dict[str, Any],
+        grant: bool,
+        made: dict[int, Node] | None = None,
     ) -> None:
         """The message arrived in process `to`: its capabilities are there, in order;
         a moved one is the same node in a new table (its old slot is dead), a copy
-        is a new child of the sender's."""
+        is a new child of the sender's (`made`: those made when a waiting message
+        was sent, whose source may have been closed since)."""
         got = msg["caps"]
         assert len(got) == len(items), f"{via}: carried {items}, arrived {got}"
         assert grant or not items, f"{via}: capabilities arrived without GRANT"
         husks = []
-        for (node, copy), (kind, slot) in zip(items, got, strict=True):
+        for i, ((node, copy), (kind, slot)) in enumerate(zip(items, got, strict=True)):
             assert kind == node.kind, f"{via}: {node} arrived as a {kind}"
             assert node.proc == sender, node
+            if made and i in made:
+                flown = made[i]
+                assert flown.alive, flown
+                flown.proc, flown.slot, flown.origin = to, slot, "sent as a copy"
+                self.acquired[to].add(node.obj)
+                continue
             assert node.alive, node
             if copy:
                 new = self.add_node(to, slot, node.obj, node.rights, node.badge, node)
@@ -714,9 +728,10 @@ class CapabilityMachine(RuleBasedStateMachine):
         expected: str,
         hint: str,
     ) -> None:
-        """The message waits for a receiver; meanwhile its capabilities are locked, and
-        something may be revoked or closed. Then a receiver comes, or the sender
-        cancels, or the deadline passes: only delivery changes a table."""
+        """The message waits for a receiver; meanwhile the capabilities it moves are
+        locked, its copies are made (children in flight, in no table), and something
+        may be revoked or closed. Then a receiver comes, or the sender cancels, or
+        the deadline passes: only delivery changes a table."""
         then = data.draw(st.sampled_from(["deliver", "cancel", "expire"]), label="then")
         if then == "deliver" and rx is None:
             then = "cancel"
@@ -726,25 +741,59 @@ class CapabilityMachine(RuleBasedStateMachine):
             res = self.take(sender, "tx")
             self.verdict("queued send", res, "timeout" if expected == "ok" else expected, hint)
             return
-        self.locked = {n for n, _ in items}
-        res = sender.ask({"op": "infos", "items": [[n.kind, n.slot] for n in self.locked]})
-        for answer in res["ok"]:
-            self.verdict("info on a capability in a waiting message", answer, "args", "in transit")
+        self.locked = {n for n, copy in items if not copy}
+        made = {i: self.in_flight(n) for i, (n, copy) in enumerate(items) if copy}
+        carried = self.locked | set(made.values())
+        res = sender.ask({"op": "infos", "items": [[n.kind, n.slot] for n, _ in items]})
+        for (_, copy), answer in zip(items, res["ok"], strict=True):
+            what = "info on a capability a waiting message "
+            if copy:  # the copy is made: the sender's own stays usable
+                self.verdict(what + "copies", answer, "ok")
+            else:
+                self.verdict(what + "moves", answer, "args", "in transit")
         meanwhile = data.draw(
             st.sampled_from([None, "revoke", "revoke", "close"]), label="meanwhile"
         )
         if meanwhile is not None:
 
             def above(n: Node) -> bool:  # revoking it breaks the message
-                return any(d in self.locked for d in descendants(n))
+                return any(d in carried for d in descendants(n))
 
-            def near(n: Node) -> bool:  # closing it: refused, or the locked move up a level
-                return n in self.locked or bool(set(n.children) & self.locked)
+            def near(n: Node) -> bool:  # closing it: refused, or what it carries moves up
+                return n in carried or bool(set(n.children) & carried)
 
             node = self.pick(data, "meanwhile", prefer=above if meanwhile == "revoke" else near)
             self.do_revoke(node) if meanwhile == "revoke" else self.do_close(node)
-        gone = not any(n.alive and n.obj is ep.obj for n in self.nodes)
-        broken = any(not n.alive for n in self.locked) or not ep.alive
+        gone = not any(n.alive and n.obj is ep.obj for n in self.nodes)  # copies in flight too
+        broken = any(not n.alive for n in carried) or not ep.alive
+        try:
+            self.queued_send_ends(then, ep, rx, items, made, gone, broken)
+        finally:
+            for copy in made.values():  # not delivered: the kernel dropped it
+                if copy.slot is None and copy.alive:
+                    unlink(copy)
+            self.locked = set()
+
+    def in_flight(self, source: Node) -> Node:
+        """The copy a waiting message carries: a child of `source`, in no process's
+        table yet (proc -1: no rule picks it, and no invariant asks about it)."""
+        node = self.add_node(-1, None, source.obj, source.rights, source.badge, source)
+        node.origin = "in flight"
+        return node
+
+    def queued_send_ends(
+        self,
+        then: str,
+        ep: Node,
+        rx: Node | None,
+        items: Items,
+        made: dict[int, Node],
+        gone: bool,
+        broken: bool,
+    ) -> None:
+        """How a queued send ends: failed (its endpoint destroyed, or something it
+        carries or goes through revoked or closed), delivered, or cancelled."""
+        sender = self.procs[ep.proc]
         event(f"queued send: then {then}, gone {gone}, broken {broken}")
         if gone:  # the endpoint's last capability went: its waiting senders fail
             res = self.take(sender, "tx", cancel=True)
@@ -773,14 +822,13 @@ class CapabilityMachine(RuleBasedStateMachine):
                     "queued send", msg, data="gift", badge=ep.badge, pid=sender.pid, is_call=False
                 )
                 grant = bool(ep.rights & Rights.GRANT)
-                self.deliver("queued send", items, ep.proc, rx.proc, msg, grant)
+                self.deliver("queued send", items, ep.proc, rx.proc, msg, grant, made)
                 self.verdict("queued send", self.take(sender, "tx"), "ok")
             else:
                 self.verdict("receive", got, can_recv)
                 self.verdict("cancelled send", self.take(sender, "tx", cancel=True), "cancelled")
         else:
             self.verdict("cancelled send", self.take(sender, "tx", cancel=True), "cancelled")
-        self.locked = set()
 
     @rule(data=st.data(), reply_recv=st.booleans())
     def call_with_caps(self, data: st.DataObject, reply_recv: bool) -> None:

@@ -4,6 +4,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -110,20 +111,92 @@ def test_a_capability_in_a_waiting_message_is_locked_until_delivery(kernel_daemo
     asyncio.run(scenario())
 
 
-def test_revoking_a_capability_in_transit_fails_only_that_send(kernel_daemon):
+def test_a_copy_in_a_waiting_message_is_made_when_it_is_sent(kernel_daemon):
+    """As SCM_RIGHTS: the copy exists from the send on, so the sender's own capability
+    stays usable and closable meanwhile (it was locked until a receiver came, so an
+    asyncio task using it failed or not by timing)."""
+
+    async def scenario():
+        async with kernel.connect_async(autostart=False) as k:
+            ep, n = await k.endpoint(), await k.notification()
+            sending = asyncio.create_task(ep.send(b"x", caps=[n.as_copy()], timeout=10.0))
+            await asyncio.sleep(0.1)
+            await n.signal(1)
+            assert (await n.info()).derived == 1  # the copy in flight
+            await n.close()  # the copy in flight keeps the notification
+            msg = await ep.recv(timeout=5.0)
+            await sending
+            (copy,) = msg.caps
+            assert await copy.poll() == 1
+            assert (await copy.info()).parent_slot is None  # moved up when n was closed
+
+    asyncio.run(scenario())
+
+
+def test_a_copy_made_for_a_send_that_fails_is_dropped(kernel_daemon):
+    async def scenario():
+        async with kernel.connect_async(autostart=False) as k:
+            ep, n = await k.endpoint(), await k.notification()
+            sending = asyncio.create_task(ep.send(b"x", caps=[n.as_copy()], timeout=10.0))
+            await asyncio.sleep(0.1)
+            assert (await n.info()).derived == 1
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            assert (await n.info()).derived == 0
+            with pytest.raises(TimeoutError):  # nothing left to deliver
+                await ep.recv(timeout=0.1)
+
+    asyncio.run(scenario())
+
+
+def test_a_copy_in_flight_dies_with_its_sender(kernel_daemon):
+    sender = textwrap.dedent("""
+        import kernel
+        with kernel.connect(autostart=False) as k:
+            print("SENDING", flush=True)
+            k.inherited["ep"].send(b"x", caps=[k.inherited["n"].as_copy()])   # never taken
+    """)
+    with kernel.connect(autostart=False) as k:
+        ep, n = k.endpoint(), k.notification()
+        child = k.spawn(
+            [sys.executable, "-c", sender],
+            caps={"ep": ep, "n": n},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.popen.stdout.readline() == "SENDING\n"
+        deadline = time.monotonic() + 10
+        while n.info().derived < 2:  # the child's inherited one, and the copy in flight
+            assert time.monotonic() < deadline, n.info()
+            time.sleep(0.01)
+        child.kill()
+        child.wait(timeout=10)
+        child.popen.stdout.close()
+        while n.info().derived:  # both dropped with the child
+            assert time.monotonic() < deadline, n.info()
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("carried", ["moved", "copied", "minted"])
+def test_revoking_a_capability_in_transit_fails_only_that_send(kernel_daemon, carried):
     async def scenario():
         async with kernel.connect_async(autostart=False) as k:
             ep, n = await k.endpoint(), await k.notification()
             c = await n.copy()
-            sending = asyncio.create_task(ep.send(b"x", caps=[c], timeout=10.0))
+            item = {"moved": c, "copied": c.as_copy(), "minted": c.as_mint(badge=9)}[carried]
+            sending = asyncio.create_task(ep.send(b"x", caps=[item], timeout=10.0))
             await asyncio.sleep(0.1)
-            assert await n.revoke() == 1
+            # Moved, `c` itself waits in the message; copied or minted, a child of it.
+            assert await (n if carried == "moved" else c).revoke() == 1
             # The revocation fails that send at once; nothing is left to deliver, so
             # a receiver keeps waiting.
             with pytest.raises(kernel.InvalidCapabilityError, match="carried was revoked"):
                 await sending
             with pytest.raises(TimeoutError):
                 await ep.recv(timeout=0.2)
+            if carried != "moved":
+                await c.signal(1)  # only its child was revoked
 
     asyncio.run(scenario())
 
