@@ -76,8 +76,9 @@ cdef bint spin_for(const uint64_t *tail_p, uint64_t head, int64_t budget_ns,
 
 
 cdef bint sole_thread() noexcept:
-    """Is this the interpreter's only thread? (Called with the GIL: no thread state
-    is freed meanwhile, and one added from C only makes the answer conservative.)"""
+    """Is this the interpreter's only thread? Called with the GIL, so no thread
+    state is freed meanwhile; one that C code adds without it right after the check
+    only waits for the GIL (spin_gil bounds that)."""
     return PyThreadState_Next(PyInterpreterState_ThreadHead(PyInterpreterState_Get())) == NULL
 
 
