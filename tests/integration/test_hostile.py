@@ -238,6 +238,7 @@ def test_a_full_capability_table_raises_resource_limit_and_recovers(kernel_daemo
         with pytest.raises(kernel.ResourceLimitError, match="capability table full") as info:
             k.notification()
         assert isinstance(info.value, OSError)
+        assert "until close()" in str(info.value)  # the usual cause: never closing them
         caps.pop().close()
         n = k.notification()  # room again
         n.signal(1)
