@@ -70,6 +70,11 @@ log = logging.getLogger("mkipc.service")
 F = TypeVar("F", bound=Callable[..., Any])
 _encoder = msgspec.msgpack.Encoder()
 
+CLIENT_RIGHTS = Rights.SEND | Rights.COPY | Rights.TRANSFER
+"""What a lookup of a Service hands out unless `rights` says otherwise: a service
+takes no capabilities, so not GRANT. A request carrying some then fails in the
+kernel (AccessDeniedError) instead of being received and its capabilities closed."""
+
 
 class RequestContext:
     """Who sent a request. A handler gets one if it takes a second parameter."""
@@ -112,7 +117,8 @@ class Service:
         handlers: functions (or coroutine functions, for `serve`) whose first
             parameter is annotated with a tagged msgspec Struct; more can be added
             with the `@svc.handler` decorator.
-        mode, rights, replace: passed to `names.register`.
+        mode, rights, replace: passed to `names.register`; `rights` (what a lookup
+            hands out) defaults to CLIENT_RIGHTS.
         tracebacks: send the handler's traceback text with an error reply.
         shutdown_timeout: how long a stop waits for in-flight requests (seconds).
     """
@@ -130,7 +136,7 @@ class Service:
     ) -> None:
         self.name = name
         self.mode = mode
-        self.rights = rights
+        self.rights = CLIENT_RIGHTS if rights is None else rights
         self.replace = replace
         self.tracebacks = tracebacks
         self.shutdown_timeout = shutdown_timeout

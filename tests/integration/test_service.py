@@ -51,11 +51,14 @@ class Running:
 
 
 @contextlib.contextmanager
-def service(tmp_path: Path, name: str, face: str, workers: int = 1) -> Iterator[Running]:
+def service(
+    tmp_path: Path, name: str, face: str, workers: int = 1, grant: bool = False
+) -> Iterator[Running]:
     log = tmp_path / f"{name}.log"
+    argv = [sys.executable, str(PEERS / "service_peer.py"), name, face, str(workers)]
     with open(log, "wb") as f:
         proc = subprocess.Popen(
-            [sys.executable, str(PEERS / "service_peer.py"), name, face, str(workers)],
+            argv + (["grant"] if grant else []),
             stdout=f,
             stderr=f,
             stdin=subprocess.DEVNULL,
@@ -112,6 +115,35 @@ def test_handler_exceptions_are_re_raised_in_the_client(kernel_daemon, tmp_path,
         assert timeout.value.type_name == "TimeoutError"
         with pytest.raises(ValueError, match="object object"):  # args msgpack cannot carry
             svc.call(Fail("unencodable"), timeout=5.0)
+        svc.close()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_request_carrying_capabilities_is_refused_by_the_kernel(kernel_daemon, tmp_path, face):
+    """A service takes no capabilities, so a lookup hands out no GRANT (CLIENT_RIGHTS)."""
+    with service(tmp_path, "t.nocaps", face), kernel.connect(autostart=False) as k:
+        svc = kernel.ServiceClient.lookup(k, "t.nocaps", timeout=10.0)
+        assert svc.cap.info().rights == kernel.service.CLIENT_RIGHTS
+        n = k.notification()
+        with pytest.raises(kernel.AccessDeniedError, match="GRANT"):
+            svc.cap.call(msgspec.msgpack.encode(Echo("x")), caps=[n.as_copy()], timeout=5.0)
+        assert n.info().derived == 0  # nothing reached the service
+        assert svc.call(Echo("still served"), timeout=5.0) == "still served"
+        svc.close()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_service_closes_the_capabilities_a_request_carries(kernel_daemon, tmp_path, face):
+    """Registered with GRANT, a service still takes none: it closes them, or every
+    such request would keep a slot of its table."""
+    with service(tmp_path, "t.caps", face, grant=True), kernel.connect(autostart=False) as k:
+        svc = kernel.ServiceClient.lookup(k, "t.caps", timeout=10.0)
+        n = k.notification()
+        for i in range(3):
+            data = msgspec.msgpack.encode(Echo(f"gift {i}"))
+            reply = svc.cap.call(data, caps=[n.as_copy()], timeout=5.0).data
+            assert msgspec.msgpack.decode(reply[1:]) == f"gift {i}"
+            assert n.info().derived == 0  # the service closed its copy before it answered
         svc.close()
 
 

@@ -72,6 +72,7 @@ ERRORS = {
 
 FACE = sys.argv[2] if __name__ == "__main__" else "sync"
 WORKERS = int(sys.argv[3]) if __name__ == "__main__" else 1
+GRANT = __name__ == "__main__" and sys.argv[4:] == ["grant"]  # clients may send capabilities
 barrier = threading.Barrier(WORKERS, timeout=20)
 meet_count = 0
 met = asyncio.Event()
@@ -150,7 +151,8 @@ async def aterm(req: Term) -> str:
 
 
 def main() -> None:
-    svc = kernel.Service(sys.argv[1], mode=0o666)
+    rights = kernel.service.CLIENT_RIGHTS | kernel.Rights.GRANT if GRANT else None
+    svc = kernel.Service(sys.argv[1], mode=0o666, rights=rights)
     if FACE == "sync":
         for f in (who, fail, big, echo, meet, overlap, exit_, term):
             svc.handler(f)
