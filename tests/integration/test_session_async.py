@@ -34,27 +34,39 @@ async def _stop(proc: kernel.AsyncProcess) -> None:
     await proc.wait(timeout=10)
 
 
-async def test_many_calls_in_flight_each_get_their_own_reply(kernel_daemon):
+@contextlib.asynccontextmanager
+async def _serving(
+    mode: str,
+) -> AsyncIterator[
+    tuple[kernel.AsyncKernel, kernel.AsyncEndpointCap, kernel.AsyncEndpointCap, Any]
+]:
+    """A session_peer in `mode` serving `ep`, ready (it said so on `rep`), ended by
+    its pid afterwards: (k, ep, rep, server)."""
     async with kernel.connect_async(autostart=False) as k:
         ep, rep = await k.endpoint(), await k.endpoint()
-        server = await _peer(k, "echo", ep=ep, report=rep)
+        server = await _peer(k, mode, ep=ep, report=rep)
         try:
             await _event(rep)
-            async with await ep.session(timeout=10) as s:
-                assert s.peer.pid == server.pid
-
-                async def caller(n: int) -> None:
-                    for i in range(50):
-                        data = f"{n}.{i}".encode()
-                        assert (await s.call(data, timeout=10)).data == data
-
-                await asyncio.gather(*(caller(n) for n in range(64)))
-                for i in range(500):
-                    await s.send(b"%d" % i)
-                assert (await s.call(b"count", timeout=10)).data.startswith(b"500:")
-            assert (await _event(rep))["error"] == "PeerClosedError"
+            yield k, ep, rep, server
         finally:
             await _stop(server)
+
+
+async def test_many_calls_in_flight_each_get_their_own_reply(kernel_daemon):
+    async with _serving("echo") as (k, ep, rep, server):
+        async with await ep.session(timeout=10) as s:
+            assert s.peer.pid == server.pid
+
+            async def caller(n: int) -> None:
+                for i in range(50):
+                    data = f"{n}.{i}".encode()
+                    assert (await s.call(data, timeout=10)).data == data
+
+            await asyncio.gather(*(caller(n) for n in range(64)))
+            for i in range(500):
+                await s.send(b"%d" % i)
+            assert (await s.call(b"count", timeout=10)).data.startswith(b"500:")
+        assert (await _event(rep))["error"] == "PeerClosedError"
 
 
 async def test_an_asyncio_server_serves_a_session_until_the_caller_dies(kernel_daemon):
@@ -80,25 +92,19 @@ async def test_an_asyncio_server_serves_a_session_until_the_caller_dies(kernel_d
 
 
 async def test_timeout_and_cancel_leave_the_session_usable(kernel_daemon):
-    async with kernel.connect_async(autostart=False) as k:
-        ep, rep = await k.endpoint(), await k.endpoint()
-        server = await _peer(k, "hold", ep=ep, report=rep)
-        try:
-            await _event(rep)
-            async with await ep.session(timeout=10) as s:
-                with pytest.raises(kernel.CallTimeoutError):
-                    await s.call(b"held", timeout=0.2)
-                with pytest.raises(TimeoutError):
-                    await asyncio.wait_for(s.call(b"cancelled"), 0.05)
-                # Both were withdrawn: their server's replies are refused, not written.
-                refused = [await _event(rep), await _event(rep)]
-                assert [(e["event"], e["call"], e["status"]) for e in refused] == [
-                    ("reply refused", "held", kernel.Status.CALLER_GONE),
-                    ("reply refused", "cancelled", kernel.Status.CALLER_GONE),
-                ]
-                assert (await s.call(b"after", timeout=10)).data == b"after"
-        finally:
-            await _stop(server)
+    async with _serving("hold") as (k, ep, rep, server):
+        async with await ep.session(timeout=10) as s:
+            with pytest.raises(kernel.CallTimeoutError):
+                await s.call(b"held", timeout=0.2)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(s.call(b"cancelled"), 0.05)
+            # Both were withdrawn: their server's replies are refused, not written.
+            refused = [await _event(rep), await _event(rep)]
+            assert [(e["event"], e["call"], e["status"]) for e in refused] == [
+                ("reply refused", "held", kernel.Status.CALLER_GONE),
+                ("reply refused", "cancelled", kernel.Status.CALLER_GONE),
+            ]
+            assert (await s.call(b"after", timeout=10)).data == b"after"
 
 
 @contextlib.asynccontextmanager
@@ -194,62 +200,44 @@ async def test_every_call_ends_the_same_way_on_both_sides_when_timeouts_race_rep
             except kernel.CallTimeoutError as e:
                 outcomes["timed out"] += not never_written(e)
 
-    async with kernel.connect_async(autostart=False) as k:
-        ep, rep = await k.endpoint(), await k.endpoint()
-        server = await _peer(k, "jitter", ep=ep, report=rep)
-        try:
-            await _event(rep)
-            async with await ep.session(timeout=10) as s:
-                await asyncio.gather(*(caller(s, n) for n in range(32)))
-                tally = (await s.call(b"tally", timeout=10)).data
-            delivered, refused = map(int, tally.split(b":"))
-            assert (outcomes["answered"], outcomes["timed out"]) == (delivered, refused)
-            assert outcomes["answered"] > 20  # both sides of the race were run
-            assert outcomes["timed out"] > 20
-        finally:
-            await _stop(server)
+    async with _serving("jitter") as (k, ep, rep, server):
+        async with await ep.session(timeout=10) as s:
+            await asyncio.gather(*(caller(s, n) for n in range(32)))
+            tally = (await s.call(b"tally", timeout=10)).data
+        delivered, refused = map(int, tally.split(b":"))
+        assert (outcomes["answered"], outcomes["timed out"]) == (delivered, refused)
+        assert outcomes["answered"] > 20  # both sides of the race were run
+        assert outcomes["timed out"] > 20
 
 
 async def test_revocation_fails_the_calls_in_flight(kernel_daemon):
-    async with kernel.connect_async(autostart=False) as k:
-        ep, rep = await k.endpoint(), await k.endpoint()
-        server = await _peer(k, "hold", ep=ep, report=rep)
-        try:
-            await _event(rep)
-            parent = await ep.copy(Rights.SEND | Rights.COPY | Rights.MANAGE)
-            s = await (await parent.copy(Rights.SEND)).session(timeout=10)
-            pending = asyncio.ensure_future(s.call(b"held", timeout=20))
-            await asyncio.sleep(0.1)
-            await parent.revoke()
-            with pytest.raises(kernel.InvalidCapabilityError, match="revoked"):
-                await pending
-            with pytest.raises(kernel.InvalidCapabilityError):
-                await s.call(b"again", timeout=10)
-            await s.close()
-        finally:
-            await _stop(server)
+    async with _serving("hold") as (k, ep, rep, server):
+        parent = await ep.copy(Rights.SEND | Rights.COPY | Rights.MANAGE)
+        s = await (await parent.copy(Rights.SEND)).session(timeout=10)
+        pending = asyncio.ensure_future(s.call(b"held", timeout=20))
+        await asyncio.sleep(0.1)
+        await parent.revoke()
+        with pytest.raises(kernel.InvalidCapabilityError, match="revoked"):
+            await pending
+        with pytest.raises(kernel.InvalidCapabilityError):
+            await s.call(b"again", timeout=10)
+        await s.close()
 
 
 async def test_closing_the_connection_fails_calls_in_flight_and_frees_the_session(kernel_daemon):
-    async with kernel.connect_async(autostart=False) as k:
-        ep, rep = await k.endpoint(), await k.endpoint()
-        server = await _peer(k, "hold", ep=ep, report=rep)
+    async with _serving("hold") as (k, ep, rep, server):
+        await k.names.register("t.aclose", await ep.copy())
+        ak = await kernel.connect_async(autostart=False).open()
         try:
-            await _event(rep)
-            await k.names.register("t.aclose", await ep.copy())
-            ak = await kernel.connect_async(autostart=False).open()
-            try:
-                s = await (await ak.names.lookup("t.aclose", timeout=5)).session(timeout=10)
-                pending = asyncio.ensure_future(s.call(b"held", timeout=20))
-                await asyncio.sleep(0.1)
-            finally:
-                ak.close()
-            with pytest.raises(kernel.PeerClosedError, match="connection was closed"):
-                await pending
-            assert s.closed
-            assert (await _event(rep))["error"] == "PeerClosedError"  # the server is told
+            s = await (await ak.names.lookup("t.aclose", timeout=5)).session(timeout=10)
+            pending = asyncio.ensure_future(s.call(b"held", timeout=20))
+            await asyncio.sleep(0.1)
         finally:
-            await _stop(server)
+            ak.close()
+        with pytest.raises(kernel.PeerClosedError, match="connection was closed"):
+            await pending
+        assert s.closed
+        assert (await _event(rep))["error"] == "PeerClosedError"  # the server is told
 
 
 async def test_a_lone_call_stops_spinning_when_the_machine_is_crowded(kernel_daemon, monkeypatch):
@@ -259,13 +247,7 @@ async def test_a_lone_call_stops_spinning_when_the_machine_is_crowded(kernel_dae
     from kernel.client import aio_session
 
     monkeypatch.setattr(aio_session, "CROWDED_NS", 1)
-    async with kernel.connect_async(autostart=False) as k:
-        ep, rep = await k.endpoint(), await k.endpoint()
-        server = await _peer(k, "hold", ep=ep, report=rep)  # answers after 1 s
-        try:
-            await _event(rep)
-            async with await ep.session(timeout=10) as s:
-                assert (await s.call(b"q", timeout=10)).data == b"late"
-                assert s._spin_ns == aio_session.SPIN_MIN_NS
-        finally:
-            await _stop(server)
+    async with _serving("hold") as (k, ep, rep, server):  # answers after 1 s
+        async with await ep.session(timeout=10) as s:
+            assert (await s.call(b"q", timeout=10)).data == b"late"
+            assert s._spin_ns == aio_session.SPIN_MIN_NS
