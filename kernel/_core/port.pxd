@@ -2,9 +2,9 @@
 """A direct session's port (port.pyx), declared for the compiled client faces
 (faces.pyx) that call its C methods."""
 
-from libc.stdint cimport int64_t, uint16_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 
-from kernel._core.ring cimport MAX_TRACKED_CALLS, Ring, SessionStates
+from kernel._core.ring cimport MAX_TRACKED_CALLS, Ring, SessionStates, mk_hdr
 
 cdef extern from "<poll.h>" nogil:
     ctypedef unsigned long nfds_t
@@ -43,6 +43,9 @@ cdef class SessionPort:
     cdef bint broken                  # the peer broke the ring format: mark_broken()
     cdef uint64_t *calls              # the call words (ring.pxd), shared with the peer
     cdef uint64_t owner[MAX_TRACKED_CALLS]   # caller: the call that owns each word
+    cdef uint32_t *room_p             # the reply ring's flag: the server keeps replies back
+    cdef list overflow                # server: committed replies the ring had no room for
+    cdef bint took                    # caller: take_record() took one since its last None
 
     cdef int64_t _state(self) except? -1
     cdef int _put(self, uint16_t op, uint64_t req_id, payload) except -2
@@ -50,6 +53,9 @@ cdef class SessionPort:
     cdef bint _claim(self, uint64_t req_id) noexcept
     cdef bint _commit(self, uint64_t req_id) noexcept
     cdef int _drop(self, uint64_t req_id) except -1
+    cdef int _deliver(self, mk_hdr *h, const char *p, Py_ssize_t n) except -1
+    cdef int _flush(self) except -1
+    cdef void _room_bell(self) noexcept
     cdef void _settle(self, uint64_t req_id) noexcept
     cpdef bint withdraw(self, uint64_t req_id)
     cdef void _doorbell(self) noexcept

@@ -13,15 +13,16 @@ Python (one place maps them): methods return codes, documented on each.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 from cpython.bytes cimport PyBytes_GET_SIZE
-from libc.stdint cimport int64_t, uint16_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 from cpython.exc cimport PyErr_CheckSignals
 from posix.unistd cimport read, write
 
 from kernel._core.ring cimport (
-    HDR_SIZE, MAX_TRACKED_CALLS, OFF_CALLS, Completion, Header, Ring, SessionStates,
-    adapt_spin, mk_cas_u64, mk_exchange_u32, mk_fence, mk_hdr, mk_load_acquire_u64,
-    mk_store_release_u64, mk_store_u32, now_ns, spin_gil, spin_until,
+    HDR_SIZE, MAX_TRACKED_CALLS, OFF_CALLS, OFF_CQ_ROOM, Completion, Header, Ring,
+    SessionStates, adapt_spin, mk_cas_u64, mk_exchange_u32, mk_fence, mk_hdr,
+    mk_load_acquire_u64, mk_load_u32, mk_store_release_u64, mk_store_u32, now_ns, spin_gil,
+    spin_until,
 )
 
 cdef enum:
@@ -83,6 +84,7 @@ cdef class SessionPort:
         # The call words are in the control page of the session's region, which
         # both rings share (the inbox's: a Ring's region holds at least that page).
         self.calls = <uint64_t *>(<char *>inbox.buf.buf + OFF_CALLS)
+        self.room_p = <uint32_t *>(<char *>inbox.buf.buf + OFF_CQ_ROOM)
 
     def set_spin(self, int64_t spin_min, int64_t spin_max, int64_t yield_after_ns,
                  int64_t crowded_ns):
@@ -134,8 +136,13 @@ cdef class SessionPort:
         h.req_id = req_id
         if op == OP_CALL and not self._claim(req_id):
             return W_FULL   # its word is still owned: wait for the server, as for room
-        elif op == OP_REPLY and not self._commit(req_id):
-            return W_LATE
+        elif op == OP_REPLY:
+            if self.overflow is not None and len(self.overflow) >= MAX_TRACKED_CALLS:
+                return W_FULL   # more than an honest caller has in flight: not committed
+            if not self._commit(req_id):
+                return W_LATE
+            self._deliver(&h, p, n)
+            return W_OK
         if self.out._write(&h, NULL, p, n):
             return W_OK
         if op == OP_CALL:
@@ -192,20 +199,88 @@ cdef class SessionPort:
         """Server: call `req_id` was dropped unanswered. Tell its caller at once,
         as the kernel does when a reply capability is closed: a reply record
         with status PEER_CLOSED and no payload. If its caller gave up first, the
-        swap marks the word seen; if the ring is full, the word says answered
-        and the caller's deadline ends the call."""
+        swap marks the word seen. With MAX_TRACKED_CALLS replies already kept
+        back (a caller that does not drain), its deadline ends the call."""
         cdef mk_hdr h
         if self.states is None or self._call_word(req_id) == NULL:
             return 0   # cleared by the collector, or released: nobody to tell
+        if self.overflow is not None and len(self.overflow) >= MAX_TRACKED_CALLS:
+            return 0
         if self._state() != ST_OPEN or not self._commit(req_id):
             return 0
         memset(&h, 0, HDR_SIZE)
         h.opcode = OP_REPLY
         h.req_id = req_id
         h.status = ST_PEER_CLOSED
-        if self.out._write(&h, NULL, NULL, 0):
-            self._doorbell()
+        self._deliver(&h, NULL, 0)
+        self._doorbell()
         return 0
+
+    # ------------------------------------------------------------ replies kept back
+    #
+    # A committed reply must reach its caller: the server has told its code the
+    # reply went out, and the caller waits for it (past its deadline, for the
+    # grace). The caller's ring may be full though, with no fault of the caller:
+    # 16 asyncio calls in flight whose replies are 200 KiB each fill its 1 MiB
+    # before its loop runs. So a reply without room is kept in the server's
+    # memory, in order (as the kernel keeps completions: kcore.pyx `overflow`),
+    # and written as the caller drains: the server sets the room flag, and the
+    # caller, having taken records, rings the server's doorbell if it is set; the
+    # server then writes what fits on its next read of its inbox (_recv_many),
+    # or before its next reply. At most MAX_TRACKED_CALLS are kept (an honest
+    # caller never has more calls in flight: the call words): past that a reply
+    # fails, uncommitted, and the caller's deadline ends its call.
+
+    cdef int _deliver(self, mk_hdr *h, const char *p, Py_ssize_t n) except -1:
+        """Server: write a committed reply, or keep a copy until it fits."""
+        if self.overflow is None and self.out._write(h, NULL, p, n):
+            return 0
+        if self.overflow is None:
+            self.overflow = []
+        self.overflow.append((h.req_id, h.status,
+                              PyBytes_FromStringAndSize(p, n) if n else b""))
+        return self._flush()
+
+    cdef int _flush(self) except -1:
+        """Server: write the replies kept back while they fit. If some are left,
+        set the room flag, then try once more: the caller may have drained
+        before it could see the flag."""
+        cdef list kept = self.overflow
+        cdef Py_ssize_t i = 0, n = len(kept)
+        cdef bint flagged = False
+        cdef mk_hdr h
+        cdef bytes data
+        if self.out.data == NULL:   # released: the caller learns from the session
+            self.overflow = None
+            return 0
+        memset(&h, 0, HDR_SIZE)
+        h.opcode = OP_REPLY
+        while True:
+            while i < n:
+                h.req_id, h.status, data = kept[i]
+                if not self.out._write(&h, NULL, PyBytes_AS_STRING(data),
+                                       PyBytes_GET_SIZE(data)):
+                    break
+                i += 1
+            if i == n or flagged:
+                break
+            mk_store_u32(self.room_p, 1)
+            mk_fence()   # SYNC POINT: pairs with the fence in the caller's _room_bell()
+            flagged = True
+        if i:
+            del kept[:i]
+            self._doorbell()
+        if not kept:
+            self.overflow = None
+            mk_store_u32(self.room_p, 0)
+        return 0
+
+    cdef void _room_bell(self) noexcept:
+        """Caller, after taking records: ring the server if it keeps replies back."""
+        cdef uint64_t one = 1
+        mk_fence()   # SYNC POINT: our head's store before the flag's load (_flush)
+        if mk_load_u32(self.room_p) and mk_exchange_u32(self.room_p, 0):
+            write(self.peer_efd, &one, 8)
 
     cpdef bint withdraw(self, uint64_t req_id):
         """Caller: give up on call `req_id` (a timeout, a cancel, an exception).
@@ -275,6 +350,8 @@ cdef class SessionPort:
         cdef Header h
         if st != ST_OPEN:
             return st
+        if self.overflow is not None:
+            self._flush()
         while taken < max_n:
             h = self.inbox.next_record()
             if h is None:
@@ -294,9 +371,12 @@ cdef class SessionPort:
     cdef object _take_reply(self, uint64_t req_id):
         cdef Header h
         cdef object data
+        cdef bint took = False
         while True:
             h = self.inbox.next_record()
             if h is None:
+                if took:
+                    self._room_bell()
                 return None
             data = None
             if h.h.opcode == OP_REPLY:
@@ -304,15 +384,25 @@ cdef class SessionPort:
                 if h.h.req_id == req_id:
                     data = _payload(self.inbox, h) if h.h.status == 0 else DROPPED
             self.inbox.consume_record(h)
+            took = True
             if data is not None:
+                self._room_bell()
                 return data
 
     def take_record(self):
         """The next record of the inbox as a Completion, or None (the asyncio
-        face's take); a reply ends its call's hold on its word."""
+        face's take, which calls until None); a reply ends its call's hold on its
+        word. The None after records were taken rings the server if it keeps
+        replies back (_room_bell): once per drain, not per record."""
         cdef Completion c = self.inbox.take_completion()
-        if c is not None and c.opcode == OP_REPLY:
+        if c is None:
+            if self.took:
+                self.took = False
+                self._room_bell()
+            return None
+        if c.opcode == OP_REPLY:
             self._settle(c.req_id)
+        self.took = True
         return c
 
     # ------------------------------------------------------------ waiting
@@ -470,10 +560,11 @@ cdef class SessionMessage:
     def from_kernel(self): return False
 
     def reply(self, data):
-        """Answer the call over the session. Raises PeerClosedError if the caller
-        gave up on the call first (a timeout or a cancel: nothing is written), if the
-        session ended, or if the caller does not drain its ring (it waits for one
-        answer at a time, so a full ring means it misbehaves)."""
+        """Answer the call over the session. A reply the caller's ring has no room
+        for yet is kept and written as the caller drains it (SessionPort._deliver).
+        Raises PeerClosedError if the caller gave up on the call first (a timeout or
+        a cancel: nothing is written), if the session ended, or if the caller does
+        not drain its ring (MAX_TRACKED_CALLS replies already wait for room)."""
         cdef uint64_t req_id = self.req_id
         if req_id == 0:
             raise _error_hook(self.port, NOT_A_CALL, "reply")

@@ -17,6 +17,7 @@
 #   256     8     CQ tail     producer = kernel
 #   320     8     CQ head     consumer = process
 #   384     4     CQ waiting  set by the process before it sleeps
+#   448     4     CQ room     a session server's replies wait for room (port.pyx)
 #   2048    2048  session states: MAX_SESSIONS int64 words, written by the kernel
 #                 only (SessionStates): 0 free, 1 open, < 0 the Status it ended with
 #   4096    ...   SQ data, then CQ data
@@ -85,6 +86,7 @@ cdef enum:
     OFF_CQ_TAIL = 256
     OFF_CQ_HEAD = 320
     OFF_CQ_WAITING = 384
+    OFF_CQ_ROOM = 448
     OFF_SESSIONS = 2048
     MAX_SESSIONS = 256
     OFF_CALLS = 2048

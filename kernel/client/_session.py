@@ -292,7 +292,10 @@ def _port_error(port: SessionPort, code: int, verb: str) -> IPCError:
     """The compiled port's codes as exceptions (port.set_error_hook)."""
     sid = port.sid
     if code == FULL:
-        return PeerClosedError(f"session {sid}: {verb}: the caller does not drain its ring")
+        return PeerClosedError(
+            f"session {sid}: {verb}: the caller does not drain its ring "
+            f"({abi.MAX_TRACKED_CALLS} replies wait for room)"
+        )
     if code == LATE:  # as the kernel path's late reply says it (DESIGN §5)
         return PeerClosedError(
             f"session {sid}: {verb}: the reply was not delivered: the caller gave up "

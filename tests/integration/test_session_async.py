@@ -69,6 +69,21 @@ async def test_many_calls_in_flight_each_get_their_own_reply(kernel_daemon):
         assert (await _event(rep))["error"] == "PeerClosedError"
 
 
+@pytest.mark.parametrize("mode", ["echo", "group"])
+async def test_replies_that_outgrow_the_callers_ring_all_arrive(kernel_daemon, mode):
+    """16 calls in flight whose 200 kB replies are three times the caller's ring
+    (1 MiB): the server (a session's own thread, or a SessionGroup's) keeps what
+    does not fit and writes it as the caller's loop drains the ring. Each once
+    failed the server's reply() and timed out here."""
+    async with _serving(mode) as (k, ep, rep, server):
+        async with await ep.session(timeout=10) as s:
+            for _ in range(3):
+                asks = [b"bulk 200000 %d" % i for i in range(16)]
+                replies = await asyncio.gather(*(s.call(a, timeout=10) for a in asks))
+                assert [r.data for r in replies] == [a.ljust(200_000, b".") for a in asks]
+        assert (await _event(rep))["event"] == "ended"  # no "reply refused" before it
+
+
 async def test_an_asyncio_server_serves_a_session_until_the_caller_dies(kernel_daemon):
     async with kernel.connect_async(autostart=False) as k:
         ep = await k.endpoint()

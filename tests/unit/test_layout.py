@@ -84,6 +84,7 @@ def mk_hdr_fields(pxd_text) -> list[tuple[str, str]]:
         "OFF_CQ_TAIL",
         "OFF_CQ_HEAD",
         "OFF_CQ_WAITING",
+        "OFF_CQ_ROOM",
         "OFF_SESSIONS",
         "MAX_SESSIONS",
         "OFF_CALLS",
@@ -204,6 +205,7 @@ OFFSETS = [
     "OFF_CQ_TAIL",
     "OFF_CQ_HEAD",
     "OFF_CQ_WAITING",
+    "OFF_CQ_ROOM",
 ]
 
 
@@ -235,7 +237,7 @@ def test_region_comment_in_pxd_agrees_with_the_offsets(pxd_text):
     # The ASCII table at the top of ring.pxd: "#   64      8     SQ tail ..."
     table = {}
     for m in re.finditer(
-        r"^#\s+(\d+)\s+(\d+|\.\.\.)\s+(SQ|CQ) (tail|head|waiting)\b", pxd_text, re.M
+        r"^#\s+(\d+)\s+(\d+|\.\.\.)\s+(SQ|CQ) (tail|head|waiting|room)\b", pxd_text, re.M
     ):
         table[f"OFF_{m[3]}_{m[4].upper()}"] = int(m[1])
     assert table == {name: getattr(abi, name) for name in OFFSETS}

@@ -276,6 +276,78 @@ def test_a_call_dropped_after_its_caller_gave_up_writes_nothing(ports):
     assert caller.send(abi.Op.ENDPOINT_CALL, 1 + abi.MAX_TRACKED_CALLS, b"") == OK
 
 
+def _room_flag(shared) -> int:
+    return int(struct.unpack_from("<I", shared, abi.OFF_CQ_ROOM)[0])
+
+
+def test_replies_without_room_are_kept_and_written_in_order_as_the_caller_drains():
+    """An asyncio caller's replies may outgrow its ring before its loop runs: a
+    reply that does not fit is not lost, nor an error (it was committed)."""
+    import os
+
+    caller_bell, server_bell = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    ports = session_ports(doorbells=(caller_bell, server_bell))
+    caller, server, _, shared = next(ports)
+    n = 12  # replies of 900 bytes: three rings' worth (4096 bytes, 4 records each)
+    for req_id in range(1, n + 1):
+        assert caller.send(abi.Op.ENDPOINT_CALL, req_id, b"q") == OK
+    got: list = []
+    assert server.recv_many(got, n) == n
+    for i, m in enumerate(got, 1):
+        m.reply(bytes([i]) * 900)  # none raises
+    assert _room_flag(shared) == 1  # the server asks to hear of room
+    taken = []
+    for req_id in range(1, n + 1):
+        while (reply := caller.take_reply(req_id)) is None:
+            assert os.eventfd_read(server_bell) >= 1  # the caller rang: it made room
+            assert server.recv_many([], 1) == 0  # the server's next read writes what fits
+        taken.append(reply)
+    assert taken == [bytes([i]) * 900 for i in range(1, n + 1)]
+    assert _room_flag(shared) == 0
+    got.clear()
+    next(ports, None)
+    os.close(caller_bell)
+    os.close(server_bell)
+
+
+def _fill_replies(server, shared, first: int) -> int:
+    """Reply to calls first, first + 1, ... (header only) until one is kept back
+    for want of room; returns the next id."""
+    req_id = first
+    while _room_flag(shared) == 0:
+        assert server.send(abi.Op.ENDPOINT_REPLY, req_id, b"") == OK
+        req_id += 1
+    return req_id
+
+
+def test_a_call_dropped_while_the_callers_ring_is_full_is_answered_dropped_later(ports):
+    from kernel._core.port import DROPPED
+
+    caller, server, _, shared = ports
+    msg = _called(caller, server, 1)
+    _fill_replies(server, shared, 100)
+    del msg  # dropped unanswered: its "dropped" record waits for room
+    assert caller.take_reply(1) is None  # takes (and discards) the others: room
+    assert server.recv_many([], 1) == 0
+    assert caller.take_reply(1) == DROPPED
+
+
+def test_a_server_keeps_back_no_more_replies_than_a_caller_has_calls(ports):
+    """A caller that never drains (or forges calls) cannot grow the server's memory
+    without bound: past MAX_TRACKED_CALLS kept replies, a reply fails uncommitted,
+    so its caller's deadline ends the call cleanly."""
+    caller, server, _, shared = ports
+    msg = _called(caller, server, 1)
+    after = _fill_replies(server, shared, 1000)  # the last one was kept
+    for req_id in range(after, after + abi.MAX_TRACKED_CALLS - 1):
+        assert server.send(abi.Op.ENDPOINT_REPLY, req_id, b"") == OK  # kept
+    assert server.send(abi.Op.ENDPOINT_REPLY, 5000, b"") == FULL
+    with pytest.raises(kernel.PeerClosedError, match="does not drain its ring"):
+        msg.reply(b"answer")
+    assert _word(shared, 1) != 1 | ANSWERED  # not committed (it holds a filler's id)
+    assert caller.withdraw(1) is True  # the caller's timeout is the call's end
+
+
 def test_a_call_not_written_for_a_full_ring_is_tracked_when_sent_again(ports):
     caller, server, _, _ = ports
     while caller.send(abi.Op.ENDPOINT_SEND, 0, b"q") == OK:

@@ -2,8 +2,11 @@
 
 usage: session_peer.py MODE   (inherits `ep` to serve and `report` to tell the test)
   echo    accept every offer; serve each session in a thread: calls are echoed,
-          one-way sends counted; a call b"count" answers "<sends>:<crc32 of them>"
+          one-way sends counted; a call b"count" answers "<sends>:<crc32 of them>";
+          a call b"bulk <n> ..." answers itself padded with b"." to n bytes
   hold    like echo, but the first call is answered only after 1 s, with b"late"
+  group   like echo (calls only), but every session is a member of one
+          SessionGroup, served by one thread
   keep    accept every offer and keep the session open, serving nothing
   jitter  answer each call after a random 0-60 µs of busy work, counting the
           replies delivered and those refused because the caller gave up; a call
@@ -22,6 +25,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 
 import kernel
 
@@ -56,11 +60,33 @@ def serve(s: kernel.SessionServer, rep: kernel.EndpointCap, hold: bool) -> None:
                 time.sleep(1.0)
                 answer(m, b"late", rep)
             else:
-                answer(m, m.data, rep)
+                answer(m, echoed(m.data), rep)
     except kernel.IPCError as e:
         report(rep, event="ended", error=type(e).__name__, text=str(e), seen=sorted(seen))
     finally:
         s.close()
+
+
+def echoed(data: bytes) -> bytes:
+    if data.startswith(b"bulk "):
+        return data.ljust(int(data.split()[1]), b".")
+    return data
+
+
+def serve_group(group: kernel.SessionGroup, rep: kernel.EndpointCap) -> None:
+    while True:
+        for m in group.recv_many():
+            if m.is_call:
+                answer(m, echoed(m.data), rep)
+
+
+def ended(rep: kernel.EndpointCap) -> Callable[[kernel.SessionServer, Exception], None]:
+    """A SessionGroup's on_end: the end of each member, reported as serve() does."""
+
+    def on_end(s: kernel.SessionServer, e: Exception) -> None:
+        report(rep, event="ended", error=type(e).__name__, text=str(e), seen=[])
+
+    return on_end
 
 
 def serve_jitter(s: kernel.SessionServer) -> None:
@@ -93,6 +119,10 @@ def main() -> None:
     k = kernel.connect()
     ep, rep = k.inherited["ep"], k.inherited["report"]
     kept, threads = [], []
+    group = kernel.SessionGroup(on_end=ended(rep))
+    if mode == "group":
+        threads.append(threading.Thread(target=serve_group, args=(group, rep), daemon=True))
+        threads[-1].start()
     report(rep, event="ready")
     while True:
         try:
@@ -113,6 +143,9 @@ def main() -> None:
         if mode == "keep":
             kept.append(s)
             report(rep, event="accepted", n=len(kept))
+            continue
+        if mode == "group":
+            group.add(s)
             continue
         if mode == "jitter":
             threads.append(threading.Thread(target=serve_jitter, args=(s,), daemon=True))
