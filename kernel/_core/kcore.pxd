@@ -62,6 +62,7 @@ cdef class ProcCore:
     cdef public CapTable caps
     cdef public dict pending        # req_id -> Pending
     cdef public object overflow     # deque of completions waiting for CQ space
+    cdef public Py_ssize_t overflow_bytes   # their payloads' bytes
     cdef public bint alive
     cdef public bint dirty          # completions posted since the last doorbell check
     cdef public object doomed       # reason to disconnect, or None

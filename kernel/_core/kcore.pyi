@@ -88,6 +88,7 @@ class ProcCore:
     caps: CapTable
     pending: dict[int, Pending]
     overflow: deque[tuple[Any, ...]]
+    overflow_bytes: int
     alive: bool
     dirty: bool
     doomed: str | None

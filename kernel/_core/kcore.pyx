@@ -54,6 +54,7 @@ cdef enum:
     BATCH = 64            # records taken from one ring before the next process's turn
     MAX_PENDING = 4096    # operations one process may have waiting in the kernel
     MAX_OVERFLOW = 16384  # completions held for a process whose CQ is full
+    MAX_OVERFLOW_BYTES = 64 << 20   # and their payloads: 64 times its ring
 
 cdef enum:
     ST_OK = 0
@@ -337,10 +338,13 @@ cdef class ProcCore:
             cbuf[i] = slots[i]
         if not self.overflow and self.cq._write(&h, cbuf, payload, n) == 1:
             return 0
-        if len(self.overflow) >= MAX_OVERFLOW:
+        if len(self.overflow) >= MAX_OVERFLOW or self.overflow_bytes + n > MAX_OVERFLOW_BYTES:
             # Raising here would blame whichever process we were serving; mark instead.
+            # Counting payload bytes too: 16384 messages of 256 KiB held for a process
+            # that never reads them was 4 GiB of the kernel's memory.
             self.doomed = "it does not drain its completion ring"
             return 0
+        self.overflow_bytes += n
         self.overflow.append((opcode, req_id, status, slot, arg,
                               PyBytes_FromStringAndSize(payload, n),
                               tuple(slots) if ncaps else (), badge, h.pid, h.uid, h.gid, kinds,

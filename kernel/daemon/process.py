@@ -45,7 +45,7 @@ class Proc(ProcCore):
         """Move held completions into the ring; True if any moved."""
         moved = False
         while self.overflow and self.cq.complete(*self.overflow[0]):
-            self.overflow.popleft()
+            self.overflow_bytes -= len(self.overflow.popleft()[5])  # its payload
             moved = True
         return moved
 

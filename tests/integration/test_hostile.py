@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from peerlib import PEERS, spawned
@@ -104,6 +105,26 @@ def test_a_client_that_never_drains_its_completions_is_disconnected(kernel_daemo
     assert (
         f"(pid {pid}): it does not drain its completion ring; disconnecting" in kernel_daemon.log()
     )
+
+
+def test_big_messages_a_client_never_reads_cost_the_kernel_bounded_memory(kernel_daemon):
+    """The kernel holds completions for a process whose ring is full, up to a bound
+    in count and in bytes; a process that never reads its 256 KiB messages is
+    disconnected after 64 MiB of them, not after 4 GiB."""
+    with echo_service():
+        before = _peak_rss_mib(kernel_daemon.pid)
+        [(code, out, err, pid)] = run_hostile("no_drain_big")
+        grown = _peak_rss_mib(kernel_daemon.pid) - before
+    assert grown < 256, f"the kernel grew by {grown} MiB"
+    assert code == 0, (out, err)
+    assert f"(pid {pid}): it does not drain its completion ring" in kernel_daemon.log()
+
+
+def _peak_rss_mib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmHWM")
 
 
 def test_submitting_to_a_full_ring_after_the_kernel_gave_up_raises_peer_closed(kernel_daemon):

@@ -12,6 +12,8 @@ usage: hostile.py KIND
               until the kernel closes the socket
   no_drain_forever  submit 200000 polls through Connection.submit and never read a
               completion: the kernel gives up on us long before the last one
+  no_drain_big  send itself messages of MAX_PAYLOAD bytes (a receive posted, then a
+              send, straight into the ring) and never read a completion
 
 Prints "ready" once connected (so that the test can check other clients), then does
 the damage, waits until the kernel closes the socket, and checks that the next
@@ -99,6 +101,17 @@ def damage(k: kernel.Kernel, kind: str) -> None:
             if conn.sq.peer_waiting():
                 os.eventfd_write(conn.sq_efd, 1)
         conn.check_socket()  # EOF: the library marks the connection lost
+    elif kind == "no_drain_big":
+        ep, big, req_id, n = k.endpoint(), b"x" * abi.MAX_PAYLOAD, 1 << 40, 0
+        while not select.select([conn.sock], [], [], 0)[0]:
+            op, data = (Op.ENDPOINT_SEND, big) if n % 2 else (Op.ENDPOINT_RECV, b"")
+            if conn.sq.submit(op, req_id + n, ep.slot, -1, 0, data):
+                n += 1
+            else:
+                select.select([conn.sock], [], [], 0.001)
+            if conn.sq.peer_waiting():
+                os.eventfd_write(conn.sq_efd, 1)
+        conn.check_socket()
     elif kind == "no_drain_forever":
         # The library's own submit path, which waits for ring space as the kernel drains.
         for _ in range(200_000):
