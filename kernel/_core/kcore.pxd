@@ -50,6 +50,7 @@ cdef class Pending:
     cdef public bint grant          # the sender's endpoint cap had GRANT (replies may carry caps)
     cdef public Capability cap      # the capability the op waits through
     cdef public uint64_t msg_flags  # a kernel message's extra flags (MSG_SESSION_OFFER)
+    cdef public Py_ssize_t held     # payload bytes counted in proc.held_bytes (a stored send)
     cpdef enqueue(self, object queue)
     cpdef dequeue(self)
     cpdef finish(self)
@@ -63,6 +64,7 @@ cdef class ProcCore:
     cdef public dict pending        # req_id -> Pending
     cdef public object overflow     # deque of completions waiting for CQ space
     cdef public Py_ssize_t overflow_bytes   # their payloads' bytes
+    cdef public Py_ssize_t held_bytes       # payloads of its sends waiting for receivers
     cdef public bint alive
     cdef public bint dirty          # completions posted since the last doorbell check
     cdef public object doomed       # reason to disconnect, or None

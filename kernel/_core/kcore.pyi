@@ -70,6 +70,7 @@ class Pending:
     grant: bool
     cap: Capability | None
     msg_flags: int
+    held: int
     def __init__(
         self, proc: ProcCore, req_id: int, op: int, deadline: int, slot: int = 0
     ) -> None: ...
@@ -89,6 +90,7 @@ class ProcCore:
     pending: dict[int, Pending]
     overflow: deque[tuple[Any, ...]]
     overflow_bytes: int
+    held_bytes: int
     alive: bool
     dirty: bool
     doomed: str | None

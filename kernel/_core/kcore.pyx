@@ -55,6 +55,7 @@ cdef enum:
     MAX_PENDING = 4096    # operations one process may have waiting in the kernel
     MAX_OVERFLOW = 16384  # completions held for a process whose CQ is full
     MAX_OVERFLOW_BYTES = 64 << 20   # and their payloads: 64 times its ring
+    MAX_HELD_BYTES = 64 << 20       # payloads of one process's sends waiting for receivers
 
 cdef enum:
     ST_OK = 0
@@ -244,6 +245,9 @@ cdef class Pending:
         """
         self.dequeue()
         self.phase = DONE
+        if self.held:   # the payload itself stays: a delivered send is posted after this
+            self.proc.held_bytes -= self.held
+            self.held = 0
         if self.transfers is not None:
             for cap, made in self.transfers:
                 if made is None:
@@ -253,6 +257,20 @@ cdef class Pending:
             self.transfers = None
         if self.proc.pending.get(self.req_id) is self:
             del self.proc.pending[self.req_id]
+
+
+cdef int _hold(ProcCore proc, Pending op) except -1:
+    """Count a send's stored payload against its process: the kernel keeps it until
+    a receiver comes, so without a bound 4096 waiting sends of 256 KiB each held
+    1 GiB of the kernel's memory for one process."""
+    cdef Py_ssize_t n = len(op.payload)
+    if proc.held_bytes + n > MAX_HELD_BYTES:
+        raise OpError(Status.NO_RESOURCES,
+                      f"more than {MAX_HELD_BYTES >> 20} MiB of this process's messages "
+                      "wait in the kernel for receivers")
+    proc.held_bytes += n
+    op.held = n
+    return 0
 
 
 cdef Pending _new_pending(ProcCore proc, Header h):
@@ -812,6 +830,7 @@ cdef class Core:
             raise OpError(Status.TIMED_OUT, "no receiver was waiting on the endpoint")
         else:
             op.payload = proc.sq.payload(h)
+            _hold(proc, op)
             op.badge = cap.badge
             op.cap = cap
             if transfers is not None:   # moves locked until a receiver takes it; copies made

@@ -7,7 +7,9 @@ and keep serving everyone else throughout.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import subprocess
@@ -118,6 +120,28 @@ def test_big_messages_a_client_never_reads_cost_the_kernel_bounded_memory(kernel
     assert grown < 256, f"the kernel grew by {grown} MiB"
     assert code == 0, (out, err)
     assert f"(pid {pid}): it does not drain its completion ring" in kernel_daemon.log()
+
+
+async def test_sends_waiting_for_receivers_hold_bounded_kernel_memory(kernel_daemon):
+    """The kernel keeps a waiting send's payload until a receiver comes. Past 64 MiB
+    of them for one process a send fails with ResourceLimitError (1000 sends of
+    256 KiB held 250 MiB, and 4096 would hold 1 GiB); a send that ends (here,
+    cancelled) gives its bytes back."""
+    big, n = b"x" * kernel.MAX_PAYLOAD, 1000
+    fit = (64 << 20) // kernel.MAX_PAYLOAD
+    before = _peak_rss_mib(kernel_daemon.pid)
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        for _ in range(2):  # the second round: the first one's bytes were given back
+            sends = [asyncio.ensure_future(ep.send(big, timeout=None)) for _ in range(n)]
+            for refused in itertools.islice(asyncio.as_completed(sends, timeout=30), n - fit):
+                with pytest.raises(kernel.ResourceLimitError, match="64 MiB"):
+                    await refused
+            assert sum(s.done() for s in sends) == n - fit  # the others wait
+            for s in sends:
+                s.cancel()
+            await asyncio.gather(*sends, return_exceptions=True)
+    assert _peak_rss_mib(kernel_daemon.pid) - before < 160
 
 
 def _peak_rss_mib(pid: int) -> int:
