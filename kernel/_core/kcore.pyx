@@ -895,7 +895,8 @@ cdef class Core:
         """Send a message from the kernel itself on `ep` (e.g. a monitored process
         exited): the receiver sees MSG_FROM_KERNEL, sender pid 0 and `badge`. It waits
         for a receiver like any send, without a deadline. `flags` adds to its `arg`
-        (MSG_SESSION_OFFER)."""
+        (MSG_SESSION_OFFER). Returns the stored message while it waits (its
+        dequeue() withdraws it), or None if a receiver took it at once."""
         cdef Pending rx = _pop_live(ep.receivers, True)
         cdef Pending tx
         if rx is not None:
@@ -903,7 +904,7 @@ cdef class Core:
             rx.proc.post(rx.op, rx.req_id, ST_OK, 0, MSG_FROM_KERNEL | flags,
                          PyBytes_AS_STRING(payload),
                          PyBytes_GET_SIZE(payload), badge, _KERNEL)
-            return
+            return None
         tx = Pending.__new__(Pending)
         tx.proc = _KERNEL
         tx.op = OP_SEND
@@ -914,6 +915,7 @@ cdef class Core:
         tx.phase = WAITING
         tx.queue = ep.senders   # not in any process's pending table: nobody can cancel it
         ep.senders.append(tx)
+        return tx
 
     cdef Capability _decode_reply(self, ProcCore proc, Header h, uint64_t reply_slot):
         return self._decode_message(proc, h, reply_slot, KIND_REPLY, R_SEND)

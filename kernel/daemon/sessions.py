@@ -57,6 +57,7 @@ class Session:
         self.words: list[tuple[Proc, int]] = []  # (side, its state word) while held
         # (a list, not a dict by process: both ends may be in one process)
         self.opening: deque[Pending] = deque()  # the caller's ENDPOINT_SESSION_OPEN
+        self.offer: Pending | None = None  # the kernel's offer while no server took it
         self.efds: tuple[int, int] | None = None  # (caller's doorbell, server's)
         self.ended = 0  # the Status it ended with
 
@@ -95,7 +96,9 @@ class SessionTable:
         self.k.timers.arm(op)
         offer = abi.SessionOffer(sess.sid, proc.pid, proc.uid, proc.gid, proc.ident)
         assert isinstance(sess.ep, Endpoint)
-        self.k.kernel_send(sess.ep, cap.badge, abi.encode_struct(offer), abi.MSG_SESSION_OFFER)
+        sess.offer = self.k.kernel_send(
+            sess.ep, cap.badge, abi.encode_struct(offer), abi.MSG_SESSION_OFFER
+        )
 
     def _opening(self, proc: Proc) -> int:
         return sum(1 for s in self.by_sid.values() if s.client is proc and s.opening)
@@ -217,6 +220,9 @@ class SessionTable:
 
     def _forget(self, sess: Session) -> None:
         self.by_sid.pop(sess.sid, None)
+        if sess.offer is not None:  # a caller that gave up leaves no offer queued: a
+            sess.offer.dequeue()  # loop of short opens once grew the kernel without end
+            sess.offer = None
         for cap in sess.caps:
             if cap.holder is sess:  # not revoked: revoke() released those itself
                 cap.holder = None

@@ -241,6 +241,8 @@ class KernelState(Core):
                 what = "a capability it carried" if carried else "the capability it waited through"
                 op.finish()
                 proc.complete(op.op, op.req_id, Status.BAD_SLOT, payload=f"{what} {why}".encode())
+                if op.op == abi.Op.ENDPOINT_SESSION_OPEN:
+                    self.sessions.opening_ended(op)
 
     def _fail_unanswered_calls(self, server: Proc) -> None:
         for cap in server.caps:

@@ -276,14 +276,42 @@ def test_a_forged_answer_mark_holds_a_timed_out_call_only_briefly(kernel_daemon)
             _still_serves(s, server)
 
 
-def test_an_offer_nobody_accepts_times_out_and_a_late_accept_is_refused(kernel_daemon):
+def test_an_offer_nobody_takes_times_out_and_is_withdrawn(kernel_daemon):
+    """A caller that gives up takes its offer back: a server that comes later finds
+    none. (Each timed-out open once left its offer queued in the kernel, so a loop
+    of short opens grew the kernel without bound, and a server found them all.)"""
     with kernel.connect(autostart=False) as k:
-        ep, _rep = k.endpoint(), k.endpoint()
-        with pytest.raises(kernel.CallTimeoutError, match="no server accepted"):
-            ep.session(timeout=0.2)
-        offer = ep.recv(timeout=5)
+        ep = k.endpoint()
+        for _ in range(50):
+            with pytest.raises(kernel.CallTimeoutError, match="no server accepted"):
+                ep.session(timeout=0.002)
+        with pytest.raises(kernel.CallTimeoutError):
+            ep.recv(timeout=0.2)
+
+
+def test_an_open_failed_by_revocation_withdraws_its_offer(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        parent = ep.mint(Rights.SEND | Rights.COPY | Rights.MANAGE, badge=3)
+        child = parent.copy(Rights.SEND)
+        opener, raised = raising_in_thread(lambda: child.session(timeout=30))
+        time.sleep(0.2)  # the offer waits on `ep`
+        parent.revoke()
+        opener.join(10)
+        assert [type(e) for e in raised] == [kernel.InvalidCapabilityError]
+        with pytest.raises(kernel.CallTimeoutError):
+            ep.recv(timeout=0.2)
+
+
+def test_an_offer_accepted_after_its_caller_gave_up_is_refused(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        opener, raised = raising_in_thread(lambda: ep.session(timeout=0.5))
+        offer = ep.recv(timeout=5)  # taken while the caller still waits
         assert offer.session_offer
         assert offer.from_kernel
+        opener.join(10)
+        assert [type(e) for e in raised] == [kernel.CallTimeoutError]
         with pytest.raises(kernel.PeerClosedError, match="gave up"):
             ep.accept_session(offer)
         with pytest.raises(TypeError):
