@@ -42,6 +42,10 @@ NAMES_RESTARTS = 5
 NAMES_RESTART_WINDOW_S = 60.0
 NAMES_START_TIMEOUT_S = 10.0
 NAMES_START_POLL_S = 0.1  # how often a starting name server is checked until it connects
+ACCEPT_PAUSE_S = 0.1
+"""How long the kernel stops accepting after accept() failed for want of descriptors
+or memory: the listener stays readable, so retrying at once spun a core and
+logged a traceback per try until a descriptor was free."""
 
 
 class Daemon:
@@ -65,6 +69,7 @@ class Daemon:
         self._next_ident = 1
         self._wake_handle: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
+        self._accept_failing = False  # accept() failed last time: logged once, paused
         self._idle_since = time.monotonic()
         self.loop = asyncio.get_running_loop()  # built inside the serving coroutine
 
@@ -138,8 +143,24 @@ class Daemon:
             conn, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        except OSError as e:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: wait for the resource
+            if not self._accept_failing:
+                log.warning(
+                    "cannot accept processes (%s): retrying every %.1f s", e, ACCEPT_PAUSE_S
+                )
+            self._accept_failing = True
+            self.loop.remove_reader(self.listener.fileno())
+            self.loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
+            return
+        if self._accept_failing:
+            log.warning("accepting processes again")
+            self._accept_failing = False
         conn.setblocking(False)
         self.loop.create_task(self._bootstrap(conn))
+
+    def _resume_accepting(self) -> None:
+        if not self._stop.is_set() and self.listener.fileno() >= 0:
+            self.loop.add_reader(self.listener.fileno(), self._accept)
 
     async def _bootstrap(self, conn: socket.socket) -> None:
         try:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -142,6 +143,52 @@ async def test_sends_waiting_for_receivers_hold_bounded_kernel_memory(kernel_dae
                 s.cancel()
             await asyncio.gather(*sends, return_exceptions=True)
     assert _peak_rss_mib(kernel_daemon.pid) - before < 160
+
+
+def test_a_kernel_out_of_descriptors_pauses_accepting_instead_of_spinning(kernel_daemon):
+    """accept() failing for want of descriptors left the listener readable: the
+    kernel retried at once, a core at 100% and a traceback logged per try, until a
+    descriptor was free. Now it pauses, says so once, and accepts again later."""
+    pid = kernel_daemon.pid
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    held: list[kernel.Kernel] = []
+    waiting: list[socket.socket] = []
+    try:
+        resource.prlimit(
+            pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 8, limits[1])
+        )
+        assert "Too many open files" in str(_connect_until_refused(held))
+        for _ in range(3):  # connections the kernel cannot even accept
+            waiting.append(socket.socket(socket.AF_UNIX))
+            waiting[-1].connect(kernel_daemon.path)
+        before = _cpu_seconds(pid)
+        time.sleep(1.0)
+        assert _cpu_seconds(pid) - before < 0.2
+    finally:
+        for c in held:
+            c.close()
+        for s in waiting:
+            s.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    with kernel.connect(autostart=False) as k:  # accepted again
+        k.notification()
+    log = kernel_daemon.log()
+    assert log.count("cannot accept processes ([Errno 24] Too many open files)") == 1
+    assert "Exception in callback" not in log
+
+
+def _connect_until_refused(held: list[kernel.Kernel]) -> kernel.IPCError:
+    for _ in range(8):  # each connection takes the kernel 4 descriptors
+        try:
+            held.append(kernel.connect(autostart=False))
+        except kernel.IPCError as e:
+            return e
+    raise AssertionError("the kernel had descriptors for 8 more connections")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mib(pid: int) -> int:
