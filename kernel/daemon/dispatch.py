@@ -8,7 +8,6 @@ completion, and only a broken ring format disconnects a process.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 
 import msgspec
@@ -31,7 +30,7 @@ from .objects import Endpoint, Notification, OpError, Reply
 from .pending import Pending
 from .process import Proc
 from .sessions import HANDLERS as SESSION_HANDLERS
-from .state import Bundle, KernelState
+from .state import KernelState
 
 Handler = Callable[[KernelState, Proc, Header], None]
 
@@ -179,13 +178,13 @@ def _inherit_create(k: KernelState, proc: Proc, h: Header) -> None:
     if any(not 0 < len(n) <= 256 for n in names):
         raise OpError(Status.INVALID_ARGS, "names must have 1 to 256 characters")
     caps = [_inheritable(k, proc, s) for s in slots]
+    k.check_bundle_room(proc)
     copies: dict[str, Capability] = {}
     for name, cap in zip(names, caps, strict=True):
         # A child of the parent's capability: revoking that reaches into the child.
         copies[name] = derive(cap, cap.rights, cap.badge)
         cap.obj.refs += 1
-    token = secrets.token_hex(16)
-    k.bundles[token] = Bundle(proc, copies)
+    token = k.add_bundle(proc, copies)
     proc.complete(h.opcode, h.req_id, Status.OK, payload=token.encode())
 
 

@@ -29,6 +29,7 @@ class Proc(ProcCore):
         self.dirty = False
         self.doomed = None
         self.claimed_token: str | None = None
+        self.bundles = 0  # inherit bundles it owns (spawns not waited for): MAX_BUNDLES
         self.names_slot = 0
         self.monitors: list[tuple[Endpoint, int]] = []  # (endpoint, badge) to tell at exit
         self.memfd, self.mm = _make_region()

@@ -26,6 +26,9 @@ log = logging.getLogger("mkipc.kernel")
 
 MAX_MONITORS = 4096
 """Exit notices one process can have pending for others (CALLER_MONITOR)."""
+MAX_BUNDLES = 4096
+"""Spawns (inherit bundles) one process may have that it has not waited for: each
+stays in the kernel until Process.wait() (or the parent's end), as a zombie does."""
 
 _EXPIRED_REASON: dict[int, str] = {
     abi.Op.ENDPOINT_SEND: "no receiver took the message before the deadline",
@@ -166,8 +169,24 @@ class KernelState(Core):
         proc.claimed_token = token
         return out
 
+    def check_bundle_room(self, owner: Proc) -> None:
+        if owner.bundles >= MAX_BUNDLES:
+            raise OpError(
+                Status.NO_RESOURCES,
+                f"{MAX_BUNDLES} spawned processes not waited for: wait() for those that ended",
+            )
+
+    def add_bundle(self, owner: Proc, caps: dict[str, Capability]) -> str:
+        """Set `caps` aside for the connection that claims the returned token."""
+        token = secrets.token_hex(16)
+        self.bundles[token] = Bundle(owner, caps)
+        owner.bundles += 1
+        return token
+
     def drop_bundle(self, token: str) -> None:
         bundle = self.bundles.pop(token)
+        if bundle.owner is not None:
+            bundle.owner.bundles -= 1
         for cap in bundle.caps.values():
             unlink(cap)
             self.release(cap.obj)

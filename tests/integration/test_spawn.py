@@ -153,3 +153,17 @@ async def test_spawn_and_wait_on_the_async_face(kernel_daemon):
             await child.wait(timeout=10)
     assert report["inherited"] == {"ep": "EndpointCap", "n": "NotificationCap"}
     assert report["pid"] == child.pid
+
+
+def test_spawns_not_waited_for_are_bounded_as_zombies_are(kernel_daemon):
+    """Each spawn keeps a record in the kernel until Process.wait() (or the parent's
+    end): past MAX_BUNDLES a spawn fails with ResourceLimitError instead of growing
+    the kernel without bound, and starts nothing; a wait makes room again."""
+    from kernel.daemon.state import MAX_BUNDLES
+
+    with kernel.connect(autostart=False) as k:
+        tokens = [k._bundle({}, "set aside") for _ in range(MAX_BUNDLES)]
+        with pytest.raises(kernel.ResourceLimitError, match="not waited for"):
+            k.spawn([sys.executable, "-c", "raise SystemExit(3)"])
+        k._drop_bundle(tokens.pop(), "wait")  # what Process.wait() does once it ended
+        assert k.spawn([sys.executable, "-c", "raise SystemExit(3)"]).wait(timeout=30) == 3
