@@ -150,9 +150,17 @@ class ServiceClient(ServiceCaller):
 
 
 class AsyncServiceClient:
-    """Calls a Service from asyncio code; many calls may be in flight."""
+    """Calls a Service from asyncio code; many calls may be in flight.
 
-    __slots__ = ("cap", "_what", "_use_session", "_session", "_busy")
+    The first call opens a direct session to the service; from then on every call
+    rides it, any number in flight at once. The service loses no concurrency: its
+    asyncio face runs a task per request, and its worker threads share the requests
+    one of them takes off the rings (a handler that blocks hands the polling to
+    another worker after about 1 ms). Calls made while the session opens, and all
+    calls with `session=False` or once the service declined one, go through the
+    kernel."""
+
+    __slots__ = ("cap", "_what", "_use_session", "_session", "_opening")
 
     def __init__(
         self, cap: AsyncEndpointCap, *, name: str | None = None, session: bool = True
@@ -161,7 +169,7 @@ class AsyncServiceClient:
         self._what = f"service {name!r}" if name else f"service at slot {cap.slot:#x}"
         self._use_session = session
         self._session: AsyncSession | None = None
-        self._busy = False  # a call is on the session (the others go through the kernel)
+        self._opening = False  # a call is opening the session: the others take the kernel
 
     @classmethod
     async def lookup(
@@ -179,28 +187,24 @@ class AsyncServiceClient:
     async def call(
         self, request: msgspec.Struct, *, timeout: float | None = None, type: Any = Any
     ) -> Any:
-        """See ServiceClient.call: one call at a time on the session, the calls made
-        meanwhile through the kernel (to the service's other workers)."""
+        """See ServiceClient.call."""
         data = _encoder.encode(request)
-        if not self._use_session or self._busy:
+        session = self._session
+        if session is None and self._use_session and not self._opening:
+            session = await self._open(timeout)
+        if session is None:
             return result((await self.cap.call(data, timeout=timeout)).data, type, self._what)
-        self._busy = True
-        try:
-            session = self._session or await self._open(timeout)
-            if session is None:
-                reply = (await self.cap.call(data, timeout=timeout)).data
-            else:
-                reply = (await session.call(data, timeout=timeout)).data
-        finally:
-            self._busy = False
-        return result(reply, type, self._what)
+        return result((await session.call(data, timeout=timeout)).data, type, self._what)
 
     async def _open(self, timeout: float | None) -> AsyncSession | None:
         """See ServiceClient._open."""
+        self._opening = True
         try:
             self._session = await self.cap.session(timeout=timeout)
         except ResourceLimitError:
             self._use_session = False
+        finally:
+            self._opening = False
         return self._session
 
     async def close(self) -> None:

@@ -93,15 +93,19 @@ def test_a_session_send_stuck_on_a_full_ring_is_aborted() -> None:
     assert mechanism.peer_pids() == []
 
 
-@pytest.mark.parametrize("row", ["mkipc.call.async64", "mkipc.session.async64"])
+@pytest.mark.parametrize(
+    "row", ["mkipc.call.async64", "mkipc.session.async64", "mkipc.service.async64"]
+)
 def test_the_asyncio_row_makes_every_call_of_every_burst(row: str) -> None:
     from kernel.bench.mechanisms.mkipc_async import BURST, MkipcAsyncInFlight
+    from kernel.bench.mechanisms.mkipc_service import MkipcServiceAsync64
     from kernel.bench.mechanisms.mkipc_session import MkipcSessionAsyncInFlight
 
     config = BenchConfig(payload_sizes=(64,), runs=2, roundtrips=BURST * 12, warmup=BURST)
     rows = {
         "mkipc.call.async64": MkipcAsyncInFlight,
         "mkipc.session.async64": MkipcSessionAsyncInFlight,
+        "mkipc.service.async64": MkipcServiceAsync64,
     }
     mechanism = rows[row]()
     cell = run_bench([mechanism], config).cell(mechanism.name, 64)

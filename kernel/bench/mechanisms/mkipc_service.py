@@ -3,7 +3,10 @@
 The peer runs a Service with one or four worker threads; the client calls it with a
 ServiceClient found through the name server. The payload rides in the request as
 bytes. Four workers on one connection measure the hand-off between threads that
-share a connection's rings.
+share a connection's rings. ``mkipc.service.async64`` calls the one-worker service
+from 64 asyncio tasks through an AsyncServiceClient (a throughput row, as
+``mkipc.call.async64``): one call at a time rides its session, the others go
+through the kernel.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import msgspec
 
 import kernel
 from kernel.bench.mechanisms import make_payload, register
+from kernel.bench.mechanisms.mkipc_async import BURST, burst_in_flight
 from kernel.bench.mechanisms.mkipc_call import _START_TIMEOUT_S, MkipcCall, serve_role
 
 _NAME = "bench.service"
@@ -61,6 +65,40 @@ class MkipcService4(_Service):
     name = "mkipc.service.4workers"
     peer_role = "service4"
     workers = 4
+
+
+@register
+class MkipcServiceAsync64(_Service):
+    name = "mkipc.service.async64"
+    peer_role = "service1"
+    batch = BURST  # a throughput row: calls per second
+
+    def setup(self, payload_size: int) -> None:
+        super().setup(payload_size)
+        import uvloop
+
+        self._loop = uvloop.new_event_loop()
+        self._aclient = self._loop.run_until_complete(self._lookup())
+
+    async def _lookup(self) -> kernel.AsyncServiceClient:
+        assert self._kernel is not None
+        self._ak = kernel.connect_async(self._kernel.path, autostart=False)
+        await self._ak.open()
+        client = await kernel.AsyncServiceClient.lookup(self._ak, _NAME, timeout=_START_TIMEOUT_S)
+        await client.call(self._request, timeout=_START_TIMEOUT_S)  # its session is open
+        return client
+
+    def roundtrip(self) -> None:
+        call = self._aclient.call
+        self._loop.run_until_complete(burst_in_flight(lambda _: call(self._request), b""))
+
+    def teardown(self) -> None:
+        loop = self.__dict__.pop("_loop", None)
+        if loop is not None:
+            loop.run_until_complete(self._aclient.close())
+            self._ak.close()
+            loop.close()
+        super().teardown()
 
 
 def _serve(workers: int) -> None:
