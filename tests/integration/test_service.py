@@ -179,6 +179,24 @@ def test_bad_requests_get_clear_errors_and_the_service_keeps_serving(kernel_daem
 
 
 @pytest.mark.parametrize("face", FACES)
+async def test_results_small_and_large_decode_on_both_clients(kernel_daemon, tmp_path, face):
+    """A reply is decoded from a copy past its status byte when small, from a view
+    when large (faces.pyx _body): both sides of the 4096-byte line, both clients."""
+    sizes = [0, 4090, 4094, 100_000]  # a 4090-character str replies in 4094 bytes
+    with service(tmp_path, "t.sizes", face):
+        with kernel.connect(autostart=False) as k:
+            svc = kernel.ServiceClient.lookup(k, "t.sizes", timeout=10.0)
+            assert [svc.call(Big(n), timeout=5.0) for n in sizes] == ["x" * n for n in sizes]
+            assert svc._session is not None  # they came over the session
+            svc.close()
+        async with kernel.connect_async(autostart=False) as ak:
+            asvc = await kernel.AsyncServiceClient.lookup(ak, "t.sizes", timeout=10.0)
+            got = [await asvc.call(Big(n), timeout=5.0) for n in sizes]
+            assert got == ["x" * n for n in sizes]
+            await asvc.close()
+
+
+@pytest.mark.parametrize("face", FACES)
 async def test_workers_serve_concurrently(kernel_daemon, tmp_path, face):
     workers = 3
     with service(tmp_path, "t.workers", face, workers):
