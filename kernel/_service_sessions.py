@@ -19,6 +19,7 @@ from typing import Any
 from . import abi
 from ._core.serve import Answerer, SessionAnswers, Slots
 from ._session_workers import GroupWorkers
+from .client._session import awrite_kept
 from .client.aio import AsyncEndpointCap
 from .client.aio_session import AsyncSessionServer
 from .client.session import SessionServer
@@ -118,7 +119,7 @@ class SessionPool:
                 t.join(max(0.0, deadline - time.monotonic()))
             if any(t.is_alive() for t in workers.threads):
                 log.warning("%s: a session handler is still busy; ending the sessions", self.name)
-        self._group.close()
+        self._group.close(linger=max(0.0, deadline - time.monotonic()))
 
 
 def _close_quietly(srv: SessionServer, name: str) -> None:
@@ -193,6 +194,7 @@ class AsyncSessionPool:
                 t.cancel()
             if late:
                 await asyncio.wait(late)
+        await awrite_kept([srv._end for srv in self._live], deadline)
         for srv in list(self._live):
             try:
                 await srv.close()

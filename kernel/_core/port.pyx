@@ -275,6 +275,14 @@ cdef class SessionPort:
             mk_store_u32(self.room_p, 0)
         return 0
 
+    def flush_kept(self):
+        """Server: write what fits of the replies kept for the caller's full ring;
+        return how many are still kept (0: none)."""
+        if self.overflow is None:
+            return 0
+        self._flush()
+        return len(self.overflow) if self.overflow is not None else 0
+
     cdef void _room_bell(self) noexcept:
         """Caller, after taking records: ring the server if it keeps replies back."""
         cdef uint64_t one = 1

@@ -11,9 +11,11 @@ for requests, ENDPOINT_REPLY for replies, `req_id` chosen by the caller.
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .. import abi
@@ -109,6 +111,14 @@ class SessionEnd:
         self.closed = False  # unmapped
 
     # ------------------------------------------------------------ state
+
+    def kept(self) -> int:
+        """Replies kept for the caller's full ring, after writing what fits now (a
+        server that closes gracefully lets them out first: write_kept)."""
+        try:
+            return int(self.port.flush_kept())
+        except ValueError:  # released: this side closed it
+            return 0
 
     def check(self) -> None:
         """Raise if the session ended (the kernel's word) or this side closed it."""
@@ -256,6 +266,24 @@ class SessionView:
     @property
     def closed(self) -> bool:
         return self._end.closed
+
+
+KEPT_POLL_S = 0.001
+"""How often a graceful close looks whether callers drained what was kept for them."""
+
+
+def write_kept(ends: Sequence[SessionEnd], deadline: float) -> None:
+    """Before a graceful close: until the monotonic `deadline`, write the replies
+    kept for callers' full rings as those callers drain them. (A reply the server
+    committed is the call's answer; closing first would drop it.)"""
+    while any([end.kept() for end in ends]) and time.monotonic() < deadline:
+        time.sleep(KEPT_POLL_S)
+
+
+async def awrite_kept(ends: Sequence[SessionEnd], deadline: float) -> None:
+    """write_kept() for the asyncio face. It polls: no event says "drained"."""
+    while any([end.kept() for end in ends]) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(KEPT_POLL_S)
 
 
 def deadline_passed(deadline: int) -> bool:

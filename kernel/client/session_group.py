@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from .._core.faces import WOKEN, GroupReceiver
 from .._core.port import SOCKET, SessionPort
 from ..errors import IPCError, PeerClosedError
-from ._session import SessionMessage
+from ._session import SessionMessage, write_kept
 from .session import SessionServer
 
 SPIN_NS = 200_000
@@ -79,10 +80,17 @@ class SessionGroup(GroupReceiver):
         if not self._closed:  # else its wake fd is gone: nobody waits
             os.eventfd_write(self._wake_efd, 1)
 
-    def close(self) -> None:
-        """Close every member (their callers get PeerClosedError) and the group."""
+    def close(self, linger: float = 0.0) -> None:
+        """Close every member (their callers get PeerClosedError) and the group.
+        With `linger`, first wait up to that many seconds while callers drain the
+        replies kept for their full rings (a graceful stop delivers what it
+        answered)."""
         if self._closed:
             return
+        if linger > 0:
+            with self._lock:
+                ends = [m._end for m in self._members + self._joining]
+            write_kept(ends, time.monotonic() + linger)
         self._closed = True
         os.eventfd_write(self._wake_efd, 1)
         with self._lock:

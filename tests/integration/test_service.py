@@ -197,6 +197,31 @@ async def test_results_small_and_large_decode_on_both_clients(kernel_daemon, tmp
 
 
 @pytest.mark.parametrize("face", FACES)
+async def test_a_graceful_stop_delivers_replies_kept_for_a_full_ring(kernel_daemon, tmp_path, face):
+    """16 results of 200 kB answered while the client's loop is busy: 5 fit in its
+    ring, the rest wait in the service. A SIGTERM then stops the service; before
+    it closes the session it lets them out as the client drains (it closed at once
+    and the client got PeerClosedError for 11 calls)."""
+    with service(tmp_path, "t.linger", face) as run:
+        async with kernel.connect_async(autostart=False) as k:
+            svc = await kernel.AsyncServiceClient.lookup(k, "t.linger", timeout=10.0)
+            assert await svc.call(Echo("open"), timeout=5.0) == "open"
+            calls = [asyncio.ensure_future(svc.call(Big(200_000), timeout=20.0)) for _ in range(16)]
+            await asyncio.sleep(0)  # each task wrote its request and waits
+            _hold_the_loop(0.3)  # the service answers meanwhile
+            os.kill(run.proc.pid, signal.SIGTERM)
+            _hold_the_loop(0.3)  # it is stopping, with the replies it kept
+            assert await asyncio.gather(*calls) == ["x" * 200_000] * 16
+            await svc.close()
+        assert run.proc.wait(15) == 0
+
+
+def _hold_the_loop(seconds: float) -> None:
+    """What a blocking step in an asyncio program does: its loop runs nothing."""
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("face", FACES)
 async def test_workers_serve_concurrently(kernel_daemon, tmp_path, face):
     workers = 3
     with service(tmp_path, "t.workers", face, workers):
