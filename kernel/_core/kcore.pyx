@@ -245,9 +245,7 @@ cdef class Pending:
         """
         self.dequeue()
         self.phase = DONE
-        if self.held:   # the payload itself stays: a delivered send is posted after this
-            self.proc.held_bytes -= self.held
-            self.held = 0
+        _unhold(self)   # the payload itself stays: a delivered send is posted after this
         if self.transfers is not None:
             for cap, made in self.transfers:
                 if made is None:
@@ -271,6 +269,13 @@ cdef int _hold(ProcCore proc, Pending op) except -1:
     proc.held_bytes += n
     op.held = n
     return 0
+
+
+cdef inline void _unhold(Pending op) noexcept:
+    """The kernel no longer waits to deliver `op`'s payload (delivered or ended)."""
+    if op.held:
+        op.proc.held_bytes -= op.held
+        op.held = 0
 
 
 cdef Pending _new_pending(ProcCore proc, Header h):
@@ -855,6 +860,7 @@ cdef class Core:
             tx.finish()
             tx.proc.post(tx.op, tx.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
         rx.finish()
+        _unhold(tx)   # a call stays pending for its reply, but it was delivered
         if moved is None:
             receiver.post(rx.op, rx.req_id, ST_OK, slot, _msg_flags(tx),
                           PyBytes_AS_STRING(tx.payload), PyBytes_GET_SIZE(tx.payload),

@@ -145,6 +145,24 @@ async def test_sends_waiting_for_receivers_hold_bounded_kernel_memory(kernel_dae
     assert _peak_rss_mib(kernel_daemon.pid) - before < 160
 
 
+async def test_a_delivered_call_no_longer_counts_against_the_held_bytes(kernel_daemon):
+    """A call's payload stops counting once a receiver took it, though the call
+    waits on for its reply: two rounds of 200 calls of 256 KiB (50 MiB each),
+    each stored, then received and left unanswered, all fit under 64 MiB."""
+    big = b"x" * kernel.MAX_PAYLOAD
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        calls, received = [], []
+        for _ in range(2):
+            calls += [asyncio.ensure_future(ep.call(big, timeout=None)) for _ in range(200)]
+            await asyncio.sleep(0.3)  # all stored in the kernel: nobody receives yet
+            received += [await ep.recv(timeout=5) for _ in range(200)]
+            assert not any(c.done() for c in calls)  # none refused; all wait for replies
+        for c in calls:
+            c.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+
+
 def test_a_kernel_out_of_descriptors_pauses_accepting_instead_of_spinning(kernel_daemon):
     """accept() failing for want of descriptors left the listener readable: the
     kernel retried at once, a core at 100% and a traceback logged per try, until a
