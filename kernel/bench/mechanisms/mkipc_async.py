@@ -13,10 +13,12 @@ the endpoint through the name server, as an application would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from array import array
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import kernel
 from kernel.bench.mechanisms import make_payload, register
@@ -30,6 +32,36 @@ from kernel.bench.mechanisms.mkipc_call import (
 IN_FLIGHT = 64
 BURST = 1024
 _NAME = "bench.async.echo"
+
+T = TypeVar("T")
+
+
+def open_in_loop(
+    path: str, opened: Callable[[kernel.AsyncKernel], Awaitable[T]]
+) -> tuple[asyncio.AbstractEventLoop, kernel.AsyncKernel, T]:
+    """An asyncio row's set-up: a uvloop loop, a connection to the row's private
+    kernel at `path`, and what `opened(k)` returns there (what the row calls)."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    ak = kernel.connect_async(path, autostart=False)
+
+    async def start() -> T:
+        await ak.open()
+        return await opened(ak)
+
+    return loop, ak, loop.run_until_complete(start())
+
+
+def close_in_loop(
+    loop: asyncio.AbstractEventLoop, ak: kernel.AsyncKernel, client: Any = None
+) -> None:
+    """open_in_loop()'s end: `client` if it has a close() to await, the connection, the loop."""
+    if client is not None:
+        with contextlib.suppress(kernel.IPCError, OSError):
+            loop.run_until_complete(client.close())
+    ak.close()
+    loop.close()
 
 
 async def timed_calls(
@@ -72,25 +104,19 @@ class _AsyncMechanism(MkipcCall):
         super().setup(payload_size)  # the private kernel and the echo server
         assert self._k is not None
         self._k.names.register(_NAME, self._ep, mode=0o600)
-        import uvloop
-
-        self._loop = uvloop.new_event_loop()
-        self._ak = self._loop.run_until_complete(self._open())
-        self._payload = make_payload(payload_size)
-
-    async def _open(self) -> kernel.AsyncKernel:
         assert self._kernel is not None
-        ak = kernel.connect_async(self._kernel.path, autostart=False)
-        await ak.open()
-        self._aep = await ak.names.lookup(_NAME, timeout=_START_TIMEOUT_S)
-        return ak
+        self._loop, self._ak, self._aep = open_in_loop(self._kernel.path, _looked_up)
+        self._payload = make_payload(payload_size)
 
     def teardown(self) -> None:
         loop = self.__dict__.pop("_loop", None)
         if loop is not None:
-            self._ak.close()
-            loop.close()
+            close_in_loop(loop, self._ak)
         super().teardown()
+
+
+async def _looked_up(ak: kernel.AsyncKernel) -> kernel.AsyncEndpointCap:
+    return await ak.names.lookup(_NAME, timeout=_START_TIMEOUT_S)
 
 
 @register

@@ -17,7 +17,7 @@ import msgspec
 
 import kernel
 from kernel.bench.mechanisms import make_payload, register
-from kernel.bench.mechanisms.mkipc_async import BURST, burst_in_flight
+from kernel.bench.mechanisms.mkipc_async import BURST, burst_in_flight, close_in_loop, open_in_loop
 from kernel.bench.mechanisms.mkipc_call import _START_TIMEOUT_S, MkipcCall, serve_role
 
 _NAME = "bench.service"
@@ -75,16 +75,11 @@ class MkipcServiceAsync64(_Service):
 
     def setup(self, payload_size: int) -> None:
         super().setup(payload_size)
-        import uvloop
-
-        self._loop = uvloop.new_event_loop()
-        self._aclient = self._loop.run_until_complete(self._lookup())
-
-    async def _lookup(self) -> kernel.AsyncServiceClient:
         assert self._kernel is not None
-        self._ak = kernel.connect_async(self._kernel.path, autostart=False)
-        await self._ak.open()
-        client = await kernel.AsyncServiceClient.lookup(self._ak, _NAME, timeout=_START_TIMEOUT_S)
+        self._loop, self._ak, self._aclient = open_in_loop(self._kernel.path, self._lookup)
+
+    async def _lookup(self, ak: kernel.AsyncKernel) -> kernel.AsyncServiceClient:
+        client = await kernel.AsyncServiceClient.lookup(ak, _NAME, timeout=_START_TIMEOUT_S)
         await client.call(self._request, timeout=_START_TIMEOUT_S)  # its session is open
         return client
 
@@ -95,9 +90,7 @@ class MkipcServiceAsync64(_Service):
     def teardown(self) -> None:
         loop = self.__dict__.pop("_loop", None)
         if loop is not None:
-            loop.run_until_complete(self._aclient.close())
-            self._ak.close()
-            loop.close()
+            close_in_loop(loop, self._ak, self._aclient)
         super().teardown()
 
 

@@ -31,7 +31,13 @@ from array import array
 
 import kernel
 from kernel.bench.mechanisms import PeerLostError, make_payload, register
-from kernel.bench.mechanisms.mkipc_async import BURST, burst_in_flight, timed_calls
+from kernel.bench.mechanisms.mkipc_async import (
+    BURST,
+    burst_in_flight,
+    close_in_loop,
+    open_in_loop,
+    timed_calls,
+)
 from kernel.bench.mechanisms.mkipc_call import _START_TIMEOUT_S, _MkipcMechanism, serve_role
 from kernel.bench.mechanisms.oneway_os import MAX_BATCH, burst_size
 
@@ -139,21 +145,16 @@ class _AsyncSessionMechanism(_SessionMechanism):
     _NAME = "bench.session.async"
 
     def setup(self, payload_size: int) -> None:
-        import uvloop
-
         _check_size(payload_size)
         self._payload = make_payload(payload_size)
         ep = self._start_server()
         assert self._k is not None
-        self._k.names.register(self._NAME, ep, mode=0o600)
-        self._loop = uvloop.new_event_loop()
-        self._aclient = self._loop.run_until_complete(self._aopen())
-
-    async def _aopen(self) -> kernel.AsyncSession:
         assert self._kernel is not None
-        self._ak = kernel.connect_async(self._kernel.path, autostart=False)
-        await self._ak.open()
-        aep = await self._ak.names.lookup(self._NAME, timeout=_START_TIMEOUT_S)
+        self._k.names.register(self._NAME, ep, mode=0o600)
+        self._loop, self._ak, self._aclient = open_in_loop(self._kernel.path, self._aopen)
+
+    async def _aopen(self, ak: kernel.AsyncKernel) -> kernel.AsyncSession:
+        aep = await ak.names.lookup(self._NAME, timeout=_START_TIMEOUT_S)
         s = await aep.session(timeout=_START_TIMEOUT_S)
         await s.call(self._payload, timeout=_START_TIMEOUT_S)  # the server answers
         return s
@@ -161,10 +162,7 @@ class _AsyncSessionMechanism(_SessionMechanism):
     def teardown(self) -> None:
         loop = self.__dict__.pop("_loop", None)
         if loop is not None:
-            with contextlib.suppress(kernel.IPCError, OSError):
-                loop.run_until_complete(self._aclient.close())
-            self._ak.close()
-            loop.close()
+            close_in_loop(loop, self._ak, self._aclient)
         super().teardown()
 
 
