@@ -234,3 +234,29 @@ def test_closing_the_group_ends_a_recv_many_waiting_in_another_thread(kernel_dae
         with pytest.raises(ValueError, match="max_n must be at least 1"):
             group.recv_many(0)
         a.close()
+
+
+def test_a_caller_that_always_has_a_batch_waiting_does_not_starve_the_others(kernel_daemon):
+    """Each pass starts after the member that filled the last batch: a one-way stream
+    (or an asyncio client with hundreds of calls in flight) is served in turn with
+    the others, not alone until its ring runs dry."""
+    with kernel.connect(autostart=False) as k:
+        group = kernel.SessionGroup()
+        (a, a_server, _), (b, b_server, _), (c, c_server, _) = (
+            _session_pair(k, badge=n) for n in (1, 2, 3)
+        )
+        for server in (a_server, b_server, c_server):
+            group.add(server)
+        try:
+            a.send_many([b"a"] * 2000)
+            b.send(b"b")
+            c.send_many([b"c"] * 2000)
+            passes = [[m.data for m in group.recv_many(8, timeout=10)] for _ in range(4)]
+            assert passes[0] == [b"a"] * 8
+            assert passes[1] == [b"b"] + [b"c"] * 7  # b's one request waits one pass only
+            assert passes[2] == [b"a"] * 8
+            assert passes[3] == [b"c"] * 8
+        finally:
+            group.close()
+            for session in (a, b, c):
+                session.close()

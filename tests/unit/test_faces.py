@@ -209,7 +209,7 @@ def test_group_spin_sees_a_record_on_any_member_or_gives_up():
             ring.close()
 
 
-def test_group_take_takes_in_member_order_and_names_the_members_that_ended():
+def test_group_take_goes_round_the_members_and_names_the_members_that_ended():
     from kernel._core.faces import group_take
     from kernel._core.port import SessionMessage
 
@@ -227,13 +227,20 @@ def test_group_take_takes_in_member_order_and_names_the_members_that_ended():
                 caller.send(abi.Op.ENDPOINT_SEND, 0, f"{i}.{n}".encode())
         out: list[SessionMessage] = []
         ended: list[int] = []
-        assert group_take(members, out, 3, ended) == 3  # the batch bound stops the pass
+        assert group_take(members, out, 3, ended) == (3, 2)  # the batch bound stops the pass
         assert [m.data for m in out] == [b"0.0", b"0.1", b"1.0"]
+        out.clear()  # the next pass starts after the member that filled the batch
+        assert group_take(members, out, 3, ended, 2) == (3, 2)
+        assert [m.data for m in out] == [b"2.0", b"2.1", b"1.1"]
+        callers[0].send(abi.Op.ENDPOINT_SEND, 0, b"0.2")
+        out.clear()
+        assert group_take(members, out, 3, ended, 7) == (1, 7)  # round from 7 % 3: all taken
         states.set(2, -22)  # the kernel ended member 1's session (PEER_CLOSED)
         rings[2].close()  # and member 2's ring is gone
         out.clear()
-        assert group_take(members, out, 10, ended) == 0
+        assert group_take(members, out, 10, ended) == (0, 0)
         assert ended == [1, 2]  # the group's slow path names their errors
+        assert group_take([], out, 10, ended, 5) == (0, 5)
     finally:
         for ring in rings:
             ring.close()
