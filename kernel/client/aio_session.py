@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from ._session import (
     SessionReply,
     SessionView,
     answer_never_came,
+    awrite_kept,
     dropped_error,
     ended_error,
     no_answer,
@@ -273,6 +275,15 @@ class AsyncSessionServer(_AsyncSide):
                 fut.set_result(None)
             else:
                 fut.set_exception(e)
+
+    async def close(self, linger: float = 0.0) -> None:
+        """End the session for both sides and free its resources. Idempotent.
+        With `linger`, first wait up to that many seconds while the caller drains
+        the replies kept for its full ring (as SessionServer.close)."""
+        end = self._end
+        if linger > 0 and not (end.closed or end.closing):
+            await awrite_kept([end], time.monotonic() + linger)
+        await super().close()
 
     def shutdown(self) -> None:
         """Stop receiving: a task waiting in recv() raises PeerClosedError now, and so

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -28,6 +29,7 @@ from ._session import (
     deadline_passed,
     ended_error,
     too_large,
+    write_kept,
 )
 
 if TYPE_CHECKING:
@@ -159,6 +161,17 @@ class SessionServer(SessionReceiver, _Base):
         super().__init__(k, end)
         self._lock = self._bind(end.port)  # the turn: close() waits for a recv
         self._draining = False
+
+    def close(self, linger: float = 0.0) -> None:
+        """End the session for both sides and free its resources. Idempotent.
+        With `linger`, first wait up to that many seconds while the caller drains
+        the replies kept for its full ring: without it, a call this side answered
+        but could not yet write fails with PeerClosedError. (SessionGroup.close
+        takes the same.)"""
+        end = self._end
+        if linger > 0 and not (end.closed or end.closing):
+            write_kept([end], time.monotonic() + linger)
+        super().close()
 
     def shutdown(self) -> None:
         """Stop receiving: a thread waiting in recv() raises PeerClosedError now, and so

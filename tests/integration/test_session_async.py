@@ -84,6 +84,25 @@ async def test_replies_that_outgrow_the_callers_ring_all_arrive(kernel_daemon, m
         assert (await _event(rep))["event"] == "ended"  # no "reply refused" before it
 
 
+@pytest.mark.parametrize("mode", ["parting", "aparting"])
+async def test_a_server_that_closes_with_linger_delivers_the_replies_kept_for_the_caller(
+    kernel_daemon, mode
+):
+    """The caller's loop is held while the server (either face) answers 16 calls of
+    200 kB, three times the caller's 1 MiB ring, and closes the session: with
+    `linger` its close waits while the caller drains, and every reply arrives.
+    Closing at once failed 11 of the 16 with PeerClosedError."""
+    async with _serving(mode) as (k, ep, rep, server):
+        async with await ep.session(timeout=10) as s:
+            asks = [b"bulk 200000 %d" % i for i in range(16)]
+            calls = [asyncio.ensure_future(s.call(a, timeout=20)) for a in asks]
+            await asyncio.sleep(0)  # each call writes its request
+            time.sleep(0.5)  # noqa: ASYNC251  the loop is held: the server answers meanwhile
+            replies = await asyncio.gather(*calls)
+            assert [r.data for r in replies] == [a.ljust(200_000, b".") for a in asks]
+        assert (await _event(rep))["event"] == "parted"
+
+
 async def test_an_asyncio_server_serves_a_session_until_the_caller_dies(kernel_daemon):
     async with kernel.connect_async(autostart=False) as k:
         ep = await k.endpoint()

@@ -11,6 +11,9 @@ usage: session_peer.py MODE   (inherits `ep` to serve and `report` to tell the t
   jitter  answer each call after a random 0-60 µs of busy work, counting the
           replies delivered and those refused because the caller gave up; a call
           b"tally" answers "<delivered>:<refused>" (itself not counted)
+  parting take the first session's first 16 calls, answer them all (as echo),
+          close it with close(linger=10) and report {"event": "parted"}
+  aparting  the same with the asyncio face (AsyncSessionServer)
 In echo and hold, a reply the session refuses (its caller gave up on the call) is
 reported as JSON {"event": "reply refused", "call": ..., "error": ..., "status": ...}.
 Every session's end is reported as JSON {"event": "ended", "error": ..., "seen": [...]}
@@ -19,6 +22,7 @@ where `seen` lists (badge, pid, uid, sender_id) of what arrived.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sys
@@ -114,8 +118,36 @@ def serve_jitter(s: kernel.SessionServer) -> None:
         s.close()
 
 
+PARTING_CALLS = 16
+
+
+def serve_parting(s: kernel.SessionServer, rep: kernel.EndpointCap) -> None:
+    calls = [s.recv() for _ in range(PARTING_CALLS)]
+    for m in calls:
+        m.reply(echoed(m.data))  # most are kept: the caller's loop is held
+    s.close(linger=10)
+    report(rep, event="parted")
+
+
+async def aparting() -> None:
+    async with kernel.connect_async() as k:
+        ep, rep = k.inherited["ep"], k.inherited["report"]
+        assert isinstance(ep, kernel.AsyncEndpointCap)
+        assert isinstance(rep, kernel.AsyncEndpointCap)
+        await rep.send(json.dumps({"event": "ready"}).encode(), timeout=30)
+        s = await ep.accept_session(await ep.recv())
+        calls = [await s.recv() for _ in range(PARTING_CALLS)]
+        for m in calls:
+            m.reply(echoed(m.data))
+        await s.close(linger=10)
+        await rep.send(json.dumps({"event": "parted"}).encode(), timeout=30)
+
+
 def main() -> None:
     mode = sys.argv[1]
+    if mode == "aparting":
+        asyncio.run(aparting())
+        return
     k = kernel.connect()
     ep, rep = k.inherited["ep"], k.inherited["report"]
     kept, threads = [], []
@@ -149,6 +181,8 @@ def main() -> None:
             continue
         if mode == "jitter":
             threads.append(threading.Thread(target=serve_jitter, args=(s,), daemon=True))
+        elif mode == "parting":
+            threads.append(threading.Thread(target=serve_parting, args=(s, rep), daemon=True))
         else:
             threads.append(
                 threading.Thread(target=serve, args=(s, rep, mode == "hold"), daemon=True)
