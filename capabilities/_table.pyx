@@ -75,9 +75,10 @@ cdef class CapTable:
     cpdef uint64_t insert(self, Capability cap) except 0:
         cdef Py_ssize_t index
         if self.count >= self.limit:
-            # The usual cause is a leak: a lookup or copy per request, never closed.
+            # The usual cause is a leak: a lookup or copy per request, kept and never closed.
             raise SlotError(f"capability table full ({self.limit} capabilities; each stays "
-                            "until close(), like a file descriptor)", limit=True)
+                            "until close(), or until nothing refers to it, like a file)",
+                            limit=True)
         if self._free:
             index = self._free.popleft()
         else:

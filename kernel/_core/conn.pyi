@@ -30,6 +30,9 @@ class ConnectionCore:
         payload: Any = b"",
         caps: tuple[int, ...] = (),
     ) -> int: ...
+    def submit_unwaited(
+        self, op: int, arg: int = 0, *, slot: int = 0, block: bool = False
+    ) -> bool: ...
     def roundtrip(
         self,
         op: int,
@@ -54,3 +57,9 @@ class MessageCore:
     def __init__(self, c: Completion, k: Any) -> None: ...
     @property
     def caps(self) -> list[Any]: ...
+
+@disjoint_base
+class CapCore:
+    _k: Any
+    slot: int
+    _owned: bool

@@ -62,6 +62,27 @@ cdef class ConnectionCore:
                 write(self.sq_efd, &one, 8)
         return req_id
 
+    def submit_unwaited(self, uint16_t op, uint64_t arg=0, *, uint64_t slot=0,
+                        bint block=False):
+        """Submit `op` (on capability `slot`) if that can be done at once, and drop
+        its completion unread (for finalizers: they must not wait, nor take a lock
+        their thread may hold; `block` waits for the submit lock, for callers that
+        hold none of ours). False if it was not submitted."""
+        cdef uint64_t req_id
+        cdef uint64_t one = 1
+        cdef int pushed
+        if self.lost is not None or not self._submit_lock.acquire(block):
+            return False
+        try:
+            req_id = next(self._ids)
+            self.abandoned[req_id] = 0
+            pushed = self.sq.push_record(op, req_id, slot, -1, arg, b"", ())
+            if pushed == 2:
+                write(self.sq_efd, &one, 8)
+            return pushed != 0
+        finally:
+            self._submit_lock.release()
+
     def roundtrip(self, uint16_t op, cap, str verb, int64_t deadline=-1, uint64_t arg=0,
                   payload=b"", tuple caps=()):
         """submit() and wait() for `op` on `cap` (None: no capability slot). Raises
@@ -89,7 +110,9 @@ cdef class ConnectionCore:
             c = self.cq.take_completion()
             if c is None or not self.abandoned or c.req_id not in self.abandoned:
                 return c
-            self._orphan(c, self.abandoned.pop(c.req_id))
+            slot = self.abandoned.pop(c.req_id)
+            if c.opcode != CAP_CLOSE:   # a dropped capability's close: nothing to file
+                self._orphan(c, slot)
 
     def wait(self, uint64_t req_id):
         """Block until `req_id` completes. Thread-safe: one thread polls the ring and
@@ -172,8 +195,15 @@ cdef class MessageCore:
         self._caps = None
 
     def __dealloc__(self):
-        if self._reply_slot and self._k is not None:   # a call dropped unanswered
-            _close_dropped_reply(self._k, self._reply_slot)
+        cdef tuple carried
+        if self._k is None:
+            return
+        if self._reply_slot:   # a call dropped unanswered
+            _close_dropped(self._k, self._reply_slot)
+        if self._caps is None and self._c is not None:   # carried, never looked at
+            carried = self._c.caps
+            for slot in carried:
+                _close_dropped(self._k, slot)
 
     @property
     def caps(self):
@@ -188,12 +218,30 @@ cdef class MessageCore:
         return self._caps
 
 
-cdef void _close_dropped_reply(k, uint64_t slot) noexcept:
-    """A call's message was freed unanswered, its reply capability still in it:
-    close that capability, so that its caller gets PeerClosedError at once (as
-    when a server closes it) instead of waiting out its timeout, or forever, and
-    the slot does not stay taken in this process's table. From a finalizer: it
-    never waits, nor takes a lock its thread may hold (submit_unwaited)."""
+cdef class CapCore:
+    """Base of kernel/client/_common.CapBase: a capability object's fields, and its
+    finalizer in C (a Python __del__ cost every dropped object a call). One that
+    owns its slot and is collected unclosed closes it."""
+
+    cdef public object _k
+    cdef public object slot
+    cdef public bint _owned
+    cdef object __weakref__
+
+    def __dealloc__(self):
+        if self._owned and self._k is not None:
+            _close_dropped(self._k, self.slot)
+
+
+cdef void _close_dropped(k, uint64_t slot) noexcept:
+    """A capability this process can no longer reach: a call's reply capability
+    in a message freed unanswered (its caller gets PeerClosedError at once, as
+    when a server closes it, instead of waiting out its timeout, or forever), the
+    capabilities a message carried if nobody looked at them, or a capability
+    object dropped unclosed. Close it, so that its slot does not stay taken in
+    this process's table. From a finalizer: it never waits, nor takes a lock its
+    thread may hold (submit_unwaited); if the submit lock is busy the slot stays
+    until the connection closes."""
     try:
         conn = k._conn
         if conn is not None:

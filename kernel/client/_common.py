@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from capabilities import Rights
 
 from .. import abi
-from .._core.conn import MessageCore
+from .._core.conn import CapCore, MessageCore
 from ..errors import CallTimeoutError, InvalidCapabilityError, IPCError, Status, error_for
 from ._conn import Completion, Connection
 
@@ -148,15 +148,25 @@ class MessageBase(MessageCore):
         return f"<{kind} of {len(self.data)} bytes from pid {self.sender.pid} badge {self.badge}>"
 
 
-class CapBase:
-    """A capability: an opaque slot in this process's table (seL4 CPtr, Zircon handle)."""
+class CapBase(CapCore):
+    """A capability: an opaque slot in this process's table (seL4 CPtr, Zircon handle).
+
+    An object that owns its slot (every endpoint or notification capability the
+    library hands out) closes it when it is collected unclosed, as a file does
+    (CapCore's finalizer, without waiting for the kernel's answer): a capability
+    nobody can reach any more must not keep a slot of the table. Objects that only
+    name a slot (the name server's stub, a reply capability used for one reply)
+    do not own it. One whose capability moved away in a message holds a stale
+    slot number: it stops owning it when the message goes out (moved_away), and a
+    close of it would be refused anyway (generation bits), touching nothing."""
 
     kind = ""
-    __slots__ = ("_k", "slot", "__weakref__")
+    __slots__ = ()
 
-    def __init__(self, k: Any, slot: int) -> None:
+    def __init__(self, k: Any, slot: int, *, owned: bool = False) -> None:
         self._k = k
         self.slot = slot
+        self._owned = owned
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} slot={self.slot:#x}>"
@@ -215,6 +225,15 @@ def transfer_slots(caps: Sequence[Transferable]) -> tuple[int, ...]:
             f"a message carries at most {abi.MAX_TRANSFER} capability words (a mint takes two)"
         )
     return tuple(out)
+
+
+def moved_away(caps: Sequence[Transferable]) -> None:
+    """After a message carrying `caps` went out: the capabilities it moved are in
+    another table now, so their objects here stop owning the (stale) slot numbers
+    and will not ask the kernel to close them when collected."""
+    for item in caps:
+        if isinstance(item, CapBase):
+            item._owned = False
 
 
 def _mint_words(m: MintOf) -> list[int]:

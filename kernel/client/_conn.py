@@ -108,23 +108,6 @@ class Connection(ConnectionCore):
 
     # ------------------------------------------------------------ submit
 
-    def submit_unwaited(self, op: int, arg: int = 0, *, slot: int = 0, block: bool = False) -> bool:
-        """Submit `op` (on capability `slot`) if that can be done at once, and drop
-        its completion unread (for finalizers: they must not wait, nor take a lock
-        their thread may hold; `block` waits for the submit lock, for callers that
-        hold none of ours)."""
-        if self.lost is not None or not self._submit_lock.acquire(blocking=block):
-            return False
-        try:
-            req_id = next(self._ids)
-            self.abandoned[req_id] = 0
-            pushed = self.sq.push(op, req_id, slot, abi.DEADLINE_FOREVER, arg, b"")
-            if pushed == 2:
-                os.eventfd_write(self.sq_efd, 1)
-            return bool(pushed)
-        finally:
-            self._submit_lock.release()
-
     def _failure(self, c: Completion, cap: Any, verb: str) -> IPCError:
         return failure(c, cap, verb)
 

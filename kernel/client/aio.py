@@ -29,6 +29,7 @@ from ._common import (
     badge_payload,
     cap_info,
     inherit_request,
+    moved_away,
     names_slot,
     rights_arg,
     spawn_env,
@@ -77,7 +78,9 @@ class AsyncKernel:
         self._conn = conn
         w = conn.welcome
         self.pid, self.uid, self.gid = w.pid, w.uid, w.gid
-        self.inherited = {n: _CAP_TYPES[ic.kind](self, ic.slot) for n, ic in w.inherited.items()}
+        self.inherited = {
+            n: _CAP_TYPES[ic.kind](self, ic.slot, owned=True) for n, ic in w.inherited.items()
+        }
         self._loop.add_reader(conn.cq_efd, self._on_doorbell)
         self._loop.add_reader(conn.sock.fileno(), self._on_socket)
         if not conn.cq.prepare_sleep():
@@ -188,16 +191,16 @@ class AsyncKernel:
 
     def _wrap(self, kind: int, slot: int) -> CapBase:
         """A typed capability object for a slot the kernel handed us."""
-        return _BY_KIND[kind](self, slot)
+        return _BY_KIND[kind](self, slot, owned=True)
 
     async def endpoint(self) -> AsyncEndpointCap:
         """Create an endpoint; the new capability has every endpoint right."""
         c = await self._roundtrip(Op.ENDPOINT_CREATE, None, "create endpoint")
-        return AsyncEndpointCap(self, c.arg)
+        return AsyncEndpointCap(self, c.arg, owned=True)
 
     async def notification(self) -> AsyncNotificationCap:
         c = await self._roundtrip(Op.NOTIFICATION_CREATE, None, "create notification")
-        return AsyncNotificationCap(self, c.arg)
+        return AsyncNotificationCap(self, c.arg, owned=True)
 
     async def spawn(
         self,
@@ -239,6 +242,8 @@ class AsyncMessage(MessageBase):
         except IPCError as e:
             self._give_back_reply_slot(slot, e)
             raise
+        if caps:
+            moved_away(caps)
 
     async def monitor(self, endpoint: AsyncEndpointCap, badge: int) -> None:
         """When the caller's process ends, the kernel sends a message with `badge`
@@ -264,6 +269,8 @@ class AsyncReplyCap(CapBase):
 
     async def reply(self, data: Data, *, caps: Caps = ()) -> None:
         await self._reply(as_payload(data), transfer_slots(caps))
+        if caps:
+            moved_away(caps)
 
     async def _reply(self, payload: Any, slots: tuple[int, ...]) -> None:
         await self._k._roundtrip(Op.ENDPOINT_REPLY, self, "reply", payload=payload, caps=slots)
@@ -280,13 +287,13 @@ class _AsyncCap(CapBase):
 
     async def copy(self, rights: Rights | None = None) -> Self:
         c = await self._k._roundtrip(Op.CAP_COPY, self, "copy", arg=rights_arg(rights))
-        return type(self)(self._k, c.arg)
+        return type(self)(self._k, c.arg, owned=True)
 
     async def mint(self, rights: Rights | None = None, *, badge: int) -> Self:
         c = await self._k._roundtrip(
             Op.CAP_MINT, self, "mint", arg=rights_arg(rights), payload=badge_payload(badge)
         )
-        return type(self)(self._k, c.arg)
+        return type(self)(self._k, c.arg, owned=True)
 
     async def revoke(self) -> int:
         return int((await self._k._roundtrip(Op.CAP_REVOKE, self, "revoke")).arg)
@@ -295,6 +302,7 @@ class _AsyncCap(CapBase):
         return cap_info(await self._k._roundtrip(Op.CAP_INFO, self, "info"))
 
     async def close(self) -> None:
+        self._owned = False
         await self._k._roundtrip(Op.CAP_CLOSE, self, "close")
 
 
@@ -312,6 +320,8 @@ class AsyncEndpointCap(_AsyncCap):
             payload=as_payload(data),
             caps=transfer_slots(caps),
         )
+        if caps:
+            moved_away(caps)
 
     async def send_nowait(self, data: Data, *, caps: Caps = ()) -> None:
         try:
@@ -330,6 +340,8 @@ class AsyncEndpointCap(_AsyncCap):
             payload=as_payload(data),
             caps=transfer_slots(caps),
         )
+        if caps:
+            moved_away(caps)
         return AsyncMessage(c, self._k)
 
     async def session(self, *, timeout: float | None = None) -> AsyncSession:
@@ -377,6 +389,8 @@ class AsyncEndpointCap(_AsyncCap):
         except IPCError as e:
             msg._give_back_reply_slot(slot, e)
             raise
+        if caps:
+            moved_away(caps)
         return AsyncMessage(c, self._k)
 
 

@@ -23,6 +23,7 @@ from ._common import (
     badge_payload,
     cap_info,
     inherit_request,
+    moved_away,
     names_slot,
     rights_arg,
     spawn_env,
@@ -47,7 +48,7 @@ class Kernel:
         w = conn.welcome
         self.pid, self.uid, self.gid = w.pid, w.uid, w.gid
         self.inherited: dict[str, EndpointCap | NotificationCap] = {
-            name: _CAP_TYPES[ic.kind](self, ic.slot) for name, ic in w.inherited.items()
+            name: _CAP_TYPES[ic.kind](self, ic.slot, owned=True) for name, ic in w.inherited.items()
         }
         self._names: Names | None = None
 
@@ -93,16 +94,17 @@ class Kernel:
 
     def _wrap(self, kind: int, slot: int) -> CapBase:
         """A typed capability object for a slot the kernel handed us."""
-        return _BY_KIND[kind](self, slot)
+        return _BY_KIND[kind](self, slot, owned=True)
 
     def endpoint(self) -> EndpointCap:
         """Create an endpoint; the new capability has every endpoint right."""
-        return EndpointCap(self, self._roundtrip(Op.ENDPOINT_CREATE, None, "create endpoint").arg)
+        c = self._roundtrip(Op.ENDPOINT_CREATE, None, "create endpoint")
+        return EndpointCap(self, c.arg, owned=True)
 
     def notification(self) -> NotificationCap:
         """Create a notification (a 64-bit word of signal bits)."""
         c = self._roundtrip(Op.NOTIFICATION_CREATE, None, "create notification")
-        return NotificationCap(self, c.arg)
+        return NotificationCap(self, c.arg, owned=True)
 
     def spawn(
         self,
@@ -158,6 +160,8 @@ class Message(MessageBase):
         except IPCError as e:
             self._give_back_reply_slot(slot, e)
             raise
+        if caps:
+            moved_away(caps)
 
     def monitor(self, endpoint: EndpointCap, badge: int) -> None:
         """When the process that made this call ends, the kernel sends a message on
@@ -195,6 +199,8 @@ class ReplyCap(CapBase):
     def reply(self, data: Data, *, caps: Caps = ()) -> None:
         """Answer the call this capability belongs to (once)."""
         self._reply(as_payload(data), transfer_slots(caps))
+        if caps:
+            moved_away(caps)
 
     def _reply(self, payload: Any, slots: tuple[int, ...]) -> None:
         self._k._roundtrip(Op.ENDPOINT_REPLY, self, "reply", payload=payload, caps=slots)
@@ -216,7 +222,7 @@ class _Cap(CapBase):
         Rights: COPY; asking for a right this capability lacks raises AccessDeniedError.
         """
         c = self._k._roundtrip(Op.CAP_COPY, self, "copy", arg=rights_arg(rights))
-        return type(self)(self._k, c.arg)
+        return type(self)(self._k, c.arg, owned=True)
 
     def mint(self, rights: Rights | None = None, *, badge: int) -> Self:
         """Like copy, and sets the badge every message sent through it will carry.
@@ -226,7 +232,7 @@ class _Cap(CapBase):
         c = self._k._roundtrip(
             Op.CAP_MINT, self, "mint", arg=rights_arg(rights), payload=badge_payload(badge)
         )
-        return type(self)(self._k, c.arg)
+        return type(self)(self._k, c.arg, owned=True)
 
     def revoke(self) -> int:
         """Delete every capability derived from this one, in every process; returns
@@ -238,7 +244,9 @@ class _Cap(CapBase):
         return cap_info(self._k._roundtrip(Op.CAP_INFO, self, "info"))
 
     def close(self) -> None:
-        """Delete this capability from the process's table."""
+        """Delete this capability from the process's table. (Dropping the last
+        reference to it does that too, without waiting for the kernel's answer.)"""
+        self._owned = False
         self._k._roundtrip(Op.CAP_CLOSE, self, "close")
 
 
@@ -263,6 +271,8 @@ class EndpointCap(_Cap):
             payload=as_payload(data),
             caps=transfer_slots(caps),
         )
+        if caps:
+            moved_away(caps)
 
     def send_nowait(self, data: Data, *, caps: Caps = ()) -> None:
         """Send only if a receiver waits right now; otherwise raise WouldBlock."""
@@ -276,6 +286,8 @@ class EndpointCap(_Cap):
         k = self._k
         deadline, payload, slots = deadline_from(timeout), as_payload(data), transfer_slots(caps)
         c = k._conn.roundtrip(Op.ENDPOINT_CALL, self, "call", deadline, 0, payload, slots)
+        if caps:
+            moved_away(caps)
         return Message(c, k)
 
     def session(self, *, timeout: float | None = None) -> Session:
@@ -327,6 +339,8 @@ class EndpointCap(_Cap):
         except IPCError as e:
             msg._give_back_reply_slot(slot, e)
             raise
+        if caps:
+            moved_away(caps)
         return Message(c, k)
 
 

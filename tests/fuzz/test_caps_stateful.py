@@ -403,7 +403,7 @@ class CapabilityMachine(RuleBasedStateMachine):
             obj = Obj(name, info.kind, info.object_id)
             self.objs.append(obj)
             self.acquired[0].add(obj)
-            self.add_node(0, cap.slot, obj, int(info.rights), 0, None)
+            self.add_node(0, caps_actor.kept(cap), obj, int(info.rights), 0, None)
         for root in list(self.nodes):  # narrowed (sometimes badged) copies to hand over
             mask = data.draw(subsets(root.rights), label=f"narrow {root.obj}")
             if data.draw(st.booleans(), label="badge it"):

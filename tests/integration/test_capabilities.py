@@ -91,10 +91,11 @@ def test_revoke_needs_the_manage_right(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
         weak = ep.copy(rights=Rights.SEND | Rights.COPY)
-        weak.copy()
+        child = weak.copy()  # kept: a dropped one would close itself
         with pytest.raises(kernel.AccessDeniedError, match="MANAGE"):
             weak.revoke()
         assert weak.info().derived == 1  # nothing was deleted
+        assert child.info().parent_slot == weak.slot
 
 
 def test_a_badge_is_set_once_and_delivered_with_every_message(kernel_daemon):
@@ -233,3 +234,86 @@ def test_closing_a_capability_fails_the_threads_waiting_through_it(kernel_daemon
         assert not t.is_alive(), "the receive still waits after its capability was closed"
         assert isinstance(errors[0], kernel.InvalidCapabilityError)
         assert "waited through was closed" in str(errors[0])
+
+
+# ------------------------------------------------------------------ dropped, not closed
+
+CAP_TABLE_LIMIT = 4096  # capabilities/_table.pyx DEFAULT_LIMIT
+
+
+def _settles(probe, want: int) -> int:
+    """`probe()` until it returns `want` (a finalizer's close is not waited for)."""
+    deadline = time.monotonic() + 5.0
+    while (got := probe()) != want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return got
+
+
+def test_a_capability_dropped_unclosed_frees_its_slot(kernel_daemon):
+    """As a file does: a loop that looks up or copies per request and forgets to
+    close stays within the table, and what is closed or moved is not closed twice."""
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        for _ in range(CAP_TABLE_LIMIT + 100):  # more than the table holds
+            ep.copy(Rights.SEND)
+        assert _settles(lambda: ep.info().derived, 0) == 0
+        kept, closed, moved = ep.copy(), ep.copy(), ep.mint(badge=5)
+        closed.close()
+        box = k.endpoint()
+        sender = threading.Thread(
+            target=box.send, args=(b"",), kwargs={"caps": [moved], "timeout": 10}
+        )
+        sender.start()
+        got = box.recv(timeout=10)
+        sender.join(10)
+        arrived = got.caps[0]  # the mint, now in a new slot of this process
+        assert not moved._owned  # it went away: dropping it asks the kernel nothing
+        del closed, moved  # closed, and moved away: their stale numbers touch nothing
+        time.sleep(0.1)
+        assert ep.info().derived == 2  # kept and arrived
+        assert arrived.info().badge == 5
+        del arrived, got
+        assert _settles(lambda: ep.info().derived, 1) == 1
+        assert kept.info().object_id == ep.info().object_id
+        names = k.names.endpoint  # the name server's slot is named here, not owned
+        del names
+        k._names = None  # a new stub for the same slot: the old one is dropped
+        assert isinstance(k.names.list(), list)
+
+
+def test_a_message_dropped_unread_frees_the_capabilities_it_carried(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        a, b, box = k.endpoint(), k.endpoint(), k.endpoint()
+
+        def derived() -> int:
+            return a.info().derived + b.info().derived
+
+        for look in (False, True):
+            sender = threading.Thread(
+                target=lambda: box.send(b"", caps=[a.as_copy(), b.as_mint(badge=1)])
+            )
+            sender.start()
+            msg = box.recv(timeout=10)
+            sender.join(10)
+            assert derived() == 2
+            if look:
+                assert [c.info().badge for c in msg.caps] == [0, 1]
+            del msg
+            assert _settles(derived, 0) == 0
+
+
+async def test_an_asyncio_capability_dropped_unclosed_frees_its_slot(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        for _ in range(CAP_TABLE_LIMIT + 100):
+            await ep.copy(Rights.SEND)
+        deadline = time.monotonic() + 5.0
+        while (await ep.info()).derived and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # a finalizer's close is not waited for
+        assert (await ep.info()).derived == 0
+        kept = await ep.mint(badge=2)
+        closed = await ep.copy()
+        await closed.close()
+        del closed
+        assert (await ep.info()).derived == 1
+        assert (await kept.info()).badge == 2

@@ -112,13 +112,21 @@ def carried(k: kernel.Kernel, items: list[list[Any]]) -> list[Any]:
     return [cap.as_copy() if copy else cap for cap, copy in caps]
 
 
+def kept(cap: Any) -> int:
+    """The slot of a capability the kernel just made here. Commands name slots by
+    number, so the actor, not the object, owns it: dropping the object must not
+    close it (kernel/client/_common.py CapBase)."""
+    cap._owned = False
+    return int(cap.slot)
+
+
 def message_dict(msg: Message) -> dict[str, Any]:
     return {
         "data": msg.data.decode(),
         "badge": msg.badge,
         "pid": msg.sender.pid,
         "is_call": msg.is_call,
-        "caps": [[c.kind, c.slot] for c in msg.caps],
+        "caps": [[c.kind, kept(c)] for c in msg.caps],
     }
 
 
@@ -184,9 +192,9 @@ def execute(
     cap = CAP_TYPES[cmd["kind"]](k, cmd["slot"])
     rights = None if cmd.get("rights") is None else kernel.Rights(cmd["rights"])
     if op == "copy":
-        return attempt(lambda: cap.copy(rights=rights).slot)
+        return attempt(lambda: kept(cap.copy(rights=rights)))
     if op == "mint":
-        return attempt(lambda: cap.mint(rights=rights, badge=cmd["badge"]).slot)
+        return attempt(lambda: kept(cap.mint(rights=rights, badge=cmd["badge"])))
     if op == "revoke":
         return attempt(cap.revoke)
     if op == "close":
