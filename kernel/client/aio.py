@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import subprocess
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,9 @@ class AsyncKernel:
         self._futures: dict[int, tuple[asyncio.Future[Completion], int]] = {}
         self.inherited: dict[str, AsyncEndpointCap | AsyncNotificationCap] = {}
         self._names: AsyncNames | None = None
-        self._sessions: set[Any] = set()  # open sessions (aio_session._AsyncSide)
+        # Open sessions (aio_session._AsyncSide), not kept alive by this: one dropped
+        # unclosed closes itself.
+        self._sessions: weakref.WeakSet[Any] = weakref.WeakSet()
 
     async def __aenter__(self) -> AsyncKernel:
         await self.open()

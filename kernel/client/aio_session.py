@@ -9,8 +9,10 @@ replies that land together are taken in one pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+import weakref
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -58,9 +60,23 @@ class _AsyncSide(SessionView):
         self._end = end
         self._loop = k._loop
         self._failure: Exception | None = None
-        self._loop.add_reader(end.my_efd, self._on_doorbell)
+        # The loop holds the doorbell's callback: through a weak reference, so that
+        # a side dropped unclosed can be collected (and close itself: __del__).
+        self._loop.add_reader(end.my_efd, _ring, weakref.ref(self))
         k._sessions.add(self)
         self._arm()
+
+    def __del__(self) -> None:
+        """Dropped without close(): end it without waiting for the kernel's answer,
+        as the blocking face does. Nothing else can reach it now."""
+        end = getattr(self, "_end", None)
+        if end is None or end.closed or end.closing:
+            return
+        end.closing = True
+        with contextlib.suppress(Exception):  # the loop may be closed already
+            self._loop.remove_reader(end.my_efd)
+        end.conn.submit_unwaited(Op.SESSION_CLOSE, arg=end.index)  # False if lost: fine
+        end.release()
 
     def _arm(self) -> None:
         if not self._end.inbox.prepare_sleep():  # something landed meanwhile
@@ -142,6 +158,12 @@ class _AsyncSide(SessionView):
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _ring(side_ref: weakref.ref[_AsyncSide]) -> None:
+    side = side_ref()
+    if side is not None:
+        side._on_doorbell()
 
 
 def _closed(sid: int) -> Exception:

@@ -103,6 +103,27 @@ async def test_a_server_that_closes_with_linger_delivers_the_replies_kept_for_th
         assert (await _event(rep))["event"] == "parted"
 
 
+async def test_a_session_dropped_unclosed_closes_itself(kernel_daemon):
+    """As the blocking face's does: 300 sessions opened and dropped, more than a
+    process may hold (256), and the server sees each one end."""
+    async with kernel.connect_async(autostart=False) as k:
+        ep = await k.endpoint()
+        for _ in range(300):
+            opening = asyncio.ensure_future(ep.session(timeout=10))
+            srv = await ep.accept_session(await ep.recv(timeout=10))
+            s = await opening
+            assert (await asyncio.gather(s.call(b"hi", timeout=10), _answer(srv)))[0].data == b"hi"
+            del s, opening  # unclosed
+            with pytest.raises(kernel.PeerClosedError):
+                await srv.recv(timeout=10)
+            await srv.close()
+
+
+async def _answer(srv: kernel.AsyncSessionServer) -> None:
+    m = await srv.recv(timeout=10)
+    m.reply(m.data)
+
+
 async def test_an_asyncio_server_serves_a_session_until_the_caller_dies(kernel_daemon):
     async with kernel.connect_async(autostart=False) as k:
         ep = await k.endpoint()
