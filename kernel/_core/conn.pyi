@@ -12,6 +12,7 @@ class ConnectionCore:
     results: dict[int, Completion]
     abandoned: dict[int, int]
     _sleeping: dict[int, Any]
+    _deferred: list[tuple[int, int, int]]
     lost: str | None
     _submit_lock: Any
     _poll_lock: Any

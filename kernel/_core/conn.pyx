@@ -36,6 +36,7 @@ cdef class ConnectionCore:
     cdef public dict results       # req_id -> Completion filed for another thread
     cdef public dict abandoned     # withdrawn req_id -> its capability slot
     cdef public dict _sleeping     # req_id -> the Event its waiting thread sleeps on
+    cdef public list _deferred     # (op, arg, slot) a finalizer could not submit at once
     cdef public object lost        # None while connected, else why not
     cdef public object _submit_lock, _poll_lock, _ids
     cdef public int sq_efd
@@ -51,37 +52,64 @@ cdef class ConnectionCore:
         cdef uint64_t req_id = next(self._ids)
         cdef uint64_t one = 1
         cdef int pushed
+        cdef bint ring = False
         with self._submit_lock:   # close() takes it too: the ring and eventfd stay open
             if self.lost is not None:
                 self.check_open()
+            if self._deferred:
+                ring = self._submit_deferred()
             pushed = self.sq.push_record(op, req_id, slot, deadline, arg, payload, caps)
             while not pushed:
                 self._wait_for_space()
                 pushed = self.sq.push_record(op, req_id, slot, deadline, arg, payload, caps)
-            if pushed == 2:   # the kernel sleeps: ring its doorbell (open: we hold the lock)
+            if ring or pushed == 2:   # the kernel sleeps: ring its doorbell (we hold the lock)
                 write(self.sq_efd, &one, 8)
         return req_id
 
     def submit_unwaited(self, uint16_t op, uint64_t arg=0, *, uint64_t slot=0,
                         bint block=False):
-        """Submit `op` (on capability `slot`) if that can be done at once, and drop
-        its completion unread (for finalizers: they must not wait, nor take a lock
-        their thread may hold; `block` waits for the submit lock, for callers that
-        hold none of ours). False if it was not submitted."""
-        cdef uint64_t req_id
+        """Submit `op` (on capability `slot`) and drop its completion unread, for
+        finalizers: they must not wait, nor take a lock their thread may hold. If
+        the submit lock is busy (another thread submits, or this one was inside a
+        submit when the finalizer ran) the operation waits in `_deferred` for the
+        next submit, which sends it first. `block` waits for the lock instead, for
+        callers that hold none of ours. False if the connection is gone."""
         cdef uint64_t one = 1
-        cdef int pushed
-        if self.lost is not None or not self._submit_lock.acquire(block):
+        if self.lost is not None:
             return False
+        if not self._submit_lock.acquire(block):
+            self._deferred.append((op, arg, slot))   # atomic under the GIL
+            return True
         try:
+            if self.lost is not None:
+                return False
+            self._deferred.append((op, arg, slot))
+            if self._submit_deferred():
+                write(self.sq_efd, &one, 8)
+            return True
+        finally:
+            self._submit_lock.release()
+
+    cdef bint _submit_deferred(self) except -1:
+        """With the submit lock held: push what finalizers left in `_deferred`, as
+        far as the ring has room (the rest waits for the next submit). True if the
+        kernel sleeps and must be rung."""
+        cdef list todo = self._deferred
+        cdef uint64_t req_id
+        cdef int pushed
+        cdef bint ring = False
+        cdef Py_ssize_t done = 0
+        for op, arg, slot in todo:
             req_id = next(self._ids)
             self.abandoned[req_id] = 0
             pushed = self.sq.push_record(op, req_id, slot, -1, arg, b"", ())
-            if pushed == 2:
-                write(self.sq_efd, &one, 8)
-            return pushed != 0
-        finally:
-            self._submit_lock.release()
+            if not pushed:
+                del self.abandoned[req_id]
+                break
+            ring = ring or pushed == 2
+            done += 1
+        del todo[:done]   # a finalizer may have appended meanwhile: keep what is new
+        return ring
 
     def roundtrip(self, uint16_t op, cap, str verb, int64_t deadline=-1, uint64_t arg=0,
                   payload=b"", tuple caps=()):
@@ -240,8 +268,8 @@ cdef void _close_dropped(k, uint64_t slot) noexcept:
     capabilities a message carried if nobody looked at them, or a capability
     object dropped unclosed. Close it, so that its slot does not stay taken in
     this process's table. From a finalizer: it never waits, nor takes a lock its
-    thread may hold (submit_unwaited); if the submit lock is busy the slot stays
-    until the connection closes."""
+    thread may hold (submit_unwaited; if the submit lock is busy, the next submit
+    sends it)."""
     try:
         conn = k._conn
         if conn is not None:

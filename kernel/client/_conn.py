@@ -100,6 +100,7 @@ class Connection(ConnectionCore):
         self.lost: str | None = None
         self._ids = itertools.count(1)
         self._submit_lock = threading.Lock()
+        self._deferred: list[tuple[int, int, int]] = []  # ConnectionCore.submit_unwaited
         self._poll_lock = threading.Lock()
         self._sleeping: dict[int, threading.Event] = {}  # req_id -> its waiting thread's
         self._events = threading.local()  # one reusable Event per thread

@@ -317,3 +317,18 @@ async def test_an_asyncio_capability_dropped_unclosed_frees_its_slot(kernel_daem
         del closed
         assert (await ep.info()).derived == 1
         assert (await kept.info()).badge == 2
+
+
+def test_a_capability_dropped_while_its_connection_submits_is_closed_with_the_next_submit(
+    kernel_daemon,
+):
+    """A finalizer never waits for the submit lock (its thread may hold it): the
+    close waits for the next submit, which sends it first."""
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        child = ep.copy()
+        with k._conn._submit_lock:  # as if this thread were inside a submit
+            del child
+        assert k._conn._deferred  # not lost: waiting for the next submit
+        assert _settles(lambda: ep.info().derived, 0) == 0
+        assert not k._conn._deferred
