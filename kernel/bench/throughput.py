@@ -42,8 +42,12 @@ def baseline_for(latency_baseline: str) -> str:
 
 
 def throughput_rows(result: BenchResult, baseline: str) -> list[ThroughputRow]:
-    """One row per throughput cell, in the result's order; ``baseline`` is a throughput row."""
+    """One row per throughput cell: the baselines' rows (the operating system's), then
+    mkipc's, each in the result's order; ``baseline`` is a throughput row. (The
+    result's order follows the modules that register the rows, and a module may
+    hold a latency row and a throughput row.)"""
     cells = [cell for cell in result.cells if cell.batch > 1]
+    cells.sort(key=lambda cell: cell.mechanism.startswith("mkipc."))  # stable
     ratios = _run_ratios(cells, baseline)
     return [_row(cell, ratios.get((cell.mechanism, cell.payload_size), [])) for cell in cells]
 

@@ -52,3 +52,14 @@ def test_latency_and_throughput_rows_never_mix() -> None:
     assert "x os.pipe.send" in text
     assert "mkipc.send (64 B): skipped: not here" in text
     assert baseline_for("os.pipe") == "os.pipe.send"
+
+
+def test_the_baselines_rows_come_before_mkipcs() -> None:
+    names = ["mkipc.service.async64", "os.pipe.send", "mkipc.send", "os.socketpair.send"]
+    cells = [Cell(name, 64, [run(0, [10**6])], batch=50) for name in names]
+    assert [row.mechanism for row in throughput_rows(result(cells), "os.pipe.send")] == [
+        "os.pipe.send",
+        "os.socketpair.send",
+        "mkipc.service.async64",
+        "mkipc.send",
+    ]

@@ -5,8 +5,7 @@ ServiceClient found through the name server. The payload rides in the request as
 bytes. Four workers on one connection measure the hand-off between threads that
 share a connection's rings. ``mkipc.service.async64`` calls the one-worker service
 from 64 asyncio tasks through an AsyncServiceClient (a throughput row, as
-``mkipc.call.async64``): one call at a time rides its session, the others go
-through the kernel.
+``mkipc.call.async64``): every call rides the client's session once it is open.
 """
 
 from __future__ import annotations
