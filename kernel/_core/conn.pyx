@@ -71,10 +71,15 @@ cdef class ConnectionCore:
         """Submit `op` (on capability `slot`) and drop its completion unread, for
         finalizers: they must not wait, nor take a lock their thread may hold. If
         the submit lock is busy (another thread submits, or this one was inside a
-        submit when the finalizer ran) the operation waits in `_deferred` for the
-        next submit, which sends it first. `block` waits for the lock instead, for
-        callers that hold none of ours. False if the connection is gone."""
+        submit when the finalizer ran), or the ring is full, the operation waits
+        in `_deferred` for the next submit, which sends it first. With `block` it
+        waits for the lock instead, and returns False rather than defer if the
+        ring is full (the caller holds none of our locks: it can wait for the
+        answer instead). False too if the connection is gone."""
         cdef uint64_t one = 1
+        cdef uint64_t req_id
+        cdef int pushed
+        cdef bint ring = False
         if self.lost is not None:
             return False
         if not self._submit_lock.acquire(block):
@@ -83,9 +88,19 @@ cdef class ConnectionCore:
         try:
             if self.lost is not None:
                 return False
-            self._deferred.append((op, arg, slot))
-            if self._submit_deferred():
+            if self._deferred:
+                ring = self._submit_deferred()
+            req_id = next(self._ids)
+            self.abandoned[req_id] = 0
+            pushed = self.sq.push_record(op, req_id, slot, -1, arg, b"", ())
+            if ring or pushed == 2:   # the kernel sleeps: ring its doorbell
                 write(self.sq_efd, &one, 8)
+            if pushed:
+                return True
+            del self.abandoned[req_id]   # the ring is full
+            if block:
+                return False
+            self._deferred.append((op, arg, slot))
             return True
         finally:
             self._submit_lock.release()

@@ -1,6 +1,8 @@
 """Derivation, badges, rights and revocation (issue #3, first part) against a real kernel."""
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ import pytest
 
 import kernel
 from kernel import Rights
+from kernel.abi import Op
 
 pytestmark = pytest.mark.integration
 PEERS = Path(__file__).parent / "peers"
@@ -332,3 +335,25 @@ def test_a_capability_dropped_while_its_connection_submits_is_closed_with_the_ne
         assert k._conn._deferred  # not lost: waiting for the next submit
         assert _settles(lambda: ep.info().derived, 0) == 0
         assert not k._conn._deferred
+
+
+def test_a_finalizers_close_waits_while_the_submission_ring_is_full(kernel_daemon):
+    """With the kernel stopped, the ring fills: a finalizer's close waits in the
+    connection for room (the next submit sends it); a caller that may block is
+    told it was not sent, so it can wait for a close's answer instead."""
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        child = ep.copy()
+        conn = k._conn
+        os.kill(kernel_daemon.pid, signal.SIGSTOP)
+        try:
+            fillers = []
+            while conn.sq.push(Op.CAP_INFO, 10**9 + len(fillers), 0, 0, 0, b"", ()):
+                fillers.append(None)  # refused at once once the kernel runs: slot 0
+            assert not conn.submit_unwaited(Op.CAP_INFO, block=True)
+            del child
+            assert len(conn._deferred) == 1
+        finally:
+            os.kill(kernel_daemon.pid, signal.SIGCONT)
+        assert _settles(lambda: ep.info().derived, 0) == 0
+        assert not conn._deferred
