@@ -61,14 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result, args.baseline))
     paths = [] if args.out is None else write_outputs(result, args.out, args.baseline)
     if args.clients:
-        paths += _clients_sweep(args.clients, config, args.out)
+        calls = _given(args.client_calls, config.roundtrips)
+        paths += _clients_sweep(args.clients, calls, config.payload_sizes[0], args.out)
     if paths:
         print(f"wrote {', '.join(str(path) for path in paths)}", file=sys.stderr)
     return 0
 
 
-def _clients_sweep(counts: tuple[int, ...], config: BenchConfig, out: Path | None) -> list[Path]:
-    """The concurrent-clients sweep at the first payload size, after the main run."""
+def _clients_sweep(
+    counts: tuple[int, ...], calls: int, payload_size: int, out: Path | None
+) -> list[Path]:
+    """The concurrent-clients sweep (`calls` per point), after the main run."""
     from kernel.bench.clients import SERVICES, run_clients_sweep
     from kernel.bench.clients_report import format_clients, write_clients
 
@@ -76,9 +79,7 @@ def _clients_sweep(counts: tuple[int, ...], config: BenchConfig, out: Path | Non
         f"clients sweep {', '.join(map(str, counts))}: starting client processes", file=sys.stderr
     )
     with tempfile.TemporaryDirectory(prefix="mkb-clients-") as workdir:
-        points = run_clients_sweep(
-            list(SERVICES), counts, config.payload_sizes[0], config.roundtrips, Path(workdir)
-        )
+        points = run_clients_sweep(list(SERVICES), counts, payload_size, calls, Path(workdir))
     print()
     print(format_clients(points))
     return [] if out is None else write_clients(points, out)
@@ -103,7 +104,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_counts,
         metavar="COUNTS",
         help="also sweep concurrent client processes on one server, e.g. 1,4,32 or `sweep` "
-        "for 1,2,4,8,16,32 (at most 32); calls per point = --roundtrips",
+        "for 1,2,4,8,16,32 (at most 32), at the first payload size",
+    )
+    add(
+        "--client-calls",
+        type=_positive,
+        metavar="N",
+        help="calls per point of the clients sweep, split over its clients (default: "
+        "--roundtrips); the latency rows keep --roundtrips",
     )
     add(
         "--runs", type=int, help=f"timed runs per mechanism (default {_FULL[0]}, quick {_QUICK[0]})"
@@ -172,6 +180,16 @@ def _counts(text: str) -> tuple[int, ...]:
     if not counts or not all(1 <= n <= MAX_CLIENTS for n in counts):
         raise argparse.ArgumentTypeError(f"client counts must be within 1..{MAX_CLIENTS}")
     return counts
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return value
 
 
 def _size(text: str) -> int:
