@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 
-from ._core.faces import ServiceCaller
+from ._core.faces import ServiceCaller, reply_body
 from .client.aio import AsyncEndpointCap, AsyncKernel
 from .client.session import Session
 from .client.sync import EndpointCap, Kernel
@@ -236,7 +236,7 @@ def result(data: bytes, type_: Any, what: str) -> Any:
         decoder = _decoders.get(type_)
         if decoder is None:
             decoder = _decoders[type_] = msgspec.msgpack.Decoder(type_)
-        return decoder.decode(data[1:] if len(data) <= 4096 else memoryview(data)[1:])
+        return decoder.decode(reply_body(data))
     if data[:1] != FAILED:
         raise InvalidArgumentError(f"{what}: the reply is not a service reply ({data[:16]!r})")
     raise _exception(_failures.decode(memoryview(data)[1:]), what)

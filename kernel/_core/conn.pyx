@@ -77,7 +77,6 @@ cdef class ConnectionCore:
         ring is full (the caller holds none of our locks: it can wait for the
         answer instead). False too if the connection is gone."""
         cdef uint64_t one = 1
-        cdef uint64_t req_id
         cdef int pushed
         cdef bint ring = False
         if self.lost is not None:
@@ -90,15 +89,12 @@ cdef class ConnectionCore:
                 return False
             if self._deferred:
                 ring = self._submit_deferred()
-            req_id = next(self._ids)
-            self.abandoned[req_id] = 0
-            pushed = self.sq.push_record(op, req_id, slot, -1, arg, b"", ())
+            pushed = self._push_unwaited(op, arg, slot)
             if ring or pushed == 2:   # the kernel sleeps: ring its doorbell
                 write(self.sq_efd, &one, 8)
             if pushed:
                 return True
-            del self.abandoned[req_id]   # the ring is full
-            if block:
+            if block:   # the ring is full
                 return False
             self._deferred.append((op, arg, slot))
             return True
@@ -110,21 +106,28 @@ cdef class ConnectionCore:
         far as the ring has room (the rest waits for the next submit). True if the
         kernel sleeps and must be rung."""
         cdef list todo = self._deferred
-        cdef uint64_t req_id
         cdef int pushed
         cdef bint ring = False
         cdef Py_ssize_t done = 0
         for op, arg, slot in todo:
-            req_id = next(self._ids)
-            self.abandoned[req_id] = 0
-            pushed = self.sq.push_record(op, req_id, slot, -1, arg, b"", ())
+            pushed = self._push_unwaited(op, arg, slot)
             if not pushed:
-                del self.abandoned[req_id]
                 break
             ring = ring or pushed == 2
             done += 1
         del todo[:done]   # a finalizer may have appended meanwhile: keep what is new
         return ring
+
+    cdef int _push_unwaited(self, uint16_t op, uint64_t arg, uint64_t slot) except -1:
+        """With the submit lock held: push one operation whose completion is dropped
+        unread; push_record's code (0: no room, nothing pushed)."""
+        cdef uint64_t req_id = next(self._ids)
+        cdef int pushed
+        self.abandoned[req_id] = 0
+        pushed = self.sq.push_record(op, req_id, slot, -1, arg, b"", ())
+        if not pushed:
+            del self.abandoned[req_id]
+        return pushed
 
     def roundtrip(self, uint16_t op, cap, str verb, int64_t deadline=-1, uint64_t arg=0,
                   payload=b"", tuple caps=()):

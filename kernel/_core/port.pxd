@@ -53,6 +53,7 @@ cdef class SessionPort:
     cdef bint _claim(self, uint64_t req_id) noexcept
     cdef bint _commit(self, uint64_t req_id) noexcept
     cdef int _drop(self, uint64_t req_id) except -1
+    cdef bint _keeps_too_many(self)
     cdef int _deliver(self, mk_hdr *h, const char *p, Py_ssize_t n) except -1
     cdef int _flush(self) except -1
     cdef void _room_bell(self) noexcept

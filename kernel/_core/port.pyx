@@ -137,7 +137,7 @@ cdef class SessionPort:
         if op == OP_CALL and not self._claim(req_id):
             return W_FULL   # its word is still owned: wait for the server, as for room
         elif op == OP_REPLY:
-            if self.overflow is not None and len(self.overflow) >= MAX_TRACKED_CALLS:
+            if self._keeps_too_many():
                 return W_FULL   # more than an honest caller has in flight: not committed
             if not self._commit(req_id):
                 return W_LATE
@@ -204,9 +204,7 @@ cdef class SessionPort:
         cdef mk_hdr h
         if self.states is None or self._call_word(req_id) == NULL:
             return 0   # cleared by the collector, or released: nobody to tell
-        if self.overflow is not None and len(self.overflow) >= MAX_TRACKED_CALLS:
-            return 0
-        if self._state() != ST_OPEN or not self._commit(req_id):
+        if self._keeps_too_many() or self._state() != ST_OPEN or not self._commit(req_id):
             return 0
         memset(&h, 0, HDR_SIZE)
         h.opcode = OP_REPLY
@@ -230,6 +228,11 @@ cdef class SessionPort:
     # or before its next reply. At most MAX_TRACKED_CALLS are kept (an honest
     # caller never has more calls in flight: the call words): past that a reply
     # fails, uncommitted, and the caller's deadline ends its call.
+
+    cdef inline bint _keeps_too_many(self):
+        """Server: MAX_TRACKED_CALLS replies wait for room already (a caller that
+        does not drain): the next is refused before it is committed."""
+        return self.overflow is not None and len(self.overflow) >= MAX_TRACKED_CALLS
 
     cdef int _deliver(self, mk_hdr *h, const char *p, Py_ssize_t n) except -1:
         """Server: write a committed reply, or keep a copy until it fits."""

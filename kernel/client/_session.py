@@ -235,6 +235,19 @@ class SessionEnd:
 
     # ------------------------------------------------------------ teardown
 
+    def close_unwaited(self, *, block: bool) -> bool:
+        """Ask the kernel to end the session without waiting for its answer, and
+        unmap (a finalizer's close, in either face, and a group's drop). False if
+        the request could not be queued at once (`block` and a full ring): then
+        nothing changed, and a waited close must do it."""
+        if not self.closing:
+            queued = self.conn.submit_unwaited(Op.SESSION_CLOSE, arg=self.index, block=block)
+            if block and not queued:
+                return False
+            self.closing = True  # not queued (the connection is gone): it ended with it
+        self.release()
+        return True
+
     def release(self) -> None:
         """Unmap and close this side's descriptors (after SESSION_CLOSE, or when the
         connection is gone and the kernel ended every session)."""

@@ -72,11 +72,9 @@ class _AsyncSide(SessionView):
         end = getattr(self, "_end", None)
         if end is None or end.closed or end.closing:
             return
-        end.closing = True
         with contextlib.suppress(Exception):  # the loop may be closed already
             self._loop.remove_reader(end.my_efd)
-        end.conn.submit_unwaited(Op.SESSION_CLOSE, arg=end.index)  # False if lost: fine
-        end.release()
+        end.close_unwaited(block=False)
 
     def _arm(self) -> None:
         if not self._end.inbox.prepare_sleep():  # something landed meanwhile

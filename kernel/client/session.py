@@ -73,23 +73,11 @@ class _Base(SessionView):
     def __del__(self) -> None:
         """Dropped without close(): end it without waiting for the kernel's answer.
         (A finalizer may run on any thread, even one inside the connection's own
-        locks, so it never blocks on them; if one is busy the kernel ends the
-        session when the connection closes.) Nothing else can reach it now."""
+        locks, so it never blocks on them; if one is busy, the connection's next
+        submit sends the close.) Nothing else can reach it now."""
         end = getattr(self, "_end", None)
         if end is not None and not end.closed:
-            self._close_unwaited(block=False)
-
-    def _close_unwaited(self, *, block: bool) -> bool:
-        """Ask the kernel to end the session without waiting for its answer, and
-        unmap. False if the request could not be queued at once (then close())."""
-        end = self._end
-        if not end.closing:
-            queued = end.conn.submit_unwaited(Op.SESSION_CLOSE, arg=end.index, block=block)
-            if block and not queued:
-                return False
-            end.closing = True  # not queued (a finalizer): it ends with the connection
-        end.release()
-        return True
+            end.close_unwaited(block=False)
 
 
 class Session(SessionCaller, _Base):

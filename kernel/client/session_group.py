@@ -134,7 +134,7 @@ class SessionGroup(GroupReceiver):
     def _drop(self, server: SessionServer, error: IPCError) -> None:
         self._set_members([m for m in self._members if m is not server])
         server._lock = threading.Lock()  # its close() below must not wait on ours
-        if not server._close_unwaited(block=True):  # no kernel round trip in the loop:
+        if not server._end.close_unwaited(block=True):  # no kernel round trip in the loop:
             server.close()  # with another thread polling the kernel ring it took 50-100 ms
         if self._on_end is not None:
             self._on_end(server, error)

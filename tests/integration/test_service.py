@@ -181,7 +181,7 @@ def test_bad_requests_get_clear_errors_and_the_service_keeps_serving(kernel_daem
 @pytest.mark.parametrize("face", FACES)
 async def test_results_small_and_large_decode_on_both_clients(kernel_daemon, tmp_path, face):
     """A reply is decoded from a copy past its status byte when small, from a view
-    when large (faces.pyx _body): both sides of the 4096-byte line, both clients."""
+    when large (faces.pyx reply_body): both sides of the 4096-byte line, both clients."""
     sizes = [0, 4090, 4094, 100_000]  # a 4090-character str replies in 4094 bytes
     with service(tmp_path, "t.sizes", face):
         with kernel.connect(autostart=False) as k:
