@@ -28,3 +28,11 @@ DEFAULT_NOTIFICATION_RIGHTS = (
     Rights.SIGNAL | Rights.WAIT | Rights.COPY | Rights.TRANSFER | Rights.MANAGE
 )
 DEFAULT_REPLY_RIGHTS = Rights.SEND | Rights.TRANSFER
+DEFAULT_MEMORY_RIGHTS = (
+    Rights.MAP | Rights.READ | Rights.WRITE | Rights.COPY | Rights.TRANSFER | Rights.MANAGE
+)
+"""MAP and READ map it read-only; WRITE as well maps it writable."""
+DEFAULT_SEMAPHORE_RIGHTS = (
+    Rights.SIGNAL | Rights.WAIT | Rights.COPY | Rights.TRANSFER | Rights.MANAGE
+)
+"""SIGNAL posts, WAIT waits (the notification's verbs, one word per idea)."""

@@ -21,10 +21,12 @@ from .client._conn import Connection as _Connection
 from .client._names import NameEntry as NameEntry
 from .client.aio import AsyncEndpointCap as AsyncEndpointCap
 from .client.aio import AsyncKernel as AsyncKernel
+from .client.aio import AsyncMemoryCap as AsyncMemoryCap
 from .client.aio import AsyncMessage as AsyncMessage
 from .client.aio import AsyncNotificationCap as AsyncNotificationCap
 from .client.aio import AsyncProcess as AsyncProcess
 from .client.aio import AsyncReplyCap as AsyncReplyCap
+from .client.aio import AsyncSemaphoreCap as AsyncSemaphoreCap
 from .client.aio_session import AsyncSession as AsyncSession
 from .client.aio_session import AsyncSessionServer as AsyncSessionServer
 from .client.session import Session as Session
@@ -34,10 +36,12 @@ from .client.session import SessionServer as SessionServer
 from .client.session_group import SessionGroup as SessionGroup
 from .client.sync import EndpointCap as EndpointCap
 from .client.sync import Kernel as Kernel
+from .client.sync import MemoryCap as MemoryCap
 from .client.sync import Message as Message
 from .client.sync import NotificationCap as NotificationCap
 from .client.sync import Process as Process
 from .client.sync import ReplyCap as ReplyCap
+from .client.sync import SemaphoreCap as SemaphoreCap
 from .errors import AccessDeniedError as AccessDeniedError
 from .errors import AlreadyExistsError as AlreadyExistsError
 from .errors import CallTimeoutError as CallTimeoutError

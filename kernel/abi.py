@@ -90,12 +90,22 @@ class Op(enum.IntEnum):
     CANCEL = 42
     CALLER_MONITOR = 43
     CALL_MONITOR = 44
+    # memory objects 50-59
+    MEMORY_CREATE = 50
+    MEMORY_MAP = 51
+    MEMORY_SIZE = 52
+    # semaphores 60-69
+    SEMAPHORE_CREATE = 60
+    SEMAPHORE_POST = 61
+    SEMAPHORE_WAIT = 62
 
 
 class ObjectKind(enum.IntEnum):
     ENDPOINT = 1
     NOTIFICATION = 2
     REPLY = 3
+    MEMORY = 4
+    SEMAPHORE = 5
 
 
 # Flags of a received message's completion (Header.arg).
@@ -112,6 +122,13 @@ SESSION_RING_SIZE = 1 << 20
 when they map it: ring.prefault)."""
 SESSION_OPEN, SESSION_FREE = 1, 0
 """Values of a session state word (ring.pxd); an ended session holds its Status (< 0)."""
+
+MAX_MEMORY_SIZE = 1 << 30
+"""Largest memory object in bytes (1 GiB)."""
+MAX_MEMORY_BYTES = 4 << 30
+"""Bytes of memory objects one process may have created and not yet seen destroyed."""
+MAX_SEMAPHORE_VALUE = (1 << 63) - 1
+"""A semaphore's count never exceeds this; a post past it fails (POSIX EOVERFLOW)."""
 
 NAMES_SLOT = 0x10001
 """The well-known slot of every process's capability to the name server (DESIGN §2):
@@ -176,14 +193,23 @@ class Welcome(msgspec.Struct, tag=True):
     names_slot: int = 0
 
 
+class MemoryFd(msgspec.Struct, tag=True):
+    """The descriptor of a memory object, sent with SCM_RIGHTS just before the
+    MEMORY_MAP completion of request `req_id`: read-write if the capability had
+    WRITE, otherwise opened read-only (it cannot be mapped writable)."""
+
+    req_id: int
+    writable: bool
+
+
 class Refused(msgspec.Struct, tag=True):
     reason: str
 
 
 class SessionFds(msgspec.Struct, tag=True):
-    """After the handshake, the kernel's only frames: the descriptors of session `sid`
-    (its memfd, the caller's doorbell, the server's doorbell), sent with SCM_RIGHTS
-    just before the completion that opens or accepts it."""
+    """The descriptors of session `sid` (its memfd, the caller's doorbell, the
+    server's doorbell), sent with SCM_RIGHTS just before the completion that opens
+    or accepts it. After the handshake the kernel sends only these and MemoryFd."""
 
     sid: int
 
@@ -210,7 +236,7 @@ class SessionGrant(msgspec.Struct, frozen=True, array_like=True):
     sender_id: int
 
 
-Handshake = Hello | Welcome | Refused | SessionFds
+Handshake = Hello | Welcome | Refused | SessionFds | MemoryFd
 HANDSHAKE_MAX = 64 * 1024
 
 _encoder = msgspec.msgpack.Encoder()

@@ -87,7 +87,9 @@ def _open_fds() -> set[str]:
 
 def _ring_mappings() -> int:
     with open("/proc/self/maps") as f:
-        return sum("mkipc-rings" in line or "mkipc-session" in line for line in f)
+        return sum(
+            "mkipc-rings" in line or "mkipc-session" in line or "mkipc-memory" in line for line in f
+        )
 
 
 @pytest.fixture
@@ -117,7 +119,7 @@ def kernel_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[K
     assert "kernel exit: 0 live objects, 0 bundles" in log, f"kernel leaked objects:\n{log}"
     assert "Traceback" not in log, f"kernel logged an exception:\n{log}"
     assert not leaked_fds, f"file descriptors leaked: {leaked_fds}"
-    assert leaked_maps <= 0, f"{leaked_maps} ring mappings leaked"
+    assert leaked_maps <= 0, f"{leaked_maps} ring or memory mappings leaked"
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:

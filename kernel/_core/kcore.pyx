@@ -46,6 +46,8 @@ cdef enum:
     KIND_ENDPOINT = 1
     KIND_NOTIFICATION = 2
     KIND_REPLY = 3
+    KIND_MEMORY = 4
+    KIND_SEMAPHORE = 5
     MSG_IS_CALL = 1
     MSG_FROM_KERNEL = 2
     WAITING = 0
@@ -93,7 +95,8 @@ assert (OP_SEND, OP_CALL, OP_RECV, OP_REPLY, OP_REPLY_RECV) == (
     abi.Op.ENDPOINT_REPLY_RECV)
 assert (OP_SIGNAL, OP_WAIT, OP_POLL) == (
     abi.Op.NOTIFICATION_SIGNAL, abi.Op.NOTIFICATION_WAIT, abi.Op.NOTIFICATION_POLL)
-assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY) == tuple(abi.ObjectKind)
+assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY, KIND_MEMORY, KIND_SEMAPHORE) == tuple(
+    abi.ObjectKind)
 assert (MSG_IS_CALL, MSG_FROM_KERNEL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL)
 assert (OP_CANCEL, OP_CLOSE) == (abi.Op.CANCEL, abi.Op.CAP_CLOSE)
 assert all(getattr(Status, n[3:]) == v for n, v in (
@@ -104,7 +107,8 @@ assert all(getattr(Status, n[3:]) == v for n, v in (
     ("ST_ACCESS_DENIED", ST_ACCESS_DENIED), ("ST_NO_RESOURCES", ST_NO_RESOURCES)))
 
 KIND_NAMES = {KIND_ENDPOINT: "endpoint", KIND_NOTIFICATION: "notification",
-              KIND_REPLY: "reply capability"}
+              KIND_REPLY: "reply capability", KIND_MEMORY: "memory object",
+              KIND_SEMAPHORE: "semaphore"}
 
 cdef long _live = 0
 cdef uint64_t _next_oid = 1

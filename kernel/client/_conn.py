@@ -92,11 +92,13 @@ class Connection(ConnectionCore):
         # sid -> descriptor triples read but not yet claimed; a list because a session
         # with both ends in this connection comes as two frames with one sid
         self._session_fds: dict[int, list[list[int]]] = {}
+        self._memory_fds: dict[int, tuple[int, bool]] = {}  # MEMORY_MAP req_id -> (fd, writable)
         self._sock_lock = threading.Lock()
         self.results: dict[int, Completion] = {}
         self.abandoned: dict[int, int] = {}  # withdrawn req_id -> its cap slot
         self.msg_stash: dict[int, deque[Completion]] = {}  # slot -> orphaned messages
         self.bits_stash: dict[int, int] = {}  # slot -> orphaned notification bits
+        self.units_stash: dict[int, int] = {}  # slot -> orphaned semaphore units
         self.lost: str | None = None
         self._ids = itertools.count(1)
         self._submit_lock = threading.Lock()
@@ -147,6 +149,10 @@ class Connection(ConnectionCore):
             self.msg_stash.setdefault(slot, deque()).append(c)
         elif c.opcode == Op.NOTIFICATION_WAIT and c.arg:
             self.bits_stash[slot] = self.bits_stash.get(slot, 0) | c.arg
+        elif c.opcode == Op.SEMAPHORE_WAIT:  # the unit it took is this process's now
+            self.units_stash[slot] = self.units_stash.get(slot, 0) + 1
+        elif c.opcode == Op.MEMORY_MAP:
+            os.close(self.memory_fd(c.req_id)[0])
 
     # ------------------------------------------------------------ session descriptors
 
@@ -161,6 +167,14 @@ class Connection(ConnectionCore):
             if not triples:
                 del self._session_fds[sid]
             return fds
+
+    def memory_fd(self, req_id: int) -> tuple[int, bool]:
+        """(descriptor, writable) of the memory object that MEMORY_MAP `req_id` maps:
+        the kernel sent it just before the completion, so it is there to read."""
+        with self._sock_lock:
+            while req_id not in self._memory_fds:
+                self._file_frame()
+            return self._memory_fds.pop(req_id)
 
     def _drop_session(self, c: Completion) -> None:
         """A session granted to a waiter that gave up: close it, waiting for nothing."""
@@ -245,8 +259,11 @@ class Connection(ConnectionCore):
             self._sock_lock.release()
 
     def _file_frame(self) -> None:
-        """Read one frame (under _sock_lock) and file its descriptors by sid."""
+        """Read one frame (under _sock_lock) and file its descriptors by sid or req_id."""
         frame, fds = _read_frame_shared(self.sock)
+        if isinstance(frame, abi.MemoryFd) and len(fds) == 1:
+            self._memory_fds[frame.req_id] = (fds[0], frame.writable)
+            return
         if not isinstance(frame, abi.SessionFds) or len(fds) != 3:
             for fd in fds:
                 os.close(fd)
@@ -284,6 +301,8 @@ class Connection(ConnectionCore):
                 for fds in triples:
                     for fd in fds:
                         os.close(fd)
+            for fd, _ in self._memory_fds.values():
+                os.close(fd)
         finally:
             if polling_done:
                 self._poll_lock.release()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import mmap
 import subprocess
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -37,6 +38,14 @@ from ._common import (
     transfer_slots,
 )
 from ._conn import Completion, Connection, as_payload, deadline_from, failure
+from ._objects import (
+    initial_value,
+    map_mode,
+    map_received,
+    memory_size_arg,
+    post_count,
+    take_stashed_unit,
+)
 
 Data = bytes | bytearray | memoryview
 
@@ -56,7 +65,7 @@ class AsyncKernel:
         self._conn: Connection | None = None
         # req_id -> (future, slot of the capability the op used)
         self._futures: dict[int, tuple[asyncio.Future[Completion], int]] = {}
-        self.inherited: dict[str, AsyncEndpointCap | AsyncNotificationCap] = {}
+        self.inherited: dict[str, AsyncInheritedCap] = {}
         self._names: AsyncNames | None = None
         # Open sessions (aio_session._AsyncSide), not kept alive by this: one dropped
         # unclosed closes itself.
@@ -204,6 +213,18 @@ class AsyncKernel:
     async def notification(self) -> AsyncNotificationCap:
         c = await self._roundtrip(Op.NOTIFICATION_CREATE, None, "create notification")
         return AsyncNotificationCap(self, c.arg, owned=True)
+
+    async def memory(self, size: int) -> AsyncMemoryCap:
+        """Create a zero-filled memory object of `size` bytes."""
+        arg = memory_size_arg(size)
+        c = await self._roundtrip(Op.MEMORY_CREATE, None, "create memory object", arg=arg)
+        return AsyncMemoryCap(self, c.arg, owned=True)
+
+    async def semaphore(self, value: int = 0) -> AsyncSemaphoreCap:
+        """Create a counting semaphore whose count starts at `value`."""
+        arg = initial_value(value)
+        c = await self._roundtrip(Op.SEMAPHORE_CREATE, None, "create semaphore", arg=arg)
+        return AsyncSemaphoreCap(self, c.arg, owned=True)
 
     async def spawn(
         self,
@@ -438,14 +459,62 @@ class AsyncNotificationCap(_AsyncCap):
         return asyncio.ensure_future(loop())
 
 
-_CAP_TYPES: dict[str, type[AsyncEndpointCap | AsyncNotificationCap]] = {
+class AsyncMemoryCap(_AsyncCap):
+    """Shared memory that only capability holders can map (see MemoryCap)."""
+
+    kind = "memory object"
+    _k: AsyncKernel
+    __slots__ = ()
+
+    async def size(self) -> int:
+        return int((await self._k._roundtrip(Op.MEMORY_SIZE, self, "size")).arg)
+
+    async def map(self, *, writable: bool | None = None) -> mmap.mmap:
+        """Map the whole object; as MemoryCap.map. Rights: MAP, READ (WRITE to write)."""
+        c = await self._k._roundtrip(Op.MEMORY_MAP, self, "map", arg=map_mode(writable))
+        return map_received(self._k._open(), c)
+
+    async def open_fd(self, *, writable: bool | None = None) -> int:
+        c = await self._k._roundtrip(Op.MEMORY_MAP, self, "open_fd", arg=map_mode(writable))
+        return self._k._open().memory_fd(c.req_id)[0]
+
+
+class AsyncSemaphoreCap(_AsyncCap):
+    """A counting semaphore (see SemaphoreCap); a cancelled wait loses no unit."""
+
+    kind = "semaphore"
+    _k: AsyncKernel
+    __slots__ = ()
+
+    async def post(self, n: int = 1) -> None:
+        await self._k._roundtrip(Op.SEMAPHORE_POST, self, "post", arg=post_count(n))
+
+    async def wait(self, *, timeout: float | None = None) -> None:
+        if not take_stashed_unit(self._k._open(), self.slot):
+            await self._k._roundtrip(Op.SEMAPHORE_WAIT, self, "wait", timeout=timeout)
+
+    async def try_wait(self) -> bool:
+        try:
+            await self.wait(timeout=0)
+        except CallTimeoutError:
+            return False
+        return True
+
+
+AsyncInheritedCap = AsyncEndpointCap | AsyncNotificationCap | AsyncMemoryCap | AsyncSemaphoreCap
+
+_CAP_TYPES: dict[str, type[AsyncInheritedCap]] = {
     "endpoint": AsyncEndpointCap,
     "notification": AsyncNotificationCap,
+    "memory object": AsyncMemoryCap,
+    "semaphore": AsyncSemaphoreCap,
 }
 _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.ENDPOINT: AsyncEndpointCap,
     abi.ObjectKind.NOTIFICATION: AsyncNotificationCap,
     abi.ObjectKind.REPLY: AsyncReplyCap,
+    abi.ObjectKind.MEMORY: AsyncMemoryCap,
+    abi.ObjectKind.SEMAPHORE: AsyncSemaphoreCap,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import subprocess
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -30,6 +31,14 @@ from ._common import (
     transfer_slots,
 )
 from ._conn import Completion, Connection, as_payload, deadline_from
+from ._objects import (
+    initial_value,
+    map_mode,
+    map_received,
+    memory_size_arg,
+    post_count,
+    take_stashed_unit,
+)
 
 Data = bytes | bytearray | memoryview
 
@@ -47,7 +56,7 @@ class Kernel:
         self._conn = conn
         w = conn.welcome
         self.pid, self.uid, self.gid = w.pid, w.uid, w.gid
-        self.inherited: dict[str, EndpointCap | NotificationCap] = {
+        self.inherited: dict[str, InheritedCap] = {
             name: _CAP_TYPES[ic.kind](self, ic.slot, owned=True) for name, ic in w.inherited.items()
         }
         self._names: Names | None = None
@@ -105,6 +114,19 @@ class Kernel:
         """Create a notification (a 64-bit word of signal bits)."""
         c = self._roundtrip(Op.NOTIFICATION_CREATE, None, "create notification")
         return NotificationCap(self, c.arg, owned=True)
+
+    def memory(self, size: int) -> MemoryCap:
+        """Create a zero-filled memory object of `size` bytes (at most
+        `kernel.abi.MAX_MEMORY_SIZE`), to share by handing out capabilities to it."""
+        arg = memory_size_arg(size)
+        c = self._roundtrip(Op.MEMORY_CREATE, None, "create memory object", arg=arg)
+        return MemoryCap(self, c.arg, owned=True)
+
+    def semaphore(self, value: int = 0) -> SemaphoreCap:
+        """Create a counting semaphore whose count starts at `value`."""
+        arg = initial_value(value)
+        c = self._roundtrip(Op.SEMAPHORE_CREATE, None, "create semaphore", arg=arg)
+        return SemaphoreCap(self, c.arg, owned=True)
 
     def spawn(
         self,
@@ -370,14 +392,79 @@ class NotificationCap(_Cap):
         return stashed | int(self._k._roundtrip(Op.NOTIFICATION_POLL, self, "poll").arg)
 
 
-_CAP_TYPES: dict[str, type[EndpointCap | NotificationCap]] = {
+class MemoryCap(_Cap):
+    """Shared memory that only capability holders can map: bulk data crosses no ring."""
+
+    kind = "memory object"
+    _k: Kernel
+    __slots__ = ()
+
+    def size(self) -> int:
+        """The object's size in bytes. Rights: none."""
+        return int(self._k._roundtrip(Op.MEMORY_SIZE, self, "size").arg)
+
+    def map(self, *, writable: bool | None = None) -> mmap.mmap:
+        """Map the whole object, shared with every other mapping of it.
+
+        Args:
+            writable: None maps it writable if this capability has WRITE, else
+                read-only; True needs WRITE; False maps it read-only.
+
+        The mapping outlives the capability (close it, or use it in `with`): closing
+        or revoking the capability stops new mappings, not this one.
+        Rights: MAP and READ; WRITE for a writable mapping. A read-only mapping
+        cannot be made writable: the descriptor behind it was opened read-only.
+        """
+        c = self._k._roundtrip(Op.MEMORY_MAP, self, "map", arg=map_mode(writable))
+        return map_received(self._k._conn, c)
+
+    def open_fd(self, *, writable: bool | None = None) -> int:
+        """A new descriptor of the object, for code that maps or reads it itself
+        (`numpy.memmap`, `os.pread`); close it when done. Rights: as for map()."""
+        c = self._k._roundtrip(Op.MEMORY_MAP, self, "open_fd", arg=map_mode(writable))
+        return self._k._conn.memory_fd(c.req_id)[0]
+
+
+class SemaphoreCap(_Cap):
+    """A counting semaphore, to coordinate processes that share memory."""
+
+    kind = "semaphore"
+    _k: Kernel
+    __slots__ = ()
+
+    def post(self, n: int = 1) -> None:
+        """Add `n` units; each wakes one waiter, oldest first. Rights: SIGNAL."""
+        self._k._roundtrip(Op.SEMAPHORE_POST, self, "post", arg=post_count(n))
+
+    def wait(self, *, timeout: float | None = None) -> None:
+        """Take one unit, waiting until one is posted. Raises CallTimeoutError (a
+        TimeoutError) after `timeout`. Rights: WAIT."""
+        if not take_stashed_unit(self._k._conn, self.slot):
+            self._k._roundtrip(Op.SEMAPHORE_WAIT, self, "wait", timeout=timeout)
+
+    def try_wait(self) -> bool:
+        """Take one unit if there is one; never blocks. Rights: WAIT."""
+        try:
+            self.wait(timeout=0)
+        except CallTimeoutError:
+            return False
+        return True
+
+
+InheritedCap = EndpointCap | NotificationCap | MemoryCap | SemaphoreCap
+
+_CAP_TYPES: dict[str, type[InheritedCap]] = {
     "endpoint": EndpointCap,
     "notification": NotificationCap,
+    "memory object": MemoryCap,
+    "semaphore": SemaphoreCap,
 }
 _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.ENDPOINT: EndpointCap,
     abi.ObjectKind.NOTIFICATION: NotificationCap,
     abi.ObjectKind.REPLY: ReplyCap,
+    abi.ObjectKind.MEMORY: MemoryCap,
+    abi.ObjectKind.SEMAPHORE: SemaphoreCap,
 }
 
 
@@ -400,4 +487,14 @@ class Process(ProcessBase):
         return code
 
 
-__all__ = ["Kernel", "EndpointCap", "NotificationCap", "Message", "Process", "Credentials", "abi"]
+__all__ = [
+    "Kernel",
+    "EndpointCap",
+    "NotificationCap",
+    "MemoryCap",
+    "SemaphoreCap",
+    "Message",
+    "Process",
+    "Credentials",
+    "abi",
+]

@@ -1,5 +1,9 @@
 """The cold operations: object creation, derivation, cancel, spawning.
 
+Memory objects and semaphores have all their operations here, in Python, in
+kernel/daemon/objects/: a map is a control-plane step, and a semaphore operation
+costs a kernel round trip either way (~2 µs more in Python than compiled).
+
 The per-message operations (endpoints, notifications) and the drain loop are
 compiled in kernel/_core/kcore.pyx; `install()` registers these handlers there.
 Each validates first and acts after (STYLE §1); bad requests get an error
@@ -27,6 +31,8 @@ from .._core.ring import Header
 from ..abi import Op
 from ..errors import Status
 from .objects import Endpoint, Notification, OpError, Reply
+from .objects.memory import HANDLERS as MEMORY_HANDLERS
+from .objects.semaphore import HANDLERS as SEMAPHORE_HANDLERS
 from .pending import Pending
 from .process import Proc
 from .sessions import HANDLERS as SESSION_HANDLERS
@@ -231,3 +237,5 @@ COLD_HANDLERS: dict[int, Handler] = {
 def install(k: KernelState) -> None:
     k.cold.update(COLD_HANDLERS)
     k.cold.update(SESSION_HANDLERS)
+    k.cold.update(MEMORY_HANDLERS)
+    k.cold.update(SEMAPHORE_HANDLERS)

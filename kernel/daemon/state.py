@@ -38,6 +38,7 @@ _EXPIRED_REASON: dict[int, str] = {
     abi.Op.NOTIFICATION_WAIT: "no signal arrived before the deadline",
     abi.Op.PROCESS_WAIT: "the process had not ended before the deadline",
     abi.Op.ENDPOINT_SESSION_OPEN: "no server accepted the session before the deadline",
+    abi.Op.SEMAPHORE_WAIT: "the semaphore was not posted before the deadline",
 }
 
 
