@@ -58,6 +58,10 @@ def deadline_ns(timeout: float | None) -> int:
     return 0 if timeout == 0 else time.monotonic_ns() + max(1, int(timeout * 1e9))
 
 
+REGISTRABLE = ("endpoint", "notification", "memory object", "semaphore")
+"""Kinds of capability a name can hold (not reply capabilities: they are one-shot)."""
+
+
 def call_timeout(timeout: float | None) -> float | None:
     """The call's own timeout: the wait it asks for plus the grace for the answer."""
     return None if timeout is None else timeout + CALL_GRACE_S
@@ -69,8 +73,11 @@ def register_request(
     """The request; the stub sends it with `cap.as_copy()` (the kernel makes the copy
     at the send, so the registrant's own `cap` stays usable while the request waits
     for the name server: its workers may be receiving)."""
-    if not isinstance(cap, CapBase) or cap.kind not in ("endpoint", "notification"):
-        raise TypeError(f"register needs an endpoint or notification capability, not {cap!r}")
+    if not isinstance(cap, CapBase) or cap.kind not in REGISTRABLE:
+        raise TypeError(
+            f"register needs an endpoint, notification, memory object or semaphore "
+            f"capability, not {cap!r}"
+        )
     if rights is not None and not 0 <= int(rights) <= int(Rights.ALL):
         raise ValueError(f"rights must be a combination of kernel.Rights, not {rights!r}")
     req = p.Register(

@@ -13,11 +13,18 @@ from services.names import protocol as p
 
 from ..errors import InvalidCapabilityError
 from . import _names as n
-from .aio import AsyncEndpointCap, AsyncKernel, AsyncMessage, AsyncNotificationCap
-from .sync import EndpointCap, Kernel, Message, NotificationCap
+from .aio import (
+    AsyncEndpointCap,
+    AsyncKernel,
+    AsyncMemoryCap,
+    AsyncMessage,
+    AsyncNotificationCap,
+    AsyncSemaphoreCap,
+)
+from .sync import EndpointCap, Kernel, MemoryCap, Message, NotificationCap, SemaphoreCap
 
-C = TypeVar("C", EndpointCap, NotificationCap)
-AC = TypeVar("AC", AsyncEndpointCap, AsyncNotificationCap)
+C = TypeVar("C", EndpointCap, NotificationCap, MemoryCap, SemaphoreCap)
+AC = TypeVar("AC", AsyncEndpointCap, AsyncNotificationCap, AsyncMemoryCap, AsyncSemaphoreCap)
 NameEntry = n.NameEntry
 
 
@@ -46,7 +53,7 @@ class Names:
     def register(
         self,
         name: str,
-        cap: EndpointCap | NotificationCap,
+        cap: EndpointCap | NotificationCap | MemoryCap | SemaphoreCap,
         *,
         mode: int = 0o660,
         rights: Rights | None = None,
@@ -57,7 +64,8 @@ class Names:
         `mode` is System V style: lookup needs read (4), replacing or unregistering
         needs write (2), for the caller's class (owner / group / other). `rights` is
         what lookup hands out (default: an endpoint's SEND, GRANT, COPY and TRANSFER,
-        never RECEIVE). The entry disappears when this process ends.
+        never RECEIVE; a memory object's MAP and READ, not WRITE). The entry
+        disappears when this process ends.
 
         Raises AlreadyExistsError if the name is taken (replace=True takes it over,
         with write permission), AccessDeniedError, InvalidArgumentError.
@@ -141,7 +149,7 @@ class AsyncNames:
     async def register(
         self,
         name: str,
-        cap: AsyncEndpointCap | AsyncNotificationCap,
+        cap: AsyncEndpointCap | AsyncNotificationCap | AsyncMemoryCap | AsyncSemaphoreCap,
         *,
         mode: int = 0o660,
         rights: Rights | None = None,

@@ -27,10 +27,12 @@ from kernel import (
     EndpointCap,
     IPCError,
     Kernel,
+    MemoryCap,
     Message,
     MintOf,
     NotificationCap,
     PeerClosedError,
+    SemaphoreCap,
     Status,
 )
 
@@ -41,8 +43,11 @@ log = logging.getLogger("mkipc.names")
 HANDOUT_RIGHTS = {
     "endpoint": Rights.SEND | Rights.GRANT | Rights.COPY | Rights.TRANSFER,
     "notification": Rights.SIGNAL | Rights.COPY | Rights.TRANSFER,
+    "memory object": Rights.MAP | Rights.READ | Rights.COPY | Rights.TRANSFER,
+    "semaphore": Rights.SIGNAL | Rights.WAIT | Rights.COPY | Rights.TRANSFER,
 }
-"""What lookup hands out by default: use the object, pass it on; never receive/wait."""
+"""What lookup hands out by default: use the object, pass it on; never receive, and
+never write shared memory (a read-only mapping) unless the registrant says so."""
 
 MAX_ENTRIES = 1024
 MAX_WAITERS = 1024
@@ -50,7 +55,7 @@ MAX_WAITERS = 1024
 MAX_WAITERS_PER_UID = 256
 """So that one user's waiting lookups cannot take every place from the others."""
 
-Cap = EndpointCap | NotificationCap
+Cap = EndpointCap | NotificationCap | MemoryCap | SemaphoreCap
 Carried = Cap | MintOf
 
 LOOKED_UP = p.OK_BYTES
@@ -271,9 +276,9 @@ class NameServer:
             n = len(caps)
             raise Refused(Status.INVALID_ARGS, f"register carries one capability, not {n}")
         cap = caps[0]
-        if not isinstance(cap, (EndpointCap, NotificationCap)):
-            raise Refused(Status.WRONG_TYPE, f"a {cap.kind} cannot be registered: "
-                          "only endpoints and notifications")  # fmt: skip
+        if not isinstance(cap, (EndpointCap, NotificationCap, MemoryCap, SemaphoreCap)):
+            raise Refused(Status.WRONG_TYPE, f"a {cap.kind} cannot be registered: only "
+                          "endpoints, notifications, memory objects and semaphores")  # fmt: skip
         return cap
 
     def _may_take(self, old: Record, req: p.Register, msg: Message) -> None:

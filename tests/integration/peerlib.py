@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import re
 import struct
 import subprocess
 import sys
@@ -16,6 +17,21 @@ import kernel
 from kernel import abi
 
 PEERS = Path(__file__).parent / "peers"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_script(path: Path) -> str:
+    """The README's ```sh block, as written."""
+    block = re.search(r"```sh\n(.*?)```", path.read_text(), re.S)
+    assert block is not None, f"no sh block in {path}"
+    return block.group(1)
+
+
+def run_script(script: str) -> subprocess.CompletedProcess[str]:
+    """Run a README's commands as a user would, from the repository's root."""
+    return subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 @contextlib.contextmanager

@@ -92,3 +92,16 @@ def test_paced_runs_idle_between_round_trips_and_say_so():
     assert "paced: 10 ms idle between round trips" in format_table(result)
     with pytest.raises(ValueError, match="pace_s"):
         BenchConfig(pace_s=2.0)
+
+
+def test_the_memory_object_row_carries_every_payload_size_and_ends_cleanly():
+    from kernel.bench.mechanisms.mkipc_memory import MkipcMemory
+
+    config = BenchConfig(payload_sizes=(64, 1024 * 1024), runs=1, roundtrips=30, warmup=2)
+    mechanism = MkipcMemory()
+    result = run_bench([mechanism], config)
+    for size in config.payload_sizes:  # 1 MiB too: past MAX_PAYLOAD, as bulk data goes
+        cell = result.cell("mkipc.memory", size)
+        assert cell.note is None, cell.note
+        assert cell.count == 30
+    assert mechanism.peer_pids() == []

@@ -8,7 +8,7 @@ import sys
 import threading
 
 import pytest
-from peerlib import PEERS, spawned
+from peerlib import PEERS, ROOT, readme_script, run_script, spawned
 
 import kernel
 from kernel import Rights, abi
@@ -207,3 +207,35 @@ async def test_the_asyncio_face_maps_and_coordinates(kernel_daemon):
                 mmap.mmap(fd, 8192, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
+
+
+def test_shm_example_runs_as_its_readme_says(kernel_daemon):
+    out = run_script(readme_script(ROOT / "examples/shm/README.md"))
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == [
+        "consumer: 10000 records in order, total 24997500.0",
+        "producer: expected total 24997500.0",
+        "the consumer cannot write: mmap can't modify a readonly memory map.",
+    ]
+
+
+def test_the_name_server_hands_out_memory_read_only_and_semaphores(kernel_daemon):
+    with kernel.connect(autostart=False) as owner, kernel.connect(autostart=False) as client:
+        mem, sem = owner.memory(4096), owner.semaphore(1)
+        with mem.map() as m:
+            m[:4] = b"shm!"
+        owner.names.register("test.mem", mem, mode=0o666)
+        owner.names.register("test.sem", sem, mode=0o666)
+        got = client.names.lookup("test.mem", kind=kernel.MemoryCap)
+        assert got.info().rights == MAP_RO | Rights.COPY | Rights.TRANSFER  # no WRITE
+        with got.map() as ro:
+            assert ro[:4] == b"shm!"
+            with pytest.raises(TypeError):
+                ro[0] = 0
+        with pytest.raises(kernel.InvalidCapabilityError, match="holds a memory object"):
+            client.names.lookup("test.mem")  # an endpoint is asked for by default
+        theirs = client.names.lookup("test.sem", kind=kernel.SemaphoreCap)
+        assert theirs.try_wait()
+        assert not sem.try_wait()
+        theirs.post()
+        assert sem.try_wait()

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from peerlib import PEERS
+from peerlib import PEERS, readme_script, run_script
 from peers.service_peer import Big, Echo, Exit, Fail, Meet, Overlap, Term, Who
 
 import kernel
@@ -628,19 +628,6 @@ def test_a_service_declines_a_fifth_session_from_one_caller_which_then_uses_the_
 
 
 # ------------------------------------------------------------ the examples, as a user runs them
-
-
-def readme_script(path: Path) -> str:
-    """The README's ```sh block, as written."""
-    block = re.search(r"```sh\n(.*?)```", path.read_text(), re.S)
-    assert block is not None, f"no sh block in {path}"
-    return block.group(1)
-
-
-def run_script(script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
 
 
 def test_kv_example_runs_as_its_readme_says(kernel_daemon):

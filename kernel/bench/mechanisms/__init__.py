@@ -69,6 +69,8 @@ MECHANISM_MODULES: list[str] = [
     # mkipc.session.call and mkipc.session.send: calls and sends over a direct session
     "kernel.bench.mechanisms.mkipc_session",
     "kernel.bench.mechanisms.mkipc_async",
+    # mkipc.memory: bulk data through memory objects, every payload size (1 MiB included)
+    "kernel.bench.mechanisms.mkipc_memory",
 ]
 
 _PEER_STOP_GRACE_S = 2.0  # how long teardown waits for a peer to exit before SIGKILL

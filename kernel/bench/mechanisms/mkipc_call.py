@@ -84,7 +84,9 @@ class _MkipcMechanism(Mechanism):
         self._kernel = PrivateKernel()
         self._k = kernel.connect(self._kernel.path, autostart=False)
 
-    def _spawn(self, caps: dict[str, kernel.EndpointCap | kernel.NotificationCap]) -> None:
+    def _spawn(
+        self, caps: dict[str, kernel.EndpointCap | kernel.NotificationCap | kernel.MemoryCap]
+    ) -> None:
         assert self._k is not None
         argv = [
             sys.executable,
