@@ -25,6 +25,7 @@ from .client.aio import AsyncMemoryCap as AsyncMemoryCap
 from .client.aio import AsyncMessage as AsyncMessage
 from .client.aio import AsyncNotificationCap as AsyncNotificationCap
 from .client.aio import AsyncProcess as AsyncProcess
+from .client.aio import AsyncQueueCap as AsyncQueueCap
 from .client.aio import AsyncReplyCap as AsyncReplyCap
 from .client.aio import AsyncSemaphoreCap as AsyncSemaphoreCap
 from .client.aio_session import AsyncSession as AsyncSession
@@ -40,6 +41,8 @@ from .client.sync import MemoryCap as MemoryCap
 from .client.sync import Message as Message
 from .client.sync import NotificationCap as NotificationCap
 from .client.sync import Process as Process
+from .client.sync import QueueCap as QueueCap
+from .client.sync import QueueMessage as QueueMessage
 from .client.sync import ReplyCap as ReplyCap
 from .client.sync import SemaphoreCap as SemaphoreCap
 from .errors import AccessDeniedError as AccessDeniedError

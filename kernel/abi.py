@@ -98,6 +98,10 @@ class Op(enum.IntEnum):
     SEMAPHORE_CREATE = 60
     SEMAPHORE_POST = 61
     SEMAPHORE_WAIT = 62
+    # message queues 70-79
+    QUEUE_CREATE = 70
+    QUEUE_SEND = 71
+    QUEUE_RECV = 72
 
 
 class ObjectKind(enum.IntEnum):
@@ -106,6 +110,7 @@ class ObjectKind(enum.IntEnum):
     REPLY = 3
     MEMORY = 4
     SEMAPHORE = 5
+    QUEUE = 6
 
 
 # Flags of a received message's completion (Header.arg).
@@ -129,6 +134,37 @@ MAX_MEMORY_BYTES = 4 << 30
 """Bytes of memory objects one process may have created and not yet seen destroyed."""
 MAX_SEMAPHORE_VALUE = (1 << 63) - 1
 """A semaphore's count never exceeds this; a post past it fails (POSIX EOVERFLOW)."""
+
+MAX_HELD_BYTES = 64 << 20
+"""Payload bytes of one process's sends waiting in the kernel (kcore.pyx mirrors it)."""
+
+QUEUE_UNBOUNDED = (1 << 64) - 1
+"""QUEUE_CREATE `arg`: no bound on the number of messages, only on their bytes."""
+MAX_QUEUE_CAPACITY = 1 << 16
+"""Messages a bounded queue may be made to hold."""
+MAX_QUEUE_BYTES = 64 << 20
+"""A queue's `max_bytes` at most; each stored message counts 64 bytes beyond its payload."""
+MAX_QUEUE_BYTES_PER_PROCESS = 256 << 20
+"""The `max_bytes` of one process's queues that still exist, added up (reserved at
+creation, as System V's msg_qbytes)."""
+MAX_QUEUE_TYPE = (1 << 63) - 1
+"""Message types are 1 to this (System V's mtype is a positive long)."""
+QUEUE_TRUNCATE = 1
+"""QUEUE_RECV flag: cut a message longer than max_size (System V's MSG_NOERROR)."""
+QUEUE_EXCEPT = 2
+"""QUEUE_RECV flag: with a selector t > 0, take the first message NOT of type t."""
+
+
+def queue_selects(mtype: int, selector: int, flags: int) -> bool:
+    """Would a QUEUE_RECV with `selector` and `flags` take a message of type `mtype`?
+    As msgrcv(2): 0 any; t > 0 type t (QUEUE_EXCEPT: any other); t < 0 any type <= |t|
+    (the receive then takes the first of the lowest such type)."""
+    if selector == 0:
+        return True
+    if selector > 0:
+        return (mtype != selector) if flags & QUEUE_EXCEPT else mtype == selector
+    return mtype <= -selector
+
 
 NAMES_SLOT = 0x10001
 """The well-known slot of every process's capability to the name server (DESIGN §2):

@@ -3,7 +3,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from typing_extensions import disjoint_base
+from typing_extensions import Self, disjoint_base
 
 from capabilities._table import Capability, CapTable
 from kernel._core.ring import Header, Ring
@@ -74,7 +74,7 @@ class Pending:
     def __init__(
         self, proc: ProcCore, req_id: int, op: int, deadline: int, slot: int = 0
     ) -> None: ...
-    def enqueue(self, queue: deque[Pending]) -> None: ...
+    def enqueue(self, queue: deque[Self]) -> None: ...
     def dequeue(self) -> None: ...
     def finish(self) -> None: ...
 
@@ -106,6 +106,7 @@ class ProcCore:
         arg: int = 0,
         payload: bytes = b"",
         badge: int = 0,
+        sender: ProcCore | None = None,
     ) -> None: ...
 
 @disjoint_base

@@ -48,6 +48,7 @@ cdef enum:
     KIND_REPLY = 3
     KIND_MEMORY = 4
     KIND_SEMAPHORE = 5
+    KIND_QUEUE = 6
     MSG_IS_CALL = 1
     MSG_FROM_KERNEL = 2
     WAITING = 0
@@ -95,8 +96,9 @@ assert (OP_SEND, OP_CALL, OP_RECV, OP_REPLY, OP_REPLY_RECV) == (
     abi.Op.ENDPOINT_REPLY_RECV)
 assert (OP_SIGNAL, OP_WAIT, OP_POLL) == (
     abi.Op.NOTIFICATION_SIGNAL, abi.Op.NOTIFICATION_WAIT, abi.Op.NOTIFICATION_POLL)
-assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY, KIND_MEMORY, KIND_SEMAPHORE) == tuple(
-    abi.ObjectKind)
+assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY, KIND_MEMORY, KIND_SEMAPHORE,
+        KIND_QUEUE) == tuple(abi.ObjectKind)
+assert MAX_HELD_BYTES == abi.MAX_HELD_BYTES
 assert (MSG_IS_CALL, MSG_FROM_KERNEL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL)
 assert (OP_CANCEL, OP_CLOSE) == (abi.Op.CANCEL, abi.Op.CAP_CLOSE)
 assert all(getattr(Status, n[3:]) == v for n, v in (
@@ -108,7 +110,7 @@ assert all(getattr(Status, n[3:]) == v for n, v in (
 
 KIND_NAMES = {KIND_ENDPOINT: "endpoint", KIND_NOTIFICATION: "notification",
               KIND_REPLY: "reply capability", KIND_MEMORY: "memory object",
-              KIND_SEMAPHORE: "semaphore"}
+              KIND_SEMAPHORE: "semaphore", KIND_QUEUE: "queue"}
 
 cdef long _live = 0
 cdef uint64_t _next_oid = 1
@@ -379,10 +381,11 @@ cdef class ProcCore:
         return 0
 
     cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=0,
-                   uint64_t arg=0, bytes payload=b"", uint64_t badge=0):
-        """Post a completion from Python (cold paths, errors)."""
+                   uint64_t arg=0, bytes payload=b"", uint64_t badge=0, ProcCore sender=None):
+        """Post a completion from Python (cold paths, errors); a message's `sender`
+        gives it the kernel-verified pid/uid/gid and connection id."""
         self.post(opcode, req_id, status, slot, arg, PyBytes_AS_STRING(payload),
-                  PyBytes_GET_SIZE(payload), badge, None)
+                  PyBytes_GET_SIZE(payload), badge, sender)
 
     @property
     def creds(self):

@@ -99,6 +99,7 @@ class Connection(ConnectionCore):
         self.msg_stash: dict[int, deque[Completion]] = {}  # slot -> orphaned messages
         self.bits_stash: dict[int, int] = {}  # slot -> orphaned notification bits
         self.units_stash: dict[int, int] = {}  # slot -> orphaned semaphore units
+        self.queue_stash: dict[int, deque[Completion]] = {}  # slot -> orphaned queue messages
         self.lost: str | None = None
         self._ids = itertools.count(1)
         self._submit_lock = threading.Lock()
@@ -151,6 +152,8 @@ class Connection(ConnectionCore):
             self.bits_stash[slot] = self.bits_stash.get(slot, 0) | c.arg
         elif c.opcode == Op.SEMAPHORE_WAIT:  # the unit it took is this process's now
             self.units_stash[slot] = self.units_stash.get(slot, 0) + 1
+        elif c.opcode == Op.QUEUE_RECV:  # it left the queue: keep it for the next recv
+            self.queue_stash.setdefault(slot, deque()).append(c)
         elif c.opcode == Op.MEMORY_MAP:
             os.close(self.memory_fd(c.req_id)[0])
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
+from typing import NamedTuple
 
 from .. import abi
+from ._common import Credentials
 from ._conn import Completion, Connection
 
 MAP_AS_ALLOWED, MAP_READ_ONLY, MAP_WRITABLE = 0, 1, 2  # kernel/daemon/objects/memory.py
@@ -58,3 +61,67 @@ def take_stashed_unit(conn: Connection, slot: int) -> bool:
     else:
         conn.units_stash[slot] = units - 1
     return True
+
+
+# ------------------------------------------------------------------ queues
+
+
+class QueueMessage(NamedTuple):
+    """A message taken from a queue. `badge` and `sender` are the kernel's: the badge
+    of the capability it was sent through, and the sender's pid/uid/gid."""
+
+    data: bytes
+    mtype: int
+    badge: int
+    sender: Credentials
+
+
+def queue_create_args(capacity: int | None, max_bytes: int) -> tuple[int, bytes]:
+    """QUEUE_CREATE's (arg, payload)."""
+    if capacity is not None and (
+        not isinstance(capacity, int) or not 0 <= capacity <= abi.MAX_QUEUE_CAPACITY
+    ):
+        raise ValueError(f"capacity must be None or an integer from 0 to {abi.MAX_QUEUE_CAPACITY}")
+    if not isinstance(max_bytes, int) or not 0 < max_bytes <= abi.MAX_QUEUE_BYTES:
+        raise ValueError(f"max_bytes must be an integer from 1 to {abi.MAX_QUEUE_BYTES}")
+    arg = abi.QUEUE_UNBOUNDED if capacity is None else capacity
+    return arg, max_bytes.to_bytes(8, "little")
+
+
+def message_type(mtype: int) -> int:
+    if not isinstance(mtype, int) or not 0 < mtype <= abi.MAX_QUEUE_TYPE:
+        raise ValueError(f"mtype must be an integer from 1 to {abi.MAX_QUEUE_TYPE}")
+    return mtype
+
+
+def recv_params(mtype: int, max_size: int, truncate: bool, except_type: bool) -> bytes:
+    """QUEUE_RECV's payload: the selector (msgrcv's msgtyp), max_size and flags."""
+    if not isinstance(mtype, int) or not -abi.MAX_QUEUE_TYPE <= mtype <= abi.MAX_QUEUE_TYPE:
+        raise ValueError("mtype must be an integer: 0, a type, or minus the highest type")
+    if not isinstance(max_size, int) or max_size < 0:
+        raise ValueError("max_size must be a non-negative integer")
+    if except_type and mtype <= 0:
+        raise ValueError("except_type needs a positive mtype")
+    flags = (abi.QUEUE_TRUNCATE if truncate else 0) | (abi.QUEUE_EXCEPT if except_type else 0)
+    return struct.pack("<qQQ", mtype, max_size, flags)
+
+
+def queue_message(c: Completion) -> QueueMessage:
+    return QueueMessage(c.payload, c.arg, c.badge, Credentials(c.pid, c.uid, c.gid))
+
+
+def take_stashed_message(conn: Connection, slot: int, params: bytes) -> QueueMessage | None:
+    """A message an earlier, cancelled receive on `slot` won as it was withdrawn, if it
+    is one this receive would take (it left the queue: it must not be lost)."""
+    stash = conn.queue_stash.get(slot)
+    if not stash:
+        return None
+    selector, max_size, flags = struct.unpack("<qQQ", params)
+    for c in stash:
+        if abi.queue_selects(c.arg, selector, flags) and (
+            len(c.payload) <= max_size or flags & abi.QUEUE_TRUNCATE
+        ):
+            stash.remove(c)
+            m = queue_message(c)
+            return m._replace(data=m.data[:max_size])
+    return None

@@ -39,11 +39,17 @@ from ._common import (
 )
 from ._conn import Completion, Connection, as_payload, deadline_from, failure
 from ._objects import (
+    QueueMessage,
     initial_value,
     map_mode,
     map_received,
     memory_size_arg,
+    message_type,
     post_count,
+    queue_create_args,
+    queue_message,
+    recv_params,
+    take_stashed_message,
     take_stashed_unit,
 )
 
@@ -219,6 +225,12 @@ class AsyncKernel:
         arg = memory_size_arg(size)
         c = await self._roundtrip(Op.MEMORY_CREATE, None, "create memory object", arg=arg)
         return AsyncMemoryCap(self, c.arg, owned=True)
+
+    async def queue(self, capacity: int | None = 64, *, max_bytes: int = 1 << 20) -> AsyncQueueCap:
+        """Create a message queue; as Kernel.queue."""
+        arg, payload = queue_create_args(capacity, max_bytes)
+        c = await self._roundtrip(Op.QUEUE_CREATE, None, "create queue", arg=arg, payload=payload)
+        return AsyncQueueCap(self, c.arg, owned=True)
 
     async def semaphore(self, value: int = 0) -> AsyncSemaphoreCap:
         """Create a counting semaphore whose count starts at `value`."""
@@ -501,13 +513,71 @@ class AsyncSemaphoreCap(_AsyncCap):
         return True
 
 
-AsyncInheritedCap = AsyncEndpointCap | AsyncNotificationCap | AsyncMemoryCap | AsyncSemaphoreCap
+class AsyncQueueCap(_AsyncCap):
+    """A message queue (see QueueCap); a cancelled recv loses no message."""
+
+    kind = "queue"
+    _k: AsyncKernel
+    __slots__ = ()
+
+    async def send(self, data: Data, *, mtype: int = 1, timeout: float | None = None) -> None:
+        arg, payload = message_type(mtype), as_payload(data)
+        await self._k._roundtrip(
+            Op.QUEUE_SEND, self, "send", timeout=timeout, arg=arg, payload=payload
+        )
+
+    async def send_nowait(self, data: Data, *, mtype: int = 1) -> None:
+        try:
+            await self.send(data, mtype=mtype, timeout=0)
+        except CallTimeoutError:
+            raise WouldBlock("send_nowait: the queue is full") from None
+
+    async def recv(
+        self,
+        *,
+        mtype: int = 0,
+        max_size: int = abi.MAX_PAYLOAD,
+        truncate: bool = False,
+        except_type: bool = False,
+        timeout: float | None = None,
+    ) -> QueueMessage:
+        params = recv_params(mtype, max_size, truncate, except_type)
+        stashed = take_stashed_message(self._k._open(), self.slot, params)
+        if stashed is not None:
+            return stashed
+        c = await self._k._roundtrip(Op.QUEUE_RECV, self, "recv", timeout=timeout, payload=params)
+        return queue_message(c)
+
+    async def recv_nowait(
+        self,
+        *,
+        mtype: int = 0,
+        max_size: int = abi.MAX_PAYLOAD,
+        truncate: bool = False,
+        except_type: bool = False,
+    ) -> QueueMessage:
+        try:
+            return await self.recv(
+                mtype=mtype,
+                max_size=max_size,
+                truncate=truncate,
+                except_type=except_type,
+                timeout=0,
+            )
+        except CallTimeoutError:
+            raise WouldBlock("recv_nowait: no message of the type asked for") from None
+
+
+AsyncInheritedCap = (
+    AsyncEndpointCap | AsyncNotificationCap | AsyncMemoryCap | AsyncSemaphoreCap | AsyncQueueCap
+)
 
 _CAP_TYPES: dict[str, type[AsyncInheritedCap]] = {
     "endpoint": AsyncEndpointCap,
     "notification": AsyncNotificationCap,
     "memory object": AsyncMemoryCap,
     "semaphore": AsyncSemaphoreCap,
+    "queue": AsyncQueueCap,
 }
 _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.ENDPOINT: AsyncEndpointCap,
@@ -515,6 +585,7 @@ _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.REPLY: AsyncReplyCap,
     abi.ObjectKind.MEMORY: AsyncMemoryCap,
     abi.ObjectKind.SEMAPHORE: AsyncSemaphoreCap,
+    abi.ObjectKind.QUEUE: AsyncQueueCap,
 }
 
 

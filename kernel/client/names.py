@@ -19,11 +19,20 @@ from .aio import (
     AsyncMemoryCap,
     AsyncMessage,
     AsyncNotificationCap,
+    AsyncQueueCap,
     AsyncSemaphoreCap,
 )
-from .sync import EndpointCap, Kernel, MemoryCap, Message, NotificationCap, SemaphoreCap
+from .sync import (
+    EndpointCap,
+    Kernel,
+    MemoryCap,
+    Message,
+    NotificationCap,
+    QueueCap,
+    SemaphoreCap,
+)
 
-C = TypeVar("C", EndpointCap, NotificationCap, MemoryCap, SemaphoreCap)
+C = TypeVar("C", EndpointCap, NotificationCap, MemoryCap, SemaphoreCap, QueueCap)
 AC = TypeVar("AC", AsyncEndpointCap, AsyncNotificationCap, AsyncMemoryCap, AsyncSemaphoreCap)
 NameEntry = n.NameEntry
 
@@ -53,7 +62,7 @@ class Names:
     def register(
         self,
         name: str,
-        cap: EndpointCap | NotificationCap | MemoryCap | SemaphoreCap,
+        cap: EndpointCap | NotificationCap | MemoryCap | SemaphoreCap | QueueCap,
         *,
         mode: int = 0o660,
         rights: Rights | None = None,
@@ -149,7 +158,11 @@ class AsyncNames:
     async def register(
         self,
         name: str,
-        cap: AsyncEndpointCap | AsyncNotificationCap | AsyncMemoryCap | AsyncSemaphoreCap,
+        cap: AsyncEndpointCap
+        | AsyncNotificationCap
+        | AsyncMemoryCap
+        | AsyncSemaphoreCap
+        | AsyncQueueCap,
         *,
         mode: int = 0o660,
         rights: Rights | None = None,

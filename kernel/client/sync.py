@@ -32,11 +32,17 @@ from ._common import (
 )
 from ._conn import Completion, Connection, as_payload, deadline_from
 from ._objects import (
+    QueueMessage,
     initial_value,
     map_mode,
     map_received,
     memory_size_arg,
+    message_type,
     post_count,
+    queue_create_args,
+    queue_message,
+    recv_params,
+    take_stashed_message,
     take_stashed_unit,
 )
 
@@ -121,6 +127,19 @@ class Kernel:
         arg = memory_size_arg(size)
         c = self._roundtrip(Op.MEMORY_CREATE, None, "create memory object", arg=arg)
         return MemoryCap(self, c.arg, owned=True)
+
+    def queue(self, capacity: int | None = 64, *, max_bytes: int = 1 << 20) -> QueueCap:
+        """Create a message queue (System V style, typed messages).
+
+        Args:
+            capacity: messages it stores before senders wait; 0 makes every send
+                wait for a receiver; None bounds only the bytes.
+            max_bytes: bytes it stores (each message counts 64 beyond its data),
+                reserved against this process's 256 MiB for queues.
+        """
+        arg, payload = queue_create_args(capacity, max_bytes)
+        c = self._roundtrip(Op.QUEUE_CREATE, None, "create queue", arg=arg, payload=payload)
+        return QueueCap(self, c.arg, owned=True)
 
     def semaphore(self, value: int = 0) -> SemaphoreCap:
         """Create a counting semaphore whose count starts at `value`."""
@@ -451,13 +470,77 @@ class SemaphoreCap(_Cap):
         return True
 
 
-InheritedCap = EndpointCap | NotificationCap | MemoryCap | SemaphoreCap
+class QueueCap(_Cap):
+    """A message queue: typed messages wait in it for a receiver (System V msgsnd and
+    msgrcv, with timeouts)."""
+
+    kind = "queue"
+    _k: Kernel
+    __slots__ = ()
+
+    def send(self, data: Data, *, mtype: int = 1, timeout: float | None = None) -> None:
+        """Queue `data` as a message of type `mtype` (>= 1); waits while the queue is
+        full (capacity 0: until a receiver takes it). Rights: SEND."""
+        arg, payload = message_type(mtype), as_payload(data)
+        self._k._roundtrip(Op.QUEUE_SEND, self, "send", timeout=timeout, arg=arg, payload=payload)
+
+    def send_nowait(self, data: Data, *, mtype: int = 1) -> None:
+        """Queue `data` only if there is room now; otherwise raise WouldBlock."""
+        try:
+            self.send(data, mtype=mtype, timeout=0)
+        except CallTimeoutError:
+            raise WouldBlock("send_nowait: the queue is full") from None
+
+    def recv(
+        self,
+        *,
+        mtype: int = 0,
+        max_size: int = abi.MAX_PAYLOAD,
+        truncate: bool = False,
+        except_type: bool = False,
+        timeout: float | None = None,
+    ) -> QueueMessage:
+        """Take a message, waiting for one. As msgrcv(2): `mtype` 0 takes the first,
+        t > 0 the first of type t (`except_type`: of any other type), t < 0 the first
+        of the lowest type <= |t|. A message longer than `max_size` raises
+        MessageTooLargeError and stays queued, unless `truncate` cuts it.
+        Rights: RECEIVE."""
+        params = recv_params(mtype, max_size, truncate, except_type)
+        stashed = take_stashed_message(self._k._conn, self.slot, params)
+        if stashed is not None:
+            return stashed
+        c = self._k._roundtrip(Op.QUEUE_RECV, self, "recv", timeout=timeout, payload=params)
+        return queue_message(c)
+
+    def recv_nowait(
+        self,
+        *,
+        mtype: int = 0,
+        max_size: int = abi.MAX_PAYLOAD,
+        truncate: bool = False,
+        except_type: bool = False,
+    ) -> QueueMessage:
+        """Take a message only if one is there now; otherwise raise WouldBlock."""
+        try:
+            return self.recv(
+                mtype=mtype,
+                max_size=max_size,
+                truncate=truncate,
+                except_type=except_type,
+                timeout=0,
+            )
+        except CallTimeoutError:
+            raise WouldBlock("recv_nowait: no message of the type asked for") from None
+
+
+InheritedCap = EndpointCap | NotificationCap | MemoryCap | SemaphoreCap | QueueCap
 
 _CAP_TYPES: dict[str, type[InheritedCap]] = {
     "endpoint": EndpointCap,
     "notification": NotificationCap,
     "memory object": MemoryCap,
     "semaphore": SemaphoreCap,
+    "queue": QueueCap,
 }
 _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.ENDPOINT: EndpointCap,
@@ -465,6 +548,7 @@ _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.REPLY: ReplyCap,
     abi.ObjectKind.MEMORY: MemoryCap,
     abi.ObjectKind.SEMAPHORE: SemaphoreCap,
+    abi.ObjectKind.QUEUE: QueueCap,
 }
 
 
@@ -493,6 +577,8 @@ __all__ = [
     "NotificationCap",
     "MemoryCap",
     "SemaphoreCap",
+    "QueueCap",
+    "QueueMessage",
     "Message",
     "Process",
     "Credentials",

@@ -31,6 +31,7 @@ class Proc(ProcCore):
         self.claimed_token: str | None = None
         self.bundles = 0  # inherit bundles it owns (spawns not waited for): MAX_BUNDLES
         self.memory_bytes = 0  # of the memory objects it created that live on
+        self.queue_bytes = 0  # max_bytes of the queues it created that live on
         self.names_slot = 0
         self.monitors: list[tuple[Endpoint, int]] = []  # (endpoint, badge) to tell at exit
         self.memfd, self.mm = _make_region()

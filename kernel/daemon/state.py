@@ -39,6 +39,8 @@ _EXPIRED_REASON: dict[int, str] = {
     abi.Op.PROCESS_WAIT: "the process had not ended before the deadline",
     abi.Op.ENDPOINT_SESSION_OPEN: "no server accepted the session before the deadline",
     abi.Op.SEMAPHORE_WAIT: "the semaphore was not posted before the deadline",
+    abi.Op.QUEUE_SEND: "the queue had no room before the deadline",
+    abi.Op.QUEUE_RECV: "no message of the type asked for arrived before the deadline",
 }
 
 

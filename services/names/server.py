@@ -32,6 +32,7 @@ from kernel import (
     MintOf,
     NotificationCap,
     PeerClosedError,
+    QueueCap,
     SemaphoreCap,
     Status,
 )
@@ -45,6 +46,7 @@ HANDOUT_RIGHTS = {
     "notification": Rights.SIGNAL | Rights.COPY | Rights.TRANSFER,
     "memory object": Rights.MAP | Rights.READ | Rights.COPY | Rights.TRANSFER,
     "semaphore": Rights.SIGNAL | Rights.WAIT | Rights.COPY | Rights.TRANSFER,
+    "queue": Rights.SEND | Rights.COPY | Rights.TRANSFER,
 }
 """What lookup hands out by default: use the object, pass it on; never receive, and
 never write shared memory (a read-only mapping) unless the registrant says so."""
@@ -55,7 +57,7 @@ MAX_WAITERS = 1024
 MAX_WAITERS_PER_UID = 256
 """So that one user's waiting lookups cannot take every place from the others."""
 
-Cap = EndpointCap | NotificationCap | MemoryCap | SemaphoreCap
+Cap = EndpointCap | NotificationCap | MemoryCap | SemaphoreCap | QueueCap
 Carried = Cap | MintOf
 
 LOOKED_UP = p.OK_BYTES
@@ -276,9 +278,9 @@ class NameServer:
             n = len(caps)
             raise Refused(Status.INVALID_ARGS, f"register carries one capability, not {n}")
         cap = caps[0]
-        if not isinstance(cap, (EndpointCap, NotificationCap, MemoryCap, SemaphoreCap)):
-            raise Refused(Status.WRONG_TYPE, f"a {cap.kind} cannot be registered: only "
-                          "endpoints, notifications, memory objects and semaphores")  # fmt: skip
+        if not isinstance(cap, (EndpointCap, NotificationCap, MemoryCap, SemaphoreCap, QueueCap)):
+            raise Refused(Status.WRONG_TYPE, f"a {cap.kind} cannot be registered: only endpoints, "
+                          "notifications, memory objects, semaphores and queues")  # fmt: skip
         return cap
 
     def _may_take(self, old: Record, req: p.Register, msg: Message) -> None:

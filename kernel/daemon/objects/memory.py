@@ -60,18 +60,17 @@ def memory_create(k: KernelState, proc: Proc, h: Header) -> None:
     if not 0 < size <= abi.MAX_MEMORY_SIZE:
         raise OpError(
             Status.INVALID_ARGS,
-            f"memory create: size must be 1 to {abi.MAX_MEMORY_SIZE} bytes, not {size}",
+            f"size must be 1 to {abi.MAX_MEMORY_SIZE} bytes, not {size}",
         )
     if proc.memory_bytes + size > abi.MAX_MEMORY_BYTES:
         raise OpError(
             Status.NO_RESOURCES,
-            f"memory create: the process's memory objects would exceed "
-            f"{abi.MAX_MEMORY_BYTES >> 30} GiB",
+            f"the process's memory objects would exceed {abi.MAX_MEMORY_BYTES >> 30} GiB",
         )
     try:
         fd = _make_memfd(size)
     except OSError as e:
-        raise OpError(Status.NO_RESOURCES, f"memory create: {e.strerror}") from None
+        raise OpError(Status.NO_RESOURCES, f"{e.strerror}") from None
     slot = k.new_object(proc, MemoryObject(fd, size, proc), DEFAULT_MEMORY_RIGHTS)
     proc.complete(h.opcode, h.req_id, Status.OK, arg=slot)
 
@@ -80,7 +79,7 @@ def memory_map(k: KernelState, proc: Proc, h: Header) -> None:
     """MEMORY_MAP: hand the caller a descriptor to map. Rights: MAP and READ; WRITE
     for a writable one. Completes with the size in `arg`."""
     if h.arg not in (MAP_AS_ALLOWED, MAP_READ_ONLY, MAP_WRITABLE):
-        raise OpError(Status.INVALID_ARGS, f"memory map: unknown mode {h.arg}")
+        raise OpError(Status.INVALID_ARGS, f"unknown mode {h.arg}")
     need = Rights.MAP | Rights.READ | (Rights.WRITE if h.arg == MAP_WRITABLE else 0)
     cap = k.lookup(proc, h.slot, abi.ObjectKind.MEMORY, need)
     obj = cap.obj
@@ -90,9 +89,7 @@ def memory_map(k: KernelState, proc: Proc, h: Header) -> None:
     try:
         send_frame(proc.sock, abi.MemoryFd(h.req_id, writable), [fd])
     except OSError as e:  # e.g. a process that never reads its socket filled it
-        raise OpError(
-            Status.NO_RESOURCES, f"memory map: could not hand over the descriptor: {e}"
-        ) from None
+        raise OpError(Status.NO_RESOURCES, f"could not hand over the descriptor: {e}") from None
     finally:
         if not writable:
             os.close(fd)
@@ -126,7 +123,7 @@ def _reopen_read_only(fd: int) -> int:
     try:
         return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise OpError(Status.NO_RESOURCES, f"memory map: {e.strerror}") from None
+        raise OpError(Status.NO_RESOURCES, f"{e.strerror}") from None
 
 
 HANDLERS: dict[int, Callable[[KernelState, Proc, Header], None]] = {

@@ -79,12 +79,10 @@ def semaphore_post(k: KernelState, proc: Proc, h: Header) -> None:
     sem = k.lookup(proc, h.slot, abi.ObjectKind.SEMAPHORE, Rights.SIGNAL).obj
     assert isinstance(sem, Semaphore)
     if h.arg == 0:
-        raise OpError(Status.INVALID_ARGS, "semaphore post: n must be at least 1")
+        raise OpError(Status.INVALID_ARGS, "n must be at least 1")
     _check_count(h.arg, "post n")
     if sem.value + h.arg > abi.MAX_SEMAPHORE_VALUE:  # POSIX sem_post: EOVERFLOW
-        raise OpError(
-            Status.INVALID_ARGS, f"semaphore post: the count would exceed {abi.MAX_SEMAPHORE_VALUE}"
-        )
+        raise OpError(Status.INVALID_ARGS, f"the count would exceed {abi.MAX_SEMAPHORE_VALUE}")
     sem.value += h.arg
     sem.hand_out()
     proc.complete(h.opcode, h.req_id, Status.OK, arg=sem.value)
@@ -100,7 +98,7 @@ def semaphore_wait(k: KernelState, proc: Proc, h: Header) -> None:
         sem.value -= 1
         proc.complete(h.opcode, h.req_id, Status.OK, arg=sem.value)
     elif k.expired(h.deadline):
-        raise OpError(Status.TIMED_OUT, "semaphore wait: the count is 0")
+        raise OpError(Status.TIMED_OUT, "the count is 0")
     else:
         op = Pending(proc, h.req_id, h.opcode, h.deadline)
         op.cap = cap  # revoking or closing it fails the wait at once
