@@ -24,6 +24,8 @@ from .client.aio import AsyncKernel as AsyncKernel
 from .client.aio import AsyncMemoryCap as AsyncMemoryCap
 from .client.aio import AsyncMessage as AsyncMessage
 from .client.aio import AsyncNotificationCap as AsyncNotificationCap
+from .client.aio import AsyncPipeReaderCap as AsyncPipeReaderCap
+from .client.aio import AsyncPipeWriterCap as AsyncPipeWriterCap
 from .client.aio import AsyncProcess as AsyncProcess
 from .client.aio import AsyncQueueCap as AsyncQueueCap
 from .client.aio import AsyncReplyCap as AsyncReplyCap
@@ -40,6 +42,8 @@ from .client.sync import Kernel as Kernel
 from .client.sync import MemoryCap as MemoryCap
 from .client.sync import Message as Message
 from .client.sync import NotificationCap as NotificationCap
+from .client.sync import PipeReaderCap as PipeReaderCap
+from .client.sync import PipeWriterCap as PipeWriterCap
 from .client.sync import Process as Process
 from .client.sync import QueueCap as QueueCap
 from .client.sync import QueueMessage as QueueMessage
@@ -55,6 +59,7 @@ from .errors import IPCError as IPCError
 from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import NotFoundError as NotFoundError
 from .errors import PeerClosedError as PeerClosedError
+from .errors import PipeClosedError as PipeClosedError
 from .errors import ResourceLimitError as ResourceLimitError
 from .errors import Status as Status
 from .errors import WouldBlock as WouldBlock

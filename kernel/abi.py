@@ -102,6 +102,10 @@ class Op(enum.IntEnum):
     QUEUE_CREATE = 70
     QUEUE_SEND = 71
     QUEUE_RECV = 72
+    # pipes 80-89
+    PIPE_CREATE = 80
+    PIPE_WRITE = 81
+    PIPE_READ = 82
 
 
 class ObjectKind(enum.IntEnum):
@@ -111,6 +115,8 @@ class ObjectKind(enum.IntEnum):
     MEMORY = 4
     SEMAPHORE = 5
     QUEUE = 6
+    PIPE_READER = 7
+    PIPE_WRITER = 8
 
 
 # Flags of a received message's completion (Header.arg).
@@ -144,15 +150,25 @@ MAX_QUEUE_CAPACITY = 1 << 16
 """Messages a bounded queue may be made to hold."""
 MAX_QUEUE_BYTES = 64 << 20
 """A queue's `max_bytes` at most; each stored message counts 64 bytes beyond its payload."""
-MAX_QUEUE_BYTES_PER_PROCESS = 256 << 20
-"""The `max_bytes` of one process's queues that still exist, added up (reserved at
-creation, as System V's msg_qbytes)."""
+MAX_RESERVED_BYTES = 256 << 20
+"""Kernel buffer space one process's queues (`max_bytes`) and pipes (`capacity`) that
+still exist may reserve, added up: reserved at creation, as System V's msg_qbytes."""
 MAX_QUEUE_TYPE = (1 << 63) - 1
 """Message types are 1 to this (System V's mtype is a positive long)."""
 QUEUE_TRUNCATE = 1
 """QUEUE_RECV flag: cut a message longer than max_size (System V's MSG_NOERROR)."""
 QUEUE_EXCEPT = 2
 """QUEUE_RECV flag: with a selector t > 0, take the first message NOT of type t."""
+
+
+PIPE_CAPACITY = 64 << 10
+"""A pipe's default buffer size (Linux's)."""
+MAX_PIPE_CAPACITY = 16 << 20
+"""A pipe's buffer is PIPE_BUF to this many bytes (at least PIPE_BUF, as Linux's one
+page, so that an atomic write always fits)."""
+PIPE_BUF = 4096
+"""A pipe write of at most this many bytes is atomic: never interleaved with another
+writer's, and never split by a timeout (POSIX PIPE_BUF)."""
 
 
 def queue_selects(mtype: int, selector: int, flags: int) -> bool:

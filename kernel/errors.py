@@ -25,6 +25,7 @@ class Status(enum.IntEnum):
     CANCELLED = -25
     SHUTDOWN = -26
     ALREADY_EXISTS = -27
+    BROKEN_PIPE = -28
     # permission
     ACCESS_DENIED = -30
     # resources
@@ -72,6 +73,12 @@ class PeerClosedError(IPCError, ConnectionError):
     status = Status.PEER_CLOSED
 
 
+class PipeClosedError(PeerClosedError, BrokenPipeError):
+    """A pipe write found no read end left (EPIPE)."""
+
+    status = Status.BROKEN_PIPE
+
+
 class CancelledCallError(IPCError):
     status = Status.CANCELLED
 
@@ -106,6 +113,7 @@ _BY_STATUS: dict[Status, type[IPCError]] = {
     Status.PEER_CLOSED: PeerClosedError,
     Status.CALLER_GONE: PeerClosedError,
     Status.SHUTDOWN: PeerClosedError,
+    Status.BROKEN_PIPE: PipeClosedError,
     Status.CANCELLED: CancelledCallError,
     Status.NOT_FOUND: NotFoundError,
     Status.ALREADY_EXISTS: AlreadyExistsError,

@@ -49,6 +49,8 @@ cdef enum:
     KIND_MEMORY = 4
     KIND_SEMAPHORE = 5
     KIND_QUEUE = 6
+    KIND_PIPE_READER = 7
+    KIND_PIPE_WRITER = 8
     MSG_IS_CALL = 1
     MSG_FROM_KERNEL = 2
     WAITING = 0
@@ -97,7 +99,7 @@ assert (OP_SEND, OP_CALL, OP_RECV, OP_REPLY, OP_REPLY_RECV) == (
 assert (OP_SIGNAL, OP_WAIT, OP_POLL) == (
     abi.Op.NOTIFICATION_SIGNAL, abi.Op.NOTIFICATION_WAIT, abi.Op.NOTIFICATION_POLL)
 assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY, KIND_MEMORY, KIND_SEMAPHORE,
-        KIND_QUEUE) == tuple(abi.ObjectKind)
+        KIND_QUEUE, KIND_PIPE_READER, KIND_PIPE_WRITER) == tuple(abi.ObjectKind)
 assert MAX_HELD_BYTES == abi.MAX_HELD_BYTES
 assert (MSG_IS_CALL, MSG_FROM_KERNEL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL)
 assert (OP_CANCEL, OP_CLOSE) == (abi.Op.CANCEL, abi.Op.CAP_CLOSE)
@@ -110,7 +112,8 @@ assert all(getattr(Status, n[3:]) == v for n, v in (
 
 KIND_NAMES = {KIND_ENDPOINT: "endpoint", KIND_NOTIFICATION: "notification",
               KIND_REPLY: "reply capability", KIND_MEMORY: "memory object",
-              KIND_SEMAPHORE: "semaphore", KIND_QUEUE: "queue"}
+              KIND_SEMAPHORE: "semaphore", KIND_QUEUE: "queue",
+              KIND_PIPE_READER: "pipe read end", KIND_PIPE_WRITER: "pipe write end"}
 
 cdef long _live = 0
 cdef uint64_t _next_oid = 1

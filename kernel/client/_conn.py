@@ -100,6 +100,7 @@ class Connection(ConnectionCore):
         self.bits_stash: dict[int, int] = {}  # slot -> orphaned notification bits
         self.units_stash: dict[int, int] = {}  # slot -> orphaned semaphore units
         self.queue_stash: dict[int, deque[Completion]] = {}  # slot -> orphaned queue messages
+        self.pipe_stash: dict[int, bytearray] = {}  # slot -> bytes orphaned pipe reads took
         self.lost: str | None = None
         self._ids = itertools.count(1)
         self._submit_lock = threading.Lock()
@@ -154,6 +155,8 @@ class Connection(ConnectionCore):
             self.units_stash[slot] = self.units_stash.get(slot, 0) + 1
         elif c.opcode == Op.QUEUE_RECV:  # it left the queue: keep it for the next recv
             self.queue_stash.setdefault(slot, deque()).append(c)
+        elif c.opcode == Op.PIPE_READ and c.payload:  # in order: before what comes next
+            self.pipe_stash.setdefault(slot, bytearray()).extend(c.payload)
         elif c.opcode == Op.MEMORY_MAP:
             os.close(self.memory_fd(c.req_id)[0])
 

@@ -58,7 +58,15 @@ def deadline_ns(timeout: float | None) -> int:
     return 0 if timeout == 0 else time.monotonic_ns() + max(1, int(timeout * 1e9))
 
 
-REGISTRABLE = ("endpoint", "notification", "memory object", "semaphore", "queue")
+REGISTRABLE = (
+    "endpoint",
+    "notification",
+    "memory object",
+    "semaphore",
+    "queue",
+    "pipe read end",
+    "pipe write end",
+)
 """Kinds of capability a name can hold (not reply capabilities: they are one-shot)."""
 
 
@@ -75,8 +83,8 @@ def register_request(
     for the name server: its workers may be receiving)."""
     if not isinstance(cap, CapBase) or cap.kind not in REGISTRABLE:
         raise TypeError(
-            f"register needs an endpoint, notification, memory object, semaphore or "
-            f"queue capability, not {cap!r}"
+            f"register needs a capability of one of these kinds: {', '.join(REGISTRABLE)}; "
+            f"not {cap!r}"
         )
     if rights is not None and not 0 <= int(rights) <= int(Rights.ALL):
         raise ValueError(f"rights must be a combination of kernel.Rights, not {rights!r}")

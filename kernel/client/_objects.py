@@ -125,3 +125,41 @@ def take_stashed_message(conn: Connection, slot: int, params: bytes) -> QueueMes
             m = queue_message(c)
             return m._replace(data=m.data[:max_size])
     return None
+
+
+# ------------------------------------------------------------------ pipes
+
+
+def pipe_capacity(capacity: int) -> int:
+    if not isinstance(capacity, int) or not abi.PIPE_BUF <= capacity <= abi.MAX_PIPE_CAPACITY:
+        raise ValueError(
+            f"capacity must be an integer from {abi.PIPE_BUF} to {abi.MAX_PIPE_CAPACITY}"
+        )
+    return capacity
+
+
+def read_size(max_size: int) -> int:
+    if not isinstance(max_size, int) or not 0 < max_size <= abi.MAX_PAYLOAD:
+        raise ValueError(f"max_size must be an integer from 1 to {abi.MAX_PAYLOAD}")
+    return max_size
+
+
+def chunks(data: bytes | bytearray | memoryview) -> list[memoryview]:
+    """A write's pieces of at most MAX_PAYLOAD bytes (one record each)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+    view = memoryview(data).cast("B")
+    return [view[i : i + abi.MAX_PAYLOAD] for i in range(0, len(view), abi.MAX_PAYLOAD)]
+
+
+def take_stashed_bytes(conn: Connection, slot: int, max_size: int) -> bytes | None:
+    """Bytes an earlier, cancelled read on `slot` took from the pipe as it was
+    withdrawn: they come first, so the stream loses nothing."""
+    stashed = conn.pipe_stash.get(slot)
+    if not stashed:
+        return None
+    data = bytes(stashed[:max_size])
+    del stashed[:max_size]
+    if not stashed:
+        del conn.pipe_stash[slot]
+    return data

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import mmap
 import subprocess
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
@@ -40,15 +41,19 @@ from ._common import (
 from ._conn import Completion, Connection, as_payload, deadline_from, failure
 from ._objects import (
     QueueMessage,
+    chunks,
     initial_value,
     map_mode,
     map_received,
     memory_size_arg,
     message_type,
+    pipe_capacity,
     post_count,
     queue_create_args,
     queue_message,
+    read_size,
     recv_params,
+    take_stashed_bytes,
     take_stashed_message,
     take_stashed_unit,
 )
@@ -231,6 +236,17 @@ class AsyncKernel:
         arg, payload = queue_create_args(capacity, max_bytes)
         c = await self._roundtrip(Op.QUEUE_CREATE, None, "create queue", arg=arg, payload=payload)
         return AsyncQueueCap(self, c.arg, owned=True)
+
+    async def pipe(
+        self, capacity: int = abi.PIPE_CAPACITY
+    ) -> tuple[AsyncPipeReaderCap, AsyncPipeWriterCap]:
+        """Create a pipe; as Kernel.pipe."""
+        c = await self._roundtrip(Op.PIPE_CREATE, None, "create pipe", arg=pipe_capacity(capacity))
+        writer = int.from_bytes(c.payload, "little")
+        return (
+            AsyncPipeReaderCap(self, c.arg, owned=True),
+            AsyncPipeWriterCap(self, writer, owned=True),
+        )
 
     async def semaphore(self, value: int = 0) -> AsyncSemaphoreCap:
         """Create a counting semaphore whose count starts at `value`."""
@@ -568,8 +584,70 @@ class AsyncQueueCap(_AsyncCap):
             raise WouldBlock("recv_nowait: no message of the type asked for") from None
 
 
+class AsyncPipeReaderCap(_AsyncCap):
+    """The read end of a pipe (see PipeReaderCap); a cancelled read loses no byte."""
+
+    kind = "pipe read end"
+    _k: AsyncKernel
+    __slots__ = ()
+
+    async def read(
+        self, max_size: int = abi.PIPE_CAPACITY, *, timeout: float | None = None
+    ) -> bytes:
+        size = read_size(max_size)
+        stashed = take_stashed_bytes(self._k._open(), self.slot, size)
+        if stashed is not None:
+            return stashed
+        c = await self._k._roundtrip(Op.PIPE_READ, self, "read", timeout=timeout, arg=size)
+        return c.payload
+
+    async def read_nowait(self, max_size: int = abi.PIPE_CAPACITY) -> bytes:
+        try:
+            return await self.read(max_size, timeout=0)
+        except CallTimeoutError:
+            raise WouldBlock("read_nowait: the pipe is empty") from None
+
+
+class AsyncPipeWriterCap(_AsyncCap):
+    """The write end of a pipe (see PipeWriterCap). A cancelled write may have
+    written part of its data, as an interrupted write(2) may."""
+
+    kind = "pipe write end"
+    _k: AsyncKernel
+    __slots__ = ()
+
+    async def write(self, data: Data, *, timeout: float | None = None) -> int:
+        deadline, written = deadline_from(timeout), 0
+        for chunk in chunks(data):
+            left = None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+            try:
+                c = await self._k._roundtrip(
+                    Op.PIPE_WRITE, self, "write", timeout=left, payload=chunk
+                )
+            except CallTimeoutError:
+                if written:
+                    return written
+                raise
+            written += c.arg
+            if c.arg < len(chunk):
+                break
+        return written
+
+    async def write_nowait(self, data: Data) -> int:
+        try:
+            return await self.write(data, timeout=0)
+        except CallTimeoutError:
+            raise WouldBlock("write_nowait: the pipe is full") from None
+
+
 AsyncInheritedCap = (
-    AsyncEndpointCap | AsyncNotificationCap | AsyncMemoryCap | AsyncSemaphoreCap | AsyncQueueCap
+    AsyncEndpointCap
+    | AsyncNotificationCap
+    | AsyncMemoryCap
+    | AsyncSemaphoreCap
+    | AsyncQueueCap
+    | AsyncPipeReaderCap
+    | AsyncPipeWriterCap
 )
 
 _CAP_TYPES: dict[str, type[AsyncInheritedCap]] = {
@@ -578,6 +656,8 @@ _CAP_TYPES: dict[str, type[AsyncInheritedCap]] = {
     "memory object": AsyncMemoryCap,
     "semaphore": AsyncSemaphoreCap,
     "queue": AsyncQueueCap,
+    "pipe read end": AsyncPipeReaderCap,
+    "pipe write end": AsyncPipeWriterCap,
 }
 _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.ENDPOINT: AsyncEndpointCap,
@@ -586,6 +666,8 @@ _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.MEMORY: AsyncMemoryCap,
     abi.ObjectKind.SEMAPHORE: AsyncSemaphoreCap,
     abi.ObjectKind.QUEUE: AsyncQueueCap,
+    abi.ObjectKind.PIPE_READER: AsyncPipeReaderCap,
+    abi.ObjectKind.PIPE_WRITER: AsyncPipeWriterCap,
 }
 
 

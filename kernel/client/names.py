@@ -13,12 +13,15 @@ from services.names import protocol as p
 
 from ..errors import InvalidCapabilityError
 from . import _names as n
+from ._common import CapBase
 from .aio import (
     AsyncEndpointCap,
     AsyncKernel,
     AsyncMemoryCap,
     AsyncMessage,
     AsyncNotificationCap,
+    AsyncPipeReaderCap,
+    AsyncPipeWriterCap,
     AsyncQueueCap,
     AsyncSemaphoreCap,
 )
@@ -28,12 +31,32 @@ from .sync import (
     MemoryCap,
     Message,
     NotificationCap,
+    PipeReaderCap,
+    PipeWriterCap,
     QueueCap,
     SemaphoreCap,
 )
 
-C = TypeVar("C", EndpointCap, NotificationCap, MemoryCap, SemaphoreCap, QueueCap)
-AC = TypeVar("AC", AsyncEndpointCap, AsyncNotificationCap, AsyncMemoryCap, AsyncSemaphoreCap)
+C = TypeVar(
+    "C",
+    EndpointCap,
+    NotificationCap,
+    MemoryCap,
+    SemaphoreCap,
+    QueueCap,
+    PipeReaderCap,
+    PipeWriterCap,
+)
+AC = TypeVar(
+    "AC",
+    AsyncEndpointCap,
+    AsyncNotificationCap,
+    AsyncMemoryCap,
+    AsyncSemaphoreCap,
+    AsyncQueueCap,
+    AsyncPipeReaderCap,
+    AsyncPipeWriterCap,
+)
 NameEntry = n.NameEntry
 
 
@@ -62,7 +85,7 @@ class Names:
     def register(
         self,
         name: str,
-        cap: EndpointCap | NotificationCap | MemoryCap | SemaphoreCap | QueueCap,
+        cap: CapBase,
         *,
         mode: int = 0o660,
         rights: Rights | None = None,
@@ -158,11 +181,7 @@ class AsyncNames:
     async def register(
         self,
         name: str,
-        cap: AsyncEndpointCap
-        | AsyncNotificationCap
-        | AsyncMemoryCap
-        | AsyncSemaphoreCap
-        | AsyncQueueCap,
+        cap: CapBase,
         *,
         mode: int = 0o660,
         rights: Rights | None = None,

@@ -33,15 +33,19 @@ from ._common import (
 from ._conn import Completion, Connection, as_payload, deadline_from
 from ._objects import (
     QueueMessage,
+    chunks,
     initial_value,
     map_mode,
     map_received,
     memory_size_arg,
     message_type,
+    pipe_capacity,
     post_count,
     queue_create_args,
     queue_message,
+    read_size,
     recv_params,
+    take_stashed_bytes,
     take_stashed_message,
     take_stashed_unit,
 )
@@ -140,6 +144,14 @@ class Kernel:
         arg, payload = queue_create_args(capacity, max_bytes)
         c = self._roundtrip(Op.QUEUE_CREATE, None, "create queue", arg=arg, payload=payload)
         return QueueCap(self, c.arg, owned=True)
+
+    def pipe(self, capacity: int = abi.PIPE_CAPACITY) -> tuple[PipeReaderCap, PipeWriterCap]:
+        """Create a pipe with a buffer of `capacity` bytes; returns its read end and
+        its write end, separate capabilities to hand out separately."""
+        arg = pipe_capacity(capacity)
+        c = self._roundtrip(Op.PIPE_CREATE, None, "create pipe", arg=arg)
+        writer = int.from_bytes(c.payload, "little")
+        return PipeReaderCap(self, c.arg, owned=True), PipeWriterCap(self, writer, owned=True)
 
     def semaphore(self, value: int = 0) -> SemaphoreCap:
         """Create a counting semaphore whose count starts at `value`."""
@@ -533,7 +545,74 @@ class QueueCap(_Cap):
             raise WouldBlock("recv_nowait: no message of the type asked for") from None
 
 
-InheritedCap = EndpointCap | NotificationCap | MemoryCap | SemaphoreCap | QueueCap
+class PipeReaderCap(_Cap):
+    """The read end of a pipe: a byte stream that ends (b"") once no writer is left."""
+
+    kind = "pipe read end"
+    _k: Kernel
+    __slots__ = ()
+
+    def read(self, max_size: int = abi.PIPE_CAPACITY, *, timeout: float | None = None) -> bytes:
+        """Up to `max_size` bytes (at most kernel.MAX_PAYLOAD), waiting while the pipe
+        is empty; b"" once it is empty and its write end is gone (EOF). Rights: READ."""
+        size = read_size(max_size)
+        stashed = take_stashed_bytes(self._k._conn, self.slot, size)
+        if stashed is not None:
+            return stashed
+        return self._k._roundtrip(Op.PIPE_READ, self, "read", timeout=timeout, arg=size).payload
+
+    def read_nowait(self, max_size: int = abi.PIPE_CAPACITY) -> bytes:
+        """What is buffered now (b"" at EOF); WouldBlock if the pipe is empty."""
+        try:
+            return self.read(max_size, timeout=0)
+        except CallTimeoutError:
+            raise WouldBlock("read_nowait: the pipe is empty") from None
+
+
+class PipeWriterCap(_Cap):
+    """The write end of a pipe. Rights: WRITE."""
+
+    kind = "pipe write end"
+    _k: Kernel
+    __slots__ = ()
+
+    def write(self, data: Data, *, timeout: float | None = None) -> int:
+        """Write all of `data`, waiting for room; returns the bytes written: all, or
+        fewer if `timeout` passed after some went in (none: CallTimeoutError).
+        Writes of at most PIPE_BUF (4096) bytes are atomic. Raises
+        kernel.PipeClosedError (a BrokenPipeError) when no read end is left.
+        Rights: WRITE."""
+        deadline, written = deadline_from(timeout), 0
+        conn = self._k._conn
+        for chunk in chunks(data):
+            try:
+                c = conn.roundtrip(Op.PIPE_WRITE, self, "write", deadline, 0, chunk)
+            except CallTimeoutError:
+                if written:
+                    return written
+                raise
+            written += c.arg
+            if c.arg < len(chunk):
+                break
+        return written
+
+    def write_nowait(self, data: Data) -> int:
+        """Write what fits now (atomic writes: all or nothing); WouldBlock if nothing."""
+        try:
+            return self.write(data, timeout=0)
+        except CallTimeoutError:
+            raise WouldBlock("write_nowait: the pipe is full") from None
+
+
+InheritedCap = (
+    EndpointCap
+    | NotificationCap
+    | MemoryCap
+    | SemaphoreCap
+    | QueueCap
+    | PipeReaderCap
+    | PipeWriterCap
+)
 
 _CAP_TYPES: dict[str, type[InheritedCap]] = {
     "endpoint": EndpointCap,
@@ -541,6 +620,8 @@ _CAP_TYPES: dict[str, type[InheritedCap]] = {
     "memory object": MemoryCap,
     "semaphore": SemaphoreCap,
     "queue": QueueCap,
+    "pipe read end": PipeReaderCap,
+    "pipe write end": PipeWriterCap,
 }
 _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.ENDPOINT: EndpointCap,
@@ -549,6 +630,8 @@ _BY_KIND: dict[int, type[CapBase]] = {
     abi.ObjectKind.MEMORY: MemoryCap,
     abi.ObjectKind.SEMAPHORE: SemaphoreCap,
     abi.ObjectKind.QUEUE: QueueCap,
+    abi.ObjectKind.PIPE_READER: PipeReaderCap,
+    abi.ObjectKind.PIPE_WRITER: PipeWriterCap,
 }
 
 
@@ -579,6 +662,8 @@ __all__ = [
     "SemaphoreCap",
     "QueueCap",
     "QueueMessage",
+    "PipeReaderCap",
+    "PipeWriterCap",
     "Message",
     "Process",
     "Credentials",

@@ -1,7 +1,7 @@
 """The cold operations: object creation, derivation, cancel, spawning.
 
-Memory objects, semaphores and queues have all their operations here, in Python,
-in kernel/daemon/objects/: a map is a control-plane step, and a semaphore or queue
+Memory objects, semaphores, queues and pipes have all their operations in Python, in
+kernel/daemon/objects/: a map is a control-plane step, and a semaphore, queue or pipe
 operation costs a kernel round trip either way (~2 µs more in Python than compiled).
 
 The per-message operations (endpoints, notifications) and the drain loop are
@@ -32,6 +32,7 @@ from ..abi import Op
 from ..errors import Status
 from .objects import Endpoint, Notification, OpError, Reply
 from .objects.memory import HANDLERS as MEMORY_HANDLERS
+from .objects.pipe import HANDLERS as PIPE_HANDLERS
 from .objects.queue import HANDLERS as QUEUE_HANDLERS
 from .objects.semaphore import HANDLERS as SEMAPHORE_HANDLERS
 from .pending import Pending
@@ -241,3 +242,4 @@ def install(k: KernelState) -> None:
     k.cold.update(MEMORY_HANDLERS)
     k.cold.update(SEMAPHORE_HANDLERS)
     k.cold.update(QUEUE_HANDLERS)
+    k.cold.update(PIPE_HANDLERS)

@@ -11,8 +11,9 @@ from typing import Any
 from capabilities import CapTable
 
 from .. import abi
-from .._core.kcore import Endpoint, ProcCore
+from .._core.kcore import Endpoint, OpError, ProcCore
 from .._core.ring import SessionStates, ring_pair
+from ..errors import Status
 
 
 class Proc(ProcCore):
@@ -31,7 +32,7 @@ class Proc(ProcCore):
         self.claimed_token: str | None = None
         self.bundles = 0  # inherit bundles it owns (spawns not waited for): MAX_BUNDLES
         self.memory_bytes = 0  # of the memory objects it created that live on
-        self.queue_bytes = 0  # max_bytes of the queues it created that live on
+        self.reserved_bytes = 0  # buffer space of the queues and pipes it made that live on
         self.names_slot = 0
         self.monitors: list[tuple[Endpoint, int]] = []  # (endpoint, badge) to tell at exit
         self.memfd, self.mm = _make_region()
@@ -51,6 +52,31 @@ class Proc(ProcCore):
             self.overflow_bytes -= len(self.overflow.popleft()[5])  # its payload
             moved = True
         return moved
+
+    def reserve(self, n: int) -> None:
+        """Reserve `n` bytes of kernel buffer space for a queue or pipe this process
+        creates (abi.MAX_RESERVED_BYTES in all); `unreserve` gives them back."""
+        if self.reserved_bytes + n > abi.MAX_RESERVED_BYTES:
+            raise OpError(
+                Status.NO_RESOURCES,
+                f"the process's queues and pipes would reserve more than "
+                f"{abi.MAX_RESERVED_BYTES >> 20} MiB",
+            )
+        self.reserved_bytes += n
+
+    def hold(self, n: int) -> None:
+        """Count `n` bytes of a waiting send or write against this process, as kcore
+        counts an endpoint send's (the op's `held`, released when it finishes)."""
+        if self.held_bytes + n > abi.MAX_HELD_BYTES:
+            raise OpError(
+                Status.NO_RESOURCES,
+                f"more than {abi.MAX_HELD_BYTES >> 20} MiB of this process's messages "
+                "wait in the kernel",
+            )
+        self.held_bytes += n
+
+    def unreserve(self, n: int) -> None:
+        self.reserved_bytes -= n
 
     def fds_for_client(self) -> list[int]:
         return [self.memfd, self.sq_efd, self.cq_efd]

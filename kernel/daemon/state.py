@@ -122,6 +122,10 @@ class KernelState(Core):
         return len(ops)
 
     def _expire(self, op: Pending) -> None:
+        own = getattr(op, "expire", None)  # an object's own rule (a pipe's short write)
+        if own is not None:
+            own()
+            return
         if op.phase == AWAIT_REPLY:
             reason = "the server did not reply before the deadline"
         else:

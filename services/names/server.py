@@ -32,6 +32,8 @@ from kernel import (
     MintOf,
     NotificationCap,
     PeerClosedError,
+    PipeReaderCap,
+    PipeWriterCap,
     QueueCap,
     SemaphoreCap,
     Status,
@@ -47,6 +49,8 @@ HANDOUT_RIGHTS = {
     "memory object": Rights.MAP | Rights.READ | Rights.COPY | Rights.TRANSFER,
     "semaphore": Rights.SIGNAL | Rights.WAIT | Rights.COPY | Rights.TRANSFER,
     "queue": Rights.SEND | Rights.COPY | Rights.TRANSFER,
+    "pipe read end": Rights.READ | Rights.COPY | Rights.TRANSFER,
+    "pipe write end": Rights.WRITE | Rights.COPY | Rights.TRANSFER,  # a named pipe (FIFO)
 }
 """What lookup hands out by default: use the object, pass it on; never receive, and
 never write shared memory (a read-only mapping) unless the registrant says so."""
@@ -57,7 +61,24 @@ MAX_WAITERS = 1024
 MAX_WAITERS_PER_UID = 256
 """So that one user's waiting lookups cannot take every place from the others."""
 
-Cap = EndpointCap | NotificationCap | MemoryCap | SemaphoreCap | QueueCap
+Cap = (
+    EndpointCap
+    | NotificationCap
+    | MemoryCap
+    | SemaphoreCap
+    | QueueCap
+    | PipeReaderCap
+    | PipeWriterCap
+)
+REGISTRABLE = (
+    EndpointCap,
+    NotificationCap,
+    MemoryCap,
+    SemaphoreCap,
+    QueueCap,
+    PipeReaderCap,
+    PipeWriterCap,
+)  # not reply capabilities: they are one-shot
 Carried = Cap | MintOf
 
 LOOKED_UP = p.OK_BYTES
@@ -278,9 +299,9 @@ class NameServer:
             n = len(caps)
             raise Refused(Status.INVALID_ARGS, f"register carries one capability, not {n}")
         cap = caps[0]
-        if not isinstance(cap, (EndpointCap, NotificationCap, MemoryCap, SemaphoreCap, QueueCap)):
-            raise Refused(Status.WRONG_TYPE, f"a {cap.kind} cannot be registered: only endpoints, "
-                          "notifications, memory objects, semaphores and queues")  # fmt: skip
+        if not isinstance(cap, REGISTRABLE):
+            raise Refused(Status.WRONG_TYPE, f"a {cap.kind} cannot be registered: only "
+                          f"{', '.join(HANDOUT_RIGHTS)}")  # fmt: skip
         return cap
 
     def _may_take(self, old: Record, req: p.Register, msg: Message) -> None:

@@ -131,9 +131,11 @@ def test_bytes_and_messages_are_bounded(kernel_daemon):
 
 def test_a_process_reserves_at_most_its_quota_of_queue_bytes(kernel_daemon):
     with kernel.connect(autostart=False) as k:
-        n = abi.MAX_QUEUE_BYTES_PER_PROCESS // abi.MAX_QUEUE_BYTES
+        n = abi.MAX_RESERVED_BYTES // abi.MAX_QUEUE_BYTES
         queues = [k.queue(max_bytes=abi.MAX_QUEUE_BYTES) for _ in range(n)]
-        with pytest.raises(kernel.ResourceLimitError, match="would reserve more than 256 MiB"):
+        with pytest.raises(
+            kernel.ResourceLimitError, match="queues and pipes would reserve more than 256 MiB"
+        ):
             k.queue(max_bytes=1)
         queues.pop().close()
         k.queue(max_bytes=abi.MAX_QUEUE_BYTES).close()

@@ -18,6 +18,7 @@ from kernel.errors import (
     MessageTooLargeError,
     NotFoundError,
     PeerClosedError,
+    PipeClosedError,
     ResourceLimitError,
     Status,
     WouldBlock,
@@ -41,6 +42,7 @@ EXPECTED_CLASS = {
     Status.NO_RESOURCES: ResourceLimitError,
     Status.NOT_FOUND: NotFoundError,
     Status.ALREADY_EXISTS: AlreadyExistsError,
+    Status.BROKEN_PIPE: PipeClosedError,
 }
 
 
@@ -82,6 +84,8 @@ def test_ok_status_still_yields_an_ipc_error():
         (MessageTooLargeError, ValueError),
         (MessageTooLargeError, InvalidArgumentError),
         (ResourceLimitError, OSError),
+        (PipeClosedError, BrokenPipeError),
+        (PipeClosedError, PeerClosedError),
     ],
 )
 def test_errors_are_also_the_matching_builtin_exception(cls, builtin):

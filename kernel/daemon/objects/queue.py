@@ -61,13 +61,13 @@ class QueueOp(Pending):
 
 class Queue(KernelObject):
     def __init__(self, capacity: int, max_bytes: int, owner: Proc) -> None:
+        """`owner` has reserved `max_bytes` (Proc.reserve); destroy() gives them back."""
         self.kind = abi.ObjectKind.QUEUE
         self.capacity, self.max_bytes, self.owner = capacity, max_bytes, owner
         self.stored: deque[Message] = deque()
         self.stored_bytes = 0
         self.senders: deque[QueueOp] = deque()
         self.receivers: deque[QueueOp] = deque()
-        owner.queue_bytes += max_bytes
 
     def destroy(self) -> None:
         why = b"the queue was destroyed: its last capability was closed"
@@ -77,7 +77,7 @@ class Queue(KernelObject):
                 op.finish()
                 op.proc.complete(op.op, op.req_id, Status.PEER_CLOSED, payload=why)
         self.stored.clear()
-        self.owner.queue_bytes -= self.max_bytes
+        self.owner.unreserve(self.max_bytes)
 
     def has_room(self, m: Message) -> bool:
         if self.capacity >= 0 and len(self.stored) >= self.capacity:
@@ -184,12 +184,7 @@ def queue_create(k: KernelState, proc: Proc, h: Header) -> None:
         )
     if not 0 < max_bytes <= abi.MAX_QUEUE_BYTES:
         raise OpError(Status.INVALID_ARGS, f"max_bytes must be 1 to {abi.MAX_QUEUE_BYTES}")
-    if proc.queue_bytes + max_bytes > abi.MAX_QUEUE_BYTES_PER_PROCESS:
-        raise OpError(
-            Status.NO_RESOURCES,
-            f"the process's queues would reserve more than "
-            f"{abi.MAX_QUEUE_BYTES_PER_PROCESS >> 20} MiB",
-        )
+    proc.reserve(max_bytes)
     slot = k.new_object(proc, Queue(capacity, max_bytes, proc), DEFAULT_QUEUE_RIGHTS)
     proc.complete(h.opcode, h.req_id, Status.OK, arg=slot)
 
@@ -219,7 +214,7 @@ def queue_send(k: KernelState, proc: Proc, h: Header) -> None:
         why = "no receiver waits" if q.capacity == 0 else "the queue is full"
         raise OpError(Status.TIMED_OUT, f"{why}")
     else:
-        _hold(proc, len(m.payload))
+        proc.hold(len(m.payload))
         op = QueueOp(proc, h.req_id, h.opcode, h.deadline)
         op.held, op.message, op.cap = len(m.payload), m, cap
         op.enqueue(q.senders)
@@ -250,17 +245,6 @@ def queue_recv(k: KernelState, proc: Proc, h: Header) -> None:
     else:
         op.enqueue(q.receivers)
         k.timers.arm(op)
-
-
-def _hold(proc: Proc, n: int) -> None:
-    """A waiting send's payload counts against its process, as an endpoint send's."""
-    if proc.held_bytes + n > abi.MAX_HELD_BYTES:
-        raise OpError(
-            Status.NO_RESOURCES,
-            f"more than {abi.MAX_HELD_BYTES >> 20} MiB of this process's messages wait "
-            "in the kernel",
-        )
-    proc.held_bytes += n
 
 
 HANDLERS: dict[int, Callable[[KernelState, Proc, Header], None]] = {
