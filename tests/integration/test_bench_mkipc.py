@@ -105,3 +105,18 @@ def test_the_memory_object_row_carries_every_payload_size_and_ends_cleanly():
         assert cell.note is None, cell.note
         assert cell.count == 30
     assert mechanism.peer_pids() == []
+
+
+def test_the_queue_pipe_and_semaphore_rows_run_every_round_trip():
+    from kernel.bench.mechanisms.mkipc_objects import MkipcPipe, MkipcQueue, MkipcSemaphore
+
+    config = BenchConfig(payload_sizes=(64, 300_000), runs=1, roundtrips=50, warmup=5)
+    mechanisms = [MkipcQueue(), MkipcPipe(), MkipcSemaphore()]
+    result = run_bench(mechanisms, config)
+    for name in ("mkipc.queue", "mkipc.pipe", "mkipc.semaphore"):
+        cell = result.cell(name, 64)
+        assert cell.note is None, cell.note
+        assert cell.count == 50
+    assert result.cell("mkipc.pipe", 300_000).count == 50  # a stream: any size
+    assert "at most" in (result.cell("mkipc.queue", 300_000).note or "")
+    assert all(m.peer_pids() == [] for m in mechanisms)

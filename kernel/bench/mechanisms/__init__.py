@@ -63,6 +63,7 @@ MECHANISM_MODULES: list[str] = [
     "kernel.bench.mechanisms.mkipc_call",
     "kernel.bench.mechanisms.mkipc_names",
     "kernel.bench.mechanisms.mkipc_service",
+    "kernel.bench.mechanisms.mkipc_objects",
     # one-way throughput rows (Mechanism.batch > 1)
     "kernel.bench.mechanisms.oneway_os",
     "kernel.bench.mechanisms.mkipc_send",

@@ -13,11 +13,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kernel
 from kernel.bench.mechanisms import Mechanism, bound_peer_life, make_payload, register
+from kernel.client._common import CapBase
 
 _START_TIMEOUT_S = 10.0
 
@@ -84,9 +85,7 @@ class _MkipcMechanism(Mechanism):
         self._kernel = PrivateKernel()
         self._k = kernel.connect(self._kernel.path, autostart=False)
 
-    def _spawn(
-        self, caps: dict[str, kernel.EndpointCap | kernel.NotificationCap | kernel.MemoryCap]
-    ) -> None:
+    def _spawn(self, caps: Mapping[str, CapBase]) -> None:
         assert self._k is not None
         argv = [
             sys.executable,
