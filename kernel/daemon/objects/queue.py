@@ -102,7 +102,11 @@ def _cost(m: Message) -> int:
 
 def _select(q: Queue, selector: int, flags: int) -> Message | None:
     """The message msgrcv would take (see the module's docstring), or None."""
-    if selector >= 0:
+    if selector == 0:  # the common case, without a scan
+        if q.stored:
+            return q.stored[0]
+        return q.senders[0].message if q.senders else None
+    if selector > 0:
         return next((m for m in q.waiting() if abi.queue_selects(m.mtype, selector, flags)), None)
     best: Message | None = None
     for m in q.waiting():  # the first of the lowest type <= |selector|
@@ -111,23 +115,29 @@ def _select(q: Queue, selector: int, flags: int) -> Message | None:
     return best
 
 
-def _deliver(q: Queue, op: QueueOp, m: Message) -> bool:
-    """Complete receive `op` with `m`, or fail it if `m` is too long for it (TOO_LARGE:
-    `m` stays where it was). True if `m` was taken."""
+def _deliver(proc: ProcCore, req_id: int, max_size: int, flags: int, m: Message) -> bool:
+    """Complete receive `req_id` of `proc` with `m`, or fail it if `m` is too long for
+    it (TOO_LARGE: `m` stays where it was). True if `m` was taken."""
     payload = m.payload
-    if len(payload) > op.max_size:
-        if not op.flags & abi.QUEUE_TRUNCATE:
-            op.proc.complete(
-                op.op,
-                op.req_id,
+    if len(payload) > max_size:
+        if not flags & abi.QUEUE_TRUNCATE:
+            proc.complete(
+                Op.QUEUE_RECV,
+                req_id,
                 Status.TOO_LARGE,
                 payload=f"the message of type {m.mtype} has {len(payload)} "
-                f"bytes, more than max_size {op.max_size}".encode(),
+                f"bytes, more than max_size {max_size}".encode(),
             )
             return False
-        payload = payload[: op.max_size]
-    op.proc.complete(
-        op.op, op.req_id, Status.OK, arg=m.mtype, payload=payload, badge=m.badge, sender=m.sender
+        payload = payload[:max_size]
+    proc.complete(
+        Op.QUEUE_RECV,
+        req_id,
+        Status.OK,
+        arg=m.mtype,
+        payload=payload,
+        badge=m.badge,
+        sender=m.sender,
     )
     return True
 
@@ -135,14 +145,18 @@ def _deliver(q: Queue, op: QueueOp, m: Message) -> bool:
 def _take(q: Queue, m: Message) -> None:
     """Remove `m`, stored or a waiting sender's (which then completes), and let waiting
     senders' messages into the room it leaves, in order."""
-    for op in q.senders:
-        if op.message is m:
-            op.finish()
-            op.proc.complete(op.op, op.req_id, Status.OK)
-            break
-    else:
+    if q.stored and q.stored[0] is m:  # the common case: the oldest
+        q.stored.popleft()
+        q.stored_bytes -= _cost(m)
+    elif m in q.stored:
         q.stored.remove(m)
         q.stored_bytes -= _cost(m)
+    else:
+        for op in q.senders:
+            if op.message is m:
+                op.finish()
+                op.proc.complete(op.op, op.req_id, Status.OK)
+                break
     while q.senders and q.has_room(q.senders[0].message):  # type: ignore[arg-type]
         op = q.senders[0]
         assert op.message is not None
@@ -161,7 +175,7 @@ def _offer(q: Queue, m: Message) -> bool:
             op.proc.complete(
                 op.op, op.req_id, Status.BAD_SLOT, payload=b"its capability was sent away"
             )
-        elif _deliver(q, op, m):
+        elif _deliver(op.proc, op.req_id, op.max_size, op.flags, m):
             return True
     return False
 
@@ -212,7 +226,7 @@ def queue_send(k: KernelState, proc: Proc, h: Header) -> None:
         proc.complete(h.opcode, h.req_id, Status.OK)
     elif k.expired(h.deadline):
         why = "no receiver waits" if q.capacity == 0 else "the queue is full"
-        raise OpError(Status.TIMED_OUT, f"{why}")
+        raise OpError(Status.TIMED_OUT, why)
     else:
         proc.hold(len(m.payload))
         op = QueueOp(proc, h.req_id, h.opcode, h.deadline)
@@ -234,15 +248,15 @@ def queue_recv(k: KernelState, proc: Proc, h: Header) -> None:
     selector, max_size, flags = RECV_PARAMS.unpack(raw)
     if flags & ~(abi.QUEUE_TRUNCATE | abi.QUEUE_EXCEPT):
         raise OpError(Status.INVALID_ARGS, f"unknown flags {flags:#x}")
-    op = QueueOp(proc, h.req_id, h.opcode, h.deadline)
-    op.selector, op.max_size, op.flags, op.cap = selector, max_size, flags, cap
     m = _select(q, selector, flags)
     if m is not None:
-        if _deliver(q, op, m):
+        if _deliver(proc, h.req_id, max_size, flags, m):
             _take(q, m)
     elif k.expired(h.deadline):
         raise OpError(Status.TIMED_OUT, "no message of the type asked for")
     else:
+        op = QueueOp(proc, h.req_id, h.opcode, h.deadline)
+        op.selector, op.max_size, op.flags, op.cap = selector, max_size, flags, cap
         op.enqueue(q.receivers)
         k.timers.arm(op)
 
