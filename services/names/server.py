@@ -16,6 +16,7 @@ import collections
 import itertools
 import logging
 import time
+import typing
 from dataclasses import dataclass, field
 
 import msgspec
@@ -27,17 +28,12 @@ from kernel import (
     EndpointCap,
     IPCError,
     Kernel,
-    MemoryCap,
     Message,
     MintOf,
-    NotificationCap,
     PeerClosedError,
-    PipeReaderCap,
-    PipeWriterCap,
-    QueueCap,
-    SemaphoreCap,
     Status,
 )
+from kernel.client.sync import InheritedCap as Cap
 
 from . import protocol as p
 
@@ -61,24 +57,7 @@ MAX_WAITERS = 1024
 MAX_WAITERS_PER_UID = 256
 """So that one user's waiting lookups cannot take every place from the others."""
 
-Cap = (
-    EndpointCap
-    | NotificationCap
-    | MemoryCap
-    | SemaphoreCap
-    | QueueCap
-    | PipeReaderCap
-    | PipeWriterCap
-)
-REGISTRABLE = (
-    EndpointCap,
-    NotificationCap,
-    MemoryCap,
-    SemaphoreCap,
-    QueueCap,
-    PipeReaderCap,
-    PipeWriterCap,
-)  # not reply capabilities: they are one-shot
+REGISTRABLE = typing.get_args(Cap)  # what a process can inherit: never a one-shot reply cap
 Carried = Cap | MintOf
 
 LOOKED_UP = p.OK_BYTES
@@ -298,10 +277,10 @@ class NameServer:
         if len(caps) != 1:
             n = len(caps)
             raise Refused(Status.INVALID_ARGS, f"register carries one capability, not {n}")
-        cap = caps[0]
-        if not isinstance(cap, REGISTRABLE):
-            raise Refused(Status.WRONG_TYPE, f"a {cap.kind} cannot be registered: only "
+        if not isinstance(caps[0], REGISTRABLE):
+            raise Refused(Status.WRONG_TYPE, f"a {caps[0].kind} cannot be registered: only "
                           f"{', '.join(HANDOUT_RIGHTS)}")  # fmt: skip
+        cap: Cap = caps[0]
         return cap
 
     def _may_take(self, old: Record, req: p.Register, msg: Message) -> None:
