@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from peerlib import PEERS, spawned
+from peerlib import PEERS, ROOT, readme_script, run_script, spawned
 
 import kernel
 from kernel import Rights, abi
@@ -252,3 +252,9 @@ async def test_the_asyncio_face_and_a_cancelled_receive_that_takes_nothing(kerne
         assert (await q.recv_nowait()).data == b"x"
         with pytest.raises(kernel.WouldBlock):
             await q.recv_nowait()
+
+
+def test_classic_example_runs_as_its_readme_says(kernel_daemon):
+    out = run_script(readme_script(ROOT / "examples/classic/README.md"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("words per line [4, 2, 3], total 9 from pid ")
