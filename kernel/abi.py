@@ -11,6 +11,7 @@ Numbers are never reused; a retired number stays reserved in a comment.
 from __future__ import annotations
 
 import enum
+import struct
 
 import msgspec
 
@@ -134,6 +135,8 @@ when they map it: ring.prefault)."""
 SESSION_OPEN, SESSION_FREE = 1, 0
 """Values of a session state word (ring.pxd); an ended session holds its Status (< 0)."""
 
+MAP_AS_ALLOWED, MAP_READ_ONLY, MAP_WRITABLE = 0, 1, 2
+"""MEMORY_MAP's `arg`: writable if the capability has WRITE, read-only, or writable."""
 MAX_MEMORY_SIZE = 1 << 30
 """Largest memory object in bytes (1 GiB)."""
 MAX_MEMORY_BYTES = 4 << 30
@@ -155,6 +158,8 @@ MAX_RESERVED_BYTES = 256 << 20
 still exist may reserve, added up: reserved at creation, as System V's msg_qbytes."""
 MAX_QUEUE_TYPE = (1 << 63) - 1
 """Message types are 1 to this (System V's mtype is a positive long)."""
+QUEUE_RECV_PARAMS = struct.Struct("<qQQ")
+"""QUEUE_RECV's payload: the selector (msgrcv's msgtyp), max_size, flags."""
 QUEUE_TRUNCATE = 1
 """QUEUE_RECV flag: cut a message longer than max_size (System V's MSG_NOERROR)."""
 QUEUE_EXCEPT = 2

@@ -1,18 +1,16 @@
-"""What the two faces' memory and semaphore capabilities share: argument checks,
-the mapping of a received descriptor, and units a cancelled wait still won."""
+"""What the two faces' memory, semaphore, queue and pipe capabilities share: argument
+checks, the mapping of a received descriptor, and what a cancelled operation still
+won (a unit, a message, bytes) kept for the next one."""
 
 from __future__ import annotations
 
 import mmap
 import os
-import struct
 from typing import NamedTuple
 
 from .. import abi
 from ._common import Credentials
 from ._conn import Completion, Connection
-
-MAP_AS_ALLOWED, MAP_READ_ONLY, MAP_WRITABLE = 0, 1, 2  # kernel/daemon/objects/memory.py
 
 
 def memory_size_arg(size: int) -> int:
@@ -24,8 +22,8 @@ def memory_size_arg(size: int) -> int:
 def map_mode(writable: bool | None) -> int:
     """MEMORY_MAP's arg: None maps as the capability allows (writable if it has WRITE)."""
     if writable is None:
-        return MAP_AS_ALLOWED
-    return MAP_WRITABLE if writable else MAP_READ_ONLY
+        return abi.MAP_AS_ALLOWED
+    return abi.MAP_WRITABLE if writable else abi.MAP_READ_ONLY
 
 
 def map_received(conn: Connection, c: Completion) -> mmap.mmap:
@@ -103,7 +101,7 @@ def recv_params(mtype: int, max_size: int, truncate: bool, except_type: bool) ->
     if except_type and mtype <= 0:
         raise ValueError("except_type needs a positive mtype")
     flags = (abi.QUEUE_TRUNCATE if truncate else 0) | (abi.QUEUE_EXCEPT if except_type else 0)
-    return struct.pack("<qQQ", mtype, max_size, flags)
+    return abi.QUEUE_RECV_PARAMS.pack(mtype, max_size, flags)
 
 
 def queue_message(c: Completion) -> QueueMessage:
@@ -116,7 +114,7 @@ def take_stashed_message(conn: Connection, slot: int, params: bytes) -> QueueMes
     stash = conn.queue_stash.get(slot)
     if not stash:
         return None
-    selector, max_size, flags = struct.unpack("<qQQ", params)
+    selector, max_size, flags = abi.QUEUE_RECV_PARAMS.unpack(params)
     for c in stash:
         if abi.queue_selects(c.arg, selector, flags) and (
             len(c.payload) <= max_size or flags & abi.QUEUE_TRUNCATE

@@ -33,9 +33,6 @@ from ..process import Proc
 if TYPE_CHECKING:
     from ..state import KernelState
 
-MAP_AS_ALLOWED, MAP_READ_ONLY, MAP_WRITABLE = 0, 1, 2
-"""MEMORY_MAP's `arg`: what the caller asks for (as its capability allows, or exactly)."""
-
 
 class MemoryObject(KernelObject):
     """A sealed memfd of `size` bytes; `owner` is charged for it until it is destroyed."""
@@ -70,7 +67,7 @@ def memory_create(k: KernelState, proc: Proc, h: Header) -> None:
     try:
         fd = _make_memfd(size)
     except OSError as e:
-        raise OpError(Status.NO_RESOURCES, f"{e.strerror}") from None
+        raise OpError(Status.NO_RESOURCES, e.strerror or str(e)) from None
     slot = k.new_object(proc, MemoryObject(fd, size, proc), DEFAULT_MEMORY_RIGHTS)
     proc.complete(h.opcode, h.req_id, Status.OK, arg=slot)
 
@@ -78,13 +75,13 @@ def memory_create(k: KernelState, proc: Proc, h: Header) -> None:
 def memory_map(k: KernelState, proc: Proc, h: Header) -> None:
     """MEMORY_MAP: hand the caller a descriptor to map. Rights: MAP and READ; WRITE
     for a writable one. Completes with the size in `arg`."""
-    if h.arg not in (MAP_AS_ALLOWED, MAP_READ_ONLY, MAP_WRITABLE):
+    if h.arg not in (abi.MAP_AS_ALLOWED, abi.MAP_READ_ONLY, abi.MAP_WRITABLE):
         raise OpError(Status.INVALID_ARGS, f"unknown mode {h.arg}")
-    need = Rights.MAP | Rights.READ | (Rights.WRITE if h.arg == MAP_WRITABLE else 0)
+    need = Rights.MAP | Rights.READ | (Rights.WRITE if h.arg == abi.MAP_WRITABLE else 0)
     cap = k.lookup(proc, h.slot, abi.ObjectKind.MEMORY, need)
     obj = cap.obj
     assert isinstance(obj, MemoryObject)
-    writable = h.arg != MAP_READ_ONLY and bool(cap.rights & Rights.WRITE)
+    writable = h.arg != abi.MAP_READ_ONLY and bool(cap.rights & Rights.WRITE)
     fd = obj.fd if writable else _reopen_read_only(obj.fd)
     try:
         send_frame(proc.sock, abi.MemoryFd(h.req_id, writable), [fd])
@@ -123,7 +120,7 @@ def _reopen_read_only(fd: int) -> int:
     try:
         return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise OpError(Status.NO_RESOURCES, f"{e.strerror}") from None
+        raise OpError(Status.NO_RESOURCES, e.strerror or str(e)) from None
 
 
 HANDLERS: dict[int, Callable[[KernelState, Proc, Header], None]] = {

@@ -19,7 +19,6 @@ first), so handing a new message straight to a receiver never overtakes an older
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 MESSAGE_OVERHEAD = 64
 """Bytes each stored message counts beyond its payload (the kernel's bookkeeping),
 so a queue of empty messages is bounded too."""
-RECV_PARAMS = struct.Struct("<qQQ")  # selector, max_size, flags: QUEUE_RECV's payload
 
 
 class Message:
@@ -243,9 +241,9 @@ def queue_recv(k: KernelState, proc: Proc, h: Header) -> None:
     q = cap.obj
     assert isinstance(q, Queue)
     raw = proc.sq.payload(h)
-    if len(raw) != RECV_PARAMS.size:
-        raise OpError(Status.INVALID_ARGS, f"parameters take {RECV_PARAMS.size} bytes")
-    selector, max_size, flags = RECV_PARAMS.unpack(raw)
+    if len(raw) != abi.QUEUE_RECV_PARAMS.size:
+        raise OpError(Status.INVALID_ARGS, f"parameters take {abi.QUEUE_RECV_PARAMS.size} bytes")
+    selector, max_size, flags = abi.QUEUE_RECV_PARAMS.unpack(raw)
     if flags & ~(abi.QUEUE_TRUNCATE | abi.QUEUE_EXCEPT):
         raise OpError(Status.INVALID_ARGS, f"unknown flags {flags:#x}")
     m = _select(q, selector, flags)
