@@ -120,3 +120,41 @@ def test_the_queue_pipe_and_semaphore_rows_run_every_round_trip():
     assert result.cell("mkipc.pipe", 300_000).count == 50  # a stream: any size
     assert "at most" in (result.cell("mkipc.queue", 300_000).note or "")
     assert all(m.peer_pids() == [] for m in mechanisms)
+
+
+def test_a_private_kernel_ends_by_itself_when_its_benchmark_is_killed(tmp_path):
+    """SIGKILL runs no teardown: the daemon must not outlive its benchmark for good."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from kernel.bench.mechanisms.mkipc_call import PrivateKernel\n"
+        "PrivateKernel.IDLE_EXIT_S = 1.0\n"
+        "pk = PrivateKernel()\n"
+        "print(pk.proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    ) as bench:
+        try:
+            assert bench.stdout is not None
+            daemon = int(bench.stdout.readline())
+        finally:
+            bench.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{daemon}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break  # it exited; init has yet to reap it
+        except FileNotFoundError:
+            break  # exited and reaped
+        time.sleep(0.1)
+    else:
+        os.kill(daemon, signal.SIGKILL)
+        raise AssertionError("the orphaned kernel daemon was still running after 15 s")

@@ -24,7 +24,13 @@ _START_TIMEOUT_S = 10.0
 
 
 class PrivateKernel:
-    """A kernel daemon on a socket in a fresh private directory, stopped by its pid."""
+    """A kernel daemon on a socket in a fresh private directory, stopped by its pid.
+
+    If the benchmark dies without stopping it (SIGKILL, the OOM killer), its peers go
+    with it (PR_SET_PDEATHSIG) and the daemon exits once no process has been connected
+    for IDLE_EXIT_S: before, it stayed forever, with its name server."""
+
+    IDLE_EXIT_S = 30.0
 
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="mkb-")
@@ -39,6 +45,8 @@ class PrivateKernel:
                 self.path,
                 "--log-level",
                 "WARNING",
+                "--idle-exit",
+                str(self.IDLE_EXIT_S),
             ],
             stdin=subprocess.DEVNULL,
         )
