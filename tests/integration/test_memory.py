@@ -6,6 +6,7 @@ import mmap
 import os
 import sys
 import threading
+import time
 
 import pytest
 from peerlib import PEERS, ROOT, readme_script, run_script, spawned
@@ -239,3 +240,28 @@ def test_the_name_server_hands_out_memory_read_only_and_semaphores(kernel_daemon
         assert not sem.try_wait()
         theirs.post()
         assert sem.try_wait()
+
+
+def test_a_process_that_never_reads_its_descriptors_fails_its_maps_and_harms_nobody(
+    kernel_daemon,
+):
+    """The kernel's bootstrap sockets are non-blocking: a full one fails that map with
+    ResourceLimitError instead of stalling the kernel for everyone."""
+    with kernel.connect(autostart=False) as hog, kernel.connect(autostart=False) as other:
+        mem, conn = hog.memory(4096), hog._conn
+        reqs = {conn.submit(Op.MEMORY_MAP, mem.slot, -1, 0, b"", ()) for _ in range(3000)}
+        statuses: list[int] = []
+        deadline = time.monotonic() + 20
+        while len(statuses) < len(reqs) and time.monotonic() < deadline:
+            c = conn.take()  # the completions only: the socket is never read
+            if c is None:
+                time.sleep(0.01)
+            elif c.req_id in reqs:
+                statuses.append(c.status)
+        assert len(statuses) == 3000
+        assert statuses[0] == kernel.Status.OK
+        assert statuses.count(kernel.Status.NO_RESOURCES) > 0  # its socket filled up
+        theirs = other.memory(4096)  # the kernel serves everyone else meanwhile
+        with theirs.map() as m:
+            m[:2] = b"ok"
+    # the hog's unread descriptors went with its socket: the fixture checks for leaks
