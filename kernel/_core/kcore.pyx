@@ -156,11 +156,16 @@ cdef class KernelObject:
         """The last capability is gone; fail whatever waits on the object."""
 
 
-cdef void _fail_queue(object queue, bytes why):
+cdef void _fail_queue(object queue, bytes why, int status=ST_PEER_CLOSED):
     cdef Pending op
     while (op := _pop(queue)) is not None:
         op.finish()
-        op.proc.complete(op.op, op.req_id, ST_PEER_CLOSED, payload=why)
+        op.proc.complete(op.op, op.req_id, status, payload=why)
+
+
+def fail_waiters(queue, bytes why, int status=ST_PEER_CLOSED):
+    """Fail every op waiting in `queue` with `status` (the cold objects' destroy)."""
+    _fail_queue(queue, why, status)
 
 
 cdef class Endpoint(KernelObject):
@@ -266,11 +271,10 @@ cdef class Pending:
             del self.proc.pending[self.req_id]
 
 
-cdef int _hold(ProcCore proc, Pending op) except -1:
-    """Count a send's stored payload against its process: the kernel keeps it until
-    a receiver comes, so without a bound 4096 waiting sends of 256 KiB each held
-    1 GiB of the kernel's memory for one process."""
-    cdef Py_ssize_t n = len(op.payload)
+cdef int _hold(ProcCore proc, Pending op, Py_ssize_t n) except -1:
+    """Count a send's stored payload (`n` bytes) against its process: the kernel keeps
+    it until a receiver comes, so without a bound 4096 waiting sends of 256 KiB each
+    held 1 GiB of the kernel's memory for one process."""
     if proc.held_bytes + n > MAX_HELD_BYTES:
         raise OpError(Status.NO_RESOURCES,
                       f"more than {MAX_HELD_BYTES >> 20} MiB of this process's messages "
@@ -278,6 +282,11 @@ cdef int _hold(ProcCore proc, Pending op) except -1:
     proc.held_bytes += n
     op.held = n
     return 0
+
+
+def hold(ProcCore proc, Pending op, Py_ssize_t n):
+    """_hold for the cold objects' waiting sends and writes (queues, pipes)."""
+    _hold(proc, op, n)
 
 
 cdef inline void _unhold(Pending op) noexcept:
@@ -321,6 +330,12 @@ cdef Pending _pop_live(object queue, bint newest=False):
         op.proc.complete(op.op, op.req_id, ST_BAD_SLOT, payload=(
             b"the capability this operation waited through was revoked, closed or sent away"))
     return None
+
+
+def pop_live(queue):
+    """_pop_live (the oldest op whose capability is still its process's) for the cold
+    objects."""
+    return _pop_live(queue)
 
 
 # ------------------------------------------------------------------ processes
@@ -845,7 +860,7 @@ cdef class Core:
             raise OpError(Status.TIMED_OUT, "no receiver was waiting on the endpoint")
         else:
             op.payload = proc.sq.payload(h)
-            _hold(proc, op)
+            _hold(proc, op, len(op.payload))
             op.badge = cap.badge
             op.cap = cap
             if transfers is not None:   # moves locked until a receiver takes it; copies made

@@ -64,17 +64,6 @@ class Proc(ProcCore):
             )
         self.reserved_bytes += n
 
-    def hold(self, n: int) -> None:
-        """Count `n` bytes of a waiting send or write against this process, as kcore
-        counts an endpoint send's (the op's `held`, released when it finishes)."""
-        if self.held_bytes + n > abi.MAX_HELD_BYTES:
-            raise OpError(
-                Status.NO_RESOURCES,
-                f"more than {abi.MAX_HELD_BYTES >> 20} MiB of this process's messages "
-                "wait in the kernel",
-            )
-        self.held_bytes += n
-
     def unreserve(self, n: int) -> None:
         self.reserved_bytes -= n
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from capabilities import DEFAULT_PIPE_READER_RIGHTS, DEFAULT_PIPE_WRITER_RIGHTS, Rights
 
 from ... import abi
-from ..._core.kcore import KernelObject, OpError
+from ..._core.kcore import KernelObject, OpError, fail_waiters, hold
 from ..._core.ring import Header
 from ...abi import Op
 from ...errors import Status
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 class PipeOp(Pending):
     """A read (`max_size`) or a write (`data` left to write, `written` so far) waiting."""
 
-    data = b""
+    data = memoryview(b"")  # what is left to write: slicing it copies nothing
     written = 0
     max_size = 0
 
@@ -62,7 +62,6 @@ class Pipe:
         self.buffer = bytearray()
         self.readers: deque[PipeOp] = deque()
         self.writers: deque[PipeOp] = deque()
-        self.ends = 2  # ends alive; the reservation is given back with the last
         self.reader_alive = self.writer_alive = True
 
     def room(self) -> int:
@@ -70,9 +69,9 @@ class Pipe:
 
     def put(self, op: PipeOp) -> bool:
         """Write what `op` may write now; True when all of it is in."""
-        atomic = op.written == 0 and len(op.data) <= abi.PIPE_BUF
-        n = len(op.data) if atomic and len(op.data) <= self.room() else 0
-        if not atomic:
+        if op.written == 0 and len(op.data) <= abi.PIPE_BUF:  # atomic: all or nothing
+            n = len(op.data) if len(op.data) <= self.room() else 0
+        else:
             n = min(len(op.data), self.room())
         self.buffer += op.data[:n]
         op.data, op.written = op.data[n:], op.written + n
@@ -104,12 +103,11 @@ class Pipe:
         if reader:
             self.reader_alive = False
             self.buffer.clear()  # nobody can read it any more
-            _fail_all(self.writers, Status.BROKEN_PIPE, b"broken pipe: no read end is left")
+            fail_waiters(self.writers, b"broken pipe: no read end is left", Status.BROKEN_PIPE)
         else:
             self.writer_alive = False
             self.flow()  # what is buffered, then EOF
-        self.ends -= 1
-        if not self.ends:
+        if not (self.reader_alive or self.writer_alive):  # the reservation goes with both
             self.owner.unreserve(self.capacity)
 
 
@@ -126,13 +124,6 @@ def _complete_read(pipe: Pipe, op: PipeOp) -> None:
     data = bytes(pipe.buffer[: op.max_size])  # empty: EOF
     del pipe.buffer[: len(data)]
     op.proc.complete(op.op, op.req_id, Status.OK, payload=data)
-
-
-def _fail_all(ops: deque[PipeOp], status: int, why: bytes) -> None:
-    while ops:
-        op = ops[0]
-        op.finish()
-        op.proc.complete(op.op, op.req_id, status, payload=why)
 
 
 # ------------------------------------------------------------------ handlers
@@ -170,14 +161,13 @@ def pipe_write(k: KernelState, proc: Proc, h: Header) -> None:
     if not pipe.reader_alive:
         raise OpError(Status.BROKEN_PIPE, "broken pipe: no read end is left")
     op = PipeOp(proc, h.req_id, h.opcode, h.deadline)
-    op.data, op.cap = proc.sq.payload(h), cap
+    op.data, op.cap = memoryview(proc.sq.payload(h)), cap
     if not pipe.writers and pipe.put(op):
         proc.complete(h.opcode, h.req_id, Status.OK, arg=op.written)
     elif k.expired(h.deadline):
         op.expire()
     else:
-        proc.hold(len(op.data))  # counted as a waiting send's payload is
-        op.held = len(op.data)
+        hold(proc, op, len(op.data))  # counted as a waiting endpoint send's is
         op.enqueue(pipe.writers)
         k.timers.arm(op)
     pipe.flow()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from capabilities import DEFAULT_QUEUE_RIGHTS, Rights
 
 from ... import abi
-from ..._core.kcore import KernelObject, OpError, ProcCore
+from ..._core.kcore import KernelObject, OpError, ProcCore, fail_waiters, hold
 from ..._core.ring import Header
 from ...abi import Op
 from ...errors import Status
@@ -69,11 +69,8 @@ class Queue(KernelObject):
 
     def destroy(self) -> None:
         why = b"the queue was destroyed: its last capability was closed"
-        for waiters in (self.senders, self.receivers):
-            while waiters:
-                op = waiters[0]
-                op.finish()
-                op.proc.complete(op.op, op.req_id, Status.PEER_CLOSED, payload=why)
+        fail_waiters(self.senders, why)
+        fail_waiters(self.receivers, why)
         self.stored.clear()
         self.owner.unreserve(self.max_bytes)
 
@@ -226,9 +223,9 @@ def queue_send(k: KernelState, proc: Proc, h: Header) -> None:
         why = "no receiver waits" if q.capacity == 0 else "the queue is full"
         raise OpError(Status.TIMED_OUT, why)
     else:
-        proc.hold(len(m.payload))
         op = QueueOp(proc, h.req_id, h.opcode, h.deadline)
-        op.held, op.message, op.cap = len(m.payload), m, cap
+        hold(proc, op, len(m.payload))  # counted as a waiting endpoint send's is
+        op.message, op.cap = m, cap
         op.enqueue(q.senders)
         k.timers.arm(op)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from capabilities import DEFAULT_SEMAPHORE_RIGHTS, Rights
 
 from ... import abi
-from ..._core.kcore import KernelObject, OpError
+from ..._core.kcore import KernelObject, OpError, fail_waiters, pop_live
 from ..._core.ring import Header
 from ...abi import Op
 from ...errors import Status
@@ -33,29 +33,13 @@ class Semaphore(KernelObject):
         self.waiters: deque[Pending] = deque()
 
     def destroy(self) -> None:
-        while self.waiters:
-            op = self.waiters[0]
-            op.finish()
-            op.proc.complete(
-                op.op,
-                op.req_id,
-                Status.PEER_CLOSED,
-                payload=b"the semaphore was destroyed: its last capability was closed",
-            )
+        fail_waiters(self.waiters, b"the semaphore was destroyed: its last capability was closed")
 
     def hand_out(self) -> None:
-        """Give units to waiters, oldest first, while both last."""
-        while self.value and self.waiters:
-            op = self.waiters[0]
+        """Give units to waiters, oldest first, while both last (pop_live fails a
+        waiter whose capability was revoked or sent away meanwhile)."""
+        while self.value and (op := pop_live(self.waiters)) is not None:
             op.finish()
-            if op.cap is not None and op.cap.holder is not op.proc.caps:
-                op.proc.complete(
-                    op.op,
-                    op.req_id,
-                    Status.BAD_SLOT,
-                    payload=b"the capability this wait went through was revoked or sent away",
-                )
-                continue
             self.value -= 1
             op.proc.complete(op.op, op.req_id, Status.OK, arg=self.value)
 
