@@ -36,6 +36,9 @@ DEFAULT_SEMAPHORE_RIGHTS = (
     Rights.SIGNAL | Rights.WAIT | Rights.COPY | Rights.TRANSFER | Rights.MANAGE
 )
 """SIGNAL posts, WAIT waits (the notification's verbs, one word per idea)."""
-DEFAULT_QUEUE_RIGHTS = Rights.SEND | Rights.RECEIVE | Rights.COPY | Rights.TRANSFER | Rights.MANAGE
+DEFAULT_QUEUE_RIGHTS = (
+    Rights.SEND | Rights.RECEIVE | Rights.GRANT | Rights.COPY | Rights.TRANSFER | Rights.MANAGE
+)
+"""GRANT lets messages sent through it carry capabilities (not queue capabilities)."""
 DEFAULT_PIPE_READER_RIGHTS = Rights.READ | Rights.COPY | Rights.TRANSFER | Rights.MANAGE
 DEFAULT_PIPE_WRITER_RIGHTS = Rights.WRITE | Rights.COPY | Rights.TRANSFER | Rights.MANAGE

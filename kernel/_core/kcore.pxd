@@ -79,7 +79,8 @@ cdef class ProcCore:
                    uint64_t arg, const char *payload, Py_ssize_t n, uint64_t badge,
                    ProcCore sender, list slots, uint32_t kinds) except -1
     cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=*,
-                   uint64_t arg=*, bytes payload=*, uint64_t badge=*, ProcCore sender=*)
+                   uint64_t arg=*, bytes payload=*, uint64_t badge=*, ProcCore sender=*,
+                   list slots=*, uint32_t kinds=*)
 
 
 cdef class Core:

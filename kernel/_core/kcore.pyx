@@ -399,11 +399,13 @@ cdef class ProcCore:
         return 0
 
     cpdef complete(self, int opcode, uint64_t req_id, int status, uint64_t slot=0,
-                   uint64_t arg=0, bytes payload=b"", uint64_t badge=0, ProcCore sender=None):
+                   uint64_t arg=0, bytes payload=b"", uint64_t badge=0, ProcCore sender=None,
+                   list slots=None, uint32_t kinds=0):
         """Post a completion from Python (cold paths, errors); a message's `sender`
-        gives it the kernel-verified pid/uid/gid and connection id."""
-        self.post(opcode, req_id, status, slot, arg, PyBytes_AS_STRING(payload),
-                  PyBytes_GET_SIZE(payload), badge, sender)
+        gives it the kernel-verified pid/uid/gid and connection id, `slots` and
+        `kinds` the capabilities it hands over (as post_caps)."""
+        self._post(opcode, req_id, status, slot, arg, PyBytes_AS_STRING(payload),
+                   PyBytes_GET_SIZE(payload), badge, sender, slots, kinds)
 
     @property
     def creds(self):
@@ -517,6 +519,17 @@ cdef void _drop_copy(Capability cap) except *:
     unlink(cap)
     cap.holder = None
     _release(<KernelObject>cap.obj)
+
+
+def in_flight(list transfers, ProcCore sender):
+    """_in_flight for the cold objects: a waiting queue send's capabilities."""
+    return _in_flight(transfers, sender)
+
+
+def drop_carried(Capability cap):
+    """A capability a stored message held, dropped with the message (its queue was
+    destroyed): out of the tree, its object released."""
+    _drop_copy(cap)
 
 
 cdef void _release(KernelObject obj) except *:
@@ -773,6 +786,16 @@ cdef class Core:
             seen.add(id(cap))
             out.append((cap, derived))
         return out
+
+    def carried(self, ProcCore proc, Header h, Capability used):
+        """_decode_transfers for the cold objects (a queue send): the capabilities
+        the message carries, as [(cap, None: a move, or (rights, badge) of a copy)],
+        all checked, nothing changed yet. `used` needs GRANT."""
+        return self._decode_transfers(proc, h, used, R_GRANT)
+
+    def hand_over(self, list transfers, ProcCore sender, ProcCore receiver):
+        """_transfer for the cold objects: (slots, kinds) in `receiver`'s table."""
+        return self._transfer(transfers, sender, receiver)
 
     cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver):
         """Hand the carried capabilities to `receiver`: moves leave the sender's table,

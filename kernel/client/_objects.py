@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .. import abi
-from ._common import Credentials
+from ._common import CapBase, Credentials
 from ._conn import Completion, Connection
 
 
@@ -66,12 +67,18 @@ def take_stashed_unit(conn: Connection, slot: int) -> bool:
 
 class QueueMessage(NamedTuple):
     """A message taken from a queue. `badge` and `sender` are the kernel's: the badge
-    of the capability it was sent through, and the sender's pid/uid/gid."""
+    of the capability it was sent through, and the sender's pid/uid/gid. `caps` are
+    the capabilities it carried, now in this process's table; None stands where one
+    was revoked while the message waited in the queue."""
 
     data: bytes
     mtype: int
     badge: int
     sender: Credentials
+    caps: tuple[CapBase | None, ...] = ()
+
+
+Wrap = Callable[[int, int], CapBase]  # the face's _wrap(kind, slot)
 
 
 def queue_create_args(capacity: int | None, max_bytes: int) -> tuple[int, bytes]:
@@ -104,11 +111,16 @@ def recv_params(mtype: int, max_size: int, truncate: bool, except_type: bool) ->
     return abi.QUEUE_RECV_PARAMS.pack(mtype, max_size, flags)
 
 
-def queue_message(c: Completion) -> QueueMessage:
-    return QueueMessage(c.payload, c.arg, c.badge, Credentials(c.pid, c.uid, c.gid))
+def queue_message(c: Completion, wrap: Wrap) -> QueueMessage:
+    caps = tuple(
+        wrap((c.flags >> (4 * i)) & 0xF, slot) if slot else None for i, slot in enumerate(c.caps)
+    )
+    return QueueMessage(c.payload, c.arg, c.badge, Credentials(c.pid, c.uid, c.gid), caps)
 
 
-def take_stashed_message(conn: Connection, slot: int, params: bytes) -> QueueMessage | None:
+def take_stashed_message(
+    conn: Connection, slot: int, params: bytes, wrap: Wrap
+) -> QueueMessage | None:
     """A message an earlier, cancelled receive on `slot` won as it was withdrawn, if it
     is one this receive would take (it left the queue: it must not be lost)."""
     stash = conn.queue_stash.get(slot)
@@ -120,7 +132,7 @@ def take_stashed_message(conn: Connection, slot: int, params: bytes) -> QueueMes
             len(c.payload) <= max_size or flags & abi.QUEUE_TRUNCATE
         ):
             stash.remove(c)
-            m = queue_message(c)
+            m = queue_message(c, wrap)
             return m._replace(data=m.data[:max_size])
     return None
 

@@ -536,15 +536,19 @@ class AsyncQueueCap(_AsyncCap):
     _k: AsyncKernel
     __slots__ = ()
 
-    async def send(self, data: Data, *, mtype: int = 1, timeout: float | None = None) -> None:
-        arg, payload = message_type(mtype), as_payload(data)
+    async def send(
+        self, data: Data, *, mtype: int = 1, timeout: float | None = None, caps: Caps = ()
+    ) -> None:
+        arg, payload, slots = message_type(mtype), as_payload(data), transfer_slots(caps)
         await self._k._roundtrip(
-            Op.QUEUE_SEND, self, "send", timeout=timeout, arg=arg, payload=payload
+            Op.QUEUE_SEND, self, "send", timeout=timeout, arg=arg, payload=payload, caps=slots
         )
+        if caps:
+            moved_away(caps)
 
-    async def send_nowait(self, data: Data, *, mtype: int = 1) -> None:
+    async def send_nowait(self, data: Data, *, mtype: int = 1, caps: Caps = ()) -> None:
         try:
-            await self.send(data, mtype=mtype, timeout=0)
+            await self.send(data, mtype=mtype, timeout=0, caps=caps)
         except CallTimeoutError:
             raise WouldBlock("send_nowait: the queue is full") from None
 
@@ -558,11 +562,11 @@ class AsyncQueueCap(_AsyncCap):
         timeout: float | None = None,
     ) -> QueueMessage:
         params = recv_params(mtype, max_size, truncate, except_type)
-        stashed = take_stashed_message(self._k._open(), self.slot, params)
+        stashed = take_stashed_message(self._k._open(), self.slot, params, self._k._wrap)
         if stashed is not None:
             return stashed
         c = await self._k._roundtrip(Op.QUEUE_RECV, self, "recv", timeout=timeout, payload=params)
-        return queue_message(c)
+        return queue_message(c, self._k._wrap)
 
     async def recv_nowait(
         self,

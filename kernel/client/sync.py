@@ -490,16 +490,25 @@ class QueueCap(_Cap):
     _k: Kernel
     __slots__ = ()
 
-    def send(self, data: Data, *, mtype: int = 1, timeout: float | None = None) -> None:
+    def send(
+        self, data: Data, *, mtype: int = 1, timeout: float | None = None, caps: Caps = ()
+    ) -> None:
         """Queue `data` as a message of type `mtype` (>= 1); waits while the queue is
-        full (capacity 0: until a receiver takes it). Rights: SEND."""
-        arg, payload = message_type(mtype), as_payload(data)
-        self._k._roundtrip(Op.QUEUE_SEND, self, "send", timeout=timeout, arg=arg, payload=payload)
+        full (capacity 0: until a receiver takes it). `caps` travel with it as with
+        an endpoint send (moved, or `as_copy()`, `as_mint()`), queue capabilities
+        excepted; the queue holds them while the message waits in it, and a send
+        that fails leaves them here. Rights: SEND (and GRANT to carry `caps`)."""
+        arg, payload, slots = message_type(mtype), as_payload(data), transfer_slots(caps)
+        self._k._roundtrip(
+            Op.QUEUE_SEND, self, "send", timeout=timeout, arg=arg, payload=payload, caps=slots
+        )
+        if caps:
+            moved_away(caps)
 
-    def send_nowait(self, data: Data, *, mtype: int = 1) -> None:
+    def send_nowait(self, data: Data, *, mtype: int = 1, caps: Caps = ()) -> None:
         """Queue `data` only if there is room now; otherwise raise WouldBlock."""
         try:
-            self.send(data, mtype=mtype, timeout=0)
+            self.send(data, mtype=mtype, timeout=0, caps=caps)
         except CallTimeoutError:
             raise WouldBlock("send_nowait: the queue is full") from None
 
@@ -518,11 +527,11 @@ class QueueCap(_Cap):
         MessageTooLargeError and stays queued, unless `truncate` cuts it.
         Rights: RECEIVE."""
         params = recv_params(mtype, max_size, truncate, except_type)
-        stashed = take_stashed_message(self._k._conn, self.slot, params)
+        stashed = take_stashed_message(self._k._conn, self.slot, params, self._k._wrap)
         if stashed is not None:
             return stashed
         c = self._k._roundtrip(Op.QUEUE_RECV, self, "recv", timeout=timeout, payload=params)
-        return queue_message(c)
+        return queue_message(c, self._k._wrap)
 
     def recv_nowait(
         self,

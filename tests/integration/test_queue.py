@@ -199,8 +199,8 @@ def test_rights_and_malformed_requests_are_refused(kernel_daemon):
         with pytest.raises(kernel.InvalidArgumentError, match="unknown flags"):
             k._roundtrip(Op.QUEUE_RECV, q, "recv", payload=params, timeout=0)
         n = k.notification()
-        with pytest.raises(kernel.InvalidArgumentError, match="carry no capabilities"):
-            k._roundtrip(Op.QUEUE_SEND, q, "send", arg=1, caps=(n.slot,))
+        with pytest.raises(kernel.InvalidArgumentError, match="cannot carry a queue capability"):
+            k._roundtrip(Op.QUEUE_SEND, q, "send", arg=1, caps=(q.slot | abi.TRANSFER_COPY,))
         with pytest.raises(kernel.InvalidCapabilityError, match="not a queue"):
             k._roundtrip(Op.QUEUE_SEND, n, "send", arg=1)
         with pytest.raises(ValueError, match="except_type needs a positive mtype"):

@@ -15,18 +15,38 @@ System V's E2BIG) and stays queued, unless TRUNCATE (MSG_NOERROR) cuts it.
 Invariant: no waiting receiver matches a stored message or a waiting sender's (each
 receive looks at both before it waits, and each send offers itself to the receivers
 first), so handing a new message straight to a receiver never overtakes an older one.
+
+Capabilities travel in messages through a queue capability with GRANT (DESIGN §5),
+moved, copied or minted as through an endpoint. A stored message outlives its
+sender, so it holds them itself (it is their holder, as a table is): a move leaves
+the sender's table when the message is stored, a copy is made then. A waiting send
+keeps them as a waiting endpoint send does (moves locked in the sender's table,
+copies in flight), so a send that fails leaves them with the sender. Revoking one
+held by a stored message leaves a hole: the receiver gets None in its place, so the
+others keep their positions. Queue capabilities never travel in queue messages: a
+queue holding a capability to itself (or two holding each other's) could never be
+destroyed, and the kernel has no collector for such cycles.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from capabilities import DEFAULT_QUEUE_RIGHTS, Rights
+from capabilities import DEFAULT_QUEUE_RIGHTS, Capability, Rights
+from capabilities.table import derive
 
 from ... import abi
-from ..._core.kcore import KernelObject, OpError, ProcCore, fail_waiters, hold
+from ..._core.kcore import (
+    KernelObject,
+    OpError,
+    ProcCore,
+    drop_carried,
+    fail_waiters,
+    hold,
+    in_flight,
+)
 from ..._core.ring import Header
 from ...abi import Op
 from ...errors import Status
@@ -41,11 +61,57 @@ MESSAGE_OVERHEAD = 64
 so a queue of empty messages is bounded too."""
 
 
-class Message:
-    __slots__ = ("mtype", "payload", "badge", "sender")
+CAP_OVERHEAD = 64
+"""Bytes each capability a stored message holds counts towards the queue's bound."""
 
-    def __init__(self, mtype: int, payload: bytes, badge: int, sender: ProcCore) -> None:
+Transfers = list[tuple[Capability, Any]]  # kcore's: (cap, how it travels)
+
+
+class Message:
+    """One message. The capabilities it carries are in exactly one place: `transfers`
+    while its send is being handled (checked, not taken yet), its waiting send's
+    `flight` (Pending.transfers), or `caps` once stored (held here)."""
+
+    __slots__ = ("mtype", "payload", "badge", "sender", "cost", "transfers", "flight", "caps")
+
+    def __init__(
+        self, mtype: int, payload: bytes, badge: int, sender: ProcCore, transfers: Transfers | None
+    ) -> None:
         self.mtype, self.payload, self.badge, self.sender = mtype, payload, badge, sender
+        self.cost = len(payload) + MESSAGE_OVERHEAD + CAP_OVERHEAD * len(transfers or ())
+        self.transfers = transfers
+        self.flight: Transfers | None = None
+        self.caps: list[Capability] | None = None
+
+    def keep(self) -> None:
+        """The message is stored: take its capabilities from the sender (a move) or
+        make them (a copy), and hold them."""
+        carried = self.transfers or self.flight
+        if not carried:
+            return
+        held = []
+        for cap, how in carried:
+            if how is None:  # a move, from the sender's table (locked there if it waited)
+                cap.in_transit = False
+                self.sender.caps.remove(cap.slot, "was sent away in a queue message")
+            elif isinstance(how, tuple):  # a copy or mint not made yet
+                cap = derive(cap, *how)
+                cap.obj.refs += 1
+            cap.holder = self  # (else a copy made when its send began to wait)
+            held.append(cap)
+        self.caps, self.transfers, self.flight = held, None, None
+
+    def discard(self, cap: Capability, why: str) -> None:
+        """Revocation reached a capability this message holds (revoke() releases its
+        reference): the message keeps a hole in its place."""
+        cap.holder = None
+
+    def drop(self) -> None:
+        """The stored message goes undelivered (its queue was destroyed)."""
+        for cap in self.caps or ():
+            if cap.holder is self:
+                drop_carried(cap)
+        self.caps = None
 
 
 class QueueOp(Pending):
@@ -71,17 +137,19 @@ class Queue(KernelObject):
         why = b"the queue was destroyed: its last capability was closed"
         fail_waiters(self.senders, why)
         fail_waiters(self.receivers, why)
+        for m in self.stored:
+            m.drop()
         self.stored.clear()
         self.owner.unreserve(self.max_bytes)
 
     def has_room(self, m: Message) -> bool:
         if self.capacity >= 0 and len(self.stored) >= self.capacity:
             return False
-        return self.stored_bytes + _cost(m) <= self.max_bytes
+        return self.stored_bytes + m.cost <= self.max_bytes
 
     def store(self, m: Message) -> None:
         self.stored.append(m)
-        self.stored_bytes += _cost(m)
+        self.stored_bytes += m.cost
 
     def waiting(self) -> Iterator[Message]:
         """Every message a receive may take, oldest first: stored, then waiting sends."""
@@ -89,10 +157,6 @@ class Queue(KernelObject):
         for op in self.senders:
             assert op.message is not None
             yield op.message
-
-
-def _cost(m: Message) -> int:
-    return len(m.payload) + MESSAGE_OVERHEAD
 
 
 def _select(q: Queue, selector: int, flags: int) -> Message | None:
@@ -110,29 +174,60 @@ def _select(q: Queue, selector: int, flags: int) -> Message | None:
     return best
 
 
-def _deliver(proc: ProcCore, req_id: int, max_size: int, flags: int, m: Message) -> bool:
+def _hand_over(k: KernelState, m: Message, receiver: ProcCore) -> tuple[list[int] | None, int]:
+    """Put `m`'s capabilities in `receiver`'s table: (their slots, kinds), (None, 0)
+    if it carries none. If they do not fit, raises OpError and changes nothing."""
+    if m.caps is not None:
+        return _hand_over_held(m, receiver)
+    carried = m.transfers or m.flight
+    if not carried:
+        return None, 0
+    slots, kinds = k.hand_over(carried, m.sender, receiver)
+    m.transfers = m.flight = None
+    return slots, kinds
+
+
+def _hand_over_held(m: Message, receiver: ProcCore) -> tuple[list[int], int]:
+    held = m.caps or []
+    if receiver.caps.count + sum(cap.holder is m for cap in held) > receiver.caps.limit:
+        raise OpError(Status.NO_RESOURCES, "the receiver's capability table is full")
+    slots, kinds = [], 0
+    for i, cap in enumerate(held):
+        if cap.holder is m:
+            slots.append(receiver.caps.insert(cap))  # its reference moves in with it
+            kinds |= (cap.obj.kind & 0xF) << (4 * i)
+        else:
+            slots.append(0)  # revoked while stored: a hole (the client's None)
+    m.caps = []
+    return slots, kinds
+
+
+def _deliver(
+    k: KernelState, proc: ProcCore, req_id: int, max_size: int, flags: int, m: Message
+) -> bool:
     """Complete receive `req_id` of `proc` with `m`, or fail it if `m` is too long for
-    it (TOO_LARGE: `m` stays where it was). True if `m` was taken."""
+    it (TOO_LARGE) or its capabilities do not fit (NO_RESOURCES): `m` then stays
+    where it was. True if `m` was taken."""
     payload = m.payload
-    if len(payload) > max_size:
-        if not flags & abi.QUEUE_TRUNCATE:
-            proc.complete(
-                Op.QUEUE_RECV,
-                req_id,
-                Status.TOO_LARGE,
-                payload=f"the message of type {m.mtype} has {len(payload)} "
-                f"bytes, more than max_size {max_size}".encode(),
-            )
-            return False
-        payload = payload[:max_size]
+    if len(payload) > max_size and not flags & abi.QUEUE_TRUNCATE:
+        why = f"the message of type {m.mtype} has {len(payload)} bytes, more than max_size"
+        proc.complete(Op.QUEUE_RECV, req_id, Status.TOO_LARGE, payload=f"{why} {max_size}".encode())
+        return False
+    try:
+        slots, kinds = _hand_over(k, m, proc)
+    except OpError as e:
+        proc.complete(Op.QUEUE_RECV, req_id, e.status, payload=e.reason.encode())
+        return False
     proc.complete(
         Op.QUEUE_RECV,
         req_id,
         Status.OK,
         arg=m.mtype,
-        payload=payload,
+        payload=payload[:max_size],
         badge=m.badge,
         sender=m.sender,
+        slots=slots,
+        kinds=kinds,
     )
     return True
 
@@ -142,25 +237,32 @@ def _take(q: Queue, m: Message) -> None:
     senders' messages into the room it leaves, in order."""
     if q.stored and q.stored[0] is m:  # the common case: the oldest
         q.stored.popleft()
-        q.stored_bytes -= _cost(m)
+        q.stored_bytes -= m.cost
     elif m in q.stored:
         q.stored.remove(m)
-        q.stored_bytes -= _cost(m)
+        q.stored_bytes -= m.cost
     else:
         for op in q.senders:
             if op.message is m:
-                op.finish()
-                op.proc.complete(op.op, op.req_id, Status.OK)
+                _sent(op)
                 break
     while q.senders and q.has_room(q.senders[0].message):  # type: ignore[arg-type]
         op = q.senders[0]
         assert op.message is not None
+        op.message.keep()
         q.store(op.message)
-        op.finish()
-        op.proc.complete(op.op, op.req_id, Status.OK)
+        _sent(op)
 
 
-def _offer(q: Queue, m: Message) -> bool:
+def _sent(op: QueueOp) -> None:
+    """A waiting send's message was delivered or stored: its capabilities went with
+    it (finish() would otherwise give them back to the sender)."""
+    op.transfers = None
+    op.finish()
+    op.proc.complete(op.op, op.req_id, Status.OK)
+
+
+def _offer(k: KernelState, q: Queue, m: Message) -> bool:
     """Hand `m` to the oldest waiting receiver it matches; True if one took it."""
     for op in list(q.receivers):
         if not abi.queue_selects(m.mtype, op.selector, op.flags):
@@ -170,7 +272,7 @@ def _offer(q: Queue, m: Message) -> bool:
             op.proc.complete(
                 op.op, op.req_id, Status.BAD_SLOT, payload=b"its capability was sent away"
             )
-        elif _deliver(op.proc, op.req_id, op.max_size, op.flags, m):
+        elif _deliver(k, op.proc, op.req_id, op.max_size, op.flags, m):
             return True
     return False
 
@@ -198,13 +300,25 @@ def queue_create(k: KernelState, proc: Proc, h: Header) -> None:
     proc.complete(h.opcode, h.req_id, Status.OK, arg=slot)
 
 
+def _carried(k: KernelState, proc: Proc, h: Header, cap: Capability) -> Transfers:
+    transfers: Transfers = k.carried(proc, h, cap)
+    for carried, _ in transfers:
+        if carried.obj.kind == abi.ObjectKind.QUEUE:
+            raise OpError(
+                Status.INVALID_ARGS,
+                "a queue message cannot carry a queue capability (a queue that held "
+                "itself could never be destroyed); send it through an endpoint",
+            )
+    return transfers
+
+
 def queue_send(k: KernelState, proc: Proc, h: Header) -> None:
-    """QUEUE_SEND: the payload as a message of type `arg` (>= 1). Rights: SEND."""
+    """QUEUE_SEND: the payload as a message of type `arg` (>= 1), with the
+    capabilities it carries. Rights: SEND (and GRANT to carry capabilities)."""
     cap = k.lookup(proc, h.slot, abi.ObjectKind.QUEUE, Rights.SEND)
     q = cap.obj
     assert isinstance(q, Queue)
-    if h.ncaps:
-        raise OpError(Status.NOT_SUPPORTED, "queues carry no capabilities")
+    transfers = _carried(k, proc, h, cap) if h.ncaps else None
     if not 0 < h.arg <= abi.MAX_QUEUE_TYPE:
         raise OpError(Status.INVALID_ARGS, f"type must be 1 to {abi.MAX_QUEUE_TYPE}")
     if h.payload_len > min(abi.MAX_PAYLOAD, q.max_bytes - MESSAGE_OVERHEAD):
@@ -213,10 +327,11 @@ def queue_send(k: KernelState, proc: Proc, h: Header) -> None:
             f"{h.payload_len} bytes never fit this queue "
             f"(max_bytes {q.max_bytes}, {MESSAGE_OVERHEAD} of them per message)",
         )
-    m = Message(h.arg, proc.sq.payload(h), cap.badge, proc)
-    if _offer(q, m):
+    m = Message(h.arg, proc.sq.payload(h), cap.badge, proc, transfers)
+    if _offer(k, q, m):
         proc.complete(h.opcode, h.req_id, Status.OK)
     elif not q.senders and q.has_room(m):
+        m.keep()
         q.store(m)
         proc.complete(h.opcode, h.req_id, Status.OK)
     elif k.expired(h.deadline):
@@ -226,6 +341,9 @@ def queue_send(k: KernelState, proc: Proc, h: Header) -> None:
         op = QueueOp(proc, h.req_id, h.opcode, h.deadline)
         hold(proc, op, len(m.payload))  # counted as a waiting endpoint send's is
         op.message, op.cap = m, cap
+        if transfers:  # moves locked, copies made: as a waiting endpoint send's
+            op.transfers = m.flight = in_flight(transfers, proc)
+            m.transfers = None
         op.enqueue(q.senders)
         k.timers.arm(op)
 
@@ -245,7 +363,7 @@ def queue_recv(k: KernelState, proc: Proc, h: Header) -> None:
         raise OpError(Status.INVALID_ARGS, f"unknown flags {flags:#x}")
     m = _select(q, selector, flags)
     if m is not None:
-        if _deliver(proc, h.req_id, max_size, flags, m):
+        if _deliver(k, proc, h.req_id, max_size, flags, m):
             _take(q, m)
     elif k.expired(h.deadline):
         raise OpError(Status.TIMED_OUT, "no message of the type asked for")

@@ -7,6 +7,7 @@ usage: queue_peer.py ACT [ARG]
   recv         receive one message on "q" (waiting forever); send its data on "back",
                or the error's class name
   creds        send b"hello" of type 9 on "q"
+  gift         send b"gift" of type 3 on "q", moving the inherited "n" into it, and exit
 Every other wait is bounded (20 s); the exit code is 0 when the act completed.
 """
 
@@ -38,6 +39,8 @@ def main() -> int:
                 caps["back"].send(type(e).__name__.encode(), timeout=LIMIT)
         elif act == "creds":
             caps["q"].send(b"hello", mtype=9, timeout=LIMIT)
+        elif act == "gift":
+            caps["q"].send(b"gift", mtype=3, caps=[caps["n"]], timeout=LIMIT)
     return 0
 
 
