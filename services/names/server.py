@@ -44,7 +44,7 @@ HANDOUT_RIGHTS = {
     "notification": Rights.SIGNAL | Rights.COPY | Rights.TRANSFER,
     "memory object": Rights.MAP | Rights.READ | Rights.COPY | Rights.TRANSFER,
     "semaphore": Rights.SIGNAL | Rights.WAIT | Rights.COPY | Rights.TRANSFER,
-    "queue": Rights.SEND | Rights.COPY | Rights.TRANSFER,
+    "queue": Rights.SEND | Rights.GRANT | Rights.COPY | Rights.TRANSFER,
     "pipe read end": Rights.READ | Rights.COPY | Rights.TRANSFER,
     "pipe write end": Rights.WRITE | Rights.COPY | Rights.TRANSFER,  # a named pipe (FIFO)
 }

@@ -228,11 +228,14 @@ def test_the_name_server_hands_out_queues_without_receive(kernel_daemon):
         q = owner.queue()
         owner.names.register("test.queue", q, mode=0o666)
         theirs = client.names.lookup("test.queue", kind=kernel.QueueCap)
-        assert theirs.info().rights == Rights.SEND | Rights.COPY | Rights.TRANSFER
-        theirs.send(b"via names", mtype=2)
+        assert theirs.info().rights == Rights.SEND | Rights.GRANT | Rights.COPY | Rights.TRANSFER
+        answer_to = client.notification()  # GRANT, as an endpoint's: a job carries its reply path
+        theirs.send(b"via names", mtype=2, caps=[answer_to.as_copy()])
         got = q.recv(timeout=5)
         assert (got.data, got.sender.pid) == (b"via names", os.getpid())
         assert got.badge != 0  # lookup's own badge: the service can tell clients apart
+        got.caps[0].signal(1)
+        assert answer_to.poll() == 1
 
 
 async def test_the_asyncio_face_and_a_cancelled_receive_that_takes_nothing(kernel_daemon):
