@@ -112,9 +112,10 @@ def recv_params(mtype: int, max_size: int, truncate: bool, except_type: bool) ->
 
 
 def queue_message(c: Completion, wrap: Wrap) -> QueueMessage:
-    caps = tuple(
-        wrap((c.flags >> (4 * i)) & 0xF, slot) if slot else None for i, slot in enumerate(c.caps)
-    )
+    caps: tuple[CapBase | None, ...] = ()
+    if c.caps:  # (most carry none: no generator per message)
+        kinds = c.flags
+        caps = tuple(wrap(kinds >> 4 * i & 0xF, s) if s else None for i, s in enumerate(c.caps))
     return QueueMessage(c.payload, c.arg, c.badge, Credentials(c.pid, c.uid, c.gid), caps)
 
 
