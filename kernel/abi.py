@@ -156,6 +156,17 @@ MAX_QUEUE_BYTES = 64 << 20
 MAX_RESERVED_BYTES = 256 << 20
 """Kernel buffer space one process's queues (`max_bytes`) and pipes (`capacity`) that
 still exist may reserve, added up: reserved at creation, as System V's msg_qbytes."""
+
+# Per-user bounds (kernel/daemon/quota.py): what one uid's processes may keep in the
+# kernel together, whatever their number. They bound the kernel's heap and its
+# descriptors (a connection holds four, a session two, a memory object one).
+MAX_CONNECTIONS_PER_UID = 256
+MAX_SESSIONS_PER_UID = 1024
+MAX_OBJECTS_PER_UID = 1 << 16
+"""Kernel objects of every kind (but one-shot replies) created by one uid that live on."""
+MAX_MEMORY_OBJECTS_PER_UID = 1024
+MAX_RESERVED_BYTES_PER_UID = 1 << 30
+MAX_MEMORY_BYTES_PER_UID = 16 << 30
 MAX_QUEUE_TYPE = (1 << 63) - 1
 """Message types are 1 to this (System V's mtype is a positive long)."""
 QUEUE_RECV_PARAMS = struct.Struct("<qQQ")
@@ -261,6 +272,7 @@ class MemoryFd(msgspec.Struct, tag=True):
 
 class Refused(msgspec.Struct, tag=True):
     reason: str
+    status: int = -10  # errors.Status: INVALID_ARGS, ACCESS_DENIED, NO_RESOURCES
 
 
 class SessionFds(msgspec.Struct, tag=True):

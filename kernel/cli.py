@@ -39,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         help="permission of the socket, e.g. 0666 to let every uid connect (default 0600)",
     )
     k.add_argument(
+        "--user-limit",
+        type=_user_limit,
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="what one uid's processes may keep in the kernel together, e.g. connections=64 "
+        "or buffer-bytes=512m; NAME is one of connections, sessions, objects, "
+        "memory-objects, buffer-bytes, memory-bytes (repeatable)",
+    )
+    k.add_argument(
         "--no-names", action="store_true", help="do not start the name server (services/names)"
     )
     k.add_argument("--log-level", default="INFO")
@@ -97,6 +107,26 @@ def _names(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_limit(text: str) -> tuple[str, int]:
+    from .daemon.quota import USER_LIMITS
+
+    name, _, value = text.partition("=")
+    what = name.replace("-", " ")
+    if what not in USER_LIMITS or not value:
+        raise argparse.ArgumentTypeError(
+            f"{text}: expected NAME=N with NAME one of "
+            + ", ".join(w.replace(" ", "-") for w in USER_LIMITS)
+        )
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1].lower(), 1)
+    try:
+        n = int(value[:-1] if scale > 1 else value) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: {value!r} is not a count") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text}: a limit cannot be negative")
+    return what, n
+
+
 def _octal_mode(text: str) -> int:
     mode = int(text, 8)
     if not 0 <= mode <= 0o777:
@@ -121,6 +151,7 @@ def _kernel(args: argparse.Namespace) -> int:
             spin_us=args.spin_us,
             names=not args.no_names,
             socket_mode=args.socket_mode,
+            user_limits=dict(args.user_limit),
         )
     except RuntimeError as e:
         print(f"mkipc kernel: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ cdef class KernelObject:
     cdef public int refs            # capabilities naming the object
     cdef public int kind            # kernel/abi.py ObjectKind
     cdef public uint64_t oid        # unique for the kernel's lifetime (CapInfo.object_id)
+    cdef public object ledger       # its creator's uid's (daemon/quota.py), or None (replies)
     cpdef destroy(self)
 
 

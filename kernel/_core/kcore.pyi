@@ -29,6 +29,7 @@ class KernelObject:
     refs: int
     kind: int
     oid: int
+    ledger: Any  # kernel.daemon.quota.Ledger of its creator's uid, or None
     def destroy(self) -> None: ...
 
 @disjoint_base

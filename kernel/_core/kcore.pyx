@@ -538,6 +538,8 @@ cdef void _release(KernelObject obj) except *:
     if obj.refs == 0:
         _live -= 1
         obj.destroy()
+        if obj.ledger is not None:
+            obj.ledger.object_gone()
 
 
 cdef bint _intact(Pending tx):

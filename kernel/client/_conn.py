@@ -358,8 +358,9 @@ def _handshake(path: str, token: str | None) -> tuple[socket.socket, abi.Welcome
     for fd in fds:
         os.close(fd)
     sock.close()
-    reason = frame.reason if isinstance(frame, abi.Refused) else f"unexpected {frame!r}"
-    raise IPCError(f"connect to the kernel on {path}: refused: {reason}", Status.INVALID_ARGS)
+    if not isinstance(frame, abi.Refused):
+        frame = abi.Refused(f"unexpected {frame!r}", Status.INVALID_ARGS)
+    raise error_for(frame.status, f"connect to the kernel on {path}", f"refused: {frame.reason}")
 
 
 def _recv_frame(sock: socket.socket) -> tuple[abi.Handshake, list[int]]:

@@ -18,12 +18,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 from .. import abi
 from .._core.kcore import live_objects
+from ..errors import Status
 from . import bootstrap, dispatch
 from .objects import OpError
 from .process import Proc
+from .quota import Users, charge, credit
 from .state import KernelState
 
 log = logging.getLogger("mkipc.kernel")
@@ -57,12 +60,14 @@ class Daemon:
         spin_us: float = 500.0,
         names: bool = True,
         socket_mode: int = 0o600,
+        user_limits: Mapping[str, int] | None = None,
     ) -> None:
+        """`user_limits` overrides some of quota.USER_LIMITS (`--user-limit`)."""
         self.path = path
         self.idle_exit = idle_exit
         self.spin_ns = int(spin_us * 1000)
         self.socket_mode = socket_mode
-        self.k = KernelState()
+        self.k = KernelState(users=Users(user_limits))
         dispatch.install(self.k)
         self.names = NameServerProcess(self) if names else None
         self.sleeping = False
@@ -171,16 +176,26 @@ class Daemon:
             if not isinstance(hello, abi.Hello) or hello.version != abi.ABI_VERSION:
                 raise ValueError(f"expected Hello version {abi.ABI_VERSION}, got {hello!r}")
             self.k.check_token(hello.inherit_token)
-            proc = Proc(self._next_ident, conn, creds)
+            proc = self._admit(conn, creds)
         except Exception as e:  # whatever a stranger sends, only this connection fails
             reason = e.reason if isinstance(e, OpError) else str(e) or type(e).__name__
             log.warning("bootstrap refused: %s", reason)
-            self._refuse(conn, reason)
+            self._refuse(conn, reason, _refusal_status(e))
             return
         self._next_ident += 1
         if self.names is not None:
             self.names.connected(proc, hello.inherit_token)
         self._welcome(proc, self.k.add_proc(proc, hello.inherit_token))
+
+    def _admit(self, conn: socket.socket, creds: tuple[int, int, int]) -> Proc:
+        """The connection's process, charged to its uid (quota.py) until it goes."""
+        user = self.k.users.ledger(creds[1])
+        charge("connections", 1, user)
+        try:
+            return Proc(self._next_ident, conn, creds, user)
+        except BaseException:
+            credit("connections", 1, user)
+            raise
 
     def _welcome(self, proc: Proc, inherited: dict[str, abi.InheritedCap]) -> None:
         welcome = abi.Welcome(
@@ -210,9 +225,9 @@ class Daemon:
         )
         self._wake()
 
-    def _refuse(self, conn: socket.socket, reason: str) -> None:
+    def _refuse(self, conn: socket.socket, reason: str, status: int) -> None:
         try:
-            bootstrap.send_frame(conn, abi.Refused(reason))
+            bootstrap.send_frame(conn, abi.Refused(reason, status))
         except OSError:
             pass
         conn.close()
@@ -382,6 +397,14 @@ class NameServerProcess:
             popen.wait()
 
 
+def _refusal_status(e: Exception) -> int:
+    """What the client raises for a refused connection: AccessDeniedError for a uid
+    the socket mode keeps out, ResourceLimitError past a user limit."""
+    if isinstance(e, OpError):
+        return e.status
+    return Status.ACCESS_DENIED if isinstance(e, PermissionError) else Status.INVALID_ARGS
+
+
 def run(
     path: str,
     *,
@@ -389,12 +412,18 @@ def run(
     spin_us: float = 500.0,
     names: bool = True,
     socket_mode: int = 0o600,
+    user_limits: Mapping[str, int] | None = None,
 ) -> None:
     import uvloop
 
     async def main() -> None:
         await Daemon(
-            path, idle_exit=idle_exit, spin_us=spin_us, names=names, socket_mode=socket_mode
+            path,
+            idle_exit=idle_exit,
+            spin_us=spin_us,
+            names=names,
+            socket_mode=socket_mode,
+            user_limits=user_limits,
         ).serve()
 
     uvloop.run(main())

@@ -11,16 +11,21 @@ from typing import Any
 from capabilities import CapTable
 
 from .. import abi
-from .._core.kcore import Endpoint, OpError, ProcCore
+from .._core.kcore import Endpoint, ProcCore
 from .._core.ring import SessionStates, ring_pair
-from ..errors import Status
+from .quota import PROCESS_LIMITS, Ledger, charge, credit
 
 
 class Proc(ProcCore):
     """Kernel-side state of one connected process. Invariant: alive == (sock is open)."""
 
-    def __init__(self, ident: int, sock: socket.socket, creds: tuple[int, int, int]) -> None:
+    def __init__(
+        self, ident: int, sock: socket.socket, creds: tuple[int, int, int], user: Ledger
+    ) -> None:
+        """`user` is the ledger of its uid; its connection is charged there already."""
         self.ident = ident
+        self.user = user
+        self.ledger = Ledger("the process", PROCESS_LIMITS)
         self.sock = sock
         self.pid, self.uid, self.gid = creds
         self.caps = CapTable()
@@ -31,8 +36,6 @@ class Proc(ProcCore):
         self.doomed = None
         self.claimed_token: str | None = None
         self.bundles = 0  # inherit bundles it owns (spawns not waited for): MAX_BUNDLES
-        self.memory_bytes = 0  # of the memory objects it created that live on
-        self.reserved_bytes = 0  # buffer space of the queues and pipes it made that live on
         self.names_slot = 0
         self.monitors: list[tuple[Endpoint, int]] = []  # (endpoint, badge) to tell at exit
         self.memfd, self.mm = _make_region()
@@ -53,19 +56,13 @@ class Proc(ProcCore):
             moved = True
         return moved
 
-    def reserve(self, n: int) -> None:
-        """Reserve `n` bytes of kernel buffer space for a queue or pipe this process
-        creates (abi.MAX_RESERVED_BYTES in all); `unreserve` gives them back."""
-        if self.reserved_bytes + n > abi.MAX_RESERVED_BYTES:
-            raise OpError(
-                Status.NO_RESOURCES,
-                f"the process's queues and pipes would reserve more than "
-                f"{abi.MAX_RESERVED_BYTES >> 20} MiB",
-            )
-        self.reserved_bytes += n
+    def charge(self, what: str, n: int) -> None:
+        """Charge `n` of `what` that this process creates to it and to its uid
+        (quota.py); `credit` gives it back when the object goes."""
+        charge(what, n, self.ledger, self.user)
 
-    def unreserve(self, n: int) -> None:
-        self.reserved_bytes -= n
+    def credit(self, what: str, n: int) -> None:
+        credit(what, n, self.ledger, self.user)
 
     def fds_for_client(self) -> list[int]:
         return [self.memfd, self.sq_efd, self.cq_efd]

@@ -87,6 +87,7 @@ class SessionTable:
     def open(self, proc: Proc, h: Header, cap: Capability) -> None:
         if len(proc.sessions) + self._opening(proc) >= abi.MAX_SESSIONS:
             raise OpError(Status.NO_RESOURCES, f"the process has {abi.MAX_SESSIONS} sessions")
+        proc.charge("sessions", 1)  # its uid's: two descriptors the kernel keeps
         self.last_sid += 1
         sess = Session(self, self.last_sid, proc, cap)
         self.by_sid[sess.sid] = sess
@@ -219,7 +220,8 @@ class SessionTable:
                 self._forget(sess)
 
     def _forget(self, sess: Session) -> None:
-        self.by_sid.pop(sess.sid, None)
+        if self.by_sid.pop(sess.sid, None) is not None:
+            sess.client.credit("sessions", 1)
         if sess.offer is not None:  # a caller that gave up leaves no offer queued: a
             sess.offer.dequeue()  # loop of short opens once grew the kernel without end
             sess.offer = None

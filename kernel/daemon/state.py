@@ -20,6 +20,7 @@ from .._core.kcore import KIND_NAMES, Core, Endpoint, InFlight, KernelObject, Op
 from ..errors import Status
 from .pending import AWAIT_REPLY, WAITING, Pending, Timers
 from .process import Proc
+from .quota import Users, credit
 from .sessions import SessionTable
 
 log = logging.getLogger("mkipc.kernel")
@@ -69,7 +70,9 @@ class Bundle:
 
 
 class KernelState(Core):
-    def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
+    def __init__(
+        self, clock: Callable[[], int] = time.monotonic_ns, users: Users | None = None
+    ) -> None:
         self.procs: dict[int, Proc] = {}
         self.timers = Timers()
         self.bundles: dict[str, Bundle] = {}
@@ -78,6 +81,7 @@ class KernelState(Core):
         self.trouble = []
         self.names_root: Capability | None = None  # the kernel's own, in no table
         self.sessions = SessionTable(self)
+        self.users = users or Users()  # per-uid ledgers (quota.py)
 
     # ------------------------------------------------------------ the name server
 
@@ -138,6 +142,14 @@ class KernelState(Core):
     # ------------------------------------------------------------ capabilities
 
     def new_object(self, proc: Proc, obj: KernelObject, rights: int) -> int:
+        """Name a new object in `proc`'s table; it counts against the uid's objects
+        until it is destroyed (quota.py)."""
+        try:
+            proc.charge("objects", 1)
+        except OpError:
+            self.release_unnamed(obj)  # uncounted: its destroy() undoes the rest
+            raise
+        obj.ledger = proc.user
         try:
             return self.insert_cap(proc, Capability(obj, rights))
         except SlotError as e:
@@ -209,6 +221,7 @@ class KernelState(Core):
         if self.procs.pop(proc.ident, None) is None:
             return
         log.info("process %d (pid %d) is gone: %s", proc.ident, proc.pid, reason)
+        credit("connections", 1, proc.user)
         for op in list(proc.pending.values()):
             self.abandon(op, "its caller died")
         self._fail_unanswered_calls(proc)

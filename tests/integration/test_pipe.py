@@ -129,7 +129,7 @@ def test_pipes_and_queues_share_the_reserved_bytes_quota(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         n = abi.MAX_RESERVED_BYTES // abi.MAX_PIPE_CAPACITY
         pipes = [k.pipe(abi.MAX_PIPE_CAPACITY) for _ in range(n)]
-        with pytest.raises(kernel.ResourceLimitError, match="queues and pipes would reserve"):
+        with pytest.raises(kernel.ResourceLimitError, match="of queue and pipe buffers"):
             k.queue(max_bytes=1)
         r, w = pipes.pop()
         r.close()

@@ -134,7 +134,8 @@ def test_a_process_reserves_at_most_its_quota_of_queue_bytes(kernel_daemon):
         n = abi.MAX_RESERVED_BYTES // abi.MAX_QUEUE_BYTES
         queues = [k.queue(max_bytes=abi.MAX_QUEUE_BYTES) for _ in range(n)]
         with pytest.raises(
-            kernel.ResourceLimitError, match="queues and pipes would reserve more than 256 MiB"
+            kernel.ResourceLimitError,
+            match="the process would have more than 256 MiB of queue and pipe buffers",
         ):
             k.queue(max_bytes=1)
         queues.pop().close()

@@ -41,14 +41,29 @@ class MemoryObject(KernelObject):
         self.kind = abi.ObjectKind.MEMORY
         self.fd = fd
         self.size = size
-        self.owner = owner
-        owner.memory_bytes += size
+        self.owner = owner  # charged for it (memory_create) until it is destroyed
 
     def destroy(self) -> None:
         """The last capability is gone: mappings made from it stay valid (their pages
         live until the last one is unmapped), but nobody can map it again."""
         os.close(self.fd)
-        self.owner.memory_bytes -= self.size
+        _credit(self.owner, self.size)
+
+
+def _charge(proc: Proc, size: int) -> None:
+    """Its bytes to the creator and its uid, and to the uid a descriptor the kernel
+    keeps open (quota.py)."""
+    proc.charge("memory bytes", size)
+    try:
+        proc.charge("memory objects", 1)
+    except OpError:
+        proc.credit("memory bytes", size)
+        raise
+
+
+def _credit(proc: Proc, size: int) -> None:
+    proc.credit("memory bytes", size)
+    proc.credit("memory objects", 1)
 
 
 def memory_create(k: KernelState, proc: Proc, h: Header) -> None:
@@ -59,14 +74,11 @@ def memory_create(k: KernelState, proc: Proc, h: Header) -> None:
             Status.INVALID_ARGS,
             f"size must be 1 to {abi.MAX_MEMORY_SIZE} bytes, not {size}",
         )
-    if proc.memory_bytes + size > abi.MAX_MEMORY_BYTES:
-        raise OpError(
-            Status.NO_RESOURCES,
-            f"the process's memory objects would exceed {abi.MAX_MEMORY_BYTES >> 30} GiB",
-        )
+    _charge(proc, size)
     try:
         fd = _make_memfd(size)
     except OSError as e:
+        _credit(proc, size)
         raise OpError(Status.NO_RESOURCES, e.strerror or str(e)) from None
     slot = k.new_object(proc, MemoryObject(fd, size, proc), DEFAULT_MEMORY_RIGHTS)
     proc.complete(h.opcode, h.req_id, Status.OK, arg=slot)

@@ -108,7 +108,7 @@ class Pipe:
             self.writer_alive = False
             self.flow()  # what is buffered, then EOF
         if not (self.reader_alive or self.writer_alive):  # the reservation goes with both
-            self.owner.unreserve(self.capacity)
+            self.owner.credit("buffer bytes", self.capacity)
 
 
 class PipeEnd(KernelObject):
@@ -137,7 +137,7 @@ def pipe_create(k: KernelState, proc: Proc, h: Header) -> None:
             Status.INVALID_ARGS,
             f"capacity must be {abi.PIPE_BUF} to {abi.MAX_PIPE_CAPACITY} bytes",
         )
-    proc.reserve(h.arg)
+    proc.charge("buffer bytes", h.arg)
     pipe = Pipe(h.arg, proc)
     reader_end, writer_end = PipeEnd(pipe, True), PipeEnd(pipe, False)
     try:  # new_object drops the end it could not place; the other must go too

@@ -140,7 +140,7 @@ class Queue(KernelObject):
         for m in self.stored:
             m.drop()
         self.stored.clear()
-        self.owner.unreserve(self.max_bytes)
+        self.owner.credit("buffer bytes", self.max_bytes)
 
     def has_room(self, m: Message) -> bool:
         if self.capacity >= 0 and len(self.stored) >= self.capacity:
@@ -295,7 +295,7 @@ def queue_create(k: KernelState, proc: Proc, h: Header) -> None:
         )
     if not 0 < max_bytes <= abi.MAX_QUEUE_BYTES:
         raise OpError(Status.INVALID_ARGS, f"max_bytes must be 1 to {abi.MAX_QUEUE_BYTES}")
-    proc.reserve(max_bytes)
+    proc.charge("buffer bytes", max_bytes)
     slot = k.new_object(proc, Queue(capacity, max_bytes, proc), DEFAULT_QUEUE_RIGHTS)
     proc.complete(h.opcode, h.req_id, Status.OK, arg=slot)
 

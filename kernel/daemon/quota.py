@@ -1,0 +1,103 @@
+"""What each process and each user may keep in the kernel (DESIGN §3: the kernel stays
+up for everyone else).
+
+Per-process bounds alone did not bound a user: a process may open more connections,
+each with a fresh quota, and what it created outlives it in other processes' tables
+(or in queue messages). So every charge also goes to the creator's uid, as Linux
+charges POSIX message queues to the user (RLIMIT_MSGQUEUE) and System V bounds them
+machine-wide. What a user's bounds protect is the kernel's heap (queue and pipe
+buffers, objects) and its descriptors (a connection holds four, a session two, a
+memory object one), so that one user's runaway program or hostile loop leaves room
+for the others. The kernel's own uid is bounded too: one buggy program of the same
+user should not take the kernel down for its neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .. import abi
+from .._core.kcore import OpError
+from ..errors import Status
+
+PROCESS_LIMITS: Mapping[str, int] = {
+    "buffer bytes": abi.MAX_RESERVED_BYTES,
+    "memory bytes": abi.MAX_MEMORY_BYTES,
+}
+USER_LIMITS: Mapping[str, int] = {
+    "connections": abi.MAX_CONNECTIONS_PER_UID,
+    "sessions": abi.MAX_SESSIONS_PER_UID,
+    "objects": abi.MAX_OBJECTS_PER_UID,
+    "memory objects": abi.MAX_MEMORY_OBJECTS_PER_UID,
+    "buffer bytes": abi.MAX_RESERVED_BYTES_PER_UID,
+    "memory bytes": abi.MAX_MEMORY_BYTES_PER_UID,
+}
+_WHAT = {
+    "buffer bytes": "of queue and pipe buffers",
+    "memory bytes": "of memory objects",
+}
+
+
+class Ledger:
+    """What one process or one uid holds, against its limits."""
+
+    __slots__ = ("whose", "limits", "used")
+
+    def __init__(self, whose: str, limits: Mapping[str, int]) -> None:
+        self.whose = whose
+        self.limits = limits
+        self.used = dict.fromkeys(limits, 0)
+
+    def __repr__(self) -> str:
+        return f"<ledger of {self.whose}: {self.used}>"
+
+    def object_gone(self) -> None:
+        """An object charged here was destroyed (kcore's release calls this)."""
+        self.used["objects"] -= 1
+
+
+def charge(what: str, n: int, *ledgers: Ledger) -> None:
+    """Add `n` of `what` to every ledger, or to none (NO_RESOURCES) if one would
+    pass its limit."""
+    for ledger in ledgers:
+        limit = ledger.limits.get(what)
+        if limit is not None and ledger.used[what] + n > limit:
+            too_much = f"{ledger.whose} would have more than {_amount(what, limit)}"
+            raise OpError(Status.NO_RESOURCES, too_much)
+    for ledger in ledgers:
+        if what in ledger.used:
+            ledger.used[what] += n
+
+
+def credit(what: str, n: int, *ledgers: Ledger) -> None:
+    """Give back what `charge` took."""
+    for ledger in ledgers:
+        if what in ledger.used:
+            ledger.used[what] -= n
+
+
+def _amount(what: str, limit: int) -> str:
+    if what not in _WHAT:
+        return f"{limit} {what}"
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if limit >= 1 << shift and not limit % (1 << shift):
+            return f"{limit >> shift} {unit} {_WHAT[what]}"
+    return f"{limit} bytes {_WHAT[what]}"
+
+
+class Users:
+    """The uids' ledgers; one per uid that ever connected (uids are few)."""
+
+    def __init__(self, limits: Mapping[str, int] | None = None) -> None:
+        """`limits` replaces some of USER_LIMITS (`mkipc kernel --user-limit`)."""
+        unknown = set(limits or ()) - set(USER_LIMITS)
+        if unknown:
+            raise ValueError(f"unknown user limits {sorted(unknown)}")
+        self.limits = {**USER_LIMITS, **(limits or {})}
+        self.by_uid: dict[int, Ledger] = {}
+
+    def ledger(self, uid: int) -> Ledger:
+        ledger = self.by_uid.get(uid)
+        if ledger is None:
+            ledger = self.by_uid[uid] = Ledger(f"uid {uid}", self.limits)
+        return ledger

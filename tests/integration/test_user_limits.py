@@ -1,0 +1,155 @@
+"""Per-user limits (kernel/daemon/quota.py): what one uid's processes keep in the
+kernel together is bounded, however many processes or connections they use, and a
+user at a limit leaves room for the others.
+
+The kernel runs with small limits (`mkipc kernel --user-limit NAME=N`) and
+`--socket-mode 0666`; "another user" is a forked child that drops to uid 65534.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import KernelDaemon
+from peerlib import session_in_process
+
+import kernel
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="switching uids needs root"),
+]
+
+LIMITS = {
+    "connections": 4,
+    "sessions": 2,
+    "objects": 40,
+    "memory-objects": 3,
+    "buffer-bytes": "2m",
+}
+
+
+@pytest.fixture
+def limited(monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelDaemon]:
+    short = Path(os.environ.get("TMPDIR", "/tmp")) / f"mk-lim-{os.getpid()}-{time.monotonic_ns()}"
+    short.mkdir()
+    short.chmod(0o755)  # the other uid must reach the socket
+    daemon = KernelDaemon(short)
+    flags = [f"--user-limit={name}={n}" for name, n in LIMITS.items()]
+    daemon.start("--no-names", "--socket-mode", "0666", *flags)
+    monkeypatch.setenv("MKIPC_SOCKET", daemon.path)
+    monkeypatch.delenv("MKIPC_INHERIT", raising=False)
+    yield daemon
+    code, log = daemon.stop(), daemon.log()
+    for f in short.iterdir():
+        f.unlink()
+    short.rmdir()
+    assert code == 0, log
+    assert "kernel exit: 0 live objects, 0 bundles" in log, log
+    assert "Traceback" not in log, log
+
+
+def as_another_user(act: Callable[[kernel.Kernel], object]) -> str:
+    """Run `act` on a new connection of uid 65534 in a forked child: "ok" or the
+    error it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with kernel.connect(autostart=False) as k:
+                act(k)
+            out = "ok"
+        except BaseException as e:
+            out = f"{type(e).__name__}: {e}"
+        os.write(write, out.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_one_uids_connections_are_bounded_and_another_uid_still_connects(limited):
+    mine = [kernel.connect(autostart=False) for _ in range(4)]
+    try:
+        with pytest.raises(kernel.ResourceLimitError, match="uid 0 would have more than 4 conn"):
+            kernel.connect(autostart=False)
+        assert as_another_user(lambda k: k.notification()) == "ok"
+        mine.pop().close()  # its connection is given back at once
+        mine.append(kernel.connect(autostart=False))
+    finally:
+        for k in mine:
+            k.close()
+
+
+def test_queue_and_pipe_buffers_are_bounded_across_a_users_processes(limited):
+    with kernel.connect(autostart=False) as a, kernel.connect(autostart=False) as b:
+        q = a.queue(max_bytes=1 << 20)  # (kept: a dropped capability closes itself)
+        r, w = b.pipe(1 << 20)
+        match = "uid 0 would have more than 2 MiB of queue and pipe buffers"
+        with pytest.raises(kernel.ResourceLimitError, match=match):
+            a.queue(max_bytes=1)  # each process is within its own 256 MiB
+        assert as_another_user(lambda k: k.queue(max_bytes=1 << 20)) == "ok"
+        r.close()
+        w.close()  # the pipe is gone: its megabyte comes back to the uid
+        a.queue(max_bytes=1 << 20).close()
+        q.close()
+
+
+def test_objects_are_bounded_per_user_and_come_back_when_destroyed(limited):
+    with kernel.connect(autostart=False) as k:
+        made = [k.notification() for _ in range(38)]
+        r, w = k.pipe()  # two objects: its two ends
+        with pytest.raises(kernel.ResourceLimitError, match="uid 0 would have more than 40 obj"):
+            k.endpoint()
+        assert as_another_user(lambda other: other.endpoint()) == "ok"
+        r.close()  # the read end is an object of its own: destroyed, it comes back
+        ep = k.endpoint()
+        with pytest.raises(kernel.ResourceLimitError):
+            k.endpoint()
+        ep.close()
+        w.close()
+        for n in made:
+            n.close()
+        fresh = [k.notification() for _ in range(40)]  # every one came back
+        for n in fresh:
+            n.close()
+
+
+def test_memory_objects_are_bounded_per_user(limited):
+    with kernel.connect(autostart=False) as a, kernel.connect(autostart=False) as b:
+        kept = [a.memory(4096), b.memory(4096), b.memory(4096)]
+        with pytest.raises(kernel.ResourceLimitError, match="uid 0 would have more than 3 memory"):
+            a.memory(4096)
+        assert as_another_user(lambda k: k.memory(4096)) == "ok"
+        kept.pop().close()
+        a.memory(4096).close()
+
+
+def test_sessions_are_bounded_per_user(limited):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        opened = [session_in_process(ep, ep) for _ in range(2)]
+        with pytest.raises(kernel.ResourceLimitError, match="uid 0 would have more than 2 sess"):
+            ep.session(timeout=5)
+        caller, server = opened.pop()
+        caller.close()
+        server.close()  # both ends closed: the session is gone
+        again = session_in_process(ep, ep)
+        for caller, server in [*opened, again]:
+            caller.close()
+            server.close()
+
+
+def test_a_bad_user_limit_is_refused_at_start(tmp_path):
+    daemon = KernelDaemon(tmp_path)
+    with pytest.raises(RuntimeError, match="expected NAME=N"):
+        daemon.start("--user-limit", "bogus=3")
