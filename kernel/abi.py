@@ -77,6 +77,8 @@ class Op(enum.IntEnum):
     NOTIFICATION_SIGNAL = 20
     NOTIFICATION_WAIT = 21
     NOTIFICATION_POLL = 22
+    NOTIFICATION_BIND = 23  # slot: the endpoint, arg: the notification
+    NOTIFICATION_UNBIND = 24  # slot: the endpoint
     # objects and capabilities 30-39
     ENDPOINT_CREATE = 30
     NOTIFICATION_CREATE = 31
@@ -128,6 +130,10 @@ sender pid is 0. Only the kernel writes `arg`, so no process can forge this."""
 MSG_SESSION_OFFER = 4
 """With MSG_FROM_KERNEL: a caller asks for a direct session (ENDPOINT_SESSION_OPEN);
 the payload is a SessionOffer, the badge that of the caller's capability."""
+MSG_SIGNAL = 8
+"""With MSG_FROM_KERNEL: the signal word of the notification bound to the endpoint
+(NOTIFICATION_BIND), taken and cleared, in the badge (seL4's bound notification);
+no payload."""
 
 SESSION_RING_SIZE = 1 << 20
 """Bytes of data in each direction of a direct session (both ends back every page

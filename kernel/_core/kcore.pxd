@@ -19,11 +19,13 @@ cdef class KernelObject:
 cdef class Endpoint(KernelObject):
     cdef public object senders      # deque[Pending]: blocked send/call ops, payload copied
     cdef public object receivers    # deque[Pending]: blocked recv / reply_recv ops
+    cdef public object bound        # the Notification bound to it (NOTIFICATION_BIND), or None
 
 
 cdef class Notification(KernelObject):
     cdef public uint64_t word
     cdef public object waiters      # deque[Pending]
+    cdef public object bound_to     # the Endpoint whose receivers also take its word, or None
 
 
 cdef class Reply(KernelObject):
@@ -119,4 +121,5 @@ cdef class Core:
     cdef _signal(self, ProcCore proc, Header h, Capability cap)
     cdef _wait(self, ProcCore proc, Header h, Capability cap)
     cdef _poll(self, ProcCore proc, Header h, Capability cap)
+    cpdef bint signal_bound(self, Notification n) except -1
     cdef _close(self, ProcCore proc, Header h, Capability cap)

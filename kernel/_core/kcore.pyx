@@ -53,6 +53,7 @@ cdef enum:
     KIND_PIPE_WRITER = 8
     MSG_IS_CALL = 1
     MSG_FROM_KERNEL = 2
+    MSG_SIGNAL = 8
     WAITING = 0
     AWAIT_REPLY = 1
     DONE = 2
@@ -101,7 +102,8 @@ assert (OP_SIGNAL, OP_WAIT, OP_POLL) == (
 assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY, KIND_MEMORY, KIND_SEMAPHORE,
         KIND_QUEUE, KIND_PIPE_READER, KIND_PIPE_WRITER) == tuple(abi.ObjectKind)
 assert MAX_HELD_BYTES == abi.MAX_HELD_BYTES
-assert (MSG_IS_CALL, MSG_FROM_KERNEL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL)
+assert (MSG_IS_CALL, MSG_FROM_KERNEL, MSG_SIGNAL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL,
+                                                     abi.MSG_SIGNAL)
 assert (OP_CANCEL, OP_CLOSE) == (abi.Op.CANCEL, abi.Op.CAP_CLOSE)
 assert all(getattr(Status, n[3:]) == v for n, v in (
     ("ST_OK", ST_OK), ("ST_INVALID_ARGS", ST_INVALID_ARGS), ("ST_BAD_SLOT", ST_BAD_SLOT),
@@ -178,6 +180,9 @@ cdef class Endpoint(KernelObject):
 
     cpdef destroy(self):
         why = b"the endpoint was destroyed: its last capability was closed"
+        if self.bound is not None:   # binding holds no reference: it ends with either
+            (<Notification>self.bound).bound_to = None
+            self.bound = None
         _fail_queue(self.senders, why)
         _fail_queue(self.receivers, why)
 
@@ -191,6 +196,9 @@ cdef class Notification(KernelObject):
         self.waiters = deque()
 
     cpdef destroy(self):
+        if self.bound_to is not None:
+            (<Endpoint>self.bound_to).bound = None
+            self.bound_to = None
         _fail_queue(self.waiters,
                     b"the notification was destroyed: its last capability was closed")
 
@@ -443,6 +451,16 @@ cdef int _forward(ProcCore dst, ProcCore src, Header h, uint32_t opcode, uint64_
         return dst.post(opcode, req_id, ST_OK, slot, arg, p, h.h.payload_len, badge, src)
     return dst.post_caps(opcode, req_id, slot, arg, p, h.h.payload_len, badge, src,
                          moved[0], moved[1])
+
+
+cdef int _post_signal(ProcCore proc, uint32_t opcode, uint64_t req_id,
+                     Notification n) except -1:
+    """Complete a receive with `n`'s word, taken and cleared: a message from the
+    kernel with no payload, the word in its badge (seL4's bound notification)."""
+    cdef uint64_t word = n.word
+    n.word = 0
+    return proc.post(opcode, req_id, ST_OK, 0, MSG_FROM_KERNEL | MSG_SIGNAL, NULL, 0, word,
+                     _KERNEL)
 
 
 cdef tuple _minted(Capability cap, uint64_t rights, uint64_t badge):
@@ -924,6 +942,11 @@ cdef class Core:
         cdef Endpoint ep = <Endpoint>cap.obj
         cdef Pending rx = _new_pending(proc, h)
         cdef Pending tx
+        cdef Notification n
+        if ep.bound is not None and (<Notification>ep.bound).word:
+            n = <Notification>ep.bound   # seL4: a pending signal comes before messages
+            _post_signal(proc, h.h.opcode, h.h.req_id, n)
+            return
         while True:
             tx = _pop_live(ep.senders)
             if tx is None or tx.transfers is None or _intact(tx):
@@ -1038,7 +1061,22 @@ cdef class Core:
             word, n.word = n.word, 0
             waiter.finish()
             waiter.proc.post(waiter.op, waiter.req_id, ST_OK, 0, word, NULL, 0, 0, None)
+        elif n.bound_to is not None:
+            self.signal_bound(n)
         proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
+
+    cpdef bint signal_bound(self, Notification n) except -1:
+        """Hand a set word to a receiver waiting on the endpoint `n` is bound to, as
+        a signal message (its own waiters come first: they asked for it by name).
+        True if one took it."""
+        if not n.word or n.bound_to is None:
+            return False
+        cdef Pending rx = _pop_live((<Endpoint>n.bound_to).receivers, True)
+        if rx is None:
+            return False
+        rx.finish()
+        _post_signal(rx.proc, rx.op, rx.req_id, n)
+        return True
 
     cdef _wait(self, ProcCore proc, Header h, Capability cap):
         cdef Notification n = <Notification>cap.obj

@@ -569,6 +569,8 @@ cdef class SessionMessage:
     def sender_id(self): return self.port.sender_id
     @property
     def from_kernel(self): return False
+    @property
+    def is_signal(self): return False
 
     def reply(self, data):
         """Answer the call over the session. A reply the caller's ring has no room

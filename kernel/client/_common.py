@@ -26,6 +26,7 @@ class Credentials(NamedTuple):
 
 MSG_FROM_KERNEL = int(abi.MSG_FROM_KERNEL)
 MSG_SESSION_OFFER = int(abi.MSG_SESSION_OFFER) | MSG_FROM_KERNEL
+MSG_SIGNAL = int(abi.MSG_SIGNAL) | MSG_FROM_KERNEL
 
 
 class CapInfo(NamedTuple):
@@ -96,6 +97,13 @@ class MessageBase(MessageCore):
         """True for a message the kernel sent itself (a monitored caller ended: its
         `badge` is the one given to `monitor`). No process can forge this."""
         return bool(self._c.arg & MSG_FROM_KERNEL)
+
+    @property
+    def is_signal(self) -> bool:
+        """True for the word of the notification bound to the endpoint
+        (`ep.bind(n)`): the word is in `badge`, there is no data, and it was taken
+        (cleared) for this receive. Such a message is also `from_kernel`."""
+        return self._c.arg & MSG_SIGNAL == MSG_SIGNAL
 
     @property
     def session_offer(self) -> bool:
@@ -242,6 +250,13 @@ def _mint_words(m: MintOf) -> list[int]:
     else:
         rights = m.rights << abi.TRANSFER_RIGHTS_SHIFT
     return [m.cap.slot | rights | abi.TRANSFER_MINT, m.badge]
+
+
+def bound_slot(notification: CapBase) -> int:
+    """NOTIFICATION_BIND's `arg`: the notification's slot."""
+    if getattr(notification, "kind", None) != "notification":
+        raise TypeError(f"bind needs a notification capability, not {notification!r}")
+    return notification.slot
 
 
 def names_slot(conn: Connection) -> int:

@@ -30,6 +30,7 @@ from ._common import (
     Transferable,
     argv_list,
     badge_payload,
+    bound_slot,
     cap_info,
     inherit_request,
     moved_away,
@@ -395,6 +396,14 @@ class AsyncEndpointCap(_AsyncCap):
         if caps:
             moved_away(caps)
         return AsyncMessage(c, self._k)
+
+    async def bind(self, notification: AsyncNotificationCap) -> None:
+        """Let receives here also take `notification`'s word (see EndpointCap.bind)."""
+        arg = bound_slot(notification)
+        await self._k._roundtrip(Op.NOTIFICATION_BIND, self, "bind", arg=arg)
+
+    async def unbind(self) -> None:
+        await self._k._roundtrip(Op.NOTIFICATION_UNBIND, self, "unbind")
 
     async def session(self, *, timeout: float | None = None) -> AsyncSession:
         """Open a direct session to a server of this endpoint (see the blocking

@@ -22,6 +22,7 @@ from ._common import (
     Transferable,
     argv_list,
     badge_payload,
+    bound_slot,
     cap_info,
     inherit_request,
     moved_away,
@@ -342,6 +343,19 @@ class EndpointCap(_Cap):
         if caps:
             moved_away(caps)
         return Message(c, k)
+
+    def bind(self, notification: NotificationCap) -> None:
+        """Let receives on this endpoint also take `notification`'s word: a receive
+        returns a signal message (`msg.is_signal`, the word in `msg.badge`, cleared)
+        when bits are set, before any waiting message, so one thread waits for both
+        (seL4's bound notification). One notification per endpoint and one endpoint
+        per notification; the binding ends with either object, or `unbind()`.
+        Rights: RECEIVE here, WAIT on `notification`."""
+        self._k._roundtrip(Op.NOTIFICATION_BIND, self, "bind", arg=bound_slot(notification))
+
+    def unbind(self) -> None:
+        """Stop taking the bound notification's signals. Rights: RECEIVE."""
+        self._k._roundtrip(Op.NOTIFICATION_UNBIND, self, "unbind")
 
     def session(self, *, timeout: float | None = None) -> Session:
         """Open a direct session to a server of this endpoint: its calls and sends go

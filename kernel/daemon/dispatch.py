@@ -172,6 +172,38 @@ def _call_monitor(k: KernelState, proc: Proc, h: Header) -> None:
     proc.complete(h.opcode, h.req_id, Status.OK)
 
 
+# ------------------------------------------------------------------ bound notifications
+
+
+def _bind(k: KernelState, proc: Proc, h: Header) -> None:
+    """NOTIFICATION_BIND: receives on the endpoint in `slot` (RECEIVE) also take the
+    word of the notification in `arg` (WAIT), as a signal message, so one thread can
+    wait for messages and signals at once (seL4's bound notification). One each way;
+    the binding ends with either object."""
+    ep = k.lookup(proc, h.slot, abi.ObjectKind.ENDPOINT, Rights.RECEIVE).obj
+    n = k.lookup(proc, h.arg, abi.ObjectKind.NOTIFICATION, Rights.WAIT).obj
+    assert isinstance(ep, Endpoint)
+    assert isinstance(n, Notification)
+    if ep.bound is not None:
+        raise OpError(Status.INVALID_ARGS, "bind: the endpoint has a bound notification already")
+    if n.bound_to is not None:
+        raise OpError(Status.INVALID_ARGS, "bind: the notification is bound to an endpoint already")
+    ep.bound, n.bound_to = n, ep
+    k.signal_bound(n)  # a word set before, with a receiver waiting: it goes now
+    proc.complete(h.opcode, h.req_id, Status.OK)
+
+
+def _unbind(k: KernelState, proc: Proc, h: Header) -> None:
+    """NOTIFICATION_UNBIND: the endpoint in `slot` (RECEIVE) stops taking signals."""
+    ep = k.lookup(proc, h.slot, abi.ObjectKind.ENDPOINT, Rights.RECEIVE).obj
+    assert isinstance(ep, Endpoint)
+    if ep.bound is None:
+        raise OpError(Status.INVALID_ARGS, "unbind: no notification is bound to the endpoint")
+    ep.bound.bound_to = None
+    ep.bound = None
+    proc.complete(h.opcode, h.req_id, Status.OK)
+
+
 # ------------------------------------------------------------------ spawning
 
 
@@ -233,6 +265,8 @@ COLD_HANDLERS: dict[int, Handler] = {
     Op.PROCESS_WAIT: _process_wait,
     Op.CALLER_MONITOR: _caller_monitor,
     Op.CALL_MONITOR: _call_monitor,
+    Op.NOTIFICATION_BIND: _bind,
+    Op.NOTIFICATION_UNBIND: _unbind,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import threading
 import time
 
 import pytest
@@ -78,6 +79,124 @@ def test_a_signal_from_another_process_wakes_a_waiter_here(kernel_daemon):
         with spawned(k, "actor.py", "signal", "0.1", str(1 << 40), n=n) as signaller:
             assert n.wait(timeout=10) == 1 << 40
             assert signaller.wait(timeout=10) == 0
+
+
+# ------------------------------------------------------------------ bound to an endpoint
+
+
+def _recv_in_thread(ep: kernel.EndpointCap) -> tuple[threading.Thread, list[kernel.Message]]:
+    got: list[kernel.Message] = []
+    t = threading.Thread(target=lambda: got.append(ep.recv(timeout=10)))
+    t.start()
+    time.sleep(0.1)  # it waits in the kernel
+    return t, got
+
+
+def test_a_signal_from_another_process_wakes_a_receive_on_the_bound_endpoint(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, n = k.endpoint(), k.notification()
+        ep.bind(n)
+        with spawned(k, "actor.py", "signal", "0.1", str(0b101), n=n) as signaller:
+            msg = ep.recv(timeout=10)
+            assert signaller.wait(timeout=10) == 0
+        assert msg.is_signal
+        assert msg.from_kernel
+        assert (msg.badge, msg.data, msg.sender.pid, msg.is_call) == (0b101, b"", 0, False)
+        assert n.poll() == 0  # the receive took the word
+
+
+def test_a_pending_signal_comes_before_waiting_messages_and_bits_or_together(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, n = k.endpoint(), k.notification()
+        ep.bind(n)
+        sender = threading.Thread(target=ep.send, args=(b"message",), kwargs={"timeout": 10})
+        sender.start()
+        time.sleep(0.1)  # the message waits for a receiver
+        n.signal(1)
+        n.signal(8)
+        first, second = ep.recv(timeout=10), ep.recv(timeout=10)
+        sender.join(10)
+        assert (first.is_signal, first.badge) == (True, 9)
+        assert (second.is_signal, second.data) == (False, b"message")
+
+
+def test_binding_with_bits_set_wakes_a_waiting_receive_at_once(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, n = k.endpoint(), k.notification()
+        n.signal(2)
+        t, got = _recv_in_thread(ep)
+        ep.bind(n)
+        t.join(10)
+        assert (got[0].is_signal, got[0].badge) == (True, 2)
+
+
+def test_a_wait_on_the_notification_itself_comes_before_the_endpoint(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, n = k.endpoint(), k.notification()
+        ep.bind(n)
+        t, got = _recv_in_thread(ep)
+        bits: list[int] = []
+        waiter = threading.Thread(target=lambda: bits.append(n.wait(timeout=10)))
+        waiter.start()
+        time.sleep(0.1)
+        n.signal(4)
+        waiter.join(10)
+        assert bits == [4]  # it asked for this notification by name
+        assert not got  # the endpoint's receive still waits
+        ep.send(b"done", timeout=10)
+        t.join(10)
+        assert got[0].data == b"done"
+
+
+def test_bind_needs_receive_and_wait_and_is_one_to_one(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, n, other = k.endpoint(), k.notification(), k.notification()
+        with pytest.raises(kernel.AccessDeniedError, match="RECEIVE"):
+            ep.copy(kernel.Rights.SEND).bind(n)
+        with pytest.raises(kernel.AccessDeniedError, match="WAIT"):
+            ep.bind(n.copy(kernel.Rights.SIGNAL))
+        with pytest.raises(TypeError, match="notification"):
+            ep.bind(ep)  # type: ignore[arg-type]
+        with pytest.raises(kernel.InvalidArgumentError, match="no notification is bound"):
+            ep.unbind()
+        ep.bind(n)
+        with pytest.raises(kernel.InvalidArgumentError, match="has a bound notification"):
+            ep.bind(other)
+        with pytest.raises(kernel.InvalidArgumentError, match="bound to an endpoint already"):
+            k.endpoint().bind(n)
+
+
+def test_unbinding_or_destroying_either_side_ends_the_binding(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep, n = k.endpoint(), k.notification()
+        ep.bind(n)
+        ep.unbind()
+        n.signal(1)
+        with pytest.raises(kernel.CallTimeoutError):
+            ep.recv(timeout=0.05)  # the word stays with the notification
+        assert n.poll() == 1
+        ep.bind(n)
+        n.close()  # its last capability: the endpoint is free to bind another
+        fresh = k.notification()
+        ep.bind(fresh)
+        fresh.signal(16)
+        assert ep.recv(timeout=10).badge == 16
+        ep.close()
+        fresh.signal(32)  # the notification outlives its endpoint, unbound
+        assert fresh.poll() == 32
+        k.endpoint().bind(fresh)
+
+
+async def test_the_asyncio_face_binds_and_receives_signals(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        ep, n = await k.endpoint(), await k.notification()
+        await ep.bind(n)
+        receiving = asyncio.ensure_future(ep.recv(timeout=10))
+        await asyncio.sleep(0.05)
+        await n.signal(64)
+        msg = await receiving
+        assert (msg.is_signal, msg.badge) == (True, 64)
+        await ep.unbind()
 
 
 # ------------------------------------------------------------------ async on_signal
