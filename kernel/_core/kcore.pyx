@@ -102,8 +102,8 @@ assert (OP_SIGNAL, OP_WAIT, OP_POLL) == (
 assert (KIND_ENDPOINT, KIND_NOTIFICATION, KIND_REPLY, KIND_MEMORY, KIND_SEMAPHORE,
         KIND_QUEUE, KIND_PIPE_READER, KIND_PIPE_WRITER) == tuple(abi.ObjectKind)
 assert MAX_HELD_BYTES == abi.MAX_HELD_BYTES
-assert (MSG_IS_CALL, MSG_FROM_KERNEL, MSG_SIGNAL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL,
-                                                     abi.MSG_SIGNAL)
+assert (MSG_IS_CALL, MSG_FROM_KERNEL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL)
+assert MSG_SIGNAL == abi.MSG_SIGNAL
 assert (OP_CANCEL, OP_CLOSE) == (abi.Op.CANCEL, abi.Op.CAP_CLOSE)
 assert all(getattr(Status, n[3:]) == v for n, v in (
     ("ST_OK", ST_OK), ("ST_INVALID_ARGS", ST_INVALID_ARGS), ("ST_BAD_SLOT", ST_BAD_SLOT),
@@ -453,8 +453,7 @@ cdef int _forward(ProcCore dst, ProcCore src, Header h, uint32_t opcode, uint64_
                          moved[0], moved[1])
 
 
-cdef int _post_signal(ProcCore proc, uint32_t opcode, uint64_t req_id,
-                     Notification n) except -1:
+cdef int _post_signal(ProcCore proc, uint32_t opcode, uint64_t req_id, Notification n) except -1:
     """Complete a receive with `n`'s word, taken and cleared: a message from the
     kernel with no payload, the word in its badge (seL4's bound notification)."""
     cdef uint64_t word = n.word
