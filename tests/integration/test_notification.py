@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from peerlib import PEERS, spawned
+from peerlib import PEERS, ROOT, readme_script, run_script, spawned
 
 import kernel
 from kernel.abi import Op
@@ -185,6 +185,17 @@ def test_unbinding_or_destroying_either_side_ends_the_binding(kernel_daemon):
         fresh.signal(32)  # the notification outlives its endpoint, unbound
         assert fresh.poll() == 32
         k.endpoint().bind(fresh)
+
+
+def test_the_signals_example_runs_as_its_readme_says(kernel_daemon):
+    out = run_script(readme_script(ROOT / "examples/signals/README.md"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:4] == [
+        "hello, 1",
+        "hello, 2",
+        "bonjour, 3",
+        "stopped after 3 calls",
+    ]
 
 
 async def test_the_asyncio_face_binds_and_receives_signals(kernel_daemon):
