@@ -28,6 +28,11 @@ cdef class Notification(KernelObject):
     cdef public object bound_to     # the Endpoint whose receivers also take its word, or None
 
 
+cdef class Semaphore(KernelObject):
+    cdef public uint64_t value      # invariant: value == 0 or not waiters
+    cdef public object waiters      # deque[Pending]: SEMAPHORE_WAIT ops, oldest first
+
+
 cdef class Reply(KernelObject):
     cdef public Pending caller      # None once the call is over
     cdef public str gone_reason
@@ -122,4 +127,6 @@ cdef class Core:
     cdef _wait(self, ProcCore proc, Header h, Capability cap)
     cdef _poll(self, ProcCore proc, Header h, Capability cap)
     cpdef bint signal_bound(self, Notification n) except -1
+    cdef _sem_post(self, ProcCore proc, Header h, Capability cap)
+    cdef _sem_wait(self, ProcCore proc, Header h, Capability cap)
     cdef _close(self, ProcCore proc, Header h, Capability cap)

@@ -47,6 +47,12 @@ class Notification(KernelObject):
     def __init__(self) -> None: ...
 
 @disjoint_base
+class Semaphore(KernelObject):
+    value: int
+    waiters: deque[Pending]
+    def __init__(self, value: int) -> None: ...
+
+@disjoint_base
 class Reply(KernelObject):
     caller: Pending | None
     gone_reason: str

@@ -43,6 +43,8 @@ cdef enum:
     OP_POLL = 22
     OP_CLOSE = 32
     OP_CANCEL = 42
+    OP_SEM_POST = 61
+    OP_SEM_WAIT = 62
     KIND_ENDPOINT = 1
     KIND_NOTIFICATION = 2
     KIND_REPLY = 3
@@ -105,6 +107,8 @@ assert MAX_HELD_BYTES == abi.MAX_HELD_BYTES
 assert (MSG_IS_CALL, MSG_FROM_KERNEL) == (abi.MSG_IS_CALL, abi.MSG_FROM_KERNEL)
 assert MSG_SIGNAL == abi.MSG_SIGNAL
 assert (OP_CANCEL, OP_CLOSE) == (abi.Op.CANCEL, abi.Op.CAP_CLOSE)
+assert (OP_SEM_POST, OP_SEM_WAIT) == (abi.Op.SEMAPHORE_POST, abi.Op.SEMAPHORE_WAIT)
+cdef uint64_t MAX_SEMAPHORE_VALUE = abi.MAX_SEMAPHORE_VALUE
 assert all(getattr(Status, n[3:]) == v for n, v in (
     ("ST_OK", ST_OK), ("ST_INVALID_ARGS", ST_INVALID_ARGS), ("ST_BAD_SLOT", ST_BAD_SLOT),
     ("ST_WRONG_TYPE", ST_WRONG_TYPE), ("ST_TOO_LARGE", ST_TOO_LARGE),
@@ -201,6 +205,21 @@ cdef class Notification(KernelObject):
             self.bound_to = None
         _fail_queue(self.waiters,
                     b"the notification was destroyed: its last capability was closed")
+
+
+cdef class Semaphore(KernelObject):
+    """A counting semaphore (DESIGN §4), to coordinate processes that share memory.
+    Its post and wait are here, beside the endpoint's, because each is a kernel
+    round trip of a producer/consumer loop (kernel/daemon/objects/semaphore.py
+    creates them)."""
+
+    def __init__(self, uint64_t value):
+        self.kind = KIND_SEMAPHORE
+        self.value = value
+        self.waiters = deque()
+
+    cpdef destroy(self):
+        _fail_queue(self.waiters, b"the semaphore was destroyed: its last capability was closed")
 
 
 cdef class Reply(KernelObject):
@@ -722,6 +741,10 @@ cdef class Core:
                 self._wait(proc, h, self.lookup(proc, h.h.slot, KIND_NOTIFICATION, R_WAIT))
             elif op == OP_POLL:
                 self._poll(proc, h, self.lookup(proc, h.h.slot, KIND_NOTIFICATION, R_WAIT))
+            elif op == OP_SEM_POST:
+                self._sem_post(proc, h, self.lookup(proc, h.h.slot, KIND_SEMAPHORE, R_SIGNAL))
+            elif op == OP_SEM_WAIT:
+                self._sem_wait(proc, h, self.lookup(proc, h.h.slot, KIND_SEMAPHORE, R_WAIT))
             elif op == OP_CLOSE:
                 self._close(proc, h, self.lookup(proc, h.h.slot, 0, 0))
             else:
@@ -1090,6 +1113,44 @@ cdef class Core:
             op = _new_pending(proc, h)
             op.cap = cap
             op.enqueue(n.waiters)
+            self._arm(op)
+
+    # -------------------------------------------------------------- semaphores
+
+    cdef _sem_post(self, ProcCore proc, Header h, Capability cap):
+        """Add `arg` units; waiters take one each, oldest first (one whose capability
+        was revoked or sent away meanwhile fails instead). Completes with the count."""
+        cdef Semaphore sem = <Semaphore>cap.obj
+        cdef uint64_t n = h.h.arg
+        cdef Pending op
+        if n == 0:
+            raise OpError(Status.INVALID_ARGS, "n must be at least 1")
+        if n > MAX_SEMAPHORE_VALUE:
+            raise OpError(Status.INVALID_ARGS,
+                          f"semaphore post n must be 0 to {MAX_SEMAPHORE_VALUE}, not {n}")
+        if sem.value + n > MAX_SEMAPHORE_VALUE:   # POSIX sem_post: EOVERFLOW
+            raise OpError(Status.INVALID_ARGS, f"the count would exceed {MAX_SEMAPHORE_VALUE}")
+        sem.value += n
+        while sem.value and (op := _pop_live(sem.waiters)) is not None:
+            op.finish()
+            sem.value -= 1
+            op.proc.post(op.op, op.req_id, ST_OK, 0, sem.value, NULL, 0, 0, None)
+        proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, sem.value, NULL, 0, 0, None)
+
+    cdef _sem_wait(self, ProcCore proc, Header h, Capability cap):
+        """Take a unit, or wait for one until the deadline; completes with the count
+        left."""
+        cdef Semaphore sem = <Semaphore>cap.obj
+        cdef Pending op
+        if sem.value:
+            sem.value -= 1
+            proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, sem.value, NULL, 0, 0, None)
+        elif self.expired(h.h.deadline):
+            raise OpError(Status.TIMED_OUT, "the count is 0")
+        else:
+            op = _new_pending(proc, h)
+            op.cap = cap   # revoking or closing it fails the wait at once
+            op.enqueue(sem.waiters)
             self._arm(op)
 
     cdef _poll(self, ProcCore proc, Header h, Capability cap):

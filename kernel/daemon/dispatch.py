@@ -1,10 +1,12 @@
 """The cold operations: object creation, derivation, cancel, spawning.
 
-Memory objects, semaphores, queues and pipes have all their operations in Python, in
-kernel/daemon/objects/: a map is a control-plane step, and a semaphore, queue or pipe
-operation costs a kernel round trip either way (~2 µs more in Python than compiled).
+Memory objects, queues and pipes have their operations in Python, in
+kernel/daemon/objects/, and semaphores their creation: a map is a control-plane step,
+and a queue or pipe operation costs a kernel round trip either way (~2-4 µs more in
+Python than compiled).
 
-The per-message operations (endpoints, notifications) and the drain loop are
+The per-message operations (endpoints, notifications, a semaphore's post and wait)
+and the drain loop are
 compiled in kernel/_core/kcore.pyx; `install()` registers these handlers there.
 Each validates first and acts after (STYLE §1); bad requests get an error
 completion, and only a broken ring format disconnects a process.
