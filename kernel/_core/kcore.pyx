@@ -962,13 +962,12 @@ cdef class Core:
 
     cdef _recv(self, ProcCore proc, Header h, Capability cap):
         cdef Endpoint ep = <Endpoint>cap.obj
-        cdef Pending rx = _new_pending(proc, h)
-        cdef Pending tx
-        cdef Notification n
+        cdef Pending rx, tx
         if ep.bound is not None and (<Notification>ep.bound).word:
-            n = <Notification>ep.bound   # seL4: a pending signal comes before messages
-            _post_signal(proc, h.h.opcode, h.h.req_id, n)
+            # seL4: a pending signal on the bound notification comes before messages
+            _post_signal(proc, h.h.opcode, h.h.req_id, <Notification>ep.bound)
             return
+        rx = _new_pending(proc, h)
         while True:
             tx = _pop_live(ep.senders)
             if tx is None or tx.transfers is None or _intact(tx):

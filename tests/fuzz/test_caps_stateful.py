@@ -42,6 +42,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from tree_model import descendants, unlink
 
 import kernel
 from capabilities import DEFAULT_ENDPOINT_RIGHTS, DEFAULT_NOTIFICATION_RIGHTS
@@ -113,26 +114,6 @@ class Node:
             f"cap{self.ident}(proc {self.proc} slot {self.slot or 0:#x} {self.obj} "
             f"{Rights(self.rights)!r} badge {self.badge}{state})"
         )
-
-
-def descendants(node: Node) -> list[Node]:
-    out, stack = [], list(node.children)
-    while stack:
-        n = stack.pop()
-        out.append(n)
-        stack.extend(n.children)
-    return out
-
-
-def unlink(node: Node) -> None:
-    """Closing: the node leaves the tree; its children move up to its parent."""
-    parent = node.parent
-    if parent is not None:
-        parent.children.remove(node)
-        parent.children.extend(node.children)
-    for child in node.children:
-        child.parent = parent
-    node.children, node.parent, node.alive = [], None, False
 
 
 def revoke(node: Node) -> int:

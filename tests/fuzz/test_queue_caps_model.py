@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from tree_model import descendants, unlink
 
 import kernel
 from kernel import Rights
@@ -43,23 +44,6 @@ class Node:
         self.cap: Any = None
         if parent is not None:
             parent.children.append(self)
-
-    def descendants(self) -> list[Node]:
-        out, stack = [], list(self.children)
-        while stack:
-            n = stack.pop()
-            out.append(n)
-            stack.extend(n.children)
-        return out
-
-    def unlink(self) -> None:
-        """Closed or dropped: out of the tree, its children move up to its parent."""
-        if self.parent is not None:
-            self.parent.children.remove(self)
-            self.parent.children.extend(self.children)
-        for child in self.children:
-            child.parent = self.parent
-        self.children, self.parent, self.alive = [], None, False
 
 
 class QueueCapsMachine(RuleBasedStateMachine):
@@ -213,13 +197,13 @@ class QueueCapsMachine(RuleBasedStateMachine):
 
     def revoke(self, data: st.DataObject) -> None:
         """Mostly a capability from which a queued message holds one."""
-        held = [n for n in self.in_table() if any(d.cap is None for d in n.descendants())]
+        held = [n for n in self.in_table() if any(d.cap is None for d in descendants(n))]
         node = self.pick(data, "revoke")
         if held and data.draw(st.booleans(), label="above a message"):
             node = data.draw(st.sampled_from(held), label="revoke")
         if node is None:
             return
-        gone = node.descendants()
+        gone = descendants(node)
         if not node.rights & Rights.MANAGE:
             with pytest.raises(kernel.AccessDeniedError):
                 node.cap.revoke()
@@ -237,7 +221,7 @@ class QueueCapsMachine(RuleBasedStateMachine):
             return
         node.cap.close()
         self.dead_caps.append(node.cap)
-        node.unlink()
+        unlink(node)
 
     def destroy_the_queue(self, data: st.DataObject) -> None:
         """Close the queue with its messages: what they hold is dropped."""
@@ -246,7 +230,7 @@ class QueueCapsMachine(RuleBasedStateMachine):
         for held in self.messages:
             for node in held:
                 if node.alive:
-                    node.unlink()
+                    unlink(node)
         self.messages = []
         self.q = self.k.queue(None)
 
@@ -261,7 +245,7 @@ class QueueCapsMachine(RuleBasedStateMachine):
             info = node.cap.info()
             live_same = sum(1 for n in everyone if n.obj == node.obj)
             model = (int(info.rights), info.badge, info.object_caps, info.derived)
-            want = (node.rights, node.badge, live_same, len(node.descendants()))
+            want = (node.rights, node.badge, live_same, len(descendants(node)))
             assert model == want, f"kernel (rights, badge, object_caps, derived) {model}"
         for cap in self.dead_caps[-8:]:
             with pytest.raises(kernel.InvalidCapabilityError):
