@@ -34,14 +34,16 @@ def extension(name: str) -> Extension:
 
 
 # One extension per hot path (STYLE §3): the ring, the capability table, the
-# kernel's per-message core, a pipe's read and write, a process's submit/wait
-# through the kernel, a direct session's per-message path, the common paths of the
-# client's session objects over it, and kernel.Service's per-request path.
+# kernel's per-message core, a pipe's read and write, a queue's send and receive,
+# a process's submit/wait through the kernel, a direct session's per-message path,
+# the common paths of the client's session objects over it, and kernel.Service's
+# per-request path.
 extensions = [
     extension("kernel._core.ring"),
     extension("capabilities._table"),
     extension("kernel._core.kcore"),
     extension("kernel._core.pipes"),
+    extension("kernel._core.queues"),
     extension("kernel._core.conn"),
     extension("kernel._core.port"),
     extension("kernel._core.faces"),
