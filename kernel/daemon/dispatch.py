@@ -1,9 +1,9 @@
 """The cold operations: object creation, derivation, cancel, spawning.
 
-Memory objects, queues and pipes have their operations in Python, in
-kernel/daemon/objects/, and semaphores their creation: a map is a control-plane step,
-and a queue or pipe operation costs a kernel round trip either way (~2-4 µs more in
-Python than compiled).
+Memory objects have their operations in Python, in kernel/daemon/objects/; queues,
+pipes and semaphores their creation there, and their per-message operations compiled
+(kernel/_core/queues.pyx and pipes.pyx, registered here as cold handlers, and
+kcore). A map is a control-plane step.
 
 The per-message operations (endpoints, notifications, a semaphore's post and wait)
 and the drain loop are
