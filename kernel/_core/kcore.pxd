@@ -130,3 +130,6 @@ cdef class Core:
     cdef _sem_post(self, ProcCore proc, Header h, Capability cap)
     cdef _sem_wait(self, ProcCore proc, Header h, Capability cap)
     cdef _close(self, ProcCore proc, Header h, Capability cap)
+
+
+cdef Pending init_pending(Pending op, ProcCore proc, Header h)   # fills a new waiting op

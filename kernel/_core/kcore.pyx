@@ -324,7 +324,12 @@ cdef inline void _unhold(Pending op) noexcept:
 
 
 cdef Pending _new_pending(ProcCore proc, Header h):
-    cdef Pending op = Pending.__new__(Pending)
+    return init_pending(Pending.__new__(Pending), proc, h)
+
+
+cdef Pending init_pending(Pending op, ProcCore proc, Header h):
+    """Fill a new `op` (a Pending, or a subclass of the compiled objects: pipes.pyx,
+    queues.pyx) for request `h` of `proc`, waiting."""
     op.proc = proc
     op.req_id = h.h.req_id
     op.op = h.h.opcode

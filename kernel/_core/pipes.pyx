@@ -14,7 +14,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.stdint cimport uint64_t
 
 from capabilities._table cimport Capability
-from kernel._core.kcore cimport Core, KernelObject, Pending, ProcCore
+from kernel._core.kcore cimport Core, KernelObject, Pending, ProcCore, init_pending
 from kernel._core.ring cimport Header
 
 from capabilities import Rights
@@ -32,7 +32,6 @@ cdef uint64_t R_WRITE = Rights.WRITE
 cdef int OP_PIPE_WRITE = abi.Op.PIPE_WRITE
 cdef int ST_OK = Status.OK
 cdef int ST_TIMED_OUT = Status.TIMED_OUT
-cdef int WAITING = 0   # kernel/daemon/pending.py's phase of a waiting op
 
 
 cdef class PipeOp(Pending):
@@ -55,13 +54,7 @@ cdef class PipeOp(Pending):
 
 
 cdef PipeOp _new_op(ProcCore proc, Header h, Capability cap):
-    cdef PipeOp op = PipeOp.__new__(PipeOp)
-    op.proc = proc
-    op.req_id = h.h.req_id
-    op.op = h.h.opcode
-    op.deadline = h.h.deadline
-    op.payload = b""
-    op.phase = WAITING
+    cdef PipeOp op = <PipeOp>init_pending(PipeOp.__new__(PipeOp), proc, h)
     op.cap = cap   # revoking or closing it fails the op at once
     return op
 

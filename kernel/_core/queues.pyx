@@ -14,7 +14,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from capabilities._table cimport Capability, CapTable
-from kernel._core.kcore cimport Core, KernelObject, Pending, ProcCore
+from kernel._core.kcore cimport Core, KernelObject, Pending, ProcCore, init_pending
 from kernel._core.ring cimport Header
 
 from capabilities import Rights
@@ -41,7 +41,6 @@ cdef uint64_t MAX_QUEUE_TYPE = abi.MAX_QUEUE_TYPE
 cdef uint64_t MAX_PAYLOAD = abi.MAX_PAYLOAD
 cdef int OP_QUEUE_RECV = abi.Op.QUEUE_RECV
 cdef int ST_OK = Status.OK
-cdef int WAITING = 0   # kernel/daemon/pending.py's phase of a waiting op
 _PARAMS = abi.QUEUE_RECV_PARAMS
 
 
@@ -122,13 +121,7 @@ cdef class QueueOp(Pending):
 
 
 cdef QueueOp _new_op(ProcCore proc, Header h, Capability cap):
-    cdef QueueOp op = QueueOp.__new__(QueueOp)
-    op.proc = proc
-    op.req_id = h.h.req_id
-    op.op = h.h.opcode
-    op.deadline = h.h.deadline
-    op.payload = b""
-    op.phase = WAITING
+    cdef QueueOp op = <QueueOp>init_pending(QueueOp.__new__(QueueOp), proc, h)
     op.cap = cap   # revoking or closing it fails the op at once
     return op
 
