@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -81,6 +82,7 @@ class Daemon:
     # ------------------------------------------------------------ lifecycle
 
     async def serve(self) -> None:
+        _raise_descriptor_limit()
         self.listener = bootstrap.make_listener(self.path, self.socket_mode)
         self.loop.add_reader(self.listener.fileno(), self._accept)
         if self.names is not None:
@@ -395,6 +397,17 @@ class NameServerProcess:
             log.warning("name server (pid %d) did not exit: killing it", popen.pid)
             popen.kill()
             popen.wait()
+
+
+def _raise_descriptor_limit() -> None:
+    """Take every descriptor the hard limit allows. The kernel holds four per
+    connection, two per session and one per memory object, for every user at once
+    (quota.py bounds each user); a soft limit of 1024, common in shells and
+    services, would let a few users at their bounds fill it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("descriptor limit raised from %d to %d", soft, hard)
 
 
 def _refusal_status(e: Exception) -> int:

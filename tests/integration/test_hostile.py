@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import KernelDaemon
 from peerlib import PEERS, spawned
 
 import kernel
@@ -445,3 +446,24 @@ def test_a_refused_handshake_explains_why(kernel_daemon):
         s.close()
     assert isinstance(frame, abi.Refused)
     assert f"expected Hello version {abi.ABI_VERSION}" in frame.reason
+
+
+def test_the_kernel_takes_every_descriptor_its_hard_limit_allows(tmp_path):
+    """Many users' connections, sessions and memory objects hold the kernel's
+    descriptors at once; started under a soft limit of 256, it raises it to the hard
+    limit (as a server must) rather than refuse everyone at the 64th connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("needs a finite hard descriptor limit above 256")
+    daemon = KernelDaemon(tmp_path)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the daemon
+    try:
+        daemon.start("--no-names")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        with open(f"/proc/{daemon.pid}/limits") as f:
+            row = next(line for line in f if line.startswith("Max open files"))
+        assert row.split()[3:5] == [str(hard), str(hard)], row
+    finally:
+        assert daemon.stop() == 0, daemon.log()
