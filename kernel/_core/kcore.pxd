@@ -132,4 +132,9 @@ cdef class Core:
     cdef _close(self, ProcCore proc, Header h, Capability cap)
 
 
+# kcore's own rules, for the compiled objects (pipes.pyx, queues.pyx) to cimport:
 cdef Pending init_pending(Pending op, ProcCore proc, Header h)   # fills a new waiting op
+cdef void _fail_queue(object queue, bytes why, int status=*)   # fail every waiter
+cdef int _hold(ProcCore proc, Pending op, Py_ssize_t n) except -1   # MAX_HELD_BYTES
+cdef list _in_flight(list transfers, ProcCore sender)   # a waiting message's caps
+cdef void _drop_copy(Capability cap) except *   # a carried cap that goes undelivered

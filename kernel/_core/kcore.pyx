@@ -169,11 +169,6 @@ cdef void _fail_queue(object queue, bytes why, int status=ST_PEER_CLOSED):
         op.proc.complete(op.op, op.req_id, status, payload=why)
 
 
-def fail_waiters(queue, bytes why, int status=ST_PEER_CLOSED):
-    """Fail every op waiting in `queue` with `status` (the cold objects' destroy)."""
-    _fail_queue(queue, why, status)
-
-
 cdef class Endpoint(KernelObject):
     """Synchronous rendezvous with zero capacity."""
 
@@ -311,11 +306,6 @@ cdef int _hold(ProcCore proc, Pending op, Py_ssize_t n) except -1:
     return 0
 
 
-def hold(ProcCore proc, Pending op, Py_ssize_t n):
-    """_hold for the cold objects' waiting sends and writes (queues, pipes)."""
-    _hold(proc, op, n)
-
-
 cdef inline void _unhold(Pending op) noexcept:
     """The kernel no longer waits to deliver `op`'s payload (delivered or ended)."""
     if op.held:
@@ -362,12 +352,6 @@ cdef Pending _pop_live(object queue, bint newest=False):
         op.proc.complete(op.op, op.req_id, ST_BAD_SLOT, payload=(
             b"the capability this operation waited through was revoked, closed or sent away"))
     return None
-
-
-def pop_live(queue):
-    """_pop_live (the oldest op whose capability is still its process's) for the cold
-    objects."""
-    return _pop_live(queue)
 
 
 # ------------------------------------------------------------------ processes
@@ -560,17 +544,6 @@ cdef void _drop_copy(Capability cap) except *:
     unlink(cap)
     cap.holder = None
     _release(<KernelObject>cap.obj)
-
-
-def in_flight(list transfers, ProcCore sender):
-    """_in_flight for the cold objects: a waiting queue send's capabilities."""
-    return _in_flight(transfers, sender)
-
-
-def drop_carried(Capability cap):
-    """A capability a stored message held, dropped with the message (its queue was
-    destroyed): out of the tree, its object released."""
-    _drop_copy(cap)
 
 
 cdef void _release(KernelObject obj) except *:
@@ -833,16 +806,6 @@ cdef class Core:
             seen.add(id(cap))
             out.append((cap, derived))
         return out
-
-    def carried(self, ProcCore proc, Header h, Capability used):
-        """_decode_transfers for the cold objects (a queue send): the capabilities
-        the message carries, as [(cap, None: a move, or (rights, badge) of a copy)],
-        all checked, nothing changed yet. `used` needs GRANT."""
-        return self._decode_transfers(proc, h, used, R_GRANT)
-
-    def hand_over(self, list transfers, ProcCore sender, ProcCore receiver):
-        """_transfer for the cold objects: (slots, kinds) in `receiver`'s table."""
-        return self._transfer(transfers, sender, receiver)
 
     cdef tuple _transfer(self, list transfers, ProcCore sender, ProcCore receiver):
         """Hand the carried capabilities to `receiver`: moves leave the sender's table,

@@ -14,13 +14,15 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.stdint cimport uint64_t
 
 from capabilities._table cimport Capability
-from kernel._core.kcore cimport Core, KernelObject, Pending, ProcCore, init_pending
+from kernel._core.kcore cimport (
+    Core, KernelObject, Pending, ProcCore, _fail_queue, _hold, init_pending,
+)
 from kernel._core.ring cimport Header
 
 from capabilities import Rights
 
 from kernel import abi
-from kernel._core.kcore import OpError, fail_waiters, hold
+from kernel._core.kcore import OpError
 from kernel.errors import Status
 
 cdef Py_ssize_t PIPE_BUF = abi.PIPE_BUF
@@ -32,6 +34,7 @@ cdef uint64_t R_WRITE = Rights.WRITE
 cdef int OP_PIPE_WRITE = abi.Op.PIPE_WRITE
 cdef int ST_OK = Status.OK
 cdef int ST_TIMED_OUT = Status.TIMED_OUT
+cdef int ST_BROKEN_PIPE = Status.BROKEN_PIPE
 
 
 cdef class PipeOp(Pending):
@@ -130,7 +133,7 @@ cdef class Pipe:
         if reader:
             self.reader_alive = False
             self.buffer.clear()   # nobody can read it any more
-            fail_waiters(self.writers, b"broken pipe: no read end is left", Status.BROKEN_PIPE)
+            _fail_queue(self.writers, b"broken pipe: no read end is left", ST_BROKEN_PIPE)
         else:
             self.writer_alive = False
             self.flow()   # what is buffered, then EOF
@@ -164,7 +167,7 @@ def pipe_write(Core k, ProcCore proc, Header h):
     elif k.expired(h.h.deadline):
         op.expire()
     else:
-        hold(proc, op, len(op.data))   # counted as a waiting endpoint send's is
+        _hold(proc, op, len(op.data))   # counted as a waiting endpoint send's is
         op.enqueue(pipe.writers)
         k.timers.arm(op)
     pipe.flow()

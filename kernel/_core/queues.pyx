@@ -14,14 +14,17 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from capabilities._table cimport Capability, CapTable
-from kernel._core.kcore cimport Core, KernelObject, Pending, ProcCore, init_pending
+from kernel._core.kcore cimport (
+    Core, KernelObject, Pending, ProcCore, _drop_copy, _fail_queue, _hold, _in_flight,
+    init_pending,
+)
 from kernel._core.ring cimport Header
 
 from capabilities import Rights
 from capabilities.table import derive
 
 from kernel import abi
-from kernel._core.kcore import OpError, drop_carried, fail_waiters, hold, in_flight
+from kernel._core.kcore import OpError
 from kernel.errors import Status
 
 cdef Py_ssize_t _MESSAGE_OVERHEAD = 64
@@ -35,12 +38,14 @@ CAP_OVERHEAD = _CAP_OVERHEAD
 cdef int KIND_QUEUE = abi.ObjectKind.QUEUE
 cdef uint64_t R_SEND = Rights.SEND
 cdef uint64_t R_RECEIVE = Rights.RECEIVE
+cdef uint64_t R_GRANT = Rights.GRANT
 cdef uint64_t TRUNCATE = abi.QUEUE_TRUNCATE
 cdef uint64_t EXCEPT = abi.QUEUE_EXCEPT
 cdef uint64_t MAX_QUEUE_TYPE = abi.MAX_QUEUE_TYPE
 cdef uint64_t MAX_PAYLOAD = abi.MAX_PAYLOAD
 cdef int OP_QUEUE_RECV = abi.Op.QUEUE_RECV
 cdef int ST_OK = Status.OK
+cdef int ST_PEER_CLOSED = Status.PEER_CLOSED
 _PARAMS = abi.QUEUE_RECV_PARAMS
 
 
@@ -107,7 +112,7 @@ cdef class Message:
         cdef Capability cap
         for cap in self.caps or ():
             if cap.holder is self:
-                drop_carried(cap)
+                _drop_copy(cap)
         self.caps = None
 
 
@@ -146,8 +151,8 @@ cdef class Queue(KernelObject):
 
     cpdef destroy(self):
         why = b"the queue was destroyed: its last capability was closed"
-        fail_waiters(self.senders, why)
-        fail_waiters(self.receivers, why)
+        _fail_queue(self.senders, why, ST_PEER_CLOSED)
+        _fail_queue(self.receivers, why, ST_PEER_CLOSED)
         for m in self.stored:
             (<Message>m).drop()
         self.stored.clear()
@@ -193,7 +198,7 @@ cdef tuple _hand_over(Core k, Message m, ProcCore receiver):
     cdef list carried = m.transfers or m.flight
     if not carried:
         return None, 0
-    out = k.hand_over(carried, m.sender, receiver)
+    out = k._transfer(carried, m.sender, receiver)
     m.transfers = m.flight = None
     return out
 
@@ -293,7 +298,7 @@ cdef bint _offer(Core k, Queue q, Message m) except -1:
 
 
 cdef list _carried(Core k, ProcCore proc, Header h, Capability cap):
-    cdef list transfers = k.carried(proc, h, cap)
+    cdef list transfers = k._decode_transfers(proc, h, cap, R_GRANT)
     for carried, _ in transfers:
         if (<KernelObject>(<Capability>carried).obj).kind == KIND_QUEUE:
             raise OpError(
@@ -332,10 +337,10 @@ def queue_send(Core k, ProcCore proc, Header h):
         raise OpError(Status.TIMED_OUT, why)
     else:
         op = _new_op(proc, h, cap)
-        hold(proc, op, PyBytes_GET_SIZE(m.payload))   # counted as a waiting endpoint send's
+        _hold(proc, op, PyBytes_GET_SIZE(m.payload))   # counted as a waiting endpoint send's
         op.message = m
         if transfers:   # moves locked, copies made: as a waiting endpoint send's
-            op.transfers = m.flight = in_flight(transfers, proc)
+            op.transfers = m.flight = _in_flight(transfers, proc)
             m.transfers = None
         op.enqueue(q.senders)
         k.timers.arm(op)

@@ -18,7 +18,7 @@ import kernel
 
 pytestmark = pytest.mark.integration
 
-OVERHEAD = 64  # bytes each stored message counts beyond its data (queue.MESSAGE_OVERHEAD)
+OVERHEAD = 64  # bytes a stored message counts beyond its data (queues.MESSAGE_OVERHEAD)
 
 
 @dataclass
