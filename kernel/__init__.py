@@ -37,6 +37,9 @@ from .client.session import SessionMessage as SessionMessage
 from .client.session import SessionReply as SessionReply
 from .client.session import SessionServer as SessionServer
 from .client.session_group import SessionGroup as SessionGroup
+from .client.signals import AsyncSignals as AsyncSignals
+from .client.signals import Sig as Sig
+from .client.signals import Signals as Signals
 from .client.sync import EndpointCap as EndpointCap
 from .client.sync import Kernel as Kernel
 from .client.sync import MemoryCap as MemoryCap

@@ -93,6 +93,7 @@ class Op(enum.IntEnum):
     CANCEL = 42
     CALLER_MONITOR = 43
     CALL_MONITOR = 44
+    PROCESS_MONITOR = 45  # slot: a notification, arg: bits, payload: a child's pid (8 bytes)
     # memory objects 50-59
     MEMORY_CREATE = 50
     MEMORY_MAP = 51
@@ -173,6 +174,10 @@ MAX_OBJECTS_PER_UID = 1 << 16
 MAX_MEMORY_OBJECTS_PER_UID = 1024
 MAX_RESERVED_BYTES_PER_UID = 1 << 30
 MAX_MEMORY_BYTES_PER_UID = 16 << 30
+MAX_WATCHED_PROCESSES_PER_UID = 1024
+MAX_WATCHED_PROCESSES = 256
+"""Child processes one process may have the kernel watch for their end
+(PROCESS_MONITOR) at once; each watch holds a descriptor (a pidfd) in the kernel."""
 MAX_QUEUE_TYPE = (1 << 63) - 1
 """Message types are 1 to this (System V's mtype is a positive long)."""
 QUEUE_RECV_PARAMS = struct.Struct("<qQQ")

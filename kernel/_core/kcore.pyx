@@ -1039,12 +1039,18 @@ cdef class Core:
     # -------------------------------------------------------------- notifications
 
     cdef _signal(self, ProcCore proc, Header h, Capability cap):
-        cdef Notification n = <Notification>cap.obj
-        cdef Pending waiter
-        cdef uint64_t word
         if h.h.arg == 0:
             raise OpError(Status.INVALID_ARGS, "bits must be a non-zero 64-bit mask")
-        n.word |= h.h.arg
+        self.kernel_signal(<Notification>cap.obj, h.h.arg)
+        proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
+
+    cpdef kernel_signal(self, Notification n, uint64_t bits):
+        """OR `bits` into `n`'s word and hand the word to a waiter, or else to a
+        receiver of the endpoint it is bound to. The path of every signal: a
+        process's, and the kernel's own (a monitored process ended)."""
+        cdef Pending waiter
+        cdef uint64_t word
+        n.word |= bits
         waiter = _pop_live(n.waiters)
         if waiter is not None:
             word, n.word = n.word, 0
@@ -1052,7 +1058,6 @@ cdef class Core:
             waiter.proc.post(waiter.op, waiter.req_id, ST_OK, 0, word, NULL, 0, 0, None)
         elif n.bound_to is not None:
             self.signal_bound(n)
-        proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
 
     cpdef bint signal_bound(self, Notification n) except -1:
         """Hand a set word to a receiver waiting on the endpoint `n` is bound to, as

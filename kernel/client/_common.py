@@ -112,16 +112,24 @@ class MessageBase(MessageCore):
         caller's capability's, `sender_id` the caller's; `data` is the kernel's."""
         return self._c.arg & MSG_SESSION_OFFER == MSG_SESSION_OFFER
 
-    def _monitor_request(self, endpoint: CapBase, badge: int) -> tuple[int, bytes]:
-        """(reply slot, payload) of a CALLER_MONITOR; the message stays answerable."""
+    def _monitor_request(
+        self, target: CapBase, badge: int, signals: bool = False
+    ) -> tuple[int, bytes]:
+        """(reply slot, payload) of a CALLER_MONITOR or CALL_MONITOR; the message stays
+        answerable. `target` is an endpoint, or with `signals` also a notification."""
         if not self._reply_slot:
             raise InvalidCapabilityError(
                 "monitor: this message was sent, not called, or was already answered"
             )
-        if getattr(endpoint, "kind", None) != "endpoint":
-            raise TypeError(f"monitor needs an endpoint capability, not {endpoint!r}")
+        kind = getattr(target, "kind", None)
+        if signals and kind == "notification":
+            if not badge:
+                raise ValueError("monitor: the bits to signal must not be 0")
+        elif kind != "endpoint":
+            wants = "an endpoint or a notification" if signals else "an endpoint"
+            raise TypeError(f"monitor needs {wants} capability, not {target!r}")
         badge_payload(badge)  # validates the range
-        return self._reply_slot, endpoint.slot.to_bytes(8, "little")
+        return self._reply_slot, target.slot.to_bytes(8, "little")
 
     @property
     def is_call(self) -> bool:
@@ -318,6 +326,14 @@ class ProcessBase:
             raise CallTimeoutError(
                 f"wait for pid {self.pid}: still running after {timeout} s"
             ) from None
+
+    def _monitor_request(self, n: CapBase, bits: int) -> dict[str, Any]:
+        """Arguments of the PROCESS_MONITOR round trip: `bits` into `n` at the end."""
+        if getattr(n, "kind", None) != "notification":
+            raise TypeError(f"monitor needs a notification capability, not {n!r}")
+        if not 0 < bits < 1 << 64:
+            raise ValueError(f"monitor: bits are a non-zero 64-bit mask, not {bits:#x}")
+        return {"arg": int(bits), "payload": self.pid.to_bytes(8, "little")}
 
     def _reap_request(self, deadline: int) -> dict[str, Any]:
         """Arguments of the PROCESS_WAIT round trip, with what is left of the deadline."""

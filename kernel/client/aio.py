@@ -58,6 +58,7 @@ from ._objects import (
     take_stashed_message,
     take_stashed_unit,
 )
+from .signals import Sig
 
 Data = bytes | bytearray | memoryview
 
@@ -298,10 +299,11 @@ class AsyncMessage(MessageBase):
         if caps:
             moved_away(caps)
 
-    async def monitor(self, endpoint: AsyncEndpointCap, badge: int) -> None:
+    async def monitor(self, target: AsyncEndpointCap | AsyncNotificationCap, badge: int) -> None:
         """When the caller's process ends, the kernel sends a message with `badge`
-        on `endpoint`; see the blocking face's Message.monitor."""
-        slot, payload = self._monitor_request(endpoint, badge)
+        on an endpoint, or ORs it into a notification; see the blocking face's
+        Message.monitor."""
+        slot, payload = self._monitor_request(target, badge, signals=True)
         cap = AsyncReplyCap(self._k, slot)
         await self._k._roundtrip(Op.CALLER_MONITOR, cap, "monitor", arg=badge, payload=payload)
 
@@ -688,6 +690,11 @@ class AsyncProcess(ProcessBase):
     """A process started by `AsyncKernel.spawn`."""
 
     _k: AsyncKernel
+
+    async def monitor(self, n: AsyncNotificationCap, bits: int = Sig.CHLD) -> None:
+        """When this process ends, the kernel ORs `bits` into `n`; see the blocking
+        face's Process.monitor. Rights: SIGNAL on `n`."""
+        await self._k._roundtrip(Op.PROCESS_MONITOR, n, "monitor", **self._monitor_request(n, bits))
 
     async def wait(self, timeout: float | None = None) -> int:
         """Wait for exit and for the kernel's clean-up; CallTimeoutError after `timeout`."""

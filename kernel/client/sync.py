@@ -50,6 +50,7 @@ from ._objects import (
     take_stashed_message,
     take_stashed_unit,
 )
+from .signals import Sig
 
 Data = bytes | bytearray | memoryview
 
@@ -217,15 +218,16 @@ class Message(MessageBase):
         if caps:
             moved_away(caps)
 
-    def monitor(self, endpoint: EndpointCap, badge: int) -> None:
+    def monitor(self, target: EndpointCap | NotificationCap, badge: int) -> None:
         """When the process that made this call ends, the kernel sends a message on
-        `endpoint` carrying `badge` (`msg.from_kernel` is True, sender pid 0).
+        an endpoint `target` carrying `badge` (`msg.from_kernel` is True, sender pid
+        0), or ORs `badge` (non-zero bits) into a notification `target`.
 
         Call it before replying: holding the reply capability is the authority to
         watch the caller. Raises PeerClosedError if the caller is already gone.
-        Rights: SEND on `endpoint`.
+        Rights: SEND on an endpoint, SIGNAL on a notification.
         """
-        slot, payload = self._monitor_request(endpoint, badge)
+        slot, payload = self._monitor_request(target, badge, signals=True)
         self._k._roundtrip(
             Op.CALLER_MONITOR, ReplyCap(self._k, slot), "monitor", arg=badge, payload=payload
         )
@@ -662,6 +664,18 @@ class Process(ProcessBase):
     """A process started by `Kernel.spawn`."""
 
     _k: Kernel
+
+    def monitor(self, n: NotificationCap, bits: int = Sig.CHLD) -> None:
+        """When this process ends, the kernel ORs `bits` into `n`: SIGCHLD on
+        capabilities, for a `kernel.Signals` handler or a bound endpoint's receive.
+
+        The kernel watches the process itself (a pidfd), so a child that fails
+        before it ever connects is signalled too; one that has ended already is
+        signalled at once. Only the parent may watch a process. Each watch holds a
+        descriptor in the kernel until it fires (256 per process, 1024 per uid).
+        Rights: SIGNAL on `n`.
+        """
+        self._k._roundtrip(Op.PROCESS_MONITOR, n, "monitor", **self._monitor_request(n, bits))
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit and for the kernel to have cleaned it up.

@@ -138,30 +138,50 @@ def _cancel(k: KernelState, proc: Proc, h: Header) -> None:
 
 
 def _monitor_target(
-    k: KernelState, proc: Proc, h: Header, verb: str
-) -> tuple[Reply, Pending, Endpoint]:
-    """The call behind the reply capability in `slot`, and the endpoint in the 8-byte
-    payload (SEND needed) that the kernel's message will go to."""
+    k: KernelState, proc: Proc, h: Header, verb: str, signals: bool = False
+) -> tuple[Reply, Pending, Endpoint | Notification]:
+    """The call behind the reply capability in `slot`, and what the kernel will tell,
+    named by the 8-byte slot in the payload: an endpoint (SEND) or, with `signals`,
+    a notification (SIGNAL)."""
     reply = k.lookup(proc, h.slot, abi.ObjectKind.REPLY, Rights.SEND).obj
     assert isinstance(reply, Reply)
     raw = proc.sq.payload(h)
     if len(raw) != 8:
-        raise OpError(Status.INVALID_ARGS, f"{verb}: the endpoint slot must be 8 bytes")
-    ep = k.lookup(proc, int.from_bytes(raw, "little"), abi.ObjectKind.ENDPOINT, Rights.SEND)
+        raise OpError(Status.INVALID_ARGS, f"{verb}: the target's slot must be 8 bytes")
+    slot = int.from_bytes(raw, "little")
+    if signals and k.lookup(proc, slot, 0, 0).obj.kind == abi.ObjectKind.NOTIFICATION:
+        target = k.lookup(proc, slot, abi.ObjectKind.NOTIFICATION, Rights.SIGNAL).obj
+        if not h.arg:
+            raise OpError(Status.INVALID_ARGS, f"{verb}: bits must be a non-zero 64-bit mask")
+    else:
+        target = k.lookup(proc, slot, abi.ObjectKind.ENDPOINT, Rights.SEND).obj
     caller = reply.caller
     if caller is None:
         raise OpError(Status.CALLER_GONE, f"{verb}: the caller is gone: {reply.gone_reason}")
-    assert isinstance(ep.obj, Endpoint)
-    return reply, caller, ep.obj
+    assert isinstance(target, Endpoint | Notification)
+    return reply, caller, target
 
 
 def _caller_monitor(k: KernelState, proc: Proc, h: Header) -> None:
     """Watch the process that waits on the reply capability in `slot`: when it ends,
-    the kernel sends a message with badge `arg` on the endpoint. Holding the reply
-    capability is the authority: a server can watch only processes that called it."""
-    _, caller, ep = _monitor_target(k, proc, h, "monitor")
+    the kernel sends a message with badge `arg` on an endpoint, or ORs `arg` into a
+    notification. Holding the reply capability is the authority: a server can watch
+    only processes that called it."""
+    _, caller, target = _monitor_target(k, proc, h, "monitor", signals=True)
     assert isinstance(caller.proc, Proc)
-    k.monitor(caller.proc, ep, h.arg)
+    k.monitor(caller.proc, target, h.arg)
+    proc.complete(h.opcode, h.req_id, Status.OK)
+
+
+def _process_monitor(k: KernelState, proc: Proc, h: Header) -> None:
+    """PROCESS_MONITOR: when the child process whose pid is the payload ends, OR
+    `arg` into the notification in `slot` (SIGNAL): SIGCHLD on capabilities."""
+    n = k.lookup(proc, h.slot, abi.ObjectKind.NOTIFICATION, Rights.SIGNAL).obj
+    assert isinstance(n, Notification)
+    raw = proc.sq.payload(h)
+    if len(raw) != 8 or not h.arg:
+        raise OpError(Status.INVALID_ARGS, "monitor: an 8-byte pid and non-zero bits")
+    k.exits.add(proc, int.from_bytes(raw, "little", signed=True), n, h.arg)
     proc.complete(h.opcode, h.req_id, Status.OK)
 
 
@@ -170,6 +190,7 @@ def _call_monitor(k: KernelState, proc: Proc, h: Header) -> None:
     or died), the kernel sends a message with badge `arg` (its reason as payload) on
     the endpoint. One watch per call; a later one replaces it."""
     reply, _, ep = _monitor_target(k, proc, h, "monitor_call")
+    assert isinstance(ep, Endpoint)  # a notification only with signals=True
     reply.watch = (ep, h.arg)
     proc.complete(h.opcode, h.req_id, Status.OK)
 
@@ -267,6 +288,7 @@ COLD_HANDLERS: dict[int, Handler] = {
     Op.PROCESS_WAIT: _process_wait,
     Op.CALLER_MONITOR: _caller_monitor,
     Op.CALL_MONITOR: _call_monitor,
+    Op.PROCESS_MONITOR: _process_monitor,
     Op.NOTIFICATION_BIND: _bind,
     Op.NOTIFICATION_UNBIND: _unbind,
 }

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .. import abi
 from .._core.kcore import live_objects
@@ -78,6 +78,7 @@ class Daemon:
         self._accept_failing = False  # accept() failed last time: logged once, paused
         self._idle_since = time.monotonic()
         self.loop = asyncio.get_running_loop()  # built inside the serving coroutine
+        self.k.exits.attach(self._watch_fd, self.loop.remove_reader)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -257,6 +258,16 @@ class Daemon:
             self.names.disconnected(proc)
         if not self._clients():
             self._idle_since = time.monotonic()
+
+    def _watch_fd(self, fd: int, ready: Callable[[], None]) -> None:
+        """Run `ready` once `fd` is readable (a watched child ended), then ring the
+        doorbells of whoever that woke."""
+
+        def on_readable() -> None:
+            ready()
+            self._ring_doorbells()
+
+        self.loop.add_reader(fd, on_readable)
 
     # ------------------------------------------------------------ the pump
 

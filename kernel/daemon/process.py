@@ -11,7 +11,7 @@ from typing import Any
 from capabilities import CapTable
 
 from .. import abi
-from .._core.kcore import Endpoint, ProcCore
+from .._core.kcore import Endpoint, Notification, ProcCore
 from .._core.ring import SessionStates, ring_pair
 from .quota import PROCESS_LIMITS, Ledger, charge, credit
 
@@ -37,7 +37,8 @@ class Proc(ProcCore):
         self.claimed_token: str | None = None
         self.bundles = 0  # inherit bundles it owns (spawns not waited for): MAX_BUNDLES
         self.names_slot = 0
-        self.monitors: list[tuple[Endpoint, int]] = []  # (endpoint, badge) to tell at exit
+        # (endpoint, badge) or (notification, bits) to tell at exit (CALLER_MONITOR)
+        self.monitors: list[tuple[Endpoint | Notification, int]] = []
         self.memfd, self.mm = _make_region()
         self.sq, self.cq = ring_pair(self.mm, abi.RING_SIZE, abi.RING_SIZE)
         self.session_states = SessionStates(self.mm)  # only the kernel writes them

@@ -7,9 +7,9 @@ each with a fresh quota, and what it created outlives it in other processes' tab
 charges POSIX message queues to the user (RLIMIT_MSGQUEUE) and System V bounds them
 machine-wide. What a user's bounds protect is the kernel's heap (queue and pipe
 buffers, objects) and its descriptors (a connection holds four, a session two, a
-memory object one), so that one user's runaway program or hostile loop leaves room
-for the others. The kernel's own uid is bounded too: one buggy program of the same
-user should not take the kernel down for its neighbours.
+memory object or a watched process one), so that one user's runaway program or
+hostile loop leaves room for the others. The kernel's own uid is bounded too: one
+buggy program of the same user should not take the kernel down for its neighbours.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..errors import Status
 PROCESS_LIMITS: Mapping[str, int] = {
     "buffer bytes": abi.MAX_RESERVED_BYTES,
     "memory bytes": abi.MAX_MEMORY_BYTES,
+    "watched processes": abi.MAX_WATCHED_PROCESSES,
 }
 USER_LIMITS: Mapping[str, int] = {
     "connections": abi.MAX_CONNECTIONS_PER_UID,
@@ -31,6 +32,7 @@ USER_LIMITS: Mapping[str, int] = {
     "memory objects": abi.MAX_MEMORY_OBJECTS_PER_UID,
     "buffer bytes": abi.MAX_RESERVED_BYTES_PER_UID,
     "memory bytes": abi.MAX_MEMORY_BYTES_PER_UID,
+    "watched processes": abi.MAX_WATCHED_PROCESSES_PER_UID,
 }
 _WHAT = {
     "buffer bytes": "of queue and pipe buffers",

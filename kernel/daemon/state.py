@@ -16,8 +16,18 @@ from capabilities import DEFAULT_ENDPOINT_RIGHTS, Capability, Rights, SlotError
 from capabilities.table import derive, descendants, unlink
 
 from .. import abi
-from .._core.kcore import KIND_NAMES, Core, Endpoint, InFlight, KernelObject, OpError, Reply
+from .._core.kcore import (
+    KIND_NAMES,
+    Core,
+    Endpoint,
+    InFlight,
+    KernelObject,
+    Notification,
+    OpError,
+    Reply,
+)
 from ..errors import Status
+from .exits import ExitWatches
 from .pending import AWAIT_REPLY, WAITING, Pending, Timers
 from .process import Proc
 from .quota import Users, credit
@@ -82,6 +92,7 @@ class KernelState(Core):
         self.names_root: Capability | None = None  # the kernel's own, in no table
         self.sessions = SessionTable(self)
         self.users = users or Users()  # per-uid ledgers (quota.py)
+        self.exits = ExitWatches(self.kernel_signal, self.release)  # PROCESS_MONITOR
 
     # ------------------------------------------------------------ the name server
 
@@ -230,6 +241,7 @@ class KernelState(Core):
             unlink(cap)
             self.release(cap.obj)
         self._fire_monitors(proc)
+        self.exits.owner_gone(proc)
         for token, bundle in list(self.bundles.items()):
             if bundle.owner is proc:
                 self.drop_bundle(token)
@@ -238,17 +250,21 @@ class KernelState(Core):
                 self._end_waits(bundle)
         proc.alive = False
 
-    def monitor(self, watched: Proc, ep: Endpoint, token: int) -> None:
-        """When `watched` ends, send a kernel message with badge `token` on `ep`."""
+    def monitor(self, watched: Proc, target: Endpoint | Notification, token: int) -> None:
+        """When `watched` ends, send a kernel message with badge `token` on an
+        endpoint, or OR `token` into a notification's word."""
         if len(watched.monitors) >= MAX_MONITORS:
             raise OpError(Status.NO_RESOURCES, f"the process already has {MAX_MONITORS} monitors")
-        ep.refs += 1
-        watched.monitors.append((ep, token))
+        target.refs += 1
+        watched.monitors.append((target, token))
 
     def _fire_monitors(self, proc: Proc) -> None:
-        for ep, token in proc.monitors:
-            self.kernel_send(ep, token, b"")
-            self.release(ep)
+        for target, token in proc.monitors:
+            if isinstance(target, Notification):
+                self.kernel_signal(target, token)
+            else:
+                self.kernel_send(target, token, b"")
+            self.release(target)
         proc.monitors.clear()
 
     def revoke(self, cap: Capability) -> int:

@@ -145,8 +145,10 @@ def test_monitor_needs_send_on_the_endpoint(kernel_daemon):
             msg = _called(k, ep, caller)
             with pytest.raises(kernel.AccessDeniedError, match="SEND"):
                 msg.monitor(receive_only, 1)
-            with pytest.raises(TypeError):
-                msg.monitor(k.notification(), 1)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="an endpoint or a notification"):
+                msg.monitor(k.queue(), 1)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="needs an endpoint capability"):
+                msg.monitor_call(k.notification(), 1)  # type: ignore[arg-type]
             with pytest.raises(ValueError):
                 msg.monitor(notices, -1)
             msg.monitor(notices.copy(Rights.SEND), 5)  # SEND alone is enough

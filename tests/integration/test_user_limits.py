@@ -30,6 +30,7 @@ LIMITS = {
     "objects": 40,
     "memory-objects": 3,
     "buffer-bytes": "2m",
+    "watched-processes": 2,
 }
 
 
@@ -132,6 +133,32 @@ def test_memory_objects_are_bounded_per_user(limited):
         assert as_another_user(lambda k: k.memory(4096)) == "ok"
         kept.pop().close()
         a.memory(4096).close()
+
+
+def test_watched_processes_are_bounded_per_user_and_come_back_when_they_fire(limited):
+    def watch_a_child(k: kernel.Kernel) -> None:
+        child = k.spawn(["true"])
+        child.monitor(k.notification())
+        child.wait(timeout=10)
+
+    with kernel.connect(autostart=False) as a, kernel.connect(autostart=False) as b:
+        n = a.notification()
+        children = [a.spawn(["sleep", "30"]), b.spawn(["sleep", "30"])]
+        children[0].monitor(n)
+        children[1].monitor(b.notification())
+        third = a.spawn(["sleep", "30"])
+        try:
+            match = "uid 0 would have more than 2 watched"
+            with pytest.raises(kernel.ResourceLimitError, match=match):
+                third.monitor(n)
+            assert as_another_user(watch_a_child) == "ok"
+            children[0].kill()
+            assert n.wait(timeout=10) == kernel.Sig.CHLD  # fired: its place comes back
+            third.monitor(n)
+        finally:
+            for child in [*children, third]:
+                child.kill()
+                child.wait(timeout=10)
 
 
 def test_sessions_are_bounded_per_user(limited):
