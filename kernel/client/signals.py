@@ -31,7 +31,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from capabilities import Rights
@@ -132,15 +132,26 @@ def default_action(sig: Sig) -> None:
         os.kill(os.getpid(), signum)
 
 
+Disposition = Handler | signal.Handlers
+"""A handler, signal.SIG_IGN or signal.SIG_DFL, as for signal.signal()."""
+
+
 class Dispositions:
     """The part both faces share: what each signal does, and which are blocked or
     pending. Thread-safe; handlers run outside the lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, dispositions: Mapping[int, Disposition] | None, blocked: int) -> None:
         self._lock = threading.Lock()
         self._actions: dict[int, Handler | str] = {}  # bit -> handler or _IGNORE
-        self._blocked = 0
+        self._blocked = int(blocked)
         self._pending = 0
+        for sigs, action in (dispositions or {}).items():
+            if action is signal.SIG_IGN:
+                self.ignore(sigs)
+            elif action is signal.SIG_DFL:
+                self.default(sigs)
+            else:
+                self.catch(sigs, action)
 
     def catch(self, sigs: int, handler: Handler) -> None:
         """Run `handler(sig)` for each of `sigs` that arrives (once per signal)."""
@@ -204,16 +215,25 @@ def act(sig: Sig, action: Handler | str | None) -> Any:
 class Signals(Dispositions):
     """A thread that takes a notification's signals and runs their dispositions.
 
-    `Signals(n)` needs WAIT and COPY on `n`: it waits on a copy of its own, so that
-    `close()` can end that wait without touching `n`. Handlers run in the
+    `Signals(n, {Sig.TERM: stop, Sig.HUP: signal.SIG_IGN}, blocked=...)` starts
+    taking signals at once, with these dispositions (every other signal at its
+    default): give them here, not by catch() just after, or a signal sent before
+    that catch() gets the default. It needs WAIT and COPY on `n`: it waits on a
+    copy of its own, so that `close()` can end that wait without touching `n`. Handlers run in the
     dispatcher's thread, one at a time; a signal that arrives meanwhile waits in the
     kernel, so none is lost. A handler that raises is logged, and the others go on.
     Do not also `wait()` on the notification elsewhere: whoever takes the word first
     gets the signals, as with sigwait(2) beside handlers.
     """
 
-    def __init__(self, n: NotificationCap) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        n: NotificationCap,
+        dispositions: Mapping[int, Disposition] | None = None,
+        *,
+        blocked: int = 0,
+    ) -> None:
+        super().__init__(dispositions, blocked)
         self._n = n.copy(Rights.WAIT)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="mkipc-signals", daemon=True)
@@ -264,12 +284,19 @@ class AsyncSignals(Dispositions):
     """The asyncio face of `Signals`: a task takes the notification's signals, and
     handlers (functions or coroutine functions) run in the event loop, one at a time.
 
-    `AsyncSignals(n)` needs WAIT on `n` and a running loop. `close()` cancels the
-    task; a word its wait had already taken is kept for the next wait on `n`.
+    `AsyncSignals(n, dispositions, blocked=...)` needs WAIT on `n` and a running
+    loop. `close()` cancels the task; a word its wait had already taken is kept for
+    the next wait on `n`.
     """
 
-    def __init__(self, n: AsyncNotificationCap) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        n: AsyncNotificationCap,
+        dispositions: Mapping[int, Disposition] | None = None,
+        *,
+        blocked: int = 0,
+    ) -> None:
+        super().__init__(dispositions, blocked)
         self._n = n
         self._task = asyncio.ensure_future(self._run())
 

@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from peerlib import PEERS, spawned
+from peerlib import PEERS, ROOT, readme_script, run_script, spawned
 
 import kernel
 from capabilities import Rights
@@ -248,6 +248,26 @@ def test_a_sigchld_handler_reaps_every_child(kernel_daemon):
             proc.wait(timeout=10)
 
 
+def test_dispositions_given_at_the_start_meet_signals_sent_before_it(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        n = k.notification()
+        n.signal(Sig.CHLD | Sig.WINCH)  # before any dispatcher: they wait in the word
+        # (both ignored by default: a regression fails this test, not the process)
+        got: list[Sig] = []
+        arrived = threading.Event()
+        on = {Sig.CHLD: lambda s: (got.append(s), arrived.set()), Sig.HUP: signal.SIG_IGN}
+        with kernel.Signals(n, on, blocked=Sig.WINCH) as sigs:
+            assert arrived.wait(5)
+            assert got == [Sig.CHLD]
+            deadline = time.monotonic() + 5
+            while sigs.pending != Sig.WINCH:  # blocked from the start: not the default
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            sigs.catch(Sig.WINCH, got.append)
+            sigs.unblock(Sig.WINCH)
+            assert got == [Sig.CHLD, Sig.WINCH]
+
+
 def test_blocked_signals_wait_pending_and_come_once_when_unblocked(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         n = k.notification()
@@ -305,6 +325,16 @@ def test_closing_leaves_later_signals_in_the_word(kernel_daemon):
             sigs.ignore(0)
         with pytest.raises(TypeError, match="callable"):
             sigs.catch(Sig.USR1, "not a handler")  # type: ignore[arg-type]
+
+
+def test_the_supervisor_example_runs_as_its_readme_says(kernel_daemon):
+    out = run_script(readme_script(ROOT / "examples/supervisor/README.md"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "started w0, w1, w2",
+        "w1 exited with 3: restarting it",
+        "stopped w0, w1, w2 with TERM: exit codes [0, 0, 0]",
+    ]
 
 
 def test_sig_names_the_64_linux_signals():

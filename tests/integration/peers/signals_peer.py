@@ -25,7 +25,7 @@ from kernel import Sig
 def catch(k: kernel.Kernel, sigs: kernel.Signals, out: kernel.QueueCap) -> None:
     sigs.catch(Sig.USR1 | Sig.USR2, lambda s: out.send(s.name.encode(), timeout=5))
     sigs.ignore(Sig.HUP)
-    out.send(b"ready", timeout=5)
+    out.send(b"ready", timeout=5)  # the test signals only after this
     time.sleep(60)
 
 
