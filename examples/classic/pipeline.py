@@ -21,10 +21,8 @@ PER_LINE, TOTAL = 1, 2  # message types
 def child() -> None:
     with kernel.connect() as k:
         text, results = k.inherited["text"], k.inherited["results"]
-        pending, total = b"", 0
-        while chunk := text.read(timeout=10.0):  # b"" once no writer is left
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
+        total = 0
+        with text.makefile("r", timeout=10.0) as lines:  # a file: ends at EOF
             for line in lines:
                 words = len(line.split())
                 total += words
@@ -41,9 +39,9 @@ def parent() -> None:
             caps={"text": r, "results": q.copy(Rights.SEND | Rights.COPY)},
         )
         r.close()  # the child holds the read end now
-        for line in LINES:
-            w.write(line, timeout=10.0)
-        w.close()  # the last writer: the child's next read is EOF
+        with w.makefile("wb", timeout=10.0) as out:  # one pipe write for all lines
+            out.writelines(LINES)
+        # closing the file closed w, the last writer: the child's next read is EOF
         total = q.recv(mtype=TOTAL, timeout=10.0)  # waits for the child's last message
         counts = [int(q.recv(mtype=PER_LINE, timeout=1.0).data) for _ in LINES]
         print(f"words per line {counts}, total {int(total.data)} from pid {total.sender.pid}")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import mmap
 import subprocess
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from capabilities import Rights
 
@@ -50,6 +51,7 @@ from ._objects import (
     take_stashed_message,
     take_stashed_unit,
 )
+from .pipefile import makefile
 from .signals import Sig
 
 Data = bytes | bytearray | memoryview
@@ -586,6 +588,29 @@ class PipeReaderCap(_Cap):
             return stashed
         return self._k._roundtrip(Op.PIPE_READ, self, "read", timeout=timeout, arg=size).payload
 
+    @overload
+    def makefile(
+        self,
+        mode: Literal["r"] = "r",
+        buffering: int = -1,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+        timeout: float | None = None,
+        closefd: bool = True,
+    ) -> io.TextIOWrapper: ...
+    @overload
+    def makefile(
+        self, mode: Literal["rb"], buffering: int = -1, *, timeout: float | None = None,
+        closefd: bool = True,
+    ) -> io.BufferedReader: ...  # fmt: skip
+    def makefile(self, mode: str = "r", buffering: int = -1, **kw: Any) -> io.IOBase:
+        """This end as a file object, buffered (`for line in r.makefile()`): "r" text
+        (utf-8 unless `encoding=`), "rb" bytes. Reads end at EOF; `timeout=` bounds
+        each read. Closing the file closes this capability unless `closefd=False`."""
+        return makefile(self, mode, buffering, **kw)
+
     def read_nowait(self, max_size: int = abi.PIPE_CAPACITY) -> bytes:
         """What is buffered now (b"" at EOF); WouldBlock if the pipe is empty."""
         try:
@@ -620,6 +645,31 @@ class PipeWriterCap(_Cap):
             if c.arg < len(chunk):
                 break
         return written
+
+    @overload
+    def makefile(
+        self,
+        mode: Literal["w"] = "w",
+        buffering: int = -1,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+        timeout: float | None = None,
+        closefd: bool = True,
+    ) -> io.TextIOWrapper: ...
+    @overload
+    def makefile(
+        self, mode: Literal["wb"], buffering: int = -1, *, timeout: float | None = None,
+        closefd: bool = True,
+    ) -> io.BufferedWriter: ...  # fmt: skip
+    def makefile(self, mode: str = "w", buffering: int = -1, **kw: Any) -> io.IOBase:
+        """This end as a file object, buffered (`print(..., file=w.makefile())`): "w"
+        text (utf-8 unless `encoding=`), "wb" bytes. Small writes are gathered into
+        one pipe write per buffer (8 KiB; `buffering=1`: per line); flush() or
+        close() sends what is left. Closing the file closes this capability unless
+        `closefd=False`: the last write end closed is the readers' EOF."""
+        return makefile(self, mode, buffering, **kw)
 
     def write_nowait(self, data: Data) -> int:
         """Write what fits now (atomic writes: all or nothing); WouldBlock if nothing."""

@@ -4,6 +4,7 @@ usage: pipe_peer.py ACT [ARG]
   write ARG    write ARG bytes of pattern() to "w" in writes of 10,000, then exit
   linger ARG   write ARG (text) to "w", then sleep a minute (the test kills it)
   drain        read "r" to EOF; send the number of bytes read on "back"
+  lines ARG    print ARG numbered lines into w.makefile("w"), then close it
 Every wait is bounded (20 s); the exit code is 0 when the act completed.
 """
 
@@ -36,6 +37,10 @@ def main() -> int:
         elif act == "linger":
             caps["w"].write(arg.encode(), timeout=LIMIT)
             time.sleep(60)
+        elif act == "lines":
+            with caps["w"].makefile("w", timeout=LIMIT) as out:
+                for i in range(int(arg)):
+                    print(f"line {i}: {'x' * (i % 50)}", file=out)
         elif act == "drain":
             total = 0
             while chunk := caps["r"].read(timeout=LIMIT):
