@@ -49,6 +49,12 @@ def check_name(name: object) -> str:
     return name
 
 
+def notify_request(name: str, bits: int, present: bool) -> p.Notify:
+    if not isinstance(bits, int) or not 0 < bits < 1 << 64:
+        raise ValueError(f"bits are a non-zero 64-bit mask, not {bits!r}")
+    return p.Notify(check_name(name), int(bits), bool(present))
+
+
 def deadline_ns(timeout: float | None) -> int:
     """The wire deadline for a wait: -1 forever, 0 none, else absolute monotonic ns."""
     if timeout is None:

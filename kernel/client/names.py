@@ -155,6 +155,23 @@ class Names:
         assert isinstance(resp, p.Ok)
         return n.entry(resp.entry) if resp.entry is not None else None
 
+    def notify(
+        self, name: str, target: NotificationCap, bits: int, *, present: bool = True
+    ) -> None:
+        """Have the name server set `bits` in `target` once `name` is registered
+        (present=False: once it is gone), at once if it is already: "name appeared"
+        as a notification's bits, for a `kernel.Signals` handler or a bound
+        endpoint's receive. One-shot; it ends early if this process ends.
+
+        The name server gets a copy of `target` with SIGNAL (and TRANSFER, to travel:
+        `target` needs COPY and TRANSFER) and signals only for an entry you may read.
+        Raises AccessDeniedError for an existing entry you may not read,
+        ResourceLimitError past 256 waits per uid.
+        """
+        req = n.notify_request(name, bits, present)
+        signal_only = target.copy(Rights.SIGNAL | Rights.TRANSFER)
+        self._call(req, f"names.notify({name!r})", caps=[signal_only])
+
 
 class AsyncNames:
     """The asyncio stub: the same requests as `Names`, awaited."""
@@ -233,6 +250,14 @@ class AsyncNames:
         resp, _ = await self._call(req, f"names.watch({name!r})", timeout=n.call_timeout(timeout))
         assert isinstance(resp, p.Ok)
         return n.entry(resp.entry) if resp.entry is not None else None
+
+    async def notify(
+        self, name: str, target: AsyncNotificationCap, bits: int, *, present: bool = True
+    ) -> None:
+        """See Names.notify."""
+        req = n.notify_request(name, bits, present)
+        signal_only = await target.copy(Rights.SIGNAL | Rights.TRANSFER)
+        await self._call(req, f"names.notify({name!r})", caps=[signal_only])
 
 
 def _close_all(msg: Message) -> None:

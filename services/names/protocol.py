@@ -52,7 +52,17 @@ class Watch(msgspec.Struct, tag="watch", frozen=True):
     deadline: int = -1
 
 
-Request = Register | Lookup | Unregister | List | Watch
+class Notify(msgspec.Struct, tag="notify", frozen=True):
+    """Set `bits` in the notification this request carries (SIGNAL) once `name` is
+    registered (present=True) or gone (present=False): at once if it is already.
+    One-shot; it ends early if the requester ends."""
+
+    name: str
+    bits: int
+    present: bool = True
+
+
+Request = Register | Lookup | Unregister | List | Watch | Notify
 
 
 class Entry(msgspec.Struct, frozen=True):

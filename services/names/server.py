@@ -30,6 +30,7 @@ from kernel import (
     Kernel,
     Message,
     MintOf,
+    NotificationCap,
     PeerClosedError,
     Status,
 )
@@ -100,6 +101,20 @@ class Waiter:
     uid: int
 
 
+@dataclass
+class Signaller:
+    """A Notify request armed: `cap` (a notification) gets `bits` when `name` is
+    registered (present) or gone; the name server holds `cap` until then."""
+
+    name: str
+    present: bool
+    bits: int
+    cap: NotificationCap
+    uid: int
+    gid: int
+    conn: int  # the requester's connection: its end drops this
+
+
 @dataclass(slots=True)
 class Reply:
     """What to answer a call with (a response, or one already encoded); `caps` move to
@@ -119,7 +134,9 @@ class NameServer:
         self.monitored: dict[int, int] = {}  # registrant connection id -> exit badge
         self.exit_badges: dict[int, int] = {}  # exit badge -> connection id
         self.waiting_calls: dict[int, Waiter] = {}  # call-monitor badge -> waiter
-        self.waits_by_uid: collections.Counter[int] = collections.Counter()
+        self.waits_by_uid: collections.Counter[int] = collections.Counter()  # + signallers
+        self.signallers: dict[str, list[Signaller]] = {}
+        self.signalling = 0  # armed signallers, counted with waiting calls (MAX_WAITERS)
         # Badges never repeat, not even across a restart of the name server: a client
         # badge must stay unique to one lookup, and a monitor set by the previous
         # instance may still fire into this one. Counting up from the start time (ns)
@@ -228,7 +245,7 @@ class NameServer:
         return Reply(msg, p.Error(status, why))
 
     def _dispatch(self, msg: Message, req: p.Request) -> Reply | None:
-        if not isinstance(req, p.Register) and msg.caps:
+        if not isinstance(req, p.Register | p.Notify) and msg.caps:
             verb = type(req).__name__.lower()
             raise Refused(Status.INVALID_ARGS, f"a {verb} request carries no capabilities")
         if isinstance(req, p.Lookup):  # first: the hot path; it checks the name itself
@@ -240,6 +257,8 @@ class NameServer:
             return self._register(msg, req)
         if isinstance(req, p.Watch):
             return self._watch(msg, req)
+        if isinstance(req, p.Notify):
+            return self._notify(msg, req)
         return self._unregister(msg, req)
 
     def _register(self, msg: Message, req: p.Register) -> Reply:
@@ -332,6 +351,62 @@ class NameServer:
         _require(rec.perm, msg, READ, "watching", rec.name)
         return Reply(msg, p.Ok(rec.wire()))
 
+    def _notify(self, msg: Message, req: p.Notify) -> Reply:
+        """Arm a one-shot signal for `req.name` (DESIGN §4: "name appeared" arrives
+        as a notification's bits, as the kernel's own events do)."""
+        caps = msg.caps
+        if len(caps) != 1 or not isinstance(caps[0], NotificationCap):
+            raise Refused(Status.INVALID_ARGS, "notify carries one notification capability")
+        if not 0 < req.bits < 1 << 64:
+            raise Refused(Status.INVALID_ARGS, f"bits are a non-zero 64-bit mask, not {req.bits}")
+        rec = self.entries.get(req.name)
+        if rec is not None:
+            _require(rec.perm, msg, READ, "watching", rec.name)
+        _, uid, gid = msg.sender
+        self._check_room(uid)
+        s = Signaller(req.name, req.present, req.bits, caps[0], uid, gid, msg.sender_id)
+        if (rec is not None) == req.present:
+            self._fire(s)  # so it is already
+        else:
+            self._monitor(msg)  # its end drops what it armed
+            self.signallers.setdefault(req.name, []).append(s)
+            self.signalling += 1
+            self.waits_by_uid[uid] += 1
+        return Reply(msg, p.Ok(None))
+
+    def _fire(self, s: Signaller) -> None:
+        try:
+            s.cap.signal(s.bits)
+        except IPCError:
+            pass  # its notification is gone (revoked, destroyed): nobody to tell
+        try:
+            s.cap.close()
+        except IPCError:
+            pass
+
+    def _signal_changes(self, name: str) -> None:
+        """`name` was registered or dropped: fire the signallers it satisfies (a
+        registered entry only for those who may read it)."""
+        rec = self.entries.get(name)
+        keep = []
+        for s in self.signallers.pop(name, []):
+            due = (rec is not None) == s.present
+            if due and rec is not None and not allowed(rec.perm, s.uid, s.gid, READ):
+                due = False  # not theirs to know: wait for one they may read
+            if due:
+                self._unarm(s)
+                self._fire(s)
+            else:
+                keep.append(s)
+        if keep:
+            self.signallers[name] = keep
+
+    def _unarm(self, s: Signaller) -> None:
+        self.signalling -= 1
+        self.waits_by_uid[s.uid] -= 1
+        if not self.waits_by_uid[s.uid]:
+            del self.waits_by_uid[s.uid]
+
     def _unregister(self, msg: Message, req: p.Unregister) -> Reply:
         rec = self.entries.get(req.name)
         if rec is None:
@@ -358,16 +433,20 @@ class NameServer:
         says the caller gave up (timed out, cancelled, died): no place is held for a
         call that no longer needs an answer."""
         uid = msg.sender.uid
-        if len(self.waiting_calls) >= MAX_WAITERS:
-            raise Refused(Status.NO_RESOURCES, f"{MAX_WAITERS} lookups and watches already waiting")
-        if self.waits_by_uid[uid] >= MAX_WAITERS_PER_UID:
-            raise Refused(Status.NO_RESOURCES, f"uid {uid} already has "
-                          f"{MAX_WAITERS_PER_UID} lookups and watches waiting")  # fmt: skip
+        self._check_room(uid)
         w = Waiter(msg, req, req.deadline, next(self._exit_badges), uid)
         msg.monitor_call(self.ep, w.badge)
         self.waiting_calls[w.badge] = w
         self.waits_by_uid[uid] += 1
         self.waiters.setdefault(req.name, []).append(w)
+
+    def _check_room(self, uid: int) -> None:
+        if len(self.waiting_calls) + self.signalling >= MAX_WAITERS:
+            raise Refused(Status.NO_RESOURCES, f"{MAX_WAITERS} lookups, watches and "
+                          "notifies already waiting")  # fmt: skip
+        if self.waits_by_uid[uid] >= MAX_WAITERS_PER_UID:
+            many = f"{MAX_WAITERS_PER_UID} lookups, watches and notifies waiting"
+            raise Refused(Status.NO_RESOURCES, f"uid {uid} already has {many}")
 
     def _forget(self, w: Waiter) -> None:
         """`w` is answered, expired or given up: its place is free again."""
@@ -378,6 +457,8 @@ class NameServer:
 
     def _wake(self, name: str) -> None:
         """`name` was registered or dropped: answer whoever waited for that."""
+        if name in self.signallers:
+            self._signal_changes(name)
         ws = self.waiters.pop(name, [])
         keep = []
         for w in ws:
@@ -431,7 +512,8 @@ class NameServer:
     # ------------------------------------------------------------ endings
 
     def _notice(self, badge: int) -> None:
-        """A kernel message: a waiting call was given up, or a registrant ended."""
+        """A kernel message: a waiting call was given up, or a registrant (or a
+        requester with signallers armed) ended."""
         w = self.waiting_calls.get(badge)
         if w is None:
             self._registrant_gone(badge)
@@ -445,14 +527,31 @@ class NameServer:
         self._answer(w.msg, p.Error(Status.CALLER_GONE, "given up"))  # frees the reply cap
 
     def _registrant_gone(self, badge: int) -> None:
-        """A registrant ended: drop its entries and revoke what lookup handed out."""
+        """A monitored connection ended: drop its entries, revoking what lookup
+        handed out for them, and the signallers it armed."""
         conn = self.exit_badges.pop(badge, None)
         if conn is None:
             return
         del self.monitored[conn]
+        self._drop_signallers(conn)
         for rec in [r for r in self.entries.values() if r.conn == conn]:
             log.info("registrant of %r (pid %d) ended: dropping it", rec.name, rec.pid)
             self._drop(rec, revoke=True)
+
+    def _drop_signallers(self, conn: int) -> None:
+        """The connection that armed them ended: nobody is left to tell."""
+        for name, ss in list(self.signallers.items()):
+            gone = [s for s in ss if s.conn == conn]
+            for s in gone:
+                self._unarm(s)
+                try:
+                    s.cap.close()
+                except IPCError:
+                    pass
+            if len(gone) == len(ss):
+                del self.signallers[name]
+            elif gone:
+                self.signallers[name] = [s for s in ss if s.conn != conn]
 
     def _drop(self, rec: Record, *, revoke: bool, wake: bool = True) -> None:
         """Forget `rec`; with revoke, delete every capability lookup minted from it."""

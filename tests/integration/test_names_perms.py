@@ -115,6 +115,22 @@ def test_lookup_needs_read_and_list_shows_only_readable_entries(peers):
         assert peer.ok("list", prefix="r.")["names"] == sorted(readable), cls
 
 
+def test_notify_signals_only_those_who_may_read_the_entry(peers):
+    owner = peers["owner"]
+    for peer in peers.values():
+        for mode in MODES:  # armed before the names exist: nothing to refuse yet
+            peer.ok("notify", name=f"n.{mode:03o}", bits=1 << 9, key=f"n.{mode:03o}")
+    for mode in MODES:
+        owner.ok("register", name=f"n.{mode:03o}", mode=mode)  # fires before it returns
+    for cls, peer in peers.items():
+        for mode in MODES:
+            word = peer.ok("poll", key=f"n.{mode:03o}")["word"]
+            assert word == (1 << 9 if allowed(cls, mode, 4) else 0), (cls, oct(mode))
+        for mode in MODES:  # the entries exist now: arming is checked at once
+            out = peer("notify", name=f"n.{mode:03o}", bits=1, key=f"again.{mode:03o}")
+            assert out.get("ok") == allowed(cls, mode, 4), (cls, oct(mode), out)
+
+
 def test_unregister_and_replace_need_write(peers):
     owner = peers["owner"]
     for mode in MODES:

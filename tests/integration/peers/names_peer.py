@@ -17,6 +17,9 @@ if connecting failed. Commands ({"op": ..., ...}) and what they do:
   unregister name revoke=false
   list prefix=""                           answer the entry names
   watch name present=true timeout=5
+  notify name bits present=true key=name   arm a one-shot signal into a new
+                                           notification kept under `key`
+  poll key                                 answer the word of that notification
   exit                                     disconnect and exit 0
 Failures answer {"ok": false, "type": <exception class>, "msg": str(e), "perm": bool}.
 Every wait is bounded.
@@ -109,6 +112,12 @@ class Sync:
                 cmd["name"], present=cmd.get("present", True), timeout=cmd.get("timeout", LIMIT)
             )
             return {"ok": True, "entry": entry(e)}
+        if op == "notify":
+            n = self.caps.setdefault(cmd.get("key", cmd["name"]), self.k.notification())
+            names.notify(cmd["name"], n, cmd["bits"], present=cmd.get("present", True))
+            return {"ok": True}
+        if op == "poll":
+            return {"ok": True, "word": self.caps[cmd["key"]].poll()}
         raise ValueError(f"unknown op {op!r}")
 
 
@@ -157,6 +166,15 @@ class Async:
             e = await names.watch(cmd["name"], present=cmd.get("present", True),
                                   timeout=cmd.get("timeout", LIMIT))  # fmt: skip
             return {"ok": True, "entry": entry(e)}
+        if op == "notify":
+            key = cmd.get("key", cmd["name"])
+            if key not in self.caps:
+                self.caps[key] = await self.k.notification()
+            await names.notify(cmd["name"], self.caps[key], cmd["bits"],
+                               present=cmd.get("present", True))  # fmt: skip
+            return {"ok": True}
+        if op == "poll":
+            return {"ok": True, "word": await self.caps[cmd["key"]].poll()}
         raise ValueError(f"unknown op {op!r}")
 
 
