@@ -94,6 +94,7 @@ class Op(enum.IntEnum):
     CALLER_MONITOR = 43
     CALL_MONITOR = 44
     PROCESS_MONITOR = 45  # slot: a notification, arg: bits, payload: a child's pid (8 bytes)
+    KERNEL_STATUS = 46  # answer: KernelStatus (msgpack)
     # memory objects 50-59
     MEMORY_CREATE = 50
     MEMORY_MAP = 51
@@ -314,6 +315,56 @@ class SessionGrant(msgspec.Struct, frozen=True, array_like=True):
     uid: int
     gid: int
     sender_id: int
+
+
+class ProcessStatus(msgspec.Struct, frozen=True):
+    """One connected process, as KERNEL_STATUS shows it."""
+
+    conn: int  # its connection id (Message.sender_id)
+    pid: int
+    uid: int
+    gid: int
+    parent: int  # the connection that spawned it (0: none, or gone)
+    name_server: bool
+    caps: dict[str, int]  # capabilities in its table, by kind
+    pending: int  # its operations waiting in the kernel
+    sessions: int
+    spawned: int  # processes it spawned and has not waited for
+    watched: int  # child processes it has the kernel watch (Process.monitor)
+
+
+class UserStatus(msgspec.Struct, frozen=True):
+    """One uid's ledger (kernel/daemon/quota.py): what it holds, against its bounds."""
+
+    uid: int
+    used: dict[str, int]
+    limits: dict[str, int]
+
+
+class KernelStatus(msgspec.Struct, frozen=True):
+    """KERNEL_STATUS's answer (`mkipc status`, the kernel's ipcs). Root and the
+    kernel's own uid see every process and uid; any other uid sees its own."""
+
+    pid: int
+    uid: int
+    uptime_s: float
+    live_objects: int  # every uid's
+    processes: list[ProcessStatus]
+    hidden: int  # connected processes not listed (other uids', or past the list's bound)
+    users: list[UserStatus]
+
+
+_status_encoder = msgspec.msgpack.Encoder()
+_status_decoder = msgspec.msgpack.Decoder(KernelStatus)
+
+
+def encode_status(status: KernelStatus) -> bytes:
+    return _status_encoder.encode(status)
+
+
+def decode_status(data: bytes) -> KernelStatus:
+    status: KernelStatus = _status_decoder.decode(data)
+    return status
 
 
 Handshake = Hello | Welcome | Refused | SessionFds | MemoryFd

@@ -1,4 +1,4 @@
-"""`mkipc`: run the kernel daemon, the demo, or the benchmark."""
+"""`mkipc`: run the kernel daemon, the demo, or the benchmark; inspect a running kernel."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     names.add_argument("--socket", default=None, help="the kernel's socket path")
     names.add_argument("--json", action="store_true", help="one JSON object per entry")
 
+    status = sub.add_parser("status", help="who holds what in the kernel (its ipcs)")
+    status.add_argument("--socket", default=None, help="the kernel's socket path")
+    status.add_argument("--json", action="store_true", help="the whole answer as JSON")
+
     sub.add_parser("demo", help="start or reuse a kernel, call an echo server, show latency")
     sub.add_parser(
         "bench", help="the IPC latency workbench (see `mkipc bench --help`)", add_help=False
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return _kernel(args)
     if args.command == "names":
         return _names(args)
+    if args.command == "status":
+        return _status(args)
     from . import demo
 
     return demo.main()
@@ -99,12 +106,62 @@ def _names(args: argparse.Namespace) -> int:
     rows = [("NAME", "KIND", "OWNER", "MODE", "PID", "SERVED")]
     rows += [(e.name, e.kind, f"{e.uid}:{e.gid}", f"{e.mode:04o}", str(e.pid), str(e.served))
              for e in entries]  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    _print_table(rows)
     if not entries:
         print("(no entries you may read)")
     return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _status(args: argparse.Namespace) -> int:
+    """`mkipc status`: who holds what in the kernel (Kernel.status)."""
+    import json
+
+    import msgspec
+
+    import kernel
+
+    try:
+        k = kernel.connect(args.socket, autostart=False)
+    except kernel.PeerClosedError as err:
+        print(f"mkipc status: {err}", file=sys.stderr)
+        return 1
+    with k:
+        st = k.status()
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(st)))
+        return 0
+    print(f"kernel pid {st.pid} (uid {st.uid}), up {st.uptime_s:.0f} s, "
+          f"{st.live_objects} live objects")  # fmt: skip
+    rows = [("CONN", "PID", "UID:GID", "PARENT", "PENDING", "SESSIONS", "SPAWNED", "WATCHED",
+             "CAPABILITIES")]  # fmt: skip
+    for p in st.processes:
+        caps = ", ".join(f"{n} {kind}" for kind, n in p.caps.items()) or "none"
+        rows.append((str(p.conn), str(p.pid), f"{p.uid}:{p.gid}", str(p.parent or "-"),
+                     str(p.pending), str(p.sessions), str(p.spawned), str(p.watched),
+                     caps + (" (the name server)" if p.name_server else "")))  # fmt: skip
+    _print_table(rows)
+    if st.hidden:
+        print(f"({st.hidden} processes not shown: other users', or past the list's bound)")
+    for u in st.users:
+        used = ", ".join(f"{what} {_amount(what, n)}/{_amount(what, u.limits[what])}"
+                         for what, n in u.used.items())  # fmt: skip
+        print(f"uid {u.uid}: {used}")
+    return 0
+
+
+def _amount(what: str, n: int) -> str:
+    if not what.endswith("bytes") or n < 1 << 10:
+        return str(n)
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g}{unit}"
+    return str(n)
 
 
 def _user_limit(text: str) -> tuple[str, int]:

@@ -256,6 +256,11 @@ class AsyncKernel:
         c = await self._roundtrip(Op.SEMAPHORE_CREATE, None, "create semaphore", arg=arg)
         return AsyncSemaphoreCap(self, c.arg, owned=True)
 
+    async def status(self) -> abi.KernelStatus:
+        """Who holds what in the kernel; see the blocking face's Kernel.status."""
+        c = await self._roundtrip(Op.KERNEL_STATUS, None, "status")
+        return abi.decode_status(c.payload)
+
     async def spawn(
         self,
         argv: Sequence[str],

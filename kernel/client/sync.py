@@ -185,6 +185,12 @@ class Kernel:
             raise
         return Process(self, popen, token)
 
+    def status(self) -> abi.KernelStatus:
+        """Who holds what in the kernel (`mkipc status`): each process's capabilities
+        by kind, waiting operations, sessions, spawns and watches, and each uid's
+        use against its bounds. Root sees every process; others see their uid's."""
+        return abi.decode_status(self._roundtrip(Op.KERNEL_STATUS, None, "status").payload)
+
     def _bundle(self, caps: Mapping[str, CapBase] | None, what: str) -> str:
         """Set copies of `caps` aside for a connection that claims the returned token
         (a spawned child, or a service's worker connection)."""

@@ -41,6 +41,7 @@ from .pending import Pending
 from .process import Proc
 from .sessions import HANDLERS as SESSION_HANDLERS
 from .state import KernelState
+from .status import kernel_status
 
 Handler = Callable[[KernelState, Proc, Header], None]
 
@@ -124,6 +125,12 @@ def _cap_info(k: KernelState, proc: Proc, h: Header) -> None:
         parent.slot if parent is not None and parent.holder is proc.caps else None,
     )
     proc.complete(h.opcode, h.req_id, Status.OK, payload=abi.encode_info(info))
+
+
+def _kernel_status(k: KernelState, proc: Proc, h: Header) -> None:
+    """KERNEL_STATUS: who holds what (status.py; `mkipc status`)."""
+    payload = abi.encode_status(kernel_status(k, proc))
+    proc.complete(h.opcode, h.req_id, Status.OK, payload=payload)
 
 
 def _cancel(k: KernelState, proc: Proc, h: Header) -> None:
@@ -289,6 +296,7 @@ COLD_HANDLERS: dict[int, Handler] = {
     Op.CALLER_MONITOR: _caller_monitor,
     Op.CALL_MONITOR: _call_monitor,
     Op.PROCESS_MONITOR: _process_monitor,
+    Op.KERNEL_STATUS: _kernel_status,
     Op.NOTIFICATION_BIND: _bind,
     Op.NOTIFICATION_UNBIND: _unbind,
 }

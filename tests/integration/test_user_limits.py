@@ -55,8 +55,8 @@ def limited(monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelDaemon]:
 
 
 def as_another_user(act: Callable[[kernel.Kernel], object]) -> str:
-    """Run `act` on a new connection of uid 65534 in a forked child: "ok" or the
-    error it raised."""
+    """Run `act` on a new connection of uid 65534 in a forked child: what it returned
+    if that is a str, else "ok", or the error it raised."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
@@ -65,8 +65,8 @@ def as_another_user(act: Callable[[kernel.Kernel], object]) -> str:
             os.setgid(65534)
             os.setuid(65534)
             with kernel.connect(autostart=False) as k:
-                act(k)
-            out = "ok"
+                result = act(k)
+            out = result if isinstance(result, str) else "ok"
         except BaseException as e:
             out = f"{type(e).__name__}: {e}"
         os.write(write, out.encode())
@@ -159,6 +159,21 @@ def test_watched_processes_are_bounded_per_user_and_come_back_when_they_fire(lim
             for child in [*children, third]:
                 child.kill()
                 child.wait(timeout=10)
+
+
+def test_status_shows_another_user_only_its_own(limited):
+    def seen(k: kernel.Kernel) -> str:
+        st = k.status()
+        procs = [(p.uid, p.pid == os.getpid()) for p in st.processes]
+        return repr((procs, st.hidden, [u.uid for u in st.users]))
+
+    with kernel.connect(autostart=False) as mine:
+        mine.notification()
+        assert as_another_user(seen) == repr(([(65534, True)], 1, [65534]))
+        st = mine.status()  # root sees every process and uid
+        assert [p.uid for p in st.processes] == [0]  # the other one has gone
+        assert [u.uid for u in st.users] == [0, 65534]
+        assert st.hidden == 0
 
 
 def test_sessions_are_bounded_per_user(limited):
