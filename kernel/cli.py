@@ -7,6 +7,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kernel import Kernel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +94,8 @@ def _names(args: argparse.Namespace) -> int:
     """`mkipc names`: what the name server holds that this user may read."""
     import json
 
-    import kernel
-
-    try:
-        k = kernel.connect(args.socket, autostart=False)
-    except kernel.PeerClosedError as err:
-        print(f"mkipc names: {err}", file=sys.stderr)
+    k = _connect(args.socket, "names")
+    if k is None:
         return 1
     with k:
         entries = k.names.list(args.prefix)
@@ -112,6 +112,17 @@ def _names(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(socket: str | None, command: str) -> Kernel | None:
+    """A connection to a running kernel (never a new one), or None having said why."""
+    import kernel
+
+    try:
+        return kernel.connect(socket, autostart=False)
+    except kernel.PeerClosedError as err:
+        print(f"mkipc {command}: {err}", file=sys.stderr)
+        return None
+
+
 def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -124,12 +135,8 @@ def _status(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    import kernel
-
-    try:
-        k = kernel.connect(args.socket, autostart=False)
-    except kernel.PeerClosedError as err:
-        print(f"mkipc status: {err}", file=sys.stderr)
+    k = _connect(args.socket, "status")
+    if k is None:
         return 1
     with k:
         st = k.status()

@@ -11,12 +11,14 @@ signalled by this one through a SIGNAL capability only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from peerlib import PEERS, ROOT, readme_script, run_script, spawned
@@ -29,13 +31,22 @@ from kernel.abi import Op
 pytestmark = pytest.mark.integration
 
 
-def _peer(k: kernel.Kernel, mode: str, n: kernel.NotificationCap, *args: str):
+@contextlib.contextmanager
+def _peer(
+    k: kernel.Kernel, mode: str, n: kernel.NotificationCap, *args: str
+) -> Iterator[tuple[kernel.Process, kernel.QueueCap]]:
+    """peers/signals_peer.py taking its signals from `n`, reporting on a queue;
+    killed and reaped on the way out."""
     out = k.queue(capacity=16)
     proc = k.spawn(
         [sys.executable, str(PEERS / "signals_peer.py"), mode, *args],
         caps={"n": n, "out": out.copy(Rights.SEND | Rights.COPY)},
     )
-    return proc, out
+    try:
+        yield proc, out
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def _kernel_fds(daemon) -> int:
@@ -192,8 +203,7 @@ def test_chld_reaches_a_bound_endpoints_receive(kernel_daemon):
 def test_caught_signals_run_their_handler_and_ignored_ones_nothing(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         n = k.notification()
-        proc, out = _peer(k, "catch", n)
-        try:
+        with _peer(k, "catch", n) as (proc, out):
             assert out.recv(timeout=20).data == b"ready"
             sender = n.copy(Rights.SIGNAL)  # all a signaller needs
             sender.signal(Sig.HUP)
@@ -203,49 +213,34 @@ def test_caught_signals_run_their_handler_and_ignored_ones_nothing(kernel_daemon
             with pytest.raises(kernel.CallTimeoutError):
                 out.recv(timeout=0.3)  # HUP ignored: nothing reported
             assert proc.returncode is None
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_the_default_of_term_is_the_os_default_it_ends_the_process(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         n = k.notification()
-        proc, out = _peer(k, "default", n)
-        try:
+        with _peer(k, "default", n) as (proc, out):
             assert out.recv(timeout=20).data == b"ready"
             n.signal(Sig.CHLD)  # default: ignored, as by the OS
             n.signal(Sig.TERM)
             assert proc.wait(timeout=10) == -signal.SIGTERM
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_the_default_of_int_is_keyboardinterrupt_in_the_main_thread(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         n = k.notification()
-        proc, out = _peer(k, "default", n)
-        try:
+        with _peer(k, "default", n) as (proc, out):
             assert out.recv(timeout=20).data == b"ready"
             n.signal(Sig.INT)
             assert out.recv(timeout=10).data == b"interrupted"
             assert proc.wait(timeout=10) == 0
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_a_sigchld_handler_reaps_every_child(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         n = k.notification()
-        proc, out = _peer(k, "chld", n, "6")
-        try:
+        with _peer(k, "chld", n, "6") as (proc, out):
             assert out.recv(timeout=60).data == b"reaped 6"
             assert proc.wait(timeout=10) == 0
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_dispositions_given_at_the_start_meet_signals_sent_before_it(kernel_daemon):
