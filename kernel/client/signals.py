@@ -219,11 +219,13 @@ class Signals(Dispositions):
     taking signals at once, with these dispositions (every other signal at its
     default): give them here, not by catch() just after, or a signal sent before
     that catch() gets the default. It needs WAIT and COPY on `n`: it waits on a
-    copy of its own, so that `close()` can end that wait without touching `n`. Handlers run in the
-    dispatcher's thread, one at a time; a signal that arrives meanwhile waits in the
-    kernel, so none is lost. A handler that raises is logged, and the others go on.
-    Do not also `wait()` on the notification elsewhere: whoever takes the word first
-    gets the signals, as with sigwait(2) beside handlers.
+    copy of its own, so that `close()` can end that wait without touching `n`.
+
+    Handlers run in the dispatcher's thread, one at a time; a signal that arrives
+    meanwhile waits in the kernel, so none is lost. A handler that raises is
+    logged, and the others go on. Do not also `wait()` on the notification
+    elsewhere: whoever takes the word first gets the signals, as with sigwait(2)
+    beside handlers.
     """
 
     def __init__(
