@@ -163,6 +163,14 @@ def chunks(data: bytes | bytearray | memoryview) -> list[memoryview]:
     return [view[i : i + abi.MAX_PAYLOAD] for i in range(0, len(view), abi.MAX_PAYLOAD)]
 
 
+def unread(conn: Connection, slot: int, data: bytes | bytearray) -> None:
+    """Put bytes taken from the pipe back in front of the stream (readline's rest,
+    or what a cancelled or failed readuntil had gathered): the next read gets
+    them first."""
+    if data:
+        conn.pipe_stash.setdefault(slot, bytearray())[:0] = data
+
+
 def take_stashed_bytes(conn: Connection, slot: int, max_size: int) -> bytes | None:
     """Bytes an earlier, cancelled read on `slot` took from the pipe as it was
     withdrawn: they come first, so the stream loses nothing."""

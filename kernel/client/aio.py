@@ -13,7 +13,7 @@ import mmap
 import subprocess
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ from ._objects import (
     take_stashed_bytes,
     take_stashed_message,
     take_stashed_unit,
+    unread,
 )
 from .signals import Sig
 
@@ -627,6 +628,72 @@ class AsyncPipeReaderCap(_AsyncCap):
         except CallTimeoutError:
             raise WouldBlock("read_nowait: the pipe is empty") from None
 
+    async def readuntil(
+        self, separator: bytes = b"\n", *, limit: int = 1 << 16, timeout: float | None = None
+    ) -> bytes:
+        """The bytes up to and including `separator`, as asyncio.StreamReader's
+        readuntil: asyncio.IncompleteReadError at EOF before it (its `partial` holds
+        the rest), asyncio.LimitOverrunError if `limit` bytes pass without it. On
+        any error, timeout or cancellation, what was gathered goes back in front of
+        the stream: nothing is lost."""
+        if not separator:
+            raise ValueError("the separator must not be empty")
+        deadline, got = deadline_from(timeout), bytearray()
+        try:
+            while (end := got.find(separator)) < 0:
+                if len(got) > limit:
+                    raise asyncio.LimitOverrunError(f"no {separator!r} in {limit} bytes", 0)
+                chunk = await self.read(abi.PIPE_CAPACITY, timeout=_left(deadline))
+                if not chunk:
+                    raise asyncio.IncompleteReadError(bytes(got), None)
+                got += chunk
+        except BaseException as e:
+            if not isinstance(e, asyncio.IncompleteReadError):  # at EOF it is returned
+                unread(self._k._open(), self.slot, got)
+            raise
+        end += len(separator)
+        unread(self._k._open(), self.slot, got[end:])
+        return bytes(got[:end])
+
+    async def readline(self, *, limit: int = 1 << 16, timeout: float | None = None) -> bytes:
+        """One line with its b"\\n"; at EOF what is left (b"" when nothing is)."""
+        try:
+            return await self.readuntil(b"\n", limit=limit, timeout=timeout)
+        except asyncio.IncompleteReadError as e:
+            return e.partial
+
+    async def readexactly(self, n: int, *, timeout: float | None = None) -> bytes:
+        """Exactly `n` bytes; asyncio.IncompleteReadError (with what came) at EOF
+        before them. Cancelled or timed out, what it gathered goes back in front."""
+        if n < 0:
+            raise ValueError(f"readexactly needs a size of 0 or more, not {n}")
+        deadline, got = deadline_from(timeout), bytearray()
+        try:
+            while len(got) < n:
+                size = min(n - len(got), abi.MAX_PAYLOAD)
+                chunk = await self.read(size, timeout=_left(deadline))
+                if not chunk:
+                    raise asyncio.IncompleteReadError(bytes(got), n)
+                got += chunk
+        except BaseException as e:
+            if not isinstance(e, asyncio.IncompleteReadError):
+                unread(self._k._open(), self.slot, got)
+            raise
+        return bytes(got)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        """`async for line in r`: its lines, each with its b"\\n", to EOF."""
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        while line := await self.readline():
+            yield line
+
+
+def _left(deadline: int) -> float | None:
+    """What remains of an absolute deadline (ns, -1 forever) as a timeout."""
+    return None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+
 
 class AsyncPipeWriterCap(_AsyncCap):
     """The write end of a pipe (see PipeWriterCap). A cancelled write may have
@@ -639,10 +706,9 @@ class AsyncPipeWriterCap(_AsyncCap):
     async def write(self, data: Data, *, timeout: float | None = None) -> int:
         deadline, written = deadline_from(timeout), 0
         for chunk in chunks(data):
-            left = None if deadline < 0 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
             try:
                 c = await self._k._roundtrip(
-                    Op.PIPE_WRITE, self, "write", timeout=left, payload=chunk
+                    Op.PIPE_WRITE, self, "write", timeout=_left(deadline), payload=chunk
                 )
             except CallTimeoutError:
                 if written:

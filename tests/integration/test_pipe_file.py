@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import sys
 
 import pytest
-from peerlib import spawned
+from peerlib import PEERS, spawned
 from peers.pipe_peer import pattern
 
 import kernel
@@ -92,3 +94,55 @@ def test_a_read_past_its_timeout_raises_and_the_modes_are_checked(kernel_daemon)
         assert r.read(timeout=5) == "é".encode("latin-1")
         text.close()
         assert not r.makefile("r", closefd=False).writable()
+
+
+# ------------------------------------------------------------------ the asyncio face
+
+
+async def test_async_lines_from_another_process_to_eof(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        r, w = await k.pipe()
+        writer = await k.spawn(
+            [sys.executable, str(PEERS / "pipe_peer.py"), "lines", "3000"], caps={"w": w}
+        )
+        await w.close()  # the child's file holds the last write end
+        got = [line async for line in r]
+        assert await writer.wait(timeout=20) == 0
+        assert got == [f"line {i}: {'x' * (i % 50)}\n".encode() for i in range(3000)]
+
+
+async def test_async_readuntil_and_readexactly_keep_what_follows(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        r, w = await k.pipe()
+        await w.write(b"key=value;rest")
+        assert await r.readuntil(b"=") == b"key="
+        assert await r.readexactly(6) == b"value;"
+        assert await r.read() == b"rest"  # the rest stayed in front of the stream
+        await w.write(b"ab")
+        await w.close()
+        with pytest.raises(asyncio.IncompleteReadError) as e:
+            await r.readexactly(5)
+        assert e.value.partial == b"ab"
+        assert await r.readline() == b""  # EOF
+        with pytest.raises(ValueError):
+            await r.readexactly(-1)
+        with pytest.raises(ValueError):
+            await r.readuntil(b"")
+
+
+async def test_async_reads_that_fail_or_are_cancelled_lose_nothing(kernel_daemon):
+    async with kernel.connect_async(autostart=False) as k:
+        r, w = await k.pipe()
+        await w.write(b"no newline yet")
+        with pytest.raises(kernel.CallTimeoutError):
+            await r.readline(timeout=0.1)
+        waiting = asyncio.ensure_future(r.readuntil(b"!"))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await w.write(b"x" * 100)
+        with pytest.raises(asyncio.LimitOverrunError):
+            await r.readuntil(b"!", limit=50)
+        await w.write(b"!")
+        assert await r.readuntil(b"!") == b"no newline yet" + b"x" * 100 + b"!"
