@@ -352,6 +352,9 @@ class KernelStatus(msgspec.Struct, frozen=True):
     processes: list[ProcessStatus]
     hidden: int  # connected processes not listed (other uids', or past the list's bound)
     users: list[UserStatus]
+    descriptors: int = 0  # the kernel's, held for all uids (quota.py DESCRIPTORS)
+    descriptor_limit: int = -1  # -1: not bounded
+    descriptor_reserve: int = 0  # of the limit, kept for root and the kernel's uid
 
 
 _status_encoder = msgspec.msgpack.Encoder()

@@ -143,8 +143,11 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(msgspec.to_builtins(st)))
         return 0
+    fds = "" if st.descriptor_limit < 0 else (
+        f", descriptors {st.descriptors}/{st.descriptor_limit} "
+        f"(the last {st.descriptor_reserve} for root)")  # fmt: skip
     print(f"kernel pid {st.pid} (uid {st.uid}), up {st.uptime_s:.0f} s, "
-          f"{st.live_objects} live objects")  # fmt: skip
+          f"{st.live_objects} live objects{fds}")  # fmt: skip
     rows = [("CONN", "PID", "UID:GID", "PARENT", "PENDING", "SESSIONS", "SPAWNED", "WATCHED",
              "CAPABILITIES")]  # fmt: skip
     for p in st.processes:

@@ -35,10 +35,21 @@ class KernelDaemon:
         self.log_path = tmp / "kernel.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, wrapper: tuple[str, ...] = ()) -> None:
+        """`wrapper` runs before the interpreter (e.g. prlimit, which execs it: the
+        pid stays the kernel's)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kernel", "kernel", "--socket", self.path, *extra],
+                [
+                    *wrapper,
+                    sys.executable,
+                    "-m",
+                    "kernel",
+                    "kernel",
+                    "--socket",
+                    self.path,
+                    *extra,
+                ],  # fmt: skip
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,

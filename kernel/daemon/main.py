@@ -11,6 +11,7 @@ An idle kernel uses no CPU.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -84,6 +85,7 @@ class Daemon:
 
     async def serve(self) -> None:
         _raise_descriptor_limit()
+        self.k.users.descriptors.set_limit(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.listener = bootstrap.make_listener(self.path, self.socket_mode)
         self.loop.add_reader(self.listener.fileno(), self._accept)
         if self.names is not None:
@@ -423,10 +425,15 @@ def _raise_descriptor_limit() -> None:
 
 def _refusal_status(e: Exception) -> int:
     """What the client raises for a refused connection: AccessDeniedError for a uid
-    the socket mode keeps out, ResourceLimitError past a user limit."""
+    the socket mode keeps out, ResourceLimitError past a user limit or when the
+    kernel ran out of descriptors or memory making the connection."""
     if isinstance(e, OpError):
         return e.status
-    return Status.ACCESS_DENIED if isinstance(e, PermissionError) else Status.INVALID_ARGS
+    if isinstance(e, PermissionError):
+        return Status.ACCESS_DENIED
+    if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        return Status.NO_RESOURCES
+    return Status.INVALID_ARGS
 
 
 def run(

@@ -30,6 +30,7 @@ def kernel_status(k: KernelState, asker: Proc) -> abi.KernelStatus:
     procs = [p for p in k.procs.values() if sees_all or p.uid == asker.uid]
     listed = procs[:MAX_LISTED]
     uids = sorted(k.users.by_uid) if sees_all else [asker.uid]
+    fds = k.users.descriptors
     return abi.KernelStatus(
         pid=os.getpid(),
         uid=os.geteuid(),
@@ -38,6 +39,9 @@ def kernel_status(k: KernelState, asker: Proc) -> abi.KernelStatus:
         processes=[_process(k, p) for p in listed],
         hidden=len(k.procs) - len(listed),
         users=[_user(k, uid) for uid in uids],
+        descriptors=fds.in_use(),
+        descriptor_limit=-1 if fds.limit is None else fds.limit,
+        descriptor_reserve=fds.reserve,
     )
 
 

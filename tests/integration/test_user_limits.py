@@ -54,6 +54,77 @@ def limited(monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelDaemon]:
     assert "Traceback" not in log, log
 
 
+@pytest.fixture
+def few_descriptors(monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelDaemon]:
+    """A kernel whose descriptor limit is 400 (prlimit): 336 for its users, the last
+    42 of them (an eighth) kept for root."""
+    short = Path(os.environ.get("TMPDIR", "/tmp")) / f"mk-fd-{os.getpid()}-{time.monotonic_ns()}"
+    short.mkdir()
+    short.chmod(0o755)
+    daemon = KernelDaemon(short)
+    daemon.start("--no-names", "--socket-mode", "0666", wrapper=("prlimit", "--nofile=400:400"))
+    monkeypatch.setenv("MKIPC_SOCKET", daemon.path)
+    monkeypatch.delenv("MKIPC_INHERIT", raising=False)
+    yield daemon
+    code, log = daemon.stop(), daemon.log()
+    for f in short.iterdir():
+        f.unlink()
+    short.rmdir()
+    assert code == 0, log
+    assert "kernel exit: 0 live objects, 0 bundles" in log, log
+    assert "Traceback" not in log, log
+
+
+def test_the_last_descriptors_are_kept_for_root(few_descriptors):
+    """Four users at their bounds would hold more descriptors than the kernel has;
+    when the others hold all they may, root can still connect and look."""
+    read, write = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read)
+        os.close(go_write)
+        out = "no refusal"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            held = []
+            for _ in range(200):
+                held.append(kernel.connect(autostart=False))
+        except kernel.ResourceLimitError as e:
+            out = f"{len(held)} {e}"
+        except BaseException as e:
+            out = f"{type(e).__name__}: {e}"
+        os.write(write, out.encode())
+        os.read(go_read, 1)  # hold them until the parent has looked
+        os._exit(0)
+    os.close(write)
+    os.close(go_read)
+    try:
+        count, _, why = os.read(read, 4096).decode().partition(" ")  # one message
+        os.close(read)
+        assert count.isdigit(), f"{count} {why}"
+        assert int(count) >= 60, why  # (336 - 42) / 4 connections, less root's
+        assert "descriptors left for uid 65534" in why
+        assert "kept for root" in why
+        with kernel.connect(autostart=False) as root:  # from the reserve
+            st = root.status()
+            [other] = [u for u in st.users if u.uid == 65534]
+            assert other.used["connections"] == int(count)
+            assert (st.descriptor_limit, st.descriptor_reserve) == (336, 42)
+            assert st.descriptors > 336 - 42 - 4  # no other uid may take the next
+            assert st.descriptors <= 336
+            n = root.notification()
+            n.signal(1)
+            assert n.poll() == 1
+        kernel_fds = len(os.listdir(f"/proc/{few_descriptors.pid}/fd"))
+        assert kernel_fds < 400 - 16, kernel_fds
+    finally:
+        os.write(go_write, b"x")
+        os.close(go_write)
+        os.waitpid(pid, 0)
+
+
 def as_another_user(act: Callable[[kernel.Kernel], object]) -> str:
     """Run `act` on a new connection of uid 65534 in a forked child: what it returned
     if that is a str, else "ok", or the error it raised."""
