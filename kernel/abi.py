@@ -333,6 +333,17 @@ class ProcessStatus(msgspec.Struct, frozen=True):
     watched: int  # child processes it has the kernel watch (Process.monitor)
 
 
+class ObjectStatus(msgspec.Struct, frozen=True):
+    """One object in the tables of the processes shown (KERNEL_STATUS): who holds
+    it, and what it holds and has waiting, as ipcs -q shows a queue's messages."""
+
+    oid: int  # CapInfo.object_id
+    kind: str
+    holders: list[int]  # the connections shown that hold a capability to it
+    caps: int  # capabilities naming it, in every process
+    state: dict[str, int]  # by kind: messages, bytes, buffered, value, waiting ops...
+
+
 class UserStatus(msgspec.Struct, frozen=True):
     """One uid's ledger (kernel/daemon/quota.py): what it holds, against its bounds."""
 
@@ -355,6 +366,8 @@ class KernelStatus(msgspec.Struct, frozen=True):
     descriptors: int = 0  # the kernel's, held for all uids (quota.py DESCRIPTORS)
     descriptor_limit: int = -1  # -1: not bounded
     descriptor_reserve: int = 0  # of the limit, kept for root and the kernel's uid
+    objects: list[ObjectStatus] = []  # reachable from the processes shown
+    objects_hidden: int = 0  # past the list's bound
 
 
 _status_encoder = msgspec.msgpack.Encoder()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kernel import Kernel
+    from kernel import Kernel, abi
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="who holds what in the kernel (its ipcs)")
     status.add_argument("--socket", default=None, help="the kernel's socket path")
     status.add_argument("--json", action="store_true", help="the whole answer as JSON")
+    status.add_argument(
+        "--objects", action="store_true", help="also each object: holders, contents, waiters"
+    )
 
     sub.add_parser("demo", help="start or reuse a kernel, call an echo server, show latency")
     sub.add_parser(
@@ -158,11 +161,24 @@ def _status(args: argparse.Namespace) -> int:
     _print_table(rows)
     if st.hidden:
         print(f"({st.hidden} processes not shown: other users', or past the list's bound)")
+    if args.objects:
+        _print_objects(st)
     for u in st.users:
         used = ", ".join(f"{what} {_amount(what, n)}/{_amount(what, u.limits[what])}"
                          for what, n in u.used.items())  # fmt: skip
         print(f"uid {u.uid}: {used}")
     return 0
+
+
+def _print_objects(st: abi.KernelStatus) -> None:
+    rows = [("OBJECT", "KIND", "HOLDERS", "CAPS", "STATE")]
+    for o in st.objects:
+        state = ", ".join(f"{k} {v}" for k, v in o.state.items())
+        rows.append((str(o.oid), o.kind, ",".join(map(str, o.holders)), str(o.caps), state))
+    print()
+    _print_table(rows)
+    if st.objects_hidden:
+        print(f"({st.objects_hidden} more objects not listed)")
 
 
 def _amount(what: str, n: int) -> str:

@@ -14,12 +14,23 @@ import time
 from collections import Counter
 
 from .. import abi
-from .._core.kcore import KIND_NAMES, live_objects
+from .._core.kcore import (
+    KIND_NAMES,
+    Endpoint,
+    KernelObject,
+    Notification,
+    Semaphore,
+    live_objects,
+)
+from .._core.pipes import PipeEnd
+from .._core.queues import Queue
+from .objects.memory import MemoryObject
 from .process import Proc
 from .state import KernelState
 
 MAX_LISTED = 1024
-"""Processes one answer lists (the rest are counted in `hidden`): the answer must fit
+MAX_OBJECTS_LISTED = 1024
+"""Processes and objects one answer lists (the rest are counted): the answer must fit
 in one completion (kernel.MAX_PAYLOAD)."""
 
 STARTED = time.monotonic()
@@ -31,6 +42,7 @@ def kernel_status(k: KernelState, asker: Proc) -> abi.KernelStatus:
     listed = procs[:MAX_LISTED]
     uids = sorted(k.users.by_uid) if sees_all else [asker.uid]
     fds = k.users.descriptors
+    objects = _objects(listed)
     return abi.KernelStatus(
         pid=os.getpid(),
         uid=os.geteuid(),
@@ -42,6 +54,8 @@ def kernel_status(k: KernelState, asker: Proc) -> abi.KernelStatus:
         descriptors=fds.in_use(),
         descriptor_limit=-1 if fds.limit is None else fds.limit,
         descriptor_reserve=fds.reserve,
+        objects=objects[:MAX_OBJECTS_LISTED],
+        objects_hidden=max(0, len(objects) - MAX_OBJECTS_LISTED),
     )
 
 
@@ -67,3 +81,45 @@ def _process(k: KernelState, p: Proc) -> abi.ProcessStatus:
 def _user(k: KernelState, uid: int) -> abi.UserStatus:
     ledger = k.users.ledger(uid)
     return abi.UserStatus(uid, dict(ledger.used), dict(ledger.limits))
+
+
+def _objects(procs: list[Proc]) -> list[abi.ObjectStatus]:
+    """The objects the processes shown hold capabilities to (replies aside: they
+    live for one call), oldest first."""
+    held: dict[int, tuple[KernelObject, list[int]]] = {}
+    for p in procs:
+        for cap in p.caps:
+            if cap.obj.kind == abi.ObjectKind.REPLY:
+                continue
+            obj, holders = held.setdefault(id(cap.obj), (cap.obj, []))
+            if not holders or holders[-1] != p.ident:
+                holders.append(p.ident)
+    return [
+        abi.ObjectStatus(obj.oid, KIND_NAMES[obj.kind], holders, obj.refs, _state(obj))
+        for obj, holders in sorted(held.values(), key=lambda entry: entry[0].oid)
+    ]
+
+
+def _state(obj: KernelObject) -> dict[str, int]:
+    """What an object holds and has waiting (waiting ops include any a revocation
+    has doomed: they fail when their turn comes). A queue's `used_bytes` is what
+    counts against its `max_bytes`: payloads, and 64 bytes per message and per
+    capability carried."""
+    if isinstance(obj, Endpoint):
+        return {"senders": len(obj.senders), "receivers": len(obj.receivers),
+                "bound": int(obj.bound is not None)}  # fmt: skip
+    if isinstance(obj, Notification):
+        return {"set": int(obj.word != 0), "waiters": len(obj.waiters)}
+    if isinstance(obj, Semaphore):
+        return {"value": obj.value, "waiters": len(obj.waiters)}
+    if isinstance(obj, Queue):
+        return {"messages": len(obj.stored), "capacity": obj.capacity,
+                "used_bytes": obj.stored_bytes, "max_bytes": obj.max_bytes,
+                "senders": len(obj.senders), "receivers": len(obj.receivers)}  # fmt: skip
+    if isinstance(obj, PipeEnd):
+        pipe = obj.pipe
+        return {"buffered": len(pipe.buffer), "capacity": pipe.capacity,
+                "readers": len(pipe.readers), "writers": len(pipe.writers)}  # fmt: skip
+    if isinstance(obj, MemoryObject):
+        return {"size": obj.size}
+    return {}

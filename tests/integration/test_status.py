@@ -61,6 +61,42 @@ def test_status_lists_each_process_with_what_it_holds(kernel_daemon):
                 child.popen.stdout.close()
 
 
+def test_status_shows_each_objects_holders_contents_and_waiters(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        q, sem, (r, w) = k.queue(capacity=8), k.semaphore(3), k.pipe(8192)
+        q.send(b"12345", mtype=2)
+        q.send(b"678", mtype=1)
+        w.write(b"buffered")
+        ep = k.endpoint()
+        blocked = [sys.executable, str(PEERS / "blocked.py"), "sync", "recv"]
+        child = k.spawn(blocked, caps={"q": q}, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.popen.stdout is not None
+            assert child.popen.stdout.readline() == "ready\n"
+            st = k.status()
+            me, kid = _mine(st, os.getpid()), _mine(st, child.pid)
+            by_oid = {o.oid: o for o in st.objects}
+            queue = by_oid[q.info().object_id]
+            assert queue.kind == "queue"
+            assert sorted(queue.holders) == sorted([me.conn, kid.conn])  # the child's copy
+            assert queue.caps == 2
+            assert queue.state == {"messages": 2, "capacity": 8, "used_bytes": 8 + 2 * 64,
+                                   "max_bytes": queue.state["max_bytes"], "senders": 0,
+                                   "receivers": 0}  # fmt: skip
+            assert queue.state["max_bytes"] >= 8 + 2 * 64
+            assert by_oid[sem.info().object_id].state == {"value": 3, "waiters": 0}
+            pipe_state = {"buffered": 8, "capacity": 8192, "readers": 0, "writers": 0}
+            assert by_oid[r.info().object_id].state == pipe_state
+            assert by_oid[w.info().object_id].state == pipe_state
+            assert by_oid[ep.info().object_id].state == {"senders": 0, "receivers": 0, "bound": 0}
+            assert st.objects_hidden == 0
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+            if child.popen.stdout is not None:
+                child.popen.stdout.close()
+
+
 def test_mkipc_status_prints_a_table_and_json(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         k.names.list()  # the name server is up
@@ -76,6 +112,11 @@ def test_mkipc_status_prints_a_table_and_json(kernel_daemon):
         out = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=30)
         st = json.loads(out.stdout)
         assert os.getpid() in [p["pid"] for p in st["processes"]]
+        assert "endpoint" in [o["kind"] for o in st["objects"]]
+        objects = subprocess.run([*run, "--objects"], capture_output=True, text=True, timeout=30)
+        lines = objects.stdout.splitlines()
+        assert "OBJECT  KIND" in "\n".join(lines)
+        assert any("senders 0, receivers" in line for line in lines)
 
 
 def test_mkipc_status_without_a_kernel_says_so(tmp_path):
