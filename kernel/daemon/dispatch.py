@@ -41,7 +41,7 @@ from .pending import Pending
 from .process import Proc
 from .sessions import HANDLERS as SESSION_HANDLERS
 from .state import KernelState
-from .status import kernel_status
+from .status import encoded_status
 
 Handler = Callable[[KernelState, Proc, Header], None]
 
@@ -129,8 +129,7 @@ def _cap_info(k: KernelState, proc: Proc, h: Header) -> None:
 
 def _kernel_status(k: KernelState, proc: Proc, h: Header) -> None:
     """KERNEL_STATUS: who holds what (status.py; `mkipc status`)."""
-    payload = abi.encode_status(kernel_status(k, proc))
-    proc.complete(h.opcode, h.req_id, Status.OK, payload=payload)
+    proc.complete(h.opcode, h.req_id, Status.OK, payload=encoded_status(k, proc))
 
 
 def _cancel(k: KernelState, proc: Proc, h: Header) -> None:

@@ -29,33 +29,42 @@ from .process import Proc
 from .state import KernelState
 
 MAX_LISTED = 1024
-MAX_OBJECTS_LISTED = 1024
-"""Processes and objects one answer lists (the rest are counted): the answer must fit
-in one completion (kernel.MAX_PAYLOAD)."""
+"""Processes or objects one answer lists at most (the rest are counted); fewer when
+that many would not fit in one completion (kernel.MAX_PAYLOAD)."""
 
 STARTED = time.monotonic()
 
 
-def kernel_status(k: KernelState, asker: Proc) -> abi.KernelStatus:
+def encoded_status(k: KernelState, asker: Proc) -> bytes:
+    """KERNEL_STATUS's answer, listing as much as fits in one completion."""
+    listed = MAX_LISTED
+    while True:
+        payload = abi.encode_status(kernel_status(k, asker, listed))
+        if len(payload) <= abi.MAX_PAYLOAD or listed == 0:
+            return payload
+        listed //= 2
+
+
+def kernel_status(k: KernelState, asker: Proc, listed: int = MAX_LISTED) -> abi.KernelStatus:
     sees_all = asker.uid in (0, os.geteuid())
     procs = [p for p in k.procs.values() if sees_all or p.uid == asker.uid]
-    listed = procs[:MAX_LISTED]
+    shown = procs[:listed]
     uids = sorted(k.users.by_uid) if sees_all else [asker.uid]
     fds = k.users.descriptors
-    objects = _objects(listed)
+    objects = _objects(shown)
     return abi.KernelStatus(
         pid=os.getpid(),
         uid=os.geteuid(),
         uptime_s=round(time.monotonic() - STARTED, 3),
         live_objects=live_objects(),
-        processes=[_process(k, p) for p in listed],
-        hidden=len(k.procs) - len(listed),
+        processes=[_process(k, p) for p in shown],
+        hidden=len(k.procs) - len(shown),
         users=[_user(k, uid) for uid in uids],
         descriptors=fds.in_use(),
         descriptor_limit=-1 if fds.limit is None else fds.limit,
         descriptor_reserve=fds.reserve,
-        objects=objects[:MAX_OBJECTS_LISTED],
-        objects_hidden=max(0, len(objects) - MAX_OBJECTS_LISTED),
+        objects=objects[:listed],
+        objects_hidden=max(0, len(objects) - listed),
     )
 
 
