@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
+from .. import abi
 from ..errors import IPCError
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class PipeIO(io.RawIOBase):
         if not self.readable():
             raise io.UnsupportedOperation("a pipe's write end is not readable")
         view = memoryview(buffer).cast("B")
-        data = self._end.read(min(len(view), _MAX_READ), timeout=self._timeout)  # type: ignore[union-attr]
+        data = self._end.read(min(len(view), abi.MAX_PAYLOAD), timeout=self._timeout)  # type: ignore[union-attr]
         view[: len(data)] = data
         return len(data)  # 0: EOF, no writer left
 
@@ -68,9 +69,6 @@ class PipeIO(io.RawIOBase):
 
     def __repr__(self) -> str:
         return f"<PipeIO {self._end!r}>"
-
-
-_MAX_READ = 1 << 18  # kernel.MAX_PAYLOAD: one read's most
 
 
 def makefile(

@@ -50,11 +50,11 @@ class ExitWatches:
         """When `pid`, a child of `owner`, ends, OR `bits` into `target`."""
         if self._watch is None:
             raise OpError(Status.INVALID_ARGS, "this kernel cannot watch processes")
-        pidfd = _open_child(owner, pid)
+        owner.charge("watched processes", 1)  # first: the descriptor budget may say no
         try:
-            owner.charge("watched processes", 1)
+            pidfd = _open_child(owner, pid)
         except OpError:
-            os.close(pidfd)
+            owner.credit("watched processes", 1)
             raise
         target.refs += 1
         w = self._by_fd[pidfd] = ExitWatch(pidfd, pid, owner, target, bits)
