@@ -5,10 +5,12 @@ Another uid's view (only its own) is in test_user_limits.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 from peerlib import PEERS
@@ -16,6 +18,23 @@ from peerlib import PEERS
 import kernel
 
 pytestmark = pytest.mark.integration
+
+
+@contextlib.contextmanager
+def _connected_child(k: kernel.Kernel, **caps: object) -> Iterator[kernel.Process]:
+    """peers/blocked.py, once it has connected and made its own endpoint (it is
+    about to block in recv); killed and reaped on the way out."""
+    blocked = [sys.executable, str(PEERS / "blocked.py"), "sync", "recv"]
+    child = k.spawn(blocked, caps=caps, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.popen.stdout is not None
+        assert child.popen.stdout.readline() == "ready\n"
+        yield child
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        if child.popen.stdout is not None:
+            child.popen.stdout.close()
 
 
 def _mine(st: kernel.abi.KernelStatus, pid: int) -> kernel.abi.ProcessStatus:
@@ -28,37 +47,31 @@ def test_status_lists_each_process_with_what_it_holds(kernel_daemon):
         k.names.list()  # answered once the name server is up (its call waits till then)
         ep, n, _q = k.endpoint(), k.notification(), k.queue()  # kept: dropped ones close
         r, w = k.pipe()
-        blocked = [sys.executable, str(PEERS / "blocked.py"), "sync", "recv"]
-        child = k.spawn(blocked, caps={"ep": ep}, stdout=subprocess.PIPE, text=True)
+        sleeper = k.spawn(["sleep", "30"])
         try:
-            assert child.popen.stdout is not None
-            assert child.popen.stdout.readline() == "ready\n"  # connected, its caps made
-            sleeper = k.spawn(["sleep", "30"])
-            sleeper.monitor(n)
-            st = k.status()
-            me = _mine(st, os.getpid())
-            assert st.pid == kernel_daemon.pid
-            assert me.caps == {"endpoint": 2, "notification": 1, "pipe read end": 1,
-                               "pipe write end": 1, "queue": 1}  # fmt: skip
-            assert (me.spawned, me.watched, me.pending, me.parent) == (2, 1, 0, 0)
-            names = [p for p in st.processes if p.name_server]
-            assert len(names) == 1
-            assert names[0].pending == 1  # its receive
-            kid = _mine(st, child.pid)
-            # the name server's, the inherited one and its own (blocked.py makes one)
-            assert (kid.parent, kid.caps, kid.spawned) == (me.conn, {"endpoint": 3}, 0)
-            [mine] = [u for u in st.users if u.uid == os.getuid()]
-            assert mine.used["objects"] >= 5
-            assert mine.used["watched processes"] == 1
-            assert mine.limits["connections"] == kernel.abi.MAX_CONNECTIONS_PER_UID
-            assert st.hidden == 0
-            assert st.live_objects >= 6
+            with _connected_child(k, ep=ep) as child:
+                sleeper.monitor(n)
+                st = k.status()
+                me = _mine(st, os.getpid())
+                assert st.pid == kernel_daemon.pid
+                assert me.caps == {"endpoint": 2, "notification": 1, "pipe read end": 1,
+                                   "pipe write end": 1, "queue": 1}  # fmt: skip
+                assert (me.spawned, me.watched, me.pending, me.parent) == (2, 1, 0, 0)
+                names = [p for p in st.processes if p.name_server]
+                assert len(names) == 1
+                assert names[0].pending == 1  # its receive
+                kid = _mine(st, child.pid)
+                # the name server's, the inherited one and its own (blocked.py makes one)
+                assert (kid.parent, kid.caps, kid.spawned) == (me.conn, {"endpoint": 3}, 0)
+                [mine] = [u for u in st.users if u.uid == os.getuid()]
+                assert mine.used["objects"] >= 5
+                assert mine.used["watched processes"] == 1
+                assert mine.limits["connections"] == kernel.abi.MAX_CONNECTIONS_PER_UID
+                assert st.hidden == 0
+                assert st.live_objects >= 6
         finally:
-            for proc in (child, sleeper):
-                proc.kill()
-                proc.wait(timeout=10)
-            if child.popen.stdout is not None:
-                child.popen.stdout.close()
+            sleeper.kill()
+            sleeper.wait(timeout=10)
 
 
 def test_status_shows_each_objects_holders_contents_and_waiters(kernel_daemon):
@@ -68,11 +81,7 @@ def test_status_shows_each_objects_holders_contents_and_waiters(kernel_daemon):
         q.send(b"678", mtype=1)
         w.write(b"buffered")
         ep = k.endpoint()
-        blocked = [sys.executable, str(PEERS / "blocked.py"), "sync", "recv"]
-        child = k.spawn(blocked, caps={"q": q}, stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.popen.stdout is not None
-            assert child.popen.stdout.readline() == "ready\n"
+        with _connected_child(k, q=q) as child:
             st = k.status()
             me, kid = _mine(st, os.getpid()), _mine(st, child.pid)
             by_oid = {o.oid: o for o in st.objects}
@@ -90,11 +99,6 @@ def test_status_shows_each_objects_holders_contents_and_waiters(kernel_daemon):
             assert by_oid[w.info().object_id].state == pipe_state
             assert by_oid[ep.info().object_id].state == {"senders": 0, "receivers": 0, "bound": 0}
             assert st.objects_hidden == 0
-        finally:
-            child.kill()
-            child.wait(timeout=10)
-            if child.popen.stdout is not None:
-                child.popen.stdout.close()
 
 
 def test_mkipc_status_prints_a_table_and_json(kernel_daemon):

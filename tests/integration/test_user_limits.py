@@ -8,6 +8,7 @@ The kernel runs with small limits (`mkipc kernel --user-limit NAME=N`) and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -34,14 +35,17 @@ LIMITS = {
 }
 
 
-@pytest.fixture
-def limited(monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelDaemon]:
+@contextlib.contextmanager
+def shared_kernel(
+    monkeypatch: pytest.MonkeyPatch, *flags: str, wrapper: tuple[str, ...] = ()
+) -> Iterator[KernelDaemon]:
+    """A kernel every uid may connect to (`--socket-mode 0666`, no name server),
+    stopped and checked on the way out: clean exit, nothing left alive."""
     short = Path(os.environ.get("TMPDIR", "/tmp")) / f"mk-lim-{os.getpid()}-{time.monotonic_ns()}"
     short.mkdir()
     short.chmod(0o755)  # the other uid must reach the socket
     daemon = KernelDaemon(short)
-    flags = [f"--user-limit={name}={n}" for name, n in LIMITS.items()]
-    daemon.start("--no-names", "--socket-mode", "0666", *flags)
+    daemon.start("--no-names", "--socket-mode", "0666", *flags, wrapper=wrapper)
     monkeypatch.setenv("MKIPC_SOCKET", daemon.path)
     monkeypatch.delenv("MKIPC_INHERIT", raising=False)
     yield daemon
@@ -52,27 +56,20 @@ def limited(monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelDaemon]:
     assert code == 0, log
     assert "kernel exit: 0 live objects, 0 bundles" in log, log
     assert "Traceback" not in log, log
+
+
+@pytest.fixture
+def limited(monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelDaemon]:
+    with shared_kernel(monkeypatch, *[f"--user-limit={n}={v}" for n, v in LIMITS.items()]) as d:
+        yield d
 
 
 @pytest.fixture
 def few_descriptors(monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelDaemon]:
     """A kernel whose descriptor limit is 400 (prlimit): 336 for its users, the last
     42 of them (an eighth) kept for root."""
-    short = Path(os.environ.get("TMPDIR", "/tmp")) / f"mk-fd-{os.getpid()}-{time.monotonic_ns()}"
-    short.mkdir()
-    short.chmod(0o755)
-    daemon = KernelDaemon(short)
-    daemon.start("--no-names", "--socket-mode", "0666", wrapper=("prlimit", "--nofile=400:400"))
-    monkeypatch.setenv("MKIPC_SOCKET", daemon.path)
-    monkeypatch.delenv("MKIPC_INHERIT", raising=False)
-    yield daemon
-    code, log = daemon.stop(), daemon.log()
-    for f in short.iterdir():
-        f.unlink()
-    short.rmdir()
-    assert code == 0, log
-    assert "kernel exit: 0 live objects, 0 bundles" in log, log
-    assert "Traceback" not in log, log
+    with shared_kernel(monkeypatch, wrapper=("prlimit", "--nofile=400:400")) as daemon:
+        yield daemon
 
 
 def test_the_last_descriptors_are_kept_for_root(few_descriptors):
