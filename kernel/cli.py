@@ -161,12 +161,12 @@ def _status(args: argparse.Namespace) -> int:
     _print_table(rows)
     if st.hidden:
         print(f"({st.hidden} processes not shown: other users', or past the list's bound)")
-    if args.objects:
-        _print_objects(st)
     for u in st.users:
         used = ", ".join(f"{what} {_amount(what, n)}/{_amount(what, u.limits[what])}"
                          for what, n in u.used.items())  # fmt: skip
         print(f"uid {u.uid}: {used}")
+    if args.objects:
+        _print_objects(st)
     return 0
 
 
