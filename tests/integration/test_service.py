@@ -53,13 +53,18 @@ class Running:
 
 @contextlib.contextmanager
 def service(
-    tmp_path: Path, name: str, face: str, workers: int = 1, grant: bool = False
+    tmp_path: Path,
+    name: str,
+    face: str,
+    workers: int = 1,
+    grant: bool = False,
+    signals: bool = False,
 ) -> Iterator[Running]:
     log = tmp_path / f"{name}.log"
     argv = [sys.executable, str(PEERS / "service_peer.py"), name, face, str(workers)]
     with open(log, "wb") as f:
         proc = subprocess.Popen(
-            argv + (["grant"] if grant else []),
+            argv + (["grant"] if grant else []) + (["signals"] if signals else []),
             stdout=f,
             stderr=f,
             stdin=subprocess.DEVNULL,
@@ -675,3 +680,18 @@ def test_session_example_runs_as_its_readme_says(kernel_daemon):
     )
     assert revoked.startswith("after the revoke: session ")
     assert revoked.endswith("was revoked")
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_term_signal_through_the_kernel_stops_a_service_gracefully(kernel_daemon, tmp_path, face):
+    """kernel.Signals at its defaults turns Sig.TERM into the process's own SIGTERM,
+    so the service stops as it does on kill(1): by capability, not by uid."""
+    run_service = service(tmp_path, "t.sig", face, signals=True)
+    with run_service as run, kernel.connect(autostart=False) as k:
+        client = kernel.ServiceClient.lookup(k, "t.sig", timeout=10.0)
+        assert client.call(Echo("up"), timeout=5.0) == "up"
+        n = k.names.lookup("t.sig.signals", timeout=10.0, kind=kernel.NotificationCap)
+        n.signal(kernel.Sig.TERM)
+        assert run.proc.wait(15) == 0, run.log()
+        assert "clean exit" in run.log()
+        client.close()

@@ -1,8 +1,10 @@
 """A kernel.Service with handlers the service tests call.
 
-usage: service_peer.py NAME FACE WORKERS
+usage: service_peer.py NAME FACE WORKERS [grant] [signals]
   FACE  sync   svc.run(workers=N): threads, plain-function handlers
         async  await svc.serve(workers=N): tasks, coroutine handlers
+  grant        clients may send capabilities
+  signals      also take signals from a notification registered as NAME.signals
 Exits 0 after SIGTERM/SIGINT once it has shut down cleanly.
 """
 
@@ -72,7 +74,8 @@ ERRORS = {
 
 FACE = sys.argv[2] if __name__ == "__main__" else "sync"
 WORKERS = int(sys.argv[3]) if __name__ == "__main__" else 1
-GRANT = __name__ == "__main__" and sys.argv[4:] == ["grant"]  # clients may send capabilities
+GRANT = __name__ == "__main__" and "grant" in sys.argv[4:]  # clients may send capabilities
+SIGNALS = __name__ == "__main__" and "signals" in sys.argv[4:]  # see take_signals
 barrier = threading.Barrier(WORKERS, timeout=20)
 meet_count = 0
 met = asyncio.Event()
@@ -150,7 +153,18 @@ async def aterm(req: Term) -> str:
     return "finished"
 
 
+def take_signals(name: str) -> kernel.Signals:
+    """Publish a notification as `<name>.signals` and take signals from it, all at
+    their defaults: TERM becomes this process's SIGTERM, the service's own stop."""
+    k = kernel.connect(autostart=False)  # lives as long as the process
+    n = k.notification()
+    k.names.register(f"{name}.signals", n, mode=0o666)
+    return kernel.Signals(n)
+
+
 def main() -> None:
+    if SIGNALS:
+        take_signals(sys.argv[1])
     rights = kernel.service.CLIENT_RIGHTS | kernel.Rights.GRANT if GRANT else None
     svc = kernel.Service(sys.argv[1], mode=0o666, rights=rights)
     if FACE == "sync":
