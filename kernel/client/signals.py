@@ -269,7 +269,7 @@ class Signals(Dispositions):
             try:
                 word = self._n.wait()
             except IPCError as e:
-                if not self._closing:
+                if not self._closing and not _closed_by_us(self._n):
                     log.warning("signals: stopped taking signals: %s", e)
                 return
             self._run_all(self._take(word))
@@ -280,6 +280,13 @@ class Signals(Dispositions):
                 act(sig, action)
             except Exception:
                 log.exception("signals: the handler of %s raised", sig)
+
+
+def _closed_by_us(n: NotificationCap | AsyncNotificationCap) -> bool:
+    """The program closed its kernel connection: the dispatcher ends with it, as a
+    matter of course (any other end, a revocation or the kernel's exit, is logged)."""
+    conn = getattr(n._k, "_conn", None)
+    return conn is None or getattr(conn, "lost", None) == "closed"
 
 
 class AsyncSignals(Dispositions):
@@ -320,7 +327,8 @@ class AsyncSignals(Dispositions):
             try:
                 word = await self._n.wait()
             except IPCError as e:
-                log.warning("signals: stopped taking signals: %s", e)
+                if not _closed_by_us(self._n):
+                    log.warning("signals: stopped taking signals: %s", e)
                 return
             await self._run_all(self._take(word))
 

@@ -382,3 +382,22 @@ async def test_async_child_end_sets_chld(kernel_daemon):
         await child.monitor(n)
         assert await n.wait(timeout=20) == Sig.CHLD
         assert await child.wait(timeout=10) == 0
+
+
+def test_the_dispatcher_ends_quietly_with_its_connection_and_says_so_when_revoked(
+    kernel_daemon, caplog
+):
+    with caplog.at_level(logging.WARNING, "mkipc.signals"):
+        k = kernel.connect(autostart=False)
+        quiet = kernel.Signals(k.notification())
+        k.close()  # the program's own end: nothing to say
+        quiet._thread.join(5)
+        assert not quiet._thread.is_alive()
+        assert "stopped taking signals" not in caplog.text
+        with kernel.connect(autostart=False) as k:
+            n = k.notification()
+            revoked = kernel.Signals(n)
+            n.revoke()  # its copy goes: the program did not ask for that
+            revoked._thread.join(5)
+            assert not revoked._thread.is_alive()
+        assert "stopped taking signals" in caplog.text
