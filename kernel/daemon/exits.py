@@ -26,11 +26,10 @@ Watch = Callable[[int, Callable[[], None]], None]
 
 
 class ExitWatch:
-    __slots__ = ("pidfd", "pid", "owner", "target", "bits")
+    __slots__ = ("pidfd", "owner", "target", "bits")
 
-    def __init__(self, pidfd: int, pid: int, owner: Proc, target: Notification, bits: int):
-        self.pidfd, self.pid, self.owner = pidfd, pid, owner
-        self.target, self.bits = target, bits
+    def __init__(self, pidfd: int, owner: Proc, target: Notification, bits: int):
+        self.pidfd, self.owner, self.target, self.bits = pidfd, owner, target, bits
 
 
 class ExitWatches:
@@ -57,7 +56,7 @@ class ExitWatches:
             owner.credit("watched processes", 1)
             raise
         target.refs += 1
-        w = self._by_fd[pidfd] = ExitWatch(pidfd, pid, owner, target, bits)
+        w = self._by_fd[pidfd] = ExitWatch(pidfd, owner, target, bits)
         self._watch(pidfd, lambda: self._ended(w))
 
     def owner_gone(self, owner: Proc) -> None:

@@ -379,10 +379,7 @@ class NameServer:
             s.cap.signal(s.bits)
         except IPCError:
             pass  # its notification is gone (revoked, destroyed): nobody to tell
-        try:
-            s.cap.close()
-        except IPCError:
-            pass
+        self._close([s.cap])
 
     def _signal_changes(self, name: str) -> None:
         """`name` was registered or dropped: fire the signallers it satisfies (a
@@ -544,10 +541,7 @@ class NameServer:
             gone = [s for s in ss if s.conn == conn]
             for s in gone:
                 self._unarm(s)
-                try:
-                    s.cap.close()
-                except IPCError:
-                    pass
+            self._close([s.cap for s in gone])
             if len(gone) == len(ss):
                 del self.signallers[name]
             elif gone:
