@@ -126,7 +126,7 @@ cdef class Core:
     cdef _signal(self, ProcCore proc, Header h, Capability cap)
     cdef _wait(self, ProcCore proc, Header h, Capability cap)
     cdef _poll(self, ProcCore proc, Header h, Capability cap)
-    cpdef kernel_signal(self, Notification n, uint64_t bits)
+    cdef int _raise_bits(self, Notification n, uint64_t bits) except -1
     cpdef bint signal_bound(self, Notification n) except -1
     cdef _sem_post(self, ProcCore proc, Header h, Capability cap)
     cdef _sem_wait(self, ProcCore proc, Header h, Capability cap)

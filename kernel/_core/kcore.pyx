@@ -1041,13 +1041,17 @@ cdef class Core:
     cdef _signal(self, ProcCore proc, Header h, Capability cap):
         if h.h.arg == 0:
             raise OpError(Status.INVALID_ARGS, "bits must be a non-zero 64-bit mask")
-        self.kernel_signal(<Notification>cap.obj, h.h.arg)
+        self._raise_bits(<Notification>cap.obj, h.h.arg)
         proc.post(h.h.opcode, h.h.req_id, ST_OK, 0, 0, NULL, 0, 0, None)
 
-    cpdef kernel_signal(self, Notification n, uint64_t bits):
+    def kernel_signal(self, Notification n, uint64_t bits):
+        """The kernel's own signal (a monitored process ended): as a process's."""
+        self._raise_bits(n, bits)
+
+    cdef int _raise_bits(self, Notification n, uint64_t bits) except -1:
         """OR `bits` into `n`'s word and hand the word to a waiter, or else to a
-        receiver of the endpoint it is bound to. The path of every signal: a
-        process's, and the kernel's own (a monitored process ended)."""
+        receiver of the endpoint it is bound to. The path of every signal, a C call
+        from NOTIFICATION_SIGNAL (no lookup for a Python override on the way)."""
         cdef Pending waiter
         cdef uint64_t word
         n.word |= bits
@@ -1058,6 +1062,7 @@ cdef class Core:
             waiter.proc.post(waiter.op, waiter.req_id, ST_OK, 0, word, NULL, 0, 0, None)
         elif n.bound_to is not None:
             self.signal_bound(n)
+        return 0
 
     cpdef bint signal_bound(self, Notification n) except -1:
         """Hand a set word to a receiver waiting on the endpoint `n` is bound to, as
