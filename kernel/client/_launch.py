@@ -64,7 +64,13 @@ def start_kernel(path: str) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            start_new_session=True,
+            # Its own process group, so that Ctrl-C at the caller's terminal does not
+            # reach it, but the caller's session: with sched_autogroup (the default on
+            # desktop and cloud kernels) a session is the unit the scheduler shares a
+            # CPU by, and a kernel in a session of its own, whose load sits on the
+            # other CPU, got a smaller share of the one it shared with its callers
+            # (docs/benchmarks.md, session 21).
+            process_group=0,
             # Not the caller's cwd: `-m` puts it first on sys.path, and a source
             # checkout there (no compiled extensions) would shadow the installed
             # package. A daemon should not hold the caller's directory anyway.

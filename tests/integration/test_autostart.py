@@ -148,6 +148,36 @@ def test_clients_connecting_at_the_same_time_start_only_one_kernel(scene):
     assert "already listens" not in log
 
 
+def test_the_kernel_outlives_ctrl_c_at_the_callers_terminal_and_shares_its_session(scene):
+    """Ctrl-C signals the terminal's foreground process group: the kernel has a group of
+    its own. It stays in the caller's session, the unit by which sched_autogroup shares
+    a CPU: in a session of its own it answered the callers it shared a CPU with more
+    slowly (docs/benchmarks.md, session 21)."""
+    holder = subprocess.Popen(
+        [sys.executable, CLIENT, "hold"],
+        env=scene.env,
+        stdout=subprocess.PIPE,
+        text=True,
+        process_group=0,  # as a shell starts a job
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "connected"
+        [pid] = scene.kernel_pids()
+        assert os.getsid(pid) == os.getsid(holder.pid) == os.getsid(0)
+        assert os.getpgid(pid) == pid != os.getpgid(holder.pid)
+        os.killpg(holder.pid, signal.SIGINT)
+        assert holder.wait(10) == -signal.SIGINT
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert alive(pid)
+    with kernel.connect(scene.path, autostart=False) as k:
+        assert k.notification().poll() == 0
+    assert scene.kernel_pids() == [pid]
+    assert "Traceback" not in scene.log()
+
+
 def test_a_stale_socket_file_left_by_a_dead_kernel_is_replaced(scene):
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(scene.path)  # a socket file nobody listens on

@@ -1,10 +1,11 @@
 """Connect with autostart on (MKIPC_SOCKET names a path where no kernel runs yet).
 
-usage: autostart_client.py sync|async [GO_FILE]
+usage: autostart_client.py sync|async [GO_FILE] | hold
 With GO_FILE: print "ready" after the imports, wait until GO_FILE exists, then
 connect (so that several of these connect at the same moment), and stay connected
 0.3 s. Uses the connection (endpoint, notification), prints the pid the kernel
-reports for us, and exits 0.
+reports for us, and exits 0. `hold` prints "connected" and stays connected for up
+to 30 s (until a signal ends it).
 """
 
 from __future__ import annotations
@@ -51,5 +52,12 @@ async def run_async() -> None:
         print(k.pid, flush=True)
 
 
+def hold() -> None:
+    with kernel.connect() as k:
+        k.notification()
+        print("connected", flush=True)
+        time.sleep(30)
+
+
 if __name__ == "__main__":
-    run_sync() if sys.argv[1] == "sync" else asyncio.run(run_async())
+    {"sync": run_sync, "async": lambda: asyncio.run(run_async()), "hold": hold}[sys.argv[1]]()
