@@ -199,6 +199,7 @@ def _footer(result: BenchResult) -> Iterator[str]:
     yield (
         f"{env.get('cpu_model')}, {env.get('usable_cpus')} CPUs; kernel {env.get('kernel')}; "
         f"{env.get('python')}; timer overhead {env.get('clock_overhead_ns')} ns per sample"
+        + ("; sched_autogroup on" if env.get("sched_autogroup") else "")
     )
     if result.stop_reason:
         yield f"stopped early: {result.stop_reason}"

@@ -473,6 +473,7 @@ def capture_environment() -> dict[str, object]:
         "nproc": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),
         "cpu_governor": _read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "sched_autogroup": _sched_autogroup(),
         "kernel": platform.release(),
         "machine": platform.machine(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -481,6 +482,14 @@ def capture_environment() -> dict[str, object]:
         "cpu_time_source": CPU_TIME_SOURCE,
         "clock_overhead_ns": _clock_overhead_ns(),
     }
+
+
+def _sched_autogroup() -> bool | None:
+    """Whether the scheduler shares a CPU between sessions before processes (None:
+    unknown). Every process of a row runs in this session, so it does not tilt the
+    rows; it does tilt a kernel and its callers in different sessions."""
+    value = _read_text("/proc/sys/kernel/sched_autogroup_enabled")
+    return None if value is None else value != "0"
 
 
 def _cpu_model() -> str | None:

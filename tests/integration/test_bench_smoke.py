@@ -83,6 +83,9 @@ def check_written_files(result: BenchResult, out: Path) -> None:
     assert document["schema"] == "mkipc-bench/1"
     assert len(document["rows"]) == len(result.cells)
     assert document["environment"]["python"]
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    expected = autogroup.read_text().strip() != "0" if autogroup.exists() else None
+    assert document["environment"]["sched_autogroup"] is expected
     with (out / "summary.csv").open(newline="", encoding="utf-8") as file:
         summary = list(csv.DictReader(file))
     assert [row["mechanism"] for row in summary] == [cell.mechanism for cell in result.cells]
