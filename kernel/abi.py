@@ -179,6 +179,11 @@ MAX_WATCHED_PROCESSES_PER_UID = 1024
 MAX_WATCHED_PROCESSES = 256
 """Child processes one process may have the kernel watch for their end
 (PROCESS_MONITOR) at once; each watch holds a descriptor (a pidfd) in the kernel."""
+NAMES_STORE_MESSAGES = 4096
+NAMES_STORE_BYTES = 4 << 20
+"""The queue the kernel keeps for the name server across its restarts (its entries,
+each a message carrying the registered capability): the kernel's own, charged to
+nobody, and larger than the name server's table can fill."""
 MAX_QUEUE_TYPE = (1 << 63) - 1
 """Message types are 1 to this (System V's mtype is a positive long)."""
 QUEUE_RECV_PARAMS = struct.Struct("<qQQ")

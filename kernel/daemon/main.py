@@ -335,7 +335,8 @@ class NameServerProcess:
     """The name server the kernel starts at boot (services/names), restarted if it dies.
 
     It is an ordinary process: it connects like any other and claims a bundle that
-    holds the name server endpoint with every right. Its entries die with it.
+    holds the name server endpoint with every right, and the queue where it keeps its
+    entries (services/names/store.py), which the kernel holds across its restarts.
     """
 
     def __init__(self, daemon: Daemon) -> None:
@@ -391,7 +392,7 @@ class NameServerProcess:
             log.error("%s; restarted %d times in a minute: giving up", why, NAMES_RESTARTS)
             return
         self.restarts.append(now)
-        log.warning("%s; restarting it (its entries are gone)", why)
+        log.warning("%s; restarting it (it keeps its entries)", why)
         self.d.loop.call_later(0.1 * len(self.restarts), self.start)
 
     def reap(self) -> None:

@@ -12,7 +12,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from capabilities import DEFAULT_ENDPOINT_RIGHTS, Capability, Rights, SlotError
+from capabilities import (
+    DEFAULT_ENDPOINT_RIGHTS,
+    DEFAULT_QUEUE_RIGHTS,
+    Capability,
+    Rights,
+    SlotError,
+)
 from capabilities.table import derive, descendants, unlink
 
 from .. import abi
@@ -26,6 +32,7 @@ from .._core.kcore import (
     OpError,
     Reply,
 )
+from .._core.queues import Queue
 from ..errors import Status
 from .exits import ExitWatches
 from .pending import AWAIT_REPLY, WAITING, Pending, Timers
@@ -60,6 +67,13 @@ NAMES_CLIENT_RIGHTS = Rights.SEND | Rights.GRANT
 both directions (register moves one in, lookup's reply carries one back)."""
 
 
+class _Unowned:
+    """The owner of an object the kernel keeps for itself: charged to no uid."""
+
+    def credit(self, what: str, n: int) -> None:
+        pass
+
+
 class Bundle:
     """Capabilities a parent hands to a child it spawns (DESIGN §2, inheritance).
     The kernel is the owner (None) of the name server's bundle."""
@@ -90,6 +104,7 @@ class KernelState(Core):
         self.cold = {}
         self.trouble = []
         self.names_root: Capability | None = None  # the kernel's own, in no table
+        self.names_store: Capability | None = None  # the name server's, across restarts
         self.sessions = SessionTable(self)
         self.users = users or Users()  # per-uid ledgers (quota.py)
         self.exits = ExitWatches(self.kernel_signal, self.release)  # PROCESS_MONITOR
@@ -102,15 +117,23 @@ class KernelState(Core):
         ep = Endpoint()
         ep.refs = 1  # the kernel's reference, dropped at shutdown
         self.names_root = Capability(ep, DEFAULT_ENDPOINT_RIGHTS)
+        # Where the name server keeps its entries: the kernel holds it, so a name
+        # server that dies leaves them to the one the kernel starts next, as
+        # systemd keeps a service's fd store across its restarts.
+        store = Queue(abi.NAMES_STORE_MESSAGES, abi.NAMES_STORE_BYTES, _Unowned())
+        store.refs = 1
+        self.names_store = Capability(store, DEFAULT_QUEUE_RIGHTS)
 
     def names_bundle(self) -> str:
         """The inherit token that gives a starting name server the endpoint with every
-        right (receive included)."""
-        root = self.names_root
-        assert root is not None
-        root.obj.refs += 1
+        right (receive included) and the store of its entries."""
+        caps = {}
+        for name, root in (("names", self.names_root), ("names.store", self.names_store)):
+            assert root is not None
+            root.obj.refs += 1
+            caps[name] = derive(root, root.rights, 0)
         token = secrets.token_hex(16)
-        self.bundles[token] = Bundle(None, {"names": derive(root, root.rights, 0)})
+        self.bundles[token] = Bundle(None, caps)
         return token
 
     def drop_kernel_bundles(self) -> None:
@@ -316,9 +339,10 @@ class KernelState(Core):
     def release_names(self) -> None:
         """At exit, after every process is gone: drop the kernel's own references."""
         self.drop_kernel_bundles()
-        if self.names_root is not None:
-            self.release(self.names_root.obj)
-            self.names_root = None
+        for root in (self.names_root, self.names_store):
+            if root is not None:
+                self.release(root.obj)
+        self.names_root = self.names_store = None
 
     def shutdown(self) -> None:
         """Fail every waiting operation with a clear error before the kernel exits."""

@@ -30,7 +30,8 @@ def main() -> int:
         if not isinstance(ep, kernel.EndpointCap):
             print("mkipc names: start me from the kernel (no names endpoint)", file=sys.stderr)
             return 2
-        NameServer(k, ep).serve()
+        store = k.inherited.get("names.store")
+        NameServer(k, ep, store if isinstance(store, kernel.QueueCap) else None).serve()
     return 0
 
 

@@ -6,6 +6,11 @@ rights and a badge no other lookup got. It learns that a registrant ended from
 the kernel (`Message.monitor`: an exit notice on its own endpoint), and then
 drops that process's entries and revokes what lookup handed out for them.
 
+Its entries outlive it: each is kept in a queue the kernel holds across the name
+server's restarts (store.py), and the instance the kernel starts next serves them
+again. What waited in it (lookups, watches, notifies) is answered with
+PeerClosedError when it dies.
+
 One thread, no polling: it blocks in recv, with a timeout only while a waiting
 lookup or watch has a deadline.
 """
@@ -32,11 +37,13 @@ from kernel import (
     MintOf,
     NotificationCap,
     PeerClosedError,
+    QueueCap,
     Status,
 )
 from kernel.client.sync import InheritedCap as Cap
 
 from . import protocol as p
+from .store import Kept, Store
 
 log = logging.getLogger("mkipc.names")
 
@@ -77,7 +84,7 @@ class Refused(Exception):
 @dataclass
 class Record:
     name: str
-    cap: Cap  # the name server's copy of the registrant's capability
+    cap: Cap  # the name server's copy (a child of the stored one, if kept: store.py)
     kind: str
     perm: Perm
     rights: int
@@ -85,6 +92,7 @@ class Record:
     conn: int  # the registrant's kernel connection id
     served: int = 0
     registered_ns: int = field(default_factory=time.monotonic_ns)
+    serial: int = 0  # its message in the store (0: not kept)
 
     def wire(self) -> p.Entry:
         u, g, m = self.perm
@@ -126,9 +134,10 @@ class Reply:
 
 
 class NameServer:
-    def __init__(self, k: Kernel, ep: EndpointCap) -> None:
+    def __init__(self, k: Kernel, ep: EndpointCap, store: QueueCap | None = None) -> None:
         self.k = k
         self.ep = ep
+        self.store = Store(store)
         self.entries: dict[str, Record] = {}
         self.waiters: dict[str, list[Waiter]] = {}
         self.monitored: dict[int, int] = {}  # registrant connection id -> exit badge
@@ -149,6 +158,7 @@ class NameServer:
 
     def serve(self) -> None:
         """Answer requests until the kernel goes away."""
+        self.restore()
         pending: Reply | None = None
         while True:
             try:
@@ -283,7 +293,9 @@ class NameServer:
         self._monitor(msg)  # raises if the registrant is already gone
         if old is not None:
             self._drop(old, revoke=False, wake=False)  # replaced, never absent
-        rec = Record(req.name, cap, info.kind, Perm(uid, gid, req.mode), rights, pid, msg.sender_id)
+        perm = Perm(uid, gid, req.mode)
+        rec = Record(req.name, cap, info.kind, perm, rights, pid, msg.sender_id)
+        self._keep(rec, cap)
         self.entries[req.name] = rec
         again = old is not None and old.conn == rec.conn  # a re-register is routine: debug
         level = logging.DEBUG if again else logging.INFO
@@ -548,20 +560,66 @@ class NameServer:
                 self.signallers[name] = [s for s in ss if s.conn != conn]
 
     def _drop(self, rec: Record, *, revoke: bool, wake: bool = True) -> None:
-        """Forget `rec`; with revoke, delete every capability lookup minted from it."""
+        """Forget `rec`; with revoke, delete every capability lookup minted from it
+        (through the stored one, by this name server or one before it)."""
         if self.entries.get(rec.name) is rec:
             del self.entries[rec.name]
+        stored = self.store.take(rec.serial)
         if revoke:
-            try:
-                rec.cap.revoke()
+            try:  # the stored one's descendants include our copy
+                (stored or rec.cap).revoke()
             except IPCError as e:  # e.g. registered without MANAGE: nothing to revoke with
                 log.warning("dropping %r: %s", rec.name, e)
-        try:
-            rec.cap.close()
-        except IPCError as e:
-            log.warning("dropping %r: %s", rec.name, e)
+        for cap in (rec.cap, stored):
+            try:
+                if cap is not None:
+                    cap.close()
+            except IPCError as e:
+                if not (revoke and cap is rec.cap and stored is not None):  # revoked: gone
+                    log.warning("dropping %r: %s", rec.name, e)
         if wake:
             self._wake(rec.name)
+
+    # ------------------------------------------------------------ the store
+
+    def _keep(self, rec: Record, cap: Cap) -> None:
+        """Move the registered `cap` into the store; `rec` works with a copy."""
+        u, g, m = rec.perm
+        badge = self.monitored.get(rec.conn, 0)
+        kept = Kept(rec.name, rec.kind, u, g, m, rec.rights, rec.pid, rec.conn, badge,
+                    rec.registered_ns)  # fmt: skip
+        rec.cap, rec.serial = self.store.keep(kept, cap)
+
+    def restore(self) -> None:
+        """Serve again the entries an earlier instance kept, but those whose
+        registrant has ended (its exit notice may have gone with that instance)."""
+        for kept, cap in list(self.store.take_all()):
+            if cap is None:  # revoked while stored: nothing left to hand out
+                log.info("entry %r was revoked while no name server ran", kept.name)
+                continue
+            perm = Perm(kept.uid, kept.gid, kept.mode)
+            rec = Record(kept.name, cap, kept.kind, perm, kept.rights, kept.pid, kept.conn,
+                         registered_ns=kept.registered_ns)  # fmt: skip
+            self.monitored[kept.conn] = kept.exit_badge
+            self.exit_badges[kept.exit_badge] = kept.conn
+            self._keep(rec, cap)
+            self.entries[rec.name] = rec
+        if self.entries:
+            log.info("restored %d entries from the store", len(self.entries))
+            self._drop_ended_registrants()
+
+    def _drop_ended_registrants(self) -> None:
+        try:
+            status = self.k.status()
+        except IPCError as e:
+            log.warning("cannot check the restored registrants: %s", e)
+            return
+        if status.hidden:  # not the kernel's uid: it cannot see every process
+            return
+        live = {proc.conn for proc in status.processes}
+        for conn, badge in list(self.monitored.items()):
+            if conn not in live:
+                self._registrant_gone(badge)
 
 
 def _require(perm: Perm, msg: Message, want: int, verb: str, name: str) -> None:

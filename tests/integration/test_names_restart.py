@@ -1,10 +1,14 @@
-"""The kernel restarts a name server that dies; its entries are gone, nothing else is."""
+"""The kernel restarts a name server that dies; its successor serves the same entries
+(kept in the kernel: services/names/store.py), and nothing else is lost."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -28,30 +32,103 @@ def wait_for(predicate, seconds: float = 10.0):
     return result
 
 
-def test_a_killed_name_server_is_restarted_with_no_entries_and_serves_again(kernel_daemon):
+def restart_name_server(kernel_daemon) -> None:
+    """SIGKILL the kernel's name server and wait until its successor serves."""
+    old = name_server_pid(kernel_daemon.pid)
+    restarts = kernel_daemon.log().count("restarting it")
+    os.kill(old, signal.SIGKILL)  # a grandchild of this test: the kernel started it
+    wait_for(lambda: kernel_daemon.log().count("restarting it") > restarts)
+    wait_for(lambda: name_server_pid_or_none(kernel_daemon.pid) not in (None, old))
+
+
+def name_server_pid_or_none(kernel_pid: int) -> int | None:
+    try:
+        return name_server_pid(kernel_pid)
+    except ValueError:  # between the old one's end and the new one's start
+        return None
+
+
+def recv_one(ep: kernel.EndpointCap, send) -> kernel.Message:
+    got = []
+    t = threading.Thread(target=lambda: got.append(ep.recv(timeout=5.0)))
+    t.start()
+    send()
+    t.join(5.0)
+    return got[0]
+
+
+def test_a_killed_name_server_is_restarted_and_serves_its_entries_again(kernel_daemon):
     with kernel.connect(autostart=False) as k:
         ep = k.endpoint()
-        k.names.register("before.crash", ep)
-        old = name_server_pid(kernel_daemon.pid)
-        os.kill(old, signal.SIGKILL)  # a grandchild of this test: the kernel started it
-        wait_for(lambda: "restarting it" in kernel_daemon.log())
+        k.names.register("before.crash", ep, mode=0o640)
+        [entry] = k.names.list()
+        before = k.names.lookup("before.crash")
+        restart_name_server(kernel_daemon)
         # Requests wait in the endpoint's queue until the new name server receives them.
-        with pytest.raises(kernel.NotFoundError):
-            k.names.lookup("before.crash")
-        assert name_server_pid(kernel_daemon.pid) != old
+        after = k.names.lookup("before.crash")
+        # The same owner, mode, rights, pid and registration time; `served` counts anew.
+        assert [e._replace(served=0) for e in k.names.list()] == [entry]
+        msgs = [recv_one(ep, lambda c=c: c.send(b"hi", timeout=5.0)) for c in (before, after)]
+        assert [m.data for m in msgs] == [b"hi", b"hi"]
+        assert 0 != msgs[0].badge != msgs[1].badge != 0  # badges never repeat
         k.names.register("after.crash", ep)
-        looked_up = k.names.lookup("after.crash", timeout=5.0)
-        got = []
+        assert [e.name for e in k.names.list()] == ["after.crash", "before.crash"]
+    assert "restored 1 entries" in kernel_daemon.log()
 
-        import threading
 
-        t = threading.Thread(target=lambda: got.append(ep.recv(timeout=5.0)))
-        t.start()
-        looked_up.send(b"hello", timeout=5.0)
-        t.join(5.0)
-        assert got[0].data == b"hello"
-        assert got[0].badge != 0  # a lookup's badge, from the new name server
-        assert [e.name for e in k.names.list()] == ["after.crash"]
+def test_revoking_after_a_restart_reaches_what_lookup_handed_out_before_it(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        ep = k.endpoint()
+        k.names.register("svc", ep)
+        before = k.names.lookup("svc")
+        restart_name_server(kernel_daemon)
+        after = k.names.lookup("svc")
+        k.names.unregister("svc", revoke=True)
+        for cap in (before, after):
+            with pytest.raises(kernel.InvalidCapabilityError):
+                cap.send(b"x", timeout=1.0)
+        assert ep.info().kind == "endpoint"  # the registrant's own stays
+        with pytest.raises(kernel.NotFoundError):
+            k.names.lookup("svc")
+
+
+def test_a_registrant_that_ends_with_the_name_server_loses_its_entries(kernel_daemon):
+    """Its exit notice reaches the successor, or the successor finds it gone."""
+    code = (
+        "import sys, kernel\n"
+        "with kernel.connect(autostart=False) as k:\n"
+        "    k.names.register('gone', k.endpoint())\n"
+        "    print('registered', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    with kernel.connect(autostart=False) as k:
+        child = k.spawn(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.popen.stdout.readline().strip() == "registered"
+            handed_out = k.names.lookup("gone")
+            child.kill()
+            restart_name_server(kernel_daemon)
+            child.wait(timeout=10)
+            k.names.register("probe", k.endpoint())  # a round trip after the restore
+            wait_for(lambda: [e.name for e in k.names.list()] == ["probe"])
+            with pytest.raises(kernel.InvalidCapabilityError):
+                handed_out.send(b"x", timeout=1.0)
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+            child.popen.stdin.close()
+            child.popen.stdout.close()
+
+
+def test_a_registered_queue_is_not_kept_across_a_restart(kernel_daemon):
+    """A queue cannot carry a queue capability (store.py): it stays in memory only."""
+    with kernel.connect(autostart=False) as k:
+        k.names.register("q", k.queue(4))
+        k.names.register("ep", k.endpoint())
+        restart_name_server(kernel_daemon)
+        assert [e.name for e in k.names.list()] == ["ep"]
 
 
 def test_the_kernel_gives_up_on_a_name_server_that_keeps_dying(kernel_daemon):
@@ -78,10 +155,8 @@ def test_the_kernel_gives_up_on_a_name_server_that_keeps_dying(kernel_daemon):
 
 def test_a_monitor_from_before_a_restart_does_not_drop_a_later_registrant(kernel_daemon):
     """The previous name server's exit monitors stay with the processes it watched and
-    may fire into its successor; badges never repeat, so they drop nothing by mistake."""
-    import subprocess
-    import sys
-
+    fire into its successor, which drops the entries it restored for them; badges never
+    repeat, so they drop nothing by mistake."""
     code = (
         "import sys, kernel\n"
         "with kernel.connect(autostart=False) as k:\n"
@@ -107,3 +182,30 @@ def test_a_monitor_from_before_a_restart_does_not_drop_a_later_registrant(kernel
             early.wait(timeout=10)
             early.popen.stdin.close()
             early.popen.stdout.close()
+
+
+def test_a_starting_name_server_drops_what_no_process_is_left_to_serve(kernel_daemon):
+    """An entry whose registrant ended unheard (its exit notice went with the instance
+    that took it), and one whose capability was revoked while it was stored, are not
+    served again. The name server here is this process's own instance, on its own
+    endpoint and store."""
+    from services.names.server import NameServer
+    from services.names.store import Kept, _encoder
+
+    with kernel.connect(autostart=False) as k:
+        me = next(p.conn for p in k.status().processes if p.pid == os.getpid())
+        store, served, revoked = k.queue(8), k.endpoint(), k.endpoint()
+
+        def keep(name: str, conn: int, target: kernel.EndpointCap, serial: int) -> None:
+            kept = Kept(name, "endpoint", 0, 0, 0o600, int(kernel.Rights.SEND), 1, conn,
+                        serial, 1)  # fmt: skip
+            store.send(_encoder.encode(kept), mtype=serial, caps=[target.as_copy()])
+
+        keep("alive", me, served, 1)
+        keep("ghost", 1 << 40, served, 2)  # no connection has that id
+        keep("revoked", me, revoked, 3)
+        revoked.revoke()  # deletes the stored copy: the message keeps a hole
+        ns = NameServer(k, k.endpoint(), store)
+        ns.restore()
+        assert list(ns.entries) == ["alive"]
+        assert len(list(ns.store.take_all())) == 1  # "alive", kept again

@@ -1,0 +1,109 @@
+"""The name server's entries, kept in the kernel across its restarts.
+
+The kernel hands every name server it starts the same queue (`names.store`, which
+the kernel itself holds), as systemd keeps a service's fd store. Each entry is one
+message in it: the entry's fields, and the registered capability itself, moved in.
+The name server works with a copy (a child of the stored one), so that revoking
+the stored one reaches every capability lookup minted, by this instance or by one
+before it. A message's type is the entry's serial, so dropping an entry takes
+exactly its message back. A name server that starts takes every message out and
+keeps them again, with new serials.
+
+A queue cannot carry a queue capability (a queue holding itself would never be
+freed), so a registered queue is kept in memory only and is gone after a restart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from typing import cast
+
+import msgspec
+
+from kernel import CallTimeoutError, IPCError, QueueCap, QueueMessage, WouldBlock
+from kernel.client.sync import InheritedCap as Cap
+
+log = logging.getLogger("mkipc.names")
+
+
+class Kept(msgspec.Struct, frozen=True, array_like=True):
+    """An entry's fields as stored: what the name server needs to serve it again."""
+
+    name: str
+    kind: str
+    uid: int
+    gid: int
+    mode: int
+    rights: int
+    pid: int
+    conn: int  # the registrant's connection id
+    exit_badge: int  # of the exit notice the registrant's end sends to the endpoint
+    registered_ns: int
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Kept)
+
+
+class Store:
+    """The entries' queue, or none (a name server started by hand keeps nothing)."""
+
+    def __init__(self, queue: QueueCap | None) -> None:
+        self.queue = queue
+        # Serials are message types (1 … 2**63-1) that never repeat across restarts.
+        self._serials = itertools.count(time.monotonic_ns())
+
+    def keep(self, kept: Kept, cap: Cap) -> tuple[Cap, int]:
+        """Move `cap` into the store; returns (the copy to work with, its serial).
+        Without a store, or for what a queue cannot carry, `cap` itself and 0."""
+        if self.queue is None or isinstance(cap, QueueCap):
+            return cap, 0
+        work = cap.copy()  # a child: revoking the stored one reaches it and its mints
+        serial = next(self._serials)
+        try:
+            self.queue.send(_encoder.encode(kept), mtype=serial, caps=[cap], timeout=0)
+        except IPCError as e:  # full (it is larger than the table can fill) or gone
+            log.warning("entry %r kept in memory only: %s", kept.name, e)
+            work.close()
+            return cap, 0
+        return work, serial
+
+    def take(self, serial: int) -> Cap | None:
+        """The stored capability of entry `serial`, out of the store (None: not
+        stored, or revoked meanwhile)."""
+        if self.queue is None or serial == 0:
+            return None
+        try:
+            msg = self.queue.recv(mtype=serial, timeout=0)
+        except (CallTimeoutError, WouldBlock, IPCError) as e:
+            log.warning("entry %d was not in the store: %s", serial, e)
+            return None
+        return _carried(msg)
+
+    def take_all(self) -> Iterator[tuple[Kept, Cap | None]]:
+        """Every stored entry, taken out (a name server that starts)."""
+        if self.queue is None:
+            return
+        while True:
+            try:
+                msg = self.queue.recv(timeout=0)
+            except CallTimeoutError:
+                return
+            cap = _carried(msg)
+            try:
+                kept = _decoder.decode(msg.data)
+            except msgspec.MsgspecError as e:  # not ours: only the name server holds it
+                log.warning("dropping a malformed stored entry: %s", e)
+                if cap is not None:
+                    cap.close()
+                continue
+            yield kept, cap
+
+
+def _carried(msg: QueueMessage) -> Cap | None:
+    """The capability an entry's message holds: what register accepted (never a
+    reply capability), or None where it was revoked while stored."""
+    return cast("Cap | None", msg.caps[0] if msg.caps else None)
