@@ -76,6 +76,17 @@ REGISTRABLE = (
 """Kinds of capability a name can hold (not reply capabilities: they are one-shot)."""
 
 
+RESENDS = 3
+"""Times a lookup, watch or list goes out again when the name server died with it in
+hand: the kernel restarts it, and the new one serves the same entries. Reads only: a
+register or unregister the dead one may have carried out is not repeated."""
+
+
+def left(timeout: float | None, started: float) -> float | None:
+    """What is left of a call's `timeout` (None: no bound) since `started` (monotonic)."""
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+
+
 def call_timeout(timeout: float | None) -> float | None:
     """The call's own timeout: the wait it asks for plus the grace for the answer."""
     return None if timeout is None else timeout + CALL_GRACE_S

@@ -6,12 +6,13 @@ Every process holds a capability to the name server in a well-known slot
 
 from __future__ import annotations
 
+import time
 from typing import TypeVar
 
 from capabilities import Rights
 from services.names import protocol as p
 
-from ..errors import InvalidCapabilityError
+from ..errors import InvalidCapabilityError, PeerClosedError
 from . import _names as n
 from ._common import CapBase
 from .aio import (
@@ -73,9 +74,20 @@ class Names:
         *,
         timeout: float | None = n.CALL_GRACE_S,
         caps: list[EndpointCap | NotificationCap] | None = None,
+        resend: bool = False,
     ) -> tuple[p.Ok | p.Listing, Message]:
+        """The call, and its answer. With `resend` (a read), it goes out again if the
+        name server died with it (n.RESENDS), within the same `timeout`."""
         data = req if isinstance(req, bytes) else p.encode(req)
-        msg = self.endpoint.call(data, timeout=timeout, caps=caps or ())
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                msg = self.endpoint.call(data, timeout=n.left(timeout, started), caps=caps or ())
+                break
+            except PeerClosedError:
+                attempt += 1
+                if not resend or attempt > n.RESENDS:
+                    raise
         try:
             return n.answer(msg.data, what), msg
         except BaseException:
@@ -126,7 +138,7 @@ class Names:
         """
         what = f"names.lookup({n.check_name(name)!r})"
         req = p.Lookup(name, n.deadline_ns(timeout))
-        _, msg = self._call(req, what, timeout=n.call_timeout(timeout))
+        _, msg = self._call(req, what, timeout=n.call_timeout(timeout), resend=True)
         try:
             cap: C = n.looked_up(msg.caps, kind, what)
         except InvalidCapabilityError:
@@ -141,7 +153,7 @@ class Names:
 
     def list(self, prefix: str = "") -> list[NameEntry]:
         """Entries whose name starts with `prefix` that you may read, sorted by name."""
-        resp, _ = self._call(p.List(prefix), "names.list")
+        resp, _ = self._call(p.List(prefix), "names.list", resend=True)
         assert isinstance(resp, p.Listing)
         return [n.entry(e) for e in resp.entries]
 
@@ -151,7 +163,8 @@ class Names:
         """Wait until `name` is registered (or, with present=False, until it is gone);
         returns the entry (None when gone). Raises CallTimeoutError after `timeout`."""
         req = p.Watch(n.check_name(name), present, n.deadline_ns(timeout))
-        resp, _ = self._call(req, f"names.watch({name!r})", timeout=n.call_timeout(timeout))
+        what = f"names.watch({name!r})"
+        resp, _ = self._call(req, what, timeout=n.call_timeout(timeout), resend=True)
         assert isinstance(resp, p.Ok)
         return n.entry(resp.entry) if resp.entry is not None else None
 
@@ -186,9 +199,20 @@ class AsyncNames:
         *,
         timeout: float | None = n.CALL_GRACE_S,
         caps: list[AsyncEndpointCap | AsyncNotificationCap] | None = None,
+        resend: bool = False,
     ) -> tuple[p.Ok | p.Listing, AsyncMessage]:
+        """See Names._call."""
         data = req if isinstance(req, bytes) else p.encode(req)
-        msg = await self.endpoint.call(data, timeout=timeout, caps=caps or ())
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                left = n.left(timeout, started)
+                msg = await self.endpoint.call(data, timeout=left, caps=caps or ())
+                break
+            except PeerClosedError:
+                attempt += 1
+                if not resend or attempt > n.RESENDS:
+                    raise
         try:
             return n.answer(msg.data, what), msg
         except BaseException:
@@ -223,7 +247,7 @@ class AsyncNames:
         """See Names.lookup."""
         what = f"names.lookup({n.check_name(name)!r})"
         req = p.Lookup(name, n.deadline_ns(timeout))
-        _, msg = await self._call(req, what, timeout=n.call_timeout(timeout))
+        _, msg = await self._call(req, what, timeout=n.call_timeout(timeout), resend=True)
         try:
             cap: AC = n.looked_up(msg.caps, kind, what)
         except InvalidCapabilityError:
@@ -238,7 +262,7 @@ class AsyncNames:
 
     async def list(self, prefix: str = "") -> list[NameEntry]:
         """See Names.list."""
-        resp, _ = await self._call(p.List(prefix), "names.list")
+        resp, _ = await self._call(p.List(prefix), "names.list", resend=True)
         assert isinstance(resp, p.Listing)
         return [n.entry(e) for e in resp.entries]
 
@@ -247,7 +271,8 @@ class AsyncNames:
     ) -> NameEntry | None:
         """See Names.watch."""
         req = p.Watch(n.check_name(name), present, n.deadline_ns(timeout))
-        resp, _ = await self._call(req, f"names.watch({name!r})", timeout=n.call_timeout(timeout))
+        what = f"names.watch({name!r})"
+        resp, _ = await self._call(req, what, timeout=n.call_timeout(timeout), resend=True)
         assert isinstance(resp, p.Ok)
         return n.entry(resp.entry) if resp.entry is not None else None
 

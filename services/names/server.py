@@ -8,8 +8,8 @@ drops that process's entries and revokes what lookup handed out for them.
 
 Its entries outlive it: each is kept in a queue the kernel holds across the name
 server's restarts (store.py), and the instance the kernel starts next serves them
-again. What waited in it (lookups, watches, notifies) is answered with
-PeerClosedError when it dies.
+again. The calls it held fail with PeerClosedError when it dies; the client stub
+sends reads (lookup, watch, list) again. Armed notifies are gone.
 
 One thread, no polling: it blocks in recv, with a timeout only while a waiting
 lookup or watch has a deadline.

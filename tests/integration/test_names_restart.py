@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -209,3 +210,50 @@ def test_a_starting_name_server_drops_what_no_process_is_left_to_serve(kernel_da
         ns.restore()
         assert list(ns.entries) == ["alive"]
         assert len(list(ns.store.take_all())) == 1  # "alive", kept again
+
+
+def hold_a_call(k: kernel.Kernel) -> None:
+    """Wait until the name server holds a call of ours (a reply capability)."""
+
+    def held() -> bool:
+        return any(p.name_server and p.caps.get("reply capability") for p in k.status().processes)
+
+    wait_for(held)
+
+
+def test_a_lookup_waiting_in_a_name_server_that_dies_is_answered_by_its_successor(
+    kernel_daemon,
+):
+    """Reads (lookup, watch, list) go out again, within their timeout, when the name
+    server dies with them in hand (kernel/client/_names.py RESENDS)."""
+    with kernel.connect(autostart=False) as k:
+        got: list[object] = []
+
+        def look() -> None:
+            try:
+                got.append(k.names.lookup("later", timeout=10.0))
+            except Exception as e:  # the test's failure, shown by the assert below
+                got.append(e)
+
+        t = threading.Thread(target=look)
+        t.start()
+        hold_a_call(k)
+        restart_name_server(kernel_daemon)
+        k.names.register("later", k.endpoint())
+        t.join(10.0)
+        assert len(got) == 1
+        assert isinstance(got[0], kernel.EndpointCap), got
+
+
+async def test_an_async_watch_waiting_in_a_name_server_that_dies_is_answered_too(
+    kernel_daemon,
+):
+    async with kernel.connect_async(autostart=False) as k:
+        watch = asyncio.ensure_future(k.names.watch("later.async", timeout=10.0))
+        with kernel.connect(autostart=False) as observer:
+            await asyncio.to_thread(hold_a_call, observer)
+            await asyncio.to_thread(restart_name_server, kernel_daemon)
+        await k.names.register("later.async", await k.endpoint())
+        entry = await asyncio.wait_for(watch, 10.0)
+        assert entry is not None
+        assert entry.name == "later.async"
