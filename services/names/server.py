@@ -6,10 +6,10 @@ rights and a badge no other lookup got. It learns that a registrant ended from
 the kernel (`Message.monitor`: an exit notice on its own endpoint), and then
 drops that process's entries and revokes what lookup handed out for them.
 
-Its entries outlive it: each is kept in a queue the kernel holds across the name
-server's restarts (store.py), and the instance the kernel starts next serves them
-again. The calls it held fail with PeerClosedError when it dies; the client stub
-sends reads (lookup, watch, list) again. Armed notifies are gone.
+Its entries and armed notifies outlive it: each is kept in a queue the kernel
+holds across the name server's restarts (store.py), and the instance the kernel
+starts next serves them again. The calls it held fail with PeerClosedError when
+it dies; the client stub sends reads (lookup, watch, list) again.
 
 One thread, no polling: it blocks in recv, with a timeout only while a waiting
 lookup or watch has a deadline.
@@ -43,7 +43,7 @@ from kernel import (
 from kernel.client.sync import InheritedCap as Cap
 
 from . import protocol as p
-from .store import Kept, Store
+from .store import Armed, Kept, Store
 
 log = logging.getLogger("mkipc.names")
 
@@ -117,10 +117,11 @@ class Signaller:
     name: str
     present: bool
     bits: int
-    cap: NotificationCap
+    cap: NotificationCap | None  # None while it is in the store (`serial`)
     uid: int
     gid: int
     conn: int  # the requester's connection: its end drops this
+    serial: int = 0
 
 
 @dataclass(slots=True)
@@ -381,17 +382,37 @@ class NameServer:
             self._fire(s)  # so it is already
         else:
             self._monitor(msg)  # its end drops what it armed
-            self.signallers.setdefault(req.name, []).append(s)
-            self.signalling += 1
-            self.waits_by_uid[uid] += 1
+            self._arm(s)
         return Reply(msg, p.Ok(None))
 
+    def _arm(self, s: Signaller) -> None:
+        self.signallers.setdefault(s.name, []).append(s)
+        self.signalling += 1
+        self.waits_by_uid[s.uid] += 1
+        if s.cap is not None and self.store.can_hold(s.cap):
+            badge = self.monitored.get(s.conn, 0)
+            armed = Armed(s.name, s.present, s.bits, s.uid, s.gid, s.conn, badge)
+            s.serial = self.store.keep(armed, s.cap)
+            if s.serial:
+                s.cap = None  # moved into the store
+
+    def _signaller_cap(self, s: Signaller) -> NotificationCap | None:
+        """The notification `s` signals, out of the store if it is there."""
+        if s.serial:
+            cap = self.store.take(s.serial)
+            s.serial = 0
+            return cap if isinstance(cap, NotificationCap) else None
+        return s.cap
+
     def _fire(self, s: Signaller) -> None:
+        cap = self._signaller_cap(s)
+        if cap is None:
+            return  # revoked while stored: nobody to tell
         try:
-            s.cap.signal(s.bits)
+            cap.signal(s.bits)
         except IPCError:
             pass  # its notification is gone (revoked, destroyed): nobody to tell
-        self._close([s.cap])
+        self._close([cap])
 
     def _signal_changes(self, name: str) -> None:
         """`name` was registered or dropped: fire the signallers it satisfies (a
@@ -553,7 +574,7 @@ class NameServer:
             gone = [s for s in ss if s.conn == conn]
             for s in gone:
                 self._unarm(s)
-            self._close([s.cap for s in gone])
+            self._close([c for s in gone if (c := self._signaller_cap(s)) is not None])
             if len(gone) == len(ss):
                 del self.signallers[name]
             elif gone:
@@ -583,30 +604,50 @@ class NameServer:
     # ------------------------------------------------------------ the store
 
     def _keep(self, rec: Record, cap: Cap) -> None:
-        """Move the registered `cap` into the store; `rec` works with a copy."""
+        """Move the registered `cap` into the store; `rec` works with a copy, a child
+        of it, so that revoking the stored one reaches every lookup's."""
+        rec.cap, rec.serial = cap, 0
+        if not self.store.can_hold(cap):
+            return
         u, g, m = rec.perm
         badge = self.monitored.get(rec.conn, 0)
         kept = Kept(rec.name, rec.kind, u, g, m, rec.rights, rec.pid, rec.conn, badge,
                     rec.registered_ns)  # fmt: skip
-        rec.cap, rec.serial = self.store.keep(kept, cap)
+        work = cap.copy()
+        rec.serial = self.store.keep(kept, cap)
+        if rec.serial:
+            rec.cap = work
+        else:
+            work.close()
 
     def restore(self) -> None:
-        """Serve again the entries an earlier instance kept, but those whose
-        registrant has ended (its exit notice may have gone with that instance)."""
-        for kept, cap in list(self.store.take_all()):
-            if cap is None:  # revoked while stored: nothing left to hand out
-                log.info("entry %r was revoked while no name server ran", kept.name)
+        """Serve again the entries and notifies an earlier instance kept, but those
+        whose process has ended (its exit notice may have gone with that instance)."""
+        armed: list[Signaller] = []
+        for item, cap in list(self.store.take_all()):
+            if cap is None:  # revoked while stored: nothing left to hand out or signal
+                log.info("%r was revoked while no name server ran", item.name)
                 continue
-            perm = Perm(kept.uid, kept.gid, kept.mode)
-            rec = Record(kept.name, cap, kept.kind, perm, kept.rights, kept.pid, kept.conn,
-                         registered_ns=kept.registered_ns)  # fmt: skip
-            self.monitored[kept.conn] = kept.exit_badge
-            self.exit_badges[kept.exit_badge] = kept.conn
+            if item.exit_badge:
+                self.monitored[item.conn] = item.exit_badge
+                self.exit_badges[item.exit_badge] = item.conn
+            if isinstance(item, Armed):
+                assert isinstance(cap, NotificationCap)
+                armed.append(Signaller(item.name, item.present, item.bits, cap, item.uid,
+                                       item.gid, item.conn))  # fmt: skip
+                continue
+            perm = Perm(item.uid, item.gid, item.mode)
+            rec = Record(item.name, cap, item.kind, perm, item.rights, item.pid, item.conn,
+                         registered_ns=item.registered_ns)  # fmt: skip
             self._keep(rec, cap)
             self.entries[rec.name] = rec
-        if self.entries:
-            log.info("restored %d entries from the store", len(self.entries))
+        for s in armed:
+            self._arm(s)
+        if self.entries or armed:
+            log.info("restored %d entries and %d notifies", len(self.entries), len(armed))
             self._drop_ended_registrants()
+        for name in list(self.signallers):  # any that came due as the earlier one died
+            self._signal_changes(name)
 
     def _drop_ended_registrants(self) -> None:
         try:

@@ -1,13 +1,14 @@
-"""The name server's entries, kept in the kernel across its restarts.
+"""The name server's entries and armed notifies, kept in the kernel across its restarts.
 
 The kernel hands every name server it starts the same queue (`names.store`, which
 the kernel itself holds), as systemd keeps a service's fd store. Each entry is one
 message in it: the entry's fields, and the registered capability itself, moved in.
 The name server works with a copy (a child of the stored one), so that revoking
 the stored one reaches every capability lookup minted, by this instance or by one
-before it. A message's type is the entry's serial, so dropping an entry takes
-exactly its message back. A name server that starts takes every message out and
-keeps them again, with new serials.
+before it. An armed notify is one message too, carrying the notification to
+signal. A message's type is its serial, so dropping an entry or firing a notify
+takes exactly its message back. A name server that starts takes every message
+out and keeps them again, with new serials.
 
 A queue cannot carry a queue capability (a queue holding itself would never be
 freed), so a registered queue is kept in memory only and is gone after a restart.
@@ -29,7 +30,7 @@ from kernel.client.sync import InheritedCap as Cap
 log = logging.getLogger("mkipc.names")
 
 
-class Kept(msgspec.Struct, frozen=True, array_like=True):
+class Kept(msgspec.Struct, frozen=True, array_like=True, tag="entry"):
     """An entry's fields as stored: what the name server needs to serve it again."""
 
     name: str
@@ -44,8 +45,22 @@ class Kept(msgspec.Struct, frozen=True, array_like=True):
     registered_ns: int
 
 
+class Armed(msgspec.Struct, frozen=True, array_like=True, tag="notify"):
+    """A notify waiting for its name (the notification travels with it)."""
+
+    name: str
+    present: bool
+    bits: int
+    uid: int
+    gid: int
+    conn: int  # the requester's connection id: its end drops the notify
+    exit_badge: int
+
+
+Stored = Kept | Armed
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Kept)
+_decoder = msgspec.msgpack.Decoder(Stored)
 
 
 class Store:
@@ -56,20 +71,21 @@ class Store:
         # Serials are message types (1 … 2**63-1) that never repeat across restarts.
         self._serials = itertools.count(time.monotonic_ns())
 
-    def keep(self, kept: Kept, cap: Cap) -> tuple[Cap, int]:
-        """Move `cap` into the store; returns (the copy to work with, its serial).
-        Without a store, or for what a queue cannot carry, `cap` itself and 0."""
-        if self.queue is None or isinstance(cap, QueueCap):
-            return cap, 0
-        work = cap.copy()  # a child: revoking the stored one reaches it and its mints
+    def can_hold(self, cap: Cap) -> bool:
+        return self.queue is not None and not isinstance(cap, QueueCap)
+
+    def keep(self, item: Stored, cap: Cap) -> int:
+        """Move `cap` into the store with `item`; its serial, or 0 if it stays with
+        the caller (no store, a queue, a full store)."""
+        if self.queue is None or not self.can_hold(cap):
+            return 0
         serial = next(self._serials)
         try:
-            self.queue.send(_encoder.encode(kept), mtype=serial, caps=[cap], timeout=0)
+            self.queue.send(_encoder.encode(item), mtype=serial, caps=[cap], timeout=0)
         except IPCError as e:  # full (it is larger than the table can fill) or gone
-            log.warning("entry %r kept in memory only: %s", kept.name, e)
-            work.close()
-            return cap, 0
-        return work, serial
+            log.warning("%r kept in memory only: %s", item, e)
+            return 0
+        return serial
 
     def take(self, serial: int) -> Cap | None:
         """The stored capability of entry `serial`, out of the store (None: not
@@ -83,8 +99,8 @@ class Store:
             return None
         return _carried(msg)
 
-    def take_all(self) -> Iterator[tuple[Kept, Cap | None]]:
-        """Every stored entry, taken out (a name server that starts)."""
+    def take_all(self) -> Iterator[tuple[Stored, Cap | None]]:
+        """Everything stored, taken out (a name server that starts)."""
         if self.queue is None:
             return
         while True:
@@ -94,13 +110,13 @@ class Store:
                 return
             cap = _carried(msg)
             try:
-                kept = _decoder.decode(msg.data)
+                item = _decoder.decode(msg.data)
             except msgspec.MsgspecError as e:  # not ours: only the name server holds it
                 log.warning("dropping a malformed stored entry: %s", e)
                 if cap is not None:
                     cap.close()
                 continue
-            yield kept, cap
+            yield item, cap
 
 
 def _carried(msg: QueueMessage) -> Cap | None:

@@ -74,7 +74,7 @@ def test_a_killed_name_server_is_restarted_and_serves_its_entries_again(kernel_d
         assert 0 != msgs[0].badge != msgs[1].badge != 0  # badges never repeat
         k.names.register("after.crash", ep)
         assert [e.name for e in k.names.list()] == ["after.crash", "before.crash"]
-    assert "restored 1 entries" in kernel_daemon.log()
+    assert "restored 1 entries and 0 notifies" in kernel_daemon.log()
 
 
 def test_revoking_after_a_restart_reaches_what_lookup_handed_out_before_it(kernel_daemon):
@@ -257,3 +257,51 @@ async def test_an_async_watch_waiting_in_a_name_server_that_dies_is_answered_too
         entry = await asyncio.wait_for(watch, 10.0)
         assert entry is not None
         assert entry.name == "later.async"
+
+
+def test_a_notify_armed_before_a_restart_fires_after_it(kernel_daemon):
+    with kernel.connect(autostart=False) as k:
+        n = k.notification()
+        k.names.notify("appears", n, 0b100)
+        k.names.notify("appears", n, 0b001, present=False)  # already so: fires at once
+        assert n.wait(timeout=5.0) == 0b001
+        restart_name_server(kernel_daemon)
+        k.names.register("appears", k.endpoint())
+        assert n.wait(timeout=5.0) == 0b100
+    assert "restored 0 entries and 1 notifies" in kernel_daemon.log()
+
+
+def stored_messages(k: kernel.Kernel) -> int:
+    """How many messages the name server's store holds (status: its one queue)."""
+    status = k.status()
+    ns = next(p.conn for p in status.processes if p.name_server)
+    [store] = [o for o in status.objects if o.kind == "queue" and ns in o.holders]
+    return store.state["messages"]
+
+
+def test_a_notify_restored_after_a_restart_ends_with_its_requester(kernel_daemon):
+    code = (
+        "import sys, kernel\n"
+        "with kernel.connect(autostart=False) as k:\n"
+        "    k.names.notify('never', k.notification(), 1)\n"
+        "    print('armed', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    with kernel.connect(autostart=False) as k:
+        child = k.spawn(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.popen.stdout.readline().strip() == "armed"
+            assert stored_messages(k) == 1
+            restart_name_server(kernel_daemon)
+            k.names.list()  # the successor has restored it
+            assert stored_messages(k) == 1
+            child.kill()  # its exit notice, set by the earlier instance, drops the notify
+            child.wait(timeout=10)
+            wait_for(lambda: stored_messages(k) == 0)
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+            child.popen.stdin.close()
+            child.popen.stdout.close()
