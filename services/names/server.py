@@ -613,7 +613,11 @@ class NameServer:
         badge = self.monitored.get(rec.conn, 0)
         kept = Kept(rec.name, rec.kind, u, g, m, rec.rights, rec.pid, rec.conn, badge,
                     rec.registered_ns)  # fmt: skip
-        work = cap.copy()
+        try:
+            work = cap.copy()
+        except IPCError as e:  # our table is full: keep it in memory, as without a store
+            log.warning("%r kept in memory only: %s", rec.name, e)
+            return
         rec.serial = self.store.keep(kept, cap)
         if rec.serial:
             rec.cap = work
@@ -632,7 +636,9 @@ class NameServer:
                 self.monitored[item.conn] = item.exit_badge
                 self.exit_badges[item.exit_badge] = item.conn
             if isinstance(item, Armed):
-                assert isinstance(cap, NotificationCap)
+                if not isinstance(cap, NotificationCap):  # not what _arm() stored
+                    self._close([cap])
+                    continue
                 armed.append(Signaller(item.name, item.present, item.bits, cap, item.uid,
                                        item.gid, item.conn))  # fmt: skip
                 continue
@@ -645,11 +651,12 @@ class NameServer:
             self._arm(s)
         if self.entries or armed:
             log.info("restored %d entries and %d notifies", len(self.entries), len(armed))
-            self._drop_ended_registrants()
+            self._forget_ended_connections()
         for name in list(self.signallers):  # any that came due as the earlier one died
             self._signal_changes(name)
 
-    def _drop_ended_registrants(self) -> None:
+    def _forget_ended_connections(self) -> None:
+        """Drop the entries and notifies of connections that ended unheard."""
         try:
             status = self.k.status()
         except IPCError as e:

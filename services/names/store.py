@@ -24,7 +24,7 @@ from typing import cast
 
 import msgspec
 
-from kernel import CallTimeoutError, IPCError, QueueCap, QueueMessage, WouldBlock
+from kernel import CallTimeoutError, IPCError, QueueCap, QueueMessage
 from kernel.client.sync import InheritedCap as Cap
 
 log = logging.getLogger("mkipc.names")
@@ -94,7 +94,7 @@ class Store:
             return None
         try:
             msg = self.queue.recv(mtype=serial, timeout=0)
-        except (CallTimeoutError, WouldBlock, IPCError) as e:
+        except IPCError as e:  # a timeout included: nothing of that type is there
             log.warning("entry %d was not in the store: %s", serial, e)
             return None
         return _carried(msg)
@@ -107,6 +107,9 @@ class Store:
             try:
                 msg = self.queue.recv(timeout=0)
             except CallTimeoutError:
+                return  # all taken
+            except IPCError as e:
+                log.warning("the store cannot be read: %s", e)
                 return
             cap = _carried(msg)
             try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -47,6 +49,32 @@ def name_server_pid_or_none(kernel_pid: int) -> int | None:
         return name_server_pid(kernel_pid)
     except ValueError:  # between the old one's end and the new one's start
         return None
+
+
+@contextlib.contextmanager
+def child_that(k: kernel.Kernel, statement: str) -> Iterator[kernel.Process]:
+    """A child that runs `statement` on its own connection (`k`), says so, and stays
+    until it is killed."""
+    code = (
+        "import sys, kernel\n"
+        "with kernel.connect(autostart=False) as k:\n"
+        f"    {statement}\n"
+        "    print('done', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    child = k.spawn(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.popen.stdout is not None
+        assert child.popen.stdout.readline().strip() == "done"
+        yield child
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        for pipe in (child.popen.stdin, child.popen.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def recv_one(ep: kernel.EndpointCap, send) -> kernel.Message:
@@ -95,32 +123,18 @@ def test_revoking_after_a_restart_reaches_what_lookup_handed_out_before_it(kerne
 
 def test_a_registrant_that_ends_with_the_name_server_loses_its_entries(kernel_daemon):
     """Its exit notice reaches the successor, or the successor finds it gone."""
-    code = (
-        "import sys, kernel\n"
-        "with kernel.connect(autostart=False) as k:\n"
-        "    k.names.register('gone', k.endpoint())\n"
-        "    print('registered', flush=True)\n"
-        "    sys.stdin.readline()\n"
-    )
-    with kernel.connect(autostart=False) as k:
-        child = k.spawn(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert child.popen.stdout.readline().strip() == "registered"
-            handed_out = k.names.lookup("gone")
-            child.kill()
-            restart_name_server(kernel_daemon)
-            child.wait(timeout=10)
-            k.names.register("probe", k.endpoint())  # a round trip after the restore
-            wait_for(lambda: [e.name for e in k.names.list()] == ["probe"])
-            with pytest.raises(kernel.InvalidCapabilityError):
-                handed_out.send(b"x", timeout=1.0)
-        finally:
-            child.kill()
-            child.wait(timeout=10)
-            child.popen.stdin.close()
-            child.popen.stdout.close()
+    with (
+        kernel.connect(autostart=False) as k,
+        child_that(k, "k.names.register('gone', k.endpoint())") as child,
+    ):
+        handed_out = k.names.lookup("gone")
+        child.kill()
+        restart_name_server(kernel_daemon)
+        child.wait(timeout=10)
+        k.names.register("probe", k.endpoint())  # a round trip after the restore
+        wait_for(lambda: [e.name for e in k.names.list()] == ["probe"])
+        with pytest.raises(kernel.InvalidCapabilityError):
+            handed_out.send(b"x", timeout=1.0)
 
 
 def test_a_registered_queue_is_not_kept_across_a_restart(kernel_daemon):
@@ -158,31 +172,17 @@ def test_a_monitor_from_before_a_restart_does_not_drop_a_later_registrant(kernel
     """The previous name server's exit monitors stay with the processes it watched and
     fire into its successor, which drops the entries it restored for them; badges never
     repeat, so they drop nothing by mistake."""
-    code = (
-        "import sys, kernel\n"
-        "with kernel.connect(autostart=False) as k:\n"
-        "    k.names.register('early', k.endpoint())\n"
-        "    print('registered', flush=True)\n"
-        "    sys.stdin.readline()\n"
-    )
-    with kernel.connect(autostart=False) as k:
-        early = k.spawn(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert early.popen.stdout.readline().strip() == "registered"
-            os.kill(name_server_pid(kernel_daemon.pid), signal.SIGKILL)
-            wait_for(lambda: "restarting it" in kernel_daemon.log())
-            k.names.register("late", k.endpoint())  # the new name server monitors us
-            early.kill()  # its monitor, set by the old name server, fires now
-            early.wait(timeout=10)
-            k.names.register("probe", k.endpoint())  # a round trip after that notice
-            assert [e.name for e in k.names.list()] == ["late", "probe"]
-        finally:
-            early.kill()
-            early.wait(timeout=10)
-            early.popen.stdin.close()
-            early.popen.stdout.close()
+    with (
+        kernel.connect(autostart=False) as k,
+        child_that(k, "k.names.register('early', k.endpoint())") as early,
+    ):
+        os.kill(name_server_pid(kernel_daemon.pid), signal.SIGKILL)
+        wait_for(lambda: "restarting it" in kernel_daemon.log())
+        k.names.register("late", k.endpoint())  # the new name server monitors us
+        early.kill()  # its monitor, set by the old name server, fires now
+        early.wait(timeout=10)
+        k.names.register("probe", k.endpoint())  # a round trip after that notice
+        assert [e.name for e in k.names.list()] == ["late", "probe"]
 
 
 def test_a_starting_name_server_drops_what_no_process_is_left_to_serve(kernel_daemon):
@@ -280,28 +280,14 @@ def stored_messages(k: kernel.Kernel) -> int:
 
 
 def test_a_notify_restored_after_a_restart_ends_with_its_requester(kernel_daemon):
-    code = (
-        "import sys, kernel\n"
-        "with kernel.connect(autostart=False) as k:\n"
-        "    k.names.notify('never', k.notification(), 1)\n"
-        "    print('armed', flush=True)\n"
-        "    sys.stdin.readline()\n"
-    )
-    with kernel.connect(autostart=False) as k:
-        child = k.spawn(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert child.popen.stdout.readline().strip() == "armed"
-            assert stored_messages(k) == 1
-            restart_name_server(kernel_daemon)
-            k.names.list()  # the successor has restored it
-            assert stored_messages(k) == 1
-            child.kill()  # its exit notice, set by the earlier instance, drops the notify
-            child.wait(timeout=10)
-            wait_for(lambda: stored_messages(k) == 0)
-        finally:
-            child.kill()
-            child.wait(timeout=10)
-            child.popen.stdin.close()
-            child.popen.stdout.close()
+    with (
+        kernel.connect(autostart=False) as k,
+        child_that(k, "k.names.notify('never', k.notification(), 1)") as child,
+    ):
+        assert stored_messages(k) == 1
+        restart_name_server(kernel_daemon)
+        k.names.list()  # the successor has restored it
+        assert stored_messages(k) == 1
+        child.kill()  # its exit notice, set by the earlier instance, drops the notify
+        child.wait(timeout=10)
+        wait_for(lambda: stored_messages(k) == 0)
