@@ -10,6 +10,7 @@ so an out-of-bounds access kills the test run instead of passing unnoticed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -693,10 +695,9 @@ def test_spin_releases_the_gil_and_sees_a_record_published_by_another_thread(reg
         timer.join()
 
 
-def test_spin_stops_and_says_crowded_when_another_process_holds_its_core(region):
-    """A sched_yield() that lets a CPU hog on our core run for a time slice ends the
-    spin at once (crowded) instead of spinning out the 10 s budget."""
-    _, cons = region.pair()
+@contextlib.contextmanager
+def hog_on_our_core() -> Iterator[None]:
+    """Pin this process to one CPU beside a process that never yields it."""
     cpu = sorted(os.sched_getaffinity(0))[0]
     before = os.sched_getaffinity(0)
     hog_code = (
@@ -707,16 +708,44 @@ def test_spin_stops_and_says_crowded_when_another_process_holds_its_core(region)
     try:
         os.sched_setaffinity(0, {cpu})
         time.sleep(0.2)  # the hog is running on our core by now
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+        hog.kill()
+        hog.wait()
+
+
+def involuntary_switches() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("nonvoluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no nonvoluntary_ctxt_switches in /proc/self/status")
+
+
+def test_spin_stops_and_says_crowded_when_another_process_holds_its_core(region):
+    """A sched_yield() that lets a CPU hog on our core run for a time slice ends the
+    spin at once (crowded) instead of spinning out the 10 s budget."""
+    _, cons = region.pair()
+    with hog_on_our_core():
         t0 = time.monotonic()
         assert cons.spin(10_000_000_000, 0, 20_000) is False
         assert cons.crowded is True
         assert time.monotonic() - t0 < 5.0
         assert cons.spin(1_000_000) is False  # without crowded_ns: the old contract
         assert cons.crowded is False
-    finally:
-        os.sched_setaffinity(0, before)
-        hog.kill()
-        hog.wait()
+
+
+def test_the_budget_bounds_the_yields_of_a_spin_too(region):
+    """Each sched_yield() here hands the core to the hog for a slice: a 100 µs spin
+    must stop after the first (the budget was checked every 32 polls only, so it
+    yielded up to 31 times: ~10 context switches per call through the kernel with
+    32 clients)."""
+    _, cons = region.pair()
+    with hog_on_our_core():
+        before = involuntary_switches()
+        for _ in range(3):
+            assert cons.spin(100_000, 0) is False
+        assert involuntary_switches() - before <= 6  # one each (33 for the three before)
 
 
 # ------------------------------------------------------------------ forward
