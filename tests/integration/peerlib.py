@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import re
+import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import kernel
 from kernel import abi
@@ -189,3 +193,37 @@ def never_written(e: kernel.CallTimeoutError) -> bool:
     behind (each withdrawn call keeps its word until the server has seen it), so
     the session waited as for a full ring."""
     return "does not drain" in str(e)
+
+
+# --- the kernel's name server, killed and restarted -----------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], seconds: float = 10.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+    return result
+
+
+def name_server_pid(kernel_pid: int) -> int:
+    with open(f"/proc/{kernel_pid}/task/{kernel_pid}/children") as f:
+        (pid,) = (int(p) for p in f.read().split())
+    return pid
+
+
+def name_server_pid_or_none(kernel_pid: int) -> int | None:
+    try:
+        return name_server_pid(kernel_pid)
+    except ValueError:  # between the old one's end and the new one's start
+        return None
+
+
+def restart_name_server(kernel_daemon: Any) -> None:
+    """SIGKILL the kernel's name server and wait until its successor runs (the kernel
+    started it: a grandchild of the test)."""
+    old = name_server_pid(kernel_daemon.pid)
+    restarts = kernel_daemon.log().count("restarting it")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: kernel_daemon.log().count("restarting it") > restarts)
+    wait_for(lambda: name_server_pid_or_none(kernel_daemon.pid) not in (None, old))

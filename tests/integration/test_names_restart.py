@@ -11,44 +11,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
+from peerlib import name_server_pid, restart_name_server, wait_for
 
 import kernel
 
 pytestmark = pytest.mark.integration
-
-
-def name_server_pid(kernel_pid: int) -> int:
-    with open(f"/proc/{kernel_pid}/task/{kernel_pid}/children") as f:
-        (pid,) = (int(p) for p in f.read().split())
-    return pid
-
-
-def wait_for(predicate, seconds: float = 10.0):
-    deadline = time.monotonic() + seconds
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-    return result
-
-
-def restart_name_server(kernel_daemon) -> None:
-    """SIGKILL the kernel's name server and wait until its successor serves."""
-    old = name_server_pid(kernel_daemon.pid)
-    restarts = kernel_daemon.log().count("restarting it")
-    os.kill(old, signal.SIGKILL)  # a grandchild of this test: the kernel started it
-    wait_for(lambda: kernel_daemon.log().count("restarting it") > restarts)
-    wait_for(lambda: name_server_pid_or_none(kernel_daemon.pid) not in (None, old))
-
-
-def name_server_pid_or_none(kernel_pid: int) -> int | None:
-    try:
-        return name_server_pid(kernel_pid)
-    except ValueError:  # between the old one's end and the new one's start
-        return None
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from peerlib import PEERS, readme_script, run_script
+from peerlib import PEERS, readme_script, restart_name_server, run_script
 from peers.service_peer import Big, Echo, Exit, Fail, Meet, Overlap, Term, Who
 
 import kernel
@@ -440,6 +440,22 @@ def test_an_idle_service_with_sessions_and_workers_does_not_wake(kernel_daemon, 
             finally:
                 for c in clients:
                     c.close()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_service_is_found_again_after_the_name_server_crashes(kernel_daemon, tmp_path, face):
+    """Its entry outlives the name server (services/names/store.py): a client that
+    looked it up before goes on calling, and one that looks it up after finds it."""
+    with service(tmp_path, "t.crash", face), kernel.connect(autostart=False) as k:
+        before = kernel.ServiceClient.lookup(k, "t.crash", timeout=10.0)
+        assert before.call(Echo("a"), timeout=5.0) == "a"
+        restart_name_server(kernel_daemon)
+        after = kernel.ServiceClient.lookup(k, "t.crash", timeout=10.0)
+        assert after.call(Echo("b"), timeout=5.0) == "b"
+        assert before.call(Echo("c"), timeout=5.0) == "c"
+        assert before.call(Who(), timeout=5.0)[0] != after.call(Who(), timeout=5.0)[0]
+        before.close()
+        after.close()
 
 
 @pytest.mark.parametrize("face", FACES)
