@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 import msgspec
 
@@ -140,7 +140,7 @@ class ServiceClient(ServiceCaller):
         except (InvalidCapabilityError, PeerClosedError):
             pass
 
-    def __enter__(self) -> ServiceClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -216,7 +216,7 @@ class AsyncServiceClient:
         except (InvalidCapabilityError, PeerClosedError):
             pass
 
-    async def __aenter__(self) -> AsyncServiceClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

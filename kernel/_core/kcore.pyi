@@ -1,9 +1,9 @@
 # Stub for the compiled kernel._core.kcore (see kcore.pyx / kcore.pxd).
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
-from typing_extensions import Self, disjoint_base
+from typing_extensions import disjoint_base
 
 from capabilities._table import Capability, CapTable
 from kernel._core.ring import Header, Ring

@@ -22,7 +22,7 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Literal, get_args
@@ -468,7 +468,7 @@ def _pin_all_threads(pid: int, cpus: set[int]) -> None:
 def capture_environment() -> dict[str, object]:
     """What a reader needs to compare two result files: machine, OS, Python, versions."""
     return {
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu_model": _cpu_model(),
         "nproc": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),

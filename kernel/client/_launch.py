@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Any
 
 AUTOSTART_IDLE_EXIT = float(os.environ.get("MKIPC_IDLE_EXIT", "30"))
 """Seconds an on-demand kernel lingers with no process connected before it exits."""
@@ -47,18 +46,6 @@ def start_lock(path: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-_DETACHED: dict[str, Any] = (
-    {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-)
-"""How an autostarted kernel leaves its caller: a process group of its own, so that
-Ctrl-C at the caller's terminal does not reach it, but the caller's session. With
-sched_autogroup (the default on desktop and cloud kernels) a session is the unit the
-scheduler shares a CPU by, and a kernel in a session of its own, whose load sat on
-the other CPU, got a smaller share of the one it shared with its callers
-(docs/benchmarks.md, session 21). Python 3.10's Popen has no process_group: there
-it keeps a session of its own."""
-
-
 def start_kernel(path: str) -> subprocess.Popen[bytes]:
     """Start a detached kernel on `path` that exits after AUTOSTART_IDLE_EXIT idle seconds."""
     log = open(path + ".log", "ab")
@@ -77,7 +64,13 @@ def start_kernel(path: str) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            **_DETACHED,
+            # Its own process group, so that Ctrl-C at the caller's terminal does not
+            # reach it, but the caller's session: with sched_autogroup (the default on
+            # desktop and cloud kernels) a session is the unit the scheduler shares a
+            # CPU by, and a kernel in a session of its own, whose load sat on the
+            # other CPU, got a smaller share of the one it shared with its callers
+            # (docs/benchmarks.md, session 21).
+            process_group=0,
             # Not the caller's cwd: `-m` puts it first on sys.path, and a source
             # checkout there (no compiled extensions) would shadow the installed
             # package. A daemon should not hold the caller's directory anyway.

@@ -63,8 +63,8 @@ from .signals import Sig
 
 Data = bytes | bytearray | memoryview
 
-if TYPE_CHECKING:  # typing_extensions is not a runtime dependency
-    from typing_extensions import Self
+if TYPE_CHECKING:
+    from typing import Self
 
     from .aio_session import AsyncSession, AsyncSessionServer
     from .names import AsyncNames
@@ -85,7 +85,7 @@ class AsyncKernel:
         # unclosed closes itself.
         self._sessions: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    async def __aenter__(self) -> AsyncKernel:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 

@@ -32,7 +32,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from capabilities import Rights
 
@@ -258,7 +258,7 @@ class Signals(Dispositions):
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
-    def __enter__(self) -> Signals:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -316,7 +316,7 @@ class AsyncSignals(Dispositions):
     def close(self) -> None:
         self._task.cancel()
 
-    async def __aenter__(self) -> AsyncSignals:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

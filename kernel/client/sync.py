@@ -56,8 +56,8 @@ from .signals import Sig
 
 Data = bytes | bytearray | memoryview
 
-if TYPE_CHECKING:  # typing_extensions is not a runtime dependency
-    from typing_extensions import Self
+if TYPE_CHECKING:
+    from typing import Self
 
     from .names import Names
     from .session import Session, SessionServer
@@ -88,7 +88,7 @@ class Kernel:
             self._names = Names(self, names_slot(self._conn))
         return self._names
 
-    def __enter__(self) -> Kernel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

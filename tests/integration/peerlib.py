@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import kernel
 from kernel import abi
@@ -137,7 +137,7 @@ class NamesPeer:
                 except OSError:
                     pass
 
-    def __enter__(self) -> NamesPeer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

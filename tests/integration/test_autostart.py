@@ -158,15 +158,14 @@ def test_the_kernel_outlives_ctrl_c_at_the_callers_terminal_and_shares_its_sessi
         env=scene.env,
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=os.setpgrp,  # as a shell starts a job (process_group=0 from 3.11)
+        process_group=0,  # as a shell starts a job
     )
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "connected"
         [pid] = scene.kernel_pids()
+        assert os.getsid(pid) == os.getsid(holder.pid) == os.getsid(0)
         assert os.getpgid(pid) == pid != os.getpgid(holder.pid)
-        if sys.version_info >= (3, 11):  # 3.10's Popen cannot keep the session
-            assert os.getsid(pid) == os.getsid(holder.pid) == os.getsid(0)
         os.killpg(holder.pid, signal.SIGINT)
         assert holder.wait(10) == -signal.SIGINT
     finally:

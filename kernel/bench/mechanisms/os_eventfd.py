@@ -43,7 +43,7 @@ class OsEventfd(Mechanism):
 
     def unavailable(self) -> str | None:
         if not hasattr(os, "eventfd") or not hasattr(os, "memfd_create"):
-            return "os.eventfd/os.memfd_create need Linux and Python 3.10+"
+            return "os.eventfd/os.memfd_create need Linux"
         return None
 
     def setup(self, payload_size: int) -> None:
