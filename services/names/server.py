@@ -328,6 +328,10 @@ class NameServer:
             return
         badge = next(self._exit_badges)
         msg.monitor(self.ep, badge)
+        self._watched_by(conn, badge)
+
+    def _watched_by(self, conn: int, badge: int) -> None:
+        """The exit notice with `badge` says that connection `conn` ended."""
         self.monitored[conn] = badge
         self.exit_badges[badge] = conn
 
@@ -586,18 +590,20 @@ class NameServer:
         if self.entries.get(rec.name) is rec:
             del self.entries[rec.name]
         stored = self.store.take(rec.serial)
+        left: list[Cap | None] = [rec.cap, stored]
         if revoke:
-            try:  # the stored one's descendants include our copy
+            try:
                 (stored or rec.cap).revoke()
+                if stored is not None:
+                    left = [stored]  # our copy was among its descendants: gone
             except IPCError as e:  # e.g. registered without MANAGE: nothing to revoke with
                 log.warning("dropping %r: %s", rec.name, e)
-        for cap in (rec.cap, stored):
+        for cap in left:
             try:
                 if cap is not None:
                     cap.close()
             except IPCError as e:
-                if not (revoke and cap is rec.cap and stored is not None):  # revoked: gone
-                    log.warning("dropping %r: %s", rec.name, e)
+                log.warning("dropping %r: %s", rec.name, e)
         if wake:
             self._wake(rec.name)
 
@@ -628,13 +634,13 @@ class NameServer:
         """Serve again the entries and notifies an earlier instance kept, but those
         whose process has ended (its exit notice may have gone with that instance)."""
         armed: list[Signaller] = []
+        # All out first: keeping an entry again puts its message back in the queue.
         for item, cap in list(self.store.take_all()):
             if cap is None:  # revoked while stored: nothing left to hand out or signal
                 log.info("%r was revoked while no name server ran", item.name)
                 continue
             if item.exit_badge:
-                self.monitored[item.conn] = item.exit_badge
-                self.exit_badges[item.exit_badge] = item.conn
+                self._watched_by(item.conn, item.exit_badge)
             if isinstance(item, Armed):
                 if not isinstance(cap, NotificationCap):  # not what _arm() stored
                     self._close([cap])
